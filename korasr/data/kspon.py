@@ -125,13 +125,14 @@ def _process(item: tuple[str, int, bytes]) -> dict:
     audio_dir: Path = _CTX["audio_dir"]  # type: ignore[assignment]
     opts: PrepareOptions = _CTX["options"]  # type: ignore[assignment]
 
+    text, encoding = decode_line(raw_line)
+
     def reject(utt_id: str, reason: str, detail: str | None = None, **extra: object) -> dict:
         row = {"utt_id": utt_id, "split": split, "line": number, "reason": reason}
         if detail:
             row["detail"] = detail
-        return {"split": split, "line": number, "reject": {**row, **extra}}
+        return {"split": split, "line": number, "encoding": encoding or "undecodable", "reject": {**row, **extra}}
 
-    text, encoding = decode_line(raw_line)
     if text is None:
         return reject(f"{split}:{number}", "undecodable text", "neither UTF-8 nor CP949", raw_hex=raw_line.hex())
     rel, sep, raw = text.partition(SEPARATOR)
@@ -257,8 +258,12 @@ def prepare_kspon(
     )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     audio_dir.mkdir(parents=True, exist_ok=True)
-    # A stale prepare.json must never vouch for a half-rewritten set of manifests.
+    # A stale prepare.json must never vouch for a half-rewritten set of manifests; temporaries left by a
+    # killed run go too.
     result.summary.unlink(missing_ok=True)
+    for path in [*manifests.values(), result.rejects, result.summary]:
+        for stale in out_dir.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     seen: dict[str, tuple[str, int]] = {}
     counts: dict[str, dict] = {}
@@ -280,9 +285,10 @@ def prepare_kspon(
         for out in _run(items(), jobs, (str(root), str(audio_dir), options)):
             bar.update()
             split = out["split"]
+            encodings[split][out["encoding"]] += 1
             if "row" in out and out["row"]["utt_id"] in seen:
                 first_split, first_line = seen[out["row"]["utt_id"]]
-                out = {"split": split, "reject": {
+                out = {"split": split, "encoding": out["encoding"], "reject": {
                     "utt_id": out["row"]["utt_id"], "split": split, "line": out["line"],
                     "reason": "duplicate utterance id", "detail": f"first in {first_split}.trn line {first_line}",
                 }}  # fmt: skip
@@ -292,7 +298,6 @@ def prepare_kspon(
                 files[split].write(json.dumps(row, ensure_ascii=False) + "\n")
                 counts[split]["utterances"] += 1
                 counts[split]["seconds"] += row["duration"]
-                encodings[split][out["encoding"]] += 1
                 if out["odd"]:
                     odd_count += 1
                     if len(odd_ids) < 100:

@@ -95,7 +95,7 @@ def _resolve_pairs(text: str, form: Form, disfluency: Disfluency) -> tuple[str, 
     if problems:
         return "", problems[0]
     if "(" in out or ")" in out:
-        leftover = re.search(r"\([^()]*\)\s*/?|[()]", out)
+        leftover = re.search(r"\([^()]*\)(?:\s*/)?|[()]", out)
         snippet = leftover[0] if leftover else out
         if re.fullmatch(r"\([^()]*\)\s*/", snippet):
             return "", f"dual pair without its pronunciation side: {snippet!r}"
@@ -131,7 +131,8 @@ def normalize(
     tag is deleted like the other noise tags.
     """
     _check_form(form, disfluency)
-    text = unicodedata.normalize("NFC", raw)
+    # Our two placeholders are private-use characters; any in the input are not text.
+    text = unicodedata.normalize("NFC", raw).replace(_UNK_PLACEHOLDER, " ").replace(_DECIMAL_PLACEHOLDER, " ")
     if unk is not None:
         # Protect an unk symbol already present (normalizing our own output again must not change it).
         text = text.replace(unk, f" {_UNK_PLACEHOLDER} ")
@@ -149,7 +150,7 @@ def normalize(
     text = _DECIMAL_POINT.sub(_DECIMAL_PLACEHOLDER, text)
     text = _SENTENCE_PUNCT.sub(" ", text)
     if form == "phonetic":
-        text = text.replace("%", " 퍼센트 ")
+        text = text.replace("%", "퍼센트")
     kept_symbols = "%/+" + ("*" if disfluency == "dt" else "")
     text = "".join(
         ch

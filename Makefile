@@ -1,0 +1,77 @@
+# korasr: the front door. `make help` lists what is here.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RECIPE ?= sample
+JOBS   ?= $(shell nproc)
+# KsponSpeech as unzipped from AIHub (read only); only RECIPE=kspon needs it.
+KSPON_ROOT ?=
+# The embedded sample corpus.
+SAMPLE_ROOT ?= data/sample/KsponSpeech
+SAMPLE_UTTERANCES ?= 2500
+ARGS ?=
+
+.PHONY: help setup espeak test lint format sample-corpus prepare bench clean
+
+help: ## list the targets and their variables
+	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
+	@grep -hE '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## create .venv: CPU torch 2.13.0, NeMo 3.0.0, korasr (editable), eSpeak NG
+
+# torch goes first and pinned, so that nothing pulls a multi-GB CUDA build; then NeMo and korasr.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[train,dev]"
+	@$(MAKE) --no-print-directory espeak
+	@touch $@
+
+espeak: ## eSpeak NG: Debian's espeak-ng when it can be had, else the pip-only espeakng-loader wheel
+	@if command -v espeak-ng >/dev/null; then \
+	  echo "eSpeak NG: $$(command -v espeak-ng)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	     { apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
+	       { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q espeak-ng >/dev/null 2>&1; }; }; then \
+	  echo "eSpeak NG: installed Debian's espeak-ng"; \
+	else \
+	  echo "eSpeak NG: no Debian package here; installing the espeakng-loader wheel"; \
+	  $(BIN)/pip install -q -e ".[espeak]"; \
+	fi
+
+lint: setup ## ruff: lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## ruff: fix what can be fixed, format the code
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: setup lint ## lint, then every test tier (unit, config, end to end) on CPU
+	$(BIN)/pytest -q
+
+sample-corpus: setup ## synthesize the sample corpus (eSpeak NG Korean, KsponSpeech layout) into SAMPLE_ROOT
+	$(BIN)/korasr sample-corpus $(SAMPLE_ROOT) --utterances $(SAMPLE_UTTERANCES) --jobs $(JOBS)
+
+ifeq ($(RECIPE),kspon)
+prepare: setup ## manifests/RECIPE/*.jsonl from the corpus (RECIPE=sample: the sample corpus; kspon: KSPON_ROOT)
+	@if [ -z "$(KSPON_ROOT)" ]; then echo "RECIPE=kspon needs KSPON_ROOT=/path/to/KsponSpeech (see recipes/kspon/README.md)"; exit 2; fi
+	$(BIN)/korasr prepare kspon --root $(KSPON_ROOT) --out manifests/kspon --audio-dir data/kspon/audio --jobs $(JOBS) $(ARGS)
+else ifeq ($(RECIPE),sample)
+prepare: sample-corpus
+	$(BIN)/korasr prepare kspon --root $(SAMPLE_ROOT) --out manifests/sample --audio-dir data/sample/audio --jobs $(JOBS) $(ARGS)
+else
+prepare:
+	@echo "unknown RECIPE=$(RECIPE): recipes are sample, kspon"; exit 2
+endif
+
+bench: setup ## data prep speed: korasr vs lhotse vs a raw copy of the same bytes (prints ratios)
+	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)
+
+clean: ## remove generated data, manifests and tokenizers (keeps .venv)
+	rm -rf data exp bench/out
+	find manifests tokenizers -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,0 +1,105 @@
+"""Shared fixtures: small corpora in KsponSpeech's layout that the tests write themselves."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def korasr_cmd(*args: str) -> list[str]:
+    return [str(BIN / "korasr"), *args]
+
+
+def pcm_bytes(seconds: float, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(seconds * 16000)) * 3000).astype("<i2").tobytes()
+
+
+class QuirkyCorpus:
+    """A hand-written KsponSpeech tree with every defect data preparation must handle.
+
+    ``expected`` maps each script line to what must become of it: ("row", text) or ("reject", reason).
+    """
+
+    def __init__(self, root: Path, scripts_dir: str = "KsponSpeech_scripts"):
+        self.root = root
+        self.scripts_dir = root / scripts_dir
+        self.scripts_dir.mkdir(parents=True)
+        self.lines: dict[str, list[bytes]] = {s: [] for s in ("train", "dev", "eval_clean", "eval_other")}
+        self.expected: dict[str, list[tuple[str, str]]] = {s: [] for s in self.lines}
+        self.audio: dict[str, bytes] = {}
+
+    def add(self, split: str, rel: str, raw: str, expect: tuple[str, str], audio: bytes | None | str = "auto",
+            encoding: str = "utf-8", eol: bytes = b"\n") -> None:  # fmt: skip
+        if audio == "auto":
+            audio = pcm_bytes(1.0 + len(self.audio) % 3, seed=len(self.audio))
+        if audio is not None:
+            path = self.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(audio)
+            self.audio[rel] = audio
+        self.lines[split].append(f"{rel} :: {raw}".encode(encoding) + eol)
+        self.expected[split].append(expect)
+
+    def add_raw_line(self, split: str, line: bytes, expect: tuple[str, str]) -> None:
+        self.lines[split].append(line)
+        self.expected[split].append(expect)
+
+    def write_scripts(self) -> None:
+        for split, lines in self.lines.items():
+            (self.scripts_dir / f"{split}.trn").write_bytes(b"".join(lines))
+
+
+def train_rel(n: int) -> str:
+    return f"KsponSpeech_01/KsponSpeech_0001/KsponSpeech_{n:06d}.pcm"
+
+
+def eval_rel(split: str, n: int) -> str:
+    return f"KsponSpeech_eval/{split}/KsponSpeech_E{n:05d}.pcm"
+
+
+@pytest.fixture
+def quirky_corpus(tmp_path: Path) -> QuirkyCorpus:
+    c = QuirkyCorpus(tmp_path / "KsponSpeech")
+    c.add("train", train_rel(1), "o/ b/ (3시)/(세 시)에 보자.", ("row", "3시에 보자"))
+    c.add("train", train_rel(2), "어/ 그러니까 저+ 저는 u/ 학생이에요?", ("row", "어 그러니까 저 저는 학생이에요"))
+    c.add("train", train_rel(3), "CP949로 쓴 줄이에요", ("row", "CP949로 쓴 줄이에요"), encoding="cp949")
+    c.add("train", train_rel(4), "윈도 줄 끝이에요", ("row", "윈도 줄 끝이에요"), eol=b"\r\n")
+    odd = pcm_bytes(1.5, seed=99) + b"\x7f"
+    c.add("train", train_rel(5), "홀수 바이트 파일", ("row", "홀수 바이트 파일"), audio=odd)
+    c.add("train", train_rel(6), "오디오가 없어요", ("reject", "missing audio"), audio=None)
+    c.add("train", train_rel(7), "빈 오디오", ("reject", "empty audio"), audio=b"\x01")  # not even one sample
+    c.add("train", train_rel(8), "b/ n/ o/", ("reject", "empty transcript"))
+    c.add("train", train_rel(9), "()/) 그래", ("reject", "malformed markup"))
+    c.add_raw_line("train", b"\xff\xfe\xfd broken :: line\n", ("reject", "undecodable text"))
+    c.add_raw_line("train", b"\n", ("reject", "blank script line"))
+    c.add_raw_line("train", train_rel(10).encode() + b" no separator here\n", ("reject", "malformed script line"))
+    # the same id twice in train, and an eval utterance listed again in train: the eval line wins
+    c.add("train", train_rel(11), "첫 번째", ("row", "첫 번째"))
+    c.add_raw_line("train", f"{train_rel(11)} :: 두 번째\n".encode(), ("reject", "duplicate utterance id"))
+    c.add("dev", "KsponSpeech_05/KsponSpeech_0621/KsponSpeech_620001.pcm", "개발 세트 문장", ("row", "개발 세트 문장"))
+    c.add("eval_clean", eval_rel("eval_clean", 1), "(1.5배)/(일 점 오 배) 더 커요", ("row", "1.5배 더 커요"))
+    c.add("eval_clean", eval_rel("eval_clean", 2), "(70%)/(칠십 퍼센트) 할인!", ("row", "70% 할인"))
+    c.add("eval_other", eval_rel("eval_other", 3), "club/ 가자", ("row", "club 가자"))
+    c.add_raw_line(
+        "train", f"{eval_rel('eval_other', 3)} :: 평가 문장이 학습에\n".encode(), ("reject", "duplicate utterance id")
+    )
+    long_audio = pcm_bytes(12.0, seed=7)
+    c.add("train", train_rel(12), "긴 문장", ("row", "긴 문장"), audio=long_audio)
+    c.add("eval_other", eval_rel("eval_other", 4), "긴 평가 문장", ("row", "긴 평가 문장"), audio=long_audio)
+    # no trailing newline on the last line of a script
+    c.lines["eval_other"][-1] = c.lines["eval_other"][-1].rstrip(b"\n")
+    c.write_scripts()
+    return c
+
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` with its size and modification time."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
