@@ -55,12 +55,24 @@ def _sample_corpus(args: argparse.Namespace) -> int:
 
 
 def _add_text_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--form", choices=("spelling", "phonetic"), default="spelling",
-                   help="which side of (spelling)/(pronunciation) pairs to keep (default: spelling)")
-    p.add_argument("--disfluency", choices=("df", "dt", "fl"), default="df",
-                   help="df: keep fillers/repeats without markers; dt: keep markers; fl: drop them (default: df)")
-    p.add_argument("--unk", metavar="SYMBOL", default=None,
-                   help="write the unintelligible-word tag u/ as SYMBOL (e.g. [unk]) instead of deleting it")  # fmt: skip
+    p.add_argument(
+        "--form",
+        choices=("spelling", "phonetic"),
+        default="spelling",
+        help="which side of (spelling)/(pronunciation) pairs to keep (default: spelling)",
+    )
+    p.add_argument(
+        "--disfluency",
+        choices=("df", "dt", "fl"),
+        default="df",
+        help="df: keep fillers/repeats without markers; dt: keep markers; fl: drop them (default: df)",
+    )
+    p.add_argument(
+        "--unk",
+        metavar="SYMBOL",
+        default=None,
+        help="write the unintelligible-word tag u/ as SYMBOL (e.g. [unk]) instead of deleting it",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="the KsponSpeech folder (read only)")
     p.add_argument("--out", default="manifests/kspon", help="manifest folder (default: manifests/kspon)")
     p.add_argument("--audio-dir", default="data/kspon/audio", help="converted audio (default: data/kspon/audio)")
-    p.add_argument("--audio-format", choices=("wav", "flac"), default="wav",
-                   help="wav: header + the PCM bytes, copy speed (default); flac: ~40%% less disk, slower")  # fmt: skip
+    p.add_argument(
+        "--audio-format",
+        choices=("wav", "flac"),
+        default="wav",
+        help="wav: header + the PCM bytes, copy speed (default); flac: ~40%% less disk, slower",
+    )
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--min-duration", type=float, default=0.0, metavar="S", help="reject train utterances < S s")
     p.add_argument("--max-duration", type=float, default=None, metavar="S", help="reject train utterances > S s")
@@ -89,11 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample-corpus", help="write the synthetic sample corpus in KsponSpeech's layout")
     p.add_argument("out", help="output folder (the corpus root)")
-    p.add_argument("--utterances", type=int, default=2500, help="train utterances (default: 2500, about 2.5 h of speech)")
+    p.add_argument(
+        "--utterances", type=int, default=2500, help="train utterances (default: 2500, about 2.5 h of speech)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--synth", choices=("espeak", "tone"), default="espeak",
-                   help="espeak: eSpeak NG Korean speech (default); tone: fast non-speech stand-in for tests")  # fmt: skip
+    p.add_argument(
+        "--synth",
+        choices=("espeak", "tone"),
+        default="espeak",
+        help="espeak: eSpeak NG Korean speech (default); tone: fast non-speech stand-in for tests",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample_corpus)
     return parser

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -35,7 +34,7 @@ class QuirkyCorpus:
         self.expected: dict[str, list[tuple[str, str]]] = {s: [] for s in self.lines}
         self.audio: dict[str, bytes] = {}
 
-    def add(self, split: str, rel: str, raw: str, expect: tuple[str, str], audio: bytes | None | str = "auto",
+    def add(self, split: str, rel: str, raw: str, expect: tuple[str, str], audio: bytes | str | None = "auto",
             encoding: str = "utf-8", eol: bytes = b"\n") -> None:  # fmt: skip
         if audio == "auto":
             audio = pcm_bytes(1.0 + len(self.audio) % 3, seed=len(self.audio))
@@ -97,7 +96,6 @@ def quirky_corpus(tmp_path: Path) -> QuirkyCorpus:
     c.lines["eval_other"][-1] = c.lines["eval_other"][-1].rstrip(b"\n")
     c.write_scripts()
     return c
-
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:

@@ -122,7 +122,7 @@ def test_rejects_unknown_modes():
 
 
 # --- properties --------------------------------------------------------------------------------------------
-MARKUPISH = st.sampled_from(list("()/+*.,?!%#[] blnouw") + ["b/", "u/", "(3시)/(세 시)", "어/", "저+", "1.5", "\t"])
+MARKUPISH = st.sampled_from([*list("()/+*.,?!%#[] blnouw"), "b/", "u/", "(3시)/(세 시)", "어/", "저+", "1.5", "\t"])
 HANGUL = st.characters(min_codepoint=0xAC00, max_codepoint=0xD7A3)
 TEXTS = st.one_of(
     st.text(),

@@ -26,8 +26,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def run(corpus: QuirkyCorpus, tmp_path: Path, jobs: int = 2, **opts) -> tuple[Path, dict]:
     out = tmp_path / "manifests"
-    result = prepare_kspon(corpus.root, out, audio_dir=tmp_path / "audio", options=PrepareOptions(**opts),
-                           jobs=jobs, progress=False)  # fmt: skip
+    result = prepare_kspon(
+        corpus.root, out, audio_dir=tmp_path / "audio", options=PrepareOptions(**opts), jobs=jobs, progress=False
+    )
     return out, {"result": result, "summary": json.loads(result.summary.read_text())}
 
 
@@ -49,13 +50,17 @@ def test_every_line_ends_in_a_manifest_or_a_reject(quirky_corpus, tmp_path, jobs
             "lines": len(expected),
             "utterances": len(rows),
             "rejected": len(split_rejects),
-            "rejects_by_reason": {r: sum(x["reason"] == r for x in split_rejects) for r in
-                                  {x["reason"] for x in split_rejects}},  # fmt: skip
+            "rejects_by_reason": {
+                r: sum(x["reason"] == r for x in split_rejects) for r in {x["reason"] for x in split_rejects}
+            },
             "hours": pytest.approx(sum(r["duration"] for r in rows) / 3600, abs=1e-4),
         }
     # the duplicate of an eval utterance was rejected from train, not from eval
     dup = [r for r in rejects if r["reason"] == "duplicate utterance id"]
-    assert {(r["split"], r["utt_id"]) for r in dup} == {("train", "KsponSpeech_000011"), ("train", "KsponSpeech_E00003")}
+    assert {(r["split"], r["utt_id"]) for r in dup} == {
+        ("train", "KsponSpeech_000011"),
+        ("train", "KsponSpeech_E00003"),
+    }
     assert any("eval_other.trn" in r["detail"] for r in dup)
 
 
@@ -97,14 +102,18 @@ def test_forms_and_disfluency_modes_reach_the_manifest(quirky_corpus, tmp_path):
 
 
 def test_duration_filters_apply_to_train_only(quirky_corpus, tmp_path):
-    out, info = run(quirky_corpus, tmp_path, max_duration=10.0, min_duration=1.2)
+    out, _info = run(quirky_corpus, tmp_path, max_duration=10.0, min_duration=1.2)
     rejects = read_jsonl(out / "rejects.jsonl")
     too_long = [r for r in rejects if r["reason"] == "too long"]
     assert [r["utt_id"] for r in too_long] == ["KsponSpeech_000012"]
     assert "12.000 s > 10.0 s" in too_long[0]["detail"]
     # the 1-second train utterances (the last one is the train line that repeats an eval file)
     too_short = {(r["split"], r["utt_id"]) for r in rejects if r["reason"] == "too short"}
-    assert too_short == {("train", "KsponSpeech_000001"), ("train", "KsponSpeech_000004"), ("train", "KsponSpeech_E00003")}
+    assert too_short == {
+        ("train", "KsponSpeech_000001"),
+        ("train", "KsponSpeech_000004"),
+        ("train", "KsponSpeech_E00003"),
+    }
     assert "KsponSpeech_E00003" in {r["utt_id"] for r in read_jsonl(out / "eval_other.jsonl")}  # 1 s, kept
     assert "KsponSpeech_E00004" in {r["utt_id"] for r in read_jsonl(out / "eval_other.jsonl")}  # 12 s, kept
 
@@ -114,7 +123,7 @@ def test_scripts_folder_may_be_named_scripts(tmp_path):
     for split in SPLITS:
         c.add(split, f"x/{split}.pcm", f"{split} 문장", ("row", f"{split} 문장"))
     c.write_scripts()
-    out, info = run(c, tmp_path)
+    out, _info = run(c, tmp_path)
     assert [r["text"] for r in read_jsonl(out / "dev.jsonl")] == ["dev 문장"]
 
 
@@ -141,15 +150,16 @@ def test_wrong_tree_stops_instead_of_rejecting_everything(tmp_path):
 
 
 def test_rerun_skips_and_changed_options_redo(quirky_corpus, tmp_path):
-    out, first = run(quirky_corpus, tmp_path)
+    out, _first = run(quirky_corpus, tmp_path)
     manifests = {p.name: p.read_bytes() for p in out.glob("*.jsonl")}
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     again = prepare_kspon(quirky_corpus.root, out, audio_dir=tmp_path / "audio", progress=False)
     assert again.skipped
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
     # other options redo the work; the same options again give byte-identical manifests
-    phonetic = prepare_kspon(quirky_corpus.root, out, audio_dir=tmp_path / "audio",
-                             options=PrepareOptions(form="phonetic"), progress=False)  # fmt: skip
+    phonetic = prepare_kspon(
+        quirky_corpus.root, out, audio_dir=tmp_path / "audio", options=PrepareOptions(form="phonetic"), progress=False
+    )
     assert not phonetic.skipped
     assert (out / "eval_clean.jsonl").read_bytes() != manifests["eval_clean.jsonl"]
     (out / "prepare.json").unlink()  # forget the record: the work is redone, with identical output
@@ -165,15 +175,43 @@ def test_rerun_skips_and_changed_options_redo(quirky_corpus, tmp_path):
 def test_killed_midway_then_rerun_gives_the_same_manifests(tmp_path):
     """kill -9 during conversion: no partial file under a final name; the rerun equals an uninterrupted run."""
     corpus = tmp_path / "K"
-    subprocess.run(korasr_cmd("sample-corpus", str(corpus), "--synth", "tone", "--utterances", "3000",
-                              "--quiet"), check=True)  # fmt: skip
+    subprocess.run(
+        korasr_cmd("sample-corpus", str(corpus), "--synth", "tone", "--utterances", "3000", "--quiet"), check=True
+    )
     reference = tmp_path / "ref"
-    subprocess.run(korasr_cmd("prepare", "kspon", "--root", str(corpus), "--out", str(reference / "m"),
-                              "--audio-dir", str(reference / "a"), "--jobs", "2", "--quiet"), check=True)  # fmt: skip
+    subprocess.run(
+        korasr_cmd(
+            "prepare",
+            "kspon",
+            "--root",
+            str(corpus),
+            "--out",
+            str(reference / "m"),
+            "--audio-dir",
+            str(reference / "a"),
+            "--jobs",
+            "2",
+            "--quiet",
+        ),
+        check=True,
+    )
 
     out, audio = tmp_path / "m", tmp_path / "a"
-    cmd = korasr_cmd("prepare", "kspon", "--root", str(corpus), "--out", str(out), "--audio-dir", str(audio),
-                     "--jobs", "1", "--quiet", "--audio-format", "flac")  # fmt: skip
+    cmd = korasr_cmd(
+        "prepare",
+        "kspon",
+        "--root",
+        str(corpus),
+        "--out",
+        str(out),
+        "--audio-dir",
+        str(audio),
+        "--jobs",
+        "1",
+        "--quiet",
+        "--audio-format",
+        "flac",
+    )
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(audio.rglob("*.flac"))) < 300:
@@ -195,4 +233,3 @@ def test_killed_midway_then_rerun_gives_the_same_manifests(tmp_path):
         ref = (reference / "m" / name).read_text().replace(str(reference / "a"), "AUDIO").replace(".wav", ".x")
         assert ours == ref, name
     assert not list(out.glob(".*tmp"))
-

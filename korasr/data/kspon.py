@@ -255,7 +255,7 @@ def prepare_kspon(
     log.info(
         "preparing KsponSpeech from %s → %s (audio: %s as %s), %d script lines, %d jobs, options %s",
         root, out_dir, audio_dir, options.audio_format, total_lines, jobs, asdict(options),
-    )  # fmt: skip
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     audio_dir.mkdir(parents=True, exist_ok=True)
     # A stale prepare.json must never vouch for a half-rewritten set of manifests; temporaries left by a
@@ -291,7 +291,7 @@ def prepare_kspon(
                 out = {"split": split, "encoding": out["encoding"], "reject": {
                     "utt_id": out["row"]["utt_id"], "split": split, "line": out["line"],
                     "reason": "duplicate utterance id", "detail": f"first in {first_split}.trn line {first_line}",
-                }}  # fmt: skip
+                }}
             if "row" in out:
                 row = out["row"]
                 seen[row["utt_id"]] = (split, out["line"])

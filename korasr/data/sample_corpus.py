@@ -142,7 +142,7 @@ def render(utt: Utterance, seed: int, synth: str) -> bytes:
         speech = _tone(utt.spoken, rng)
     else:
         speech = soxr.resample(tts.synthesize(utt.spoken, utt.voice, utt.speed, utt.pitch), tts.ESPEAK_RATE,
-                               SAMPLE_RATE)  # fmt: skip
+                               SAMPLE_RATE)
     lead, tail = (np.zeros(int(rng.uniform(0.1, 0.4) * SAMPLE_RATE), np.float32) for _ in range(2))
     parts = [lead, speech, tail]
     if utt.raw.lstrip().startswith(("b/", "n/", "l/", "o/")) or not utt.spoken:
@@ -178,7 +178,7 @@ def _write(utt: Utterance) -> float:
 
 
 def make_sample_corpus(out: str | os.PathLike[str], options: SampleOptions | None = None, jobs: int = 1,
-                       progress: bool = True) -> Path:  # fmt: skip
+                       progress: bool = True) -> Path:
     """Write the sample corpus under ``out``; skip when ``out/sample.json`` records the same options."""
     from tqdm import tqdm
 
@@ -242,7 +242,7 @@ def make_sample_corpus(out: str | os.PathLike[str], options: SampleOptions | Non
         "distinct_words": len(words),
         "seconds_taken": round(elapsed, 1),
         "jobs": jobs,
-    })  # fmt: skip
+    })
     log.info("sample corpus: %s utterances, %s hours, %d distinct words, made in %.1f s",
-             counts, hours, len(words), elapsed)  # fmt: skip
+             counts, hours, len(words), elapsed)
     return root

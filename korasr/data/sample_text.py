@@ -166,7 +166,7 @@ TEMPLATES = [
     "{acronym} 보면서 {food_o} {eat}.",
     "{clock}까지 {place_ro} 와 주세요.",
     "{thing_s} {adv} {adj}.",
-    "{place}는 {adv} {adj}.",
+    "{place_t} {adv} {adj}.",
     "{subj_s} {thing_o} {have}?",
     "{date}이 {subj} 생일이에요.",
     "{time} {clock}에 {acronym} 타고 {place}에 {move}.",

@@ -167,9 +167,7 @@ def normalize(
     return Normalized(unicodedata.normalize("NFC", text))
 
 
-def normalize_text(
-    raw: str, form: Form = "spelling", disfluency: Disfluency = "df", unk: str | None = None
-) -> str:
+def normalize_text(raw: str, form: Form = "spelling", disfluency: Disfluency = "df", unk: str | None = None) -> str:
     """Like :func:`normalize` but raises :class:`MalformedTranscript` instead of returning the reason."""
     result = normalize(raw, form, disfluency, unk)
     if result.error:
