@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--audio-format",
         choices=("wav", "flac"),
         default="wav",
-        help="wav: header + the PCM bytes, copy speed (default); flac: ~40%% less disk, slower",
+        help="wav: header + the PCM bytes, copy speed (default); flac: ~40%% less disk, 2-3x slower",
     )
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--min-duration", type=float, default=0.0, metavar="S", help="reject train utterances < S s")
