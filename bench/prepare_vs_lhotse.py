@@ -77,8 +77,21 @@ def main() -> int:
 
     out: Path = args.out.resolve()
     corpus = out / "corpus" / "KsponSpeech"
-    subprocess.run([str(BIN / "korasr"), "sample-corpus", str(corpus), "--synth", "tone", "--utterances",
-                    str(args.utterances), "--jobs", str(args.jobs), "--quiet"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            str(BIN / "korasr"),
+            "sample-corpus",
+            str(corpus),
+            "--synth",
+            "tone",
+            "--utterances",
+            str(args.utterances),
+            "--jobs",
+            str(args.jobs),
+            "--quiet",
+        ],
+        check=True,
+    )
     pcms = list(corpus.rglob("*.pcm"))
     n_utts = len(pcms)
     n_bytes = sum(p.stat().st_size for p in pcms)
@@ -94,8 +107,22 @@ def main() -> int:
             timed([sys.executable, "-c", RAW_COPY, str(corpus), str(work / "copy"), str(args.jobs)])
         )
         runs["korasr"].append(
-            timed([str(BIN / "korasr"), "prepare", "kspon", "--root", str(corpus), "--out", str(work / "m"),
-                   "--audio-dir", str(work / "audio"), "--jobs", str(args.jobs), "--quiet"])  # fmt: skip
+            timed(
+                [
+                    str(BIN / "korasr"),
+                    "prepare",
+                    "kspon",
+                    "--root",
+                    str(corpus),
+                    "--out",
+                    str(work / "m"),
+                    "--audio-dir",
+                    str(work / "audio"),
+                    "--jobs",
+                    str(args.jobs),
+                    "--quiet",
+                ]
+            )
         )
         for flac in lhotse_root.rglob("*.flac"):
             flac.unlink()

@@ -265,7 +265,8 @@ def prepare_kspon(
         for stale in out_dir.glob(f".{path.name}.*.tmp"):
             stale.unlink(missing_ok=True)
 
-    seen: dict[str, tuple[str, int]] = {}
+    # First occurrence of each id, packed as split index << 32 | line number (memory: ~100 B per utterance).
+    seen: dict[str, int] = {}
     counts: dict[str, dict] = {}
     odd_ids: list[str] = []
     odd_count = 0
@@ -287,14 +288,15 @@ def prepare_kspon(
             split = out["split"]
             encodings[split][out["encoding"]] += 1
             if "row" in out and out["row"]["utt_id"] in seen:
-                first_split, first_line = seen[out["row"]["utt_id"]]
+                first = seen[out["row"]["utt_id"]]
+                first_split, first_line = SPLITS[first >> 32], first & 0xFFFFFFFF
                 out = {"split": split, "encoding": out["encoding"], "reject": {
                     "utt_id": out["row"]["utt_id"], "split": split, "line": out["line"],
                     "reason": "duplicate utterance id", "detail": f"first in {first_split}.trn line {first_line}",
                 }}
             if "row" in out:
                 row = out["row"]
-                seen[row["utt_id"]] = (split, out["line"])
+                seen[row["utt_id"]] = SPLITS.index(split) << 32 | out["line"]
                 files[split].write(json.dumps(row, ensure_ascii=False) + "\n")
                 counts[split]["utterances"] += 1
                 counts[split]["seconds"] += row["duration"]
@@ -306,7 +308,7 @@ def prepare_kspon(
                 rejects_file.write(json.dumps(out["reject"], ensure_ascii=False) + "\n")
                 counts[split]["rejects"][out["reject"]["reason"]] += 1
         bar.close()
-        _check(counts, seen, scripts)
+        _check(counts, len(seen), scripts)
 
     elapsed = time.perf_counter() - started
     summary = {
@@ -344,7 +346,7 @@ def prepare_kspon(
     return result
 
 
-def _check(counts: dict[str, dict], seen: dict[str, tuple[str, int]], scripts: dict[str, Path]) -> None:
+def _check(counts: dict[str, dict], distinct_ids: int, scripts: dict[str, Path]) -> None:
     """Invariants checked before any output gets its final name."""
     for split, c in counts.items():
         accounted = c["utterances"] + sum(c["rejects"].values())
@@ -355,14 +357,11 @@ def _check(counts: dict[str, dict], seen: dict[str, tuple[str, int]], scripts: d
                 f"{scripts[split]}: none of its {c['lines']} audio files exists under the corpus root\n"
                 + EXPECTED_TREE
             )
-    by_split: dict[str, set[str]] = {}
-    for utt_id, (split, _) in seen.items():
-        by_split.setdefault(split, set()).add(utt_id)
-    training = by_split.get("train", set()) | by_split.get("dev", set())
-    for split in ("eval_clean", "eval_other"):
-        shared = training & by_split.get(split, set())
-        if shared:
-            raise CorpusError(f"{len(shared)} utterance ids are in both train/dev and {split}: {sorted(shared)[:5]}")
+    # Each row's id went into one set as it was written: as many distinct ids as rows means no id is in two
+    # manifests, so none is shared between train/dev and the eval splits.
+    rows = sum(c["utterances"] for c in counts.values())
+    if distinct_ids != rows:
+        raise CorpusError(f"{rows} manifest rows but {distinct_ids} distinct utterance ids")
 
 
 def _up_to_date(result: PrepareResult, fingerprint: str) -> bool:
