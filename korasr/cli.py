@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -51,6 +52,44 @@ def _sample_corpus(args: argparse.Namespace) -> int:
 
     options = SampleOptions(utterances=args.utterances, seed=args.seed, synth=args.synth)
     print(make_sample_corpus(args.out, options, jobs=args.jobs, progress=not args.quiet))
+    return 0
+
+
+def _tokenizer_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from korasr.tokenizer.build import TokenizerOptions, build_tokenizer
+    from korasr.tokenizer.report import format_report
+
+    options = TokenizerOptions(
+        unit=args.unit, type=args.type, vocab=args.vocab, character_coverage=args.character_coverage
+    )
+    out = build_tokenizer(args.manifest, args.out, options)
+    report = json.loads((Path(out) / "report.json").read_text(encoding="utf-8"))
+    for sub in report.values():
+        print(format_report(sub), file=sys.stderr)
+    print(out)
+    return 0
+
+
+def _tokenizer_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import sentencepiece as spm
+    import yaml
+
+    from korasr.tokenizer.report import feasibility_report, format_report
+
+    directory = Path(args.tokenizer)
+    meta = directory / "tokenizer.yaml"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{directory}: not a korasr tokenizer directory (no tokenizer.yaml)")
+    unit = yaml.safe_load(meta.read_text(encoding="utf-8"))["unit"]
+    processor = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+    report = feasibility_report(processor, unit, [Path(m) for m in args.manifest], subsampling=args.subsampling)
+    print(format_report(report))
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -103,6 +142,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_text_options(p)
     p.set_defaults(func=_prepare_kspon)
 
+    tok = sub.add_parser("tokenizer", help="build tokenizers; report their CTC feasibility")
+    tok_sub = tok.add_subparsers(dest="action", required=True)
+    p = tok_sub.add_parser("build", help="train a tokenizer directory on a train manifest")
+    p.add_argument("--manifest", required=True, help="the train manifest (JSONL); other splits are refused")
+    p.add_argument("--unit", choices=("jamo", "syllable", "char-jamo", "char-syllable"), default="jamo")
+    p.add_argument(
+        "--type", choices=("unigram", "bpe"), default="unigram", help="SentencePiece model (default: unigram)"
+    )
+    p.add_argument("--vocab", type=int, default=1024, help="vocabulary size for jamo/syllable units (default: 1024)")
+    p.add_argument("--character-coverage", type=float, default=1.0, help="SentencePiece character coverage")
+    p.add_argument(
+        "--out", default=None, help="default: tokenizers/<recipe>/<unit>_<type>_v<vocab> (char units: <unit>)"
+    )
+    p.set_defaults(func=_tokenizer_build)
+    p = tok_sub.add_parser("report", help="tokens per second and CTC-infeasible utterances per manifest")
+    p.add_argument("--tokenizer", required=True, help="a tokenizer directory written by `korasr tokenizer build`")
+    p.add_argument("--manifest", required=True, action="append", help="a manifest (repeat for several splits)")
+    p.add_argument("--subsampling", type=int, default=8, help="encoder subsampling factor (default: 8)")
+    p.add_argument("--json", action="store_true", help="also print the report as JSON")
+    p.set_defaults(func=_tokenizer_report)
+
     p = sub.add_parser("sample-corpus", help="write the synthetic sample corpus in KsponSpeech's layout")
     p.add_argument("out", help="output folder (the corpus root)")
     p.add_argument(
@@ -124,12 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from korasr import log as korasr_log
     from korasr.data.kspon import CorpusError
+    from korasr.tokenizer.build import TokenizerError
 
     args = build_parser().parse_args(argv)
     korasr_log.setup()
     try:
         return args.func(args)
-    except (CorpusError, ValueError, FileNotFoundError) as e:
+    except (CorpusError, TokenizerError, ValueError, FileNotFoundError) as e:
         print(f"korasr {args.command}: error: {e}", file=sys.stderr)
         return 2
 
