@@ -13,8 +13,16 @@ KSPON_ROOT ?=
 SAMPLE_ROOT ?= data/sample/KsponSpeech
 SAMPLE_UTTERANCES ?= 2500
 ARGS ?=
+# Tokenizer: unit jamo|syllable|char-jamo|char-syllable, SentencePiece type unigram|bpe, vocabulary size.
+UNIT ?= jamo
+TYPE ?= unigram
+ifeq ($(RECIPE),kspon)
+VOCAB ?= 1024
+else
+VOCAB ?= 256
+endif
 
-.PHONY: help setup espeak test lint format sample-corpus prepare bench clean
+.PHONY: help setup espeak test lint format sample-corpus prepare tokenizer bench bench-memory clean
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -69,8 +77,15 @@ prepare:
 	@echo "unknown RECIPE=$(RECIPE): recipes are sample, kspon"; exit 2
 endif
 
-bench: setup ## data prep speed: korasr vs lhotse vs a raw copy of the same bytes (prints ratios)
+tokenizer: prepare ## tokenizers/RECIPE/UNIT_TYPE_vVOCAB from the train manifest (UNIT=jamo TYPE=unigram VOCAB=...)
+	$(BIN)/korasr tokenizer build --manifest manifests/$(RECIPE)/train.jsonl --unit $(UNIT) --type $(TYPE) --vocab $(VOCAB)
+
+bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo package); prints ratios
 	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)
+	$(BIN)/python bench/tokenize.py
+
+bench-memory: setup ## peak memory of data prep on 10k and 100k utterances
+	$(BIN)/python bench/prepare_memory.py --jobs $(JOBS)
 
 clean: ## remove generated data, manifests and tokenizers (keeps .venv)
 	rm -rf data exp bench/out
