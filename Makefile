@@ -18,11 +18,25 @@ UNIT ?= jamo
 TYPE ?= unigram
 ifeq ($(RECIPE),kspon)
 VOCAB ?= 1024
+PREPARE_ARGS ?=
 else
 VOCAB ?= 256
+# The sample corpus is eSpeak reading the pronunciation form: train and score on that form.
+PREPARE_ARGS ?= --form phonetic
 endif
+ifneq (,$(filter char-%,$(UNIT)))
+TOKENIZER_DIR := tokenizers/$(RECIPE)/$(UNIT)
+else
+TOKENIZER_DIR := tokenizers/$(RECIPE)/$(UNIT)_$(TYPE)_v$(VOCAB)
+endif
+# Scale-out: DEVICES=8 NODES=2 (Lightning DDP); empty keeps the config's choice (all GPUs, or 1 CPU).
+DEVICES ?=
+NODES ?=
+TRAIN_ARGS := model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES))
+# The model to evaluate or export: the newest .nemo the recipe's training wrote.
+MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
-.PHONY: help setup espeak test lint format sample-corpus prepare tokenizer bench bench-memory clean
+.PHONY: help setup espeak test lint format sample-corpus prepare tokenizer train train-only evaluate bench bench-memory clean
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -68,17 +82,28 @@ sample-corpus: setup ## synthesize the sample corpus (eSpeak NG Korean, KsponSpe
 ifeq ($(RECIPE),kspon)
 prepare: setup ## manifests/RECIPE/*.jsonl from the corpus (RECIPE=sample: the sample corpus; kspon: KSPON_ROOT)
 	@if [ -z "$(KSPON_ROOT)" ]; then echo "RECIPE=kspon needs KSPON_ROOT=/path/to/KsponSpeech (see recipes/kspon/README.md)"; exit 2; fi
-	$(BIN)/korasr prepare kspon --root $(KSPON_ROOT) --out manifests/kspon --audio-dir data/kspon/audio --jobs $(JOBS) $(ARGS)
+	$(BIN)/korasr prepare kspon --root $(KSPON_ROOT) --out manifests/kspon --audio-dir data/kspon/audio --jobs $(JOBS) $(PREPARE_ARGS)
 else ifeq ($(RECIPE),sample)
 prepare: sample-corpus
-	$(BIN)/korasr prepare kspon --root $(SAMPLE_ROOT) --out manifests/sample --audio-dir data/sample/audio --jobs $(JOBS) $(ARGS)
+	$(BIN)/korasr prepare kspon --root $(SAMPLE_ROOT) --out manifests/sample --audio-dir data/sample/audio --jobs $(JOBS) $(PREPARE_ARGS)
 else
 prepare:
 	@echo "unknown RECIPE=$(RECIPE): recipes are sample, kspon"; exit 2
 endif
 
 tokenizer: prepare ## tokenizers/RECIPE/UNIT_TYPE_vVOCAB from the train manifest (UNIT=jamo TYPE=unigram VOCAB=...)
-	$(BIN)/korasr tokenizer build --manifest manifests/$(RECIPE)/train.jsonl --unit $(UNIT) --type $(TYPE) --vocab $(VOCAB)
+	$(BIN)/korasr tokenizer build --manifest manifests/$(RECIPE)/train.jsonl --unit $(UNIT) --type $(TYPE) --vocab $(VOCAB) --out $(TOKENIZER_DIR)
+
+train: tokenizer ## the recipe: corpus → prepare → tokenizer → train → evaluate (RECIPE=sample|kspon, ARGS=overrides)
+	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(ARGS)
+	@$(MAKE) --no-print-directory evaluate RECIPE=$(RECIPE) MODEL=
+
+train-only: setup ## the train stage alone (manifests and tokenizer must exist)
+	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(ARGS)
+
+evaluate: setup ## CER / CER+space / WER of MODEL (default: newest exp/RECIPE .nemo) on RECIPE's eval sets
+	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
+	$(BIN)/korasr evaluate --model $(MODEL) --manifest manifests/$(RECIPE)/eval_clean.jsonl --manifest manifests/$(RECIPE)/eval_other.jsonl
 
 bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo package); prints ratios
 	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)

@@ -93,6 +93,33 @@ def _tokenizer_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from korasr.train import compose, recipe_configs, train
+
+    configs = recipe_configs(args.recipe, args.size) + list(args.config)
+    print(train(compose(configs, args.overrides)))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from korasr.evaluate import GateFailed, evaluate, format_table
+
+    try:
+        report = evaluate(
+            args.model,
+            args.manifest,
+            args.out,
+            batch_size=args.batch_size,
+            max_cer=args.max_cer,
+            progress=not args.quiet,
+        )
+    except GateFailed as e:
+        print(f"korasr evaluate: gate failed: {e}", file=sys.stderr)
+        return 1
+    print(format_table(report))
+    return 0
+
+
 def _add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--form",
@@ -163,6 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
     p.set_defaults(func=_tokenizer_report)
 
+    p = sub.add_parser("train", help="train a FastConformer-CTC (stock NeMo) from a recipe's train.yaml")
+    p.add_argument("--recipe", required=True, help="a recipe folder (its train.yaml) or a train.yaml")
+    p.add_argument(
+        "--size",
+        choices=("large", "medium", "small", "tiny"),
+        default=None,
+        help="model size (default: the recipe's korasr.size)",
+    )
+    p.add_argument("--config", action="append", default=[], help="more YAML merged after the recipe (repeatable)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: model.optim.lr=1e-3 trainer.devices=8 ...")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="transcribe manifests with a .nemo and score CER (no spaces), CER+space, WER")
+    p.add_argument("--model", required=True, help="a .nemo written by `korasr train`")
+    p.add_argument("--manifest", required=True, action="append", help="a manifest to score (repeatable)")
+    p.add_argument("--out", default=None, help="output folder (default: eval/ beside the model)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--max-cer",
+        type=float,
+        default=None,
+        metavar="X",
+        help="exit 1 when the CER (no spaces) of any split exceeds X percent",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_evaluate)
+
     p = sub.add_parser("sample-corpus", help="write the synthetic sample corpus in KsponSpeech's layout")
     p.add_argument("out", help="output folder (the corpus root)")
     p.add_argument(
@@ -185,12 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     from korasr import log as korasr_log
     from korasr.data.kspon import CorpusError
     from korasr.tokenizer.build import TokenizerError
+    from korasr.train import TrainConfigError
 
     args = build_parser().parse_args(argv)
     korasr_log.setup()
     try:
         return args.func(args)
-    except (CorpusError, TokenizerError, ValueError, FileNotFoundError) as e:
+    except (CorpusError, TokenizerError, TrainConfigError, ValueError, FileNotFoundError) as e:
         print(f"korasr {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,139 @@
+"""GPU training throughput of FastConformer-L CTC: utterance-seconds of audio per second, bf16, synthetic batches.
+
+Two models in one run: korasr's `large` (conf/fastconformer_ctc.yaml + conf/size/large.yaml) and the same
+model as NeMo's published FastConformer-CTC-BPE YAML builds it (its values, restated below: 18 layers where
+NeMo's model table and our `large` say 17; everything else equal). Each runs forward + CTC loss + backward +
+AdamW on random audio batches of fixed shape after warm-up steps; the ratio is ours / NeMo's.
+Without a CUDA GPU (or without NeMo) it says so and exits 0.
+
+    python bench/train_throughput.py [--batch 32] [--seconds 16] [--steps 20] [--warmup 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# NeMo's published fast-conformer_ctc_bpe.yaml differs from our `large` only in these values.
+NEMO_PUBLISHED = ["model.encoder.n_layers=18"]
+
+
+def tokenizer_dir(tmp: Path) -> Path:
+    """A jamo unigram tokenizer with 1024 pieces at most, from generated text (no audio needed)."""
+    import json as _json
+    import random
+
+    from korasr.data.sample_text import sentence
+    from korasr.text.normalize import normalize_text
+    from korasr.tokenizer.build import TokenizerOptions, build_tokenizer
+
+    r = random.Random(0)
+    manifest = tmp / "train.jsonl"
+    rows = (normalize_text(sentence(r)) for _ in range(20000))
+    manifest.write_text(
+        "".join(_json.dumps({"text": t, "duration": 1.0}, ensure_ascii=False) + "\n" for t in rows if t)
+    )
+    return build_tokenizer(manifest, tmp / "tok", TokenizerOptions(unit="jamo", vocab=1024), report_manifests=[])
+
+
+def measure(overrides: list[str], tok: Path, args: argparse.Namespace) -> dict:
+    import torch
+    from nemo.collections.asr.models import EncDecCTCModelBPE
+    from omegaconf import OmegaConf
+
+    from korasr.train import BASE, CONF, compose
+
+    cfg = compose([BASE, CONF / "size" / "large.yaml"], [f"model.tokenizer.dir={tok}", *overrides])
+    model_cfg = cfg.model
+    for split in ("train_ds", "validation_ds", "test_ds"):
+        model_cfg[split] = OmegaConf.create({"manifest_filepath": None, "sample_rate": 16000})
+    model = EncDecCTCModelBPE(cfg=model_cfg).cuda().train()
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=1e-3)
+    samples = int(args.seconds * 16000)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    audio = torch.randn(args.batch, samples, device="cuda", generator=gen) * 0.1
+    audio_len = torch.full((args.batch,), samples, device="cuda", dtype=torch.long)
+    vocab = model.tokenizer.vocab_size
+    tokens_per_utt = int(args.seconds * 5)  # about 5 jamo pieces per second of Korean speech
+    targets = torch.randint(0, vocab, (args.batch, tokens_per_utt), device="cuda", generator=gen)
+    target_len = torch.full((args.batch,), tokens_per_utt, device="cuda", dtype=torch.long)
+
+    def step() -> None:
+        optim.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            log_probs, enc_len, _ = model.forward(input_signal=audio, input_signal_length=audio_len)
+        loss = model.loss(
+            log_probs=log_probs.float(), targets=targets, input_lengths=enc_len, target_lengths=target_len
+        )
+        loss.backward()
+        optim.step()
+
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    result = {
+        "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+        "step_seconds": round(elapsed / args.steps, 4),
+        "audio_seconds_per_second": round(args.batch * args.seconds * args.steps / elapsed, 1),
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
+    del model, optim
+    torch.cuda.empty_cache()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=16.0, help="duration of every utterance in the batch")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=HERE / "out")
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        print("train_throughput: torch is not installed; nothing to measure")
+        return 0
+    if not torch.cuda.is_available():
+        print("train_throughput: no CUDA GPU here; this benchmark needs one (skipped)")
+        return 0
+    try:
+        import nemo.collections.asr
+    except ImportError as e:
+        print(f"train_throughput: NeMo is not importable here ({e}); skipped")
+        return 0
+    sys.path.insert(0, str(ROOT))
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = tokenizer_dir(Path(tmp))
+        ours = measure([], tok, args)
+        nemo = measure(NEMO_PUBLISHED, tok, args)
+    result = {
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "utterance_seconds": args.seconds,
+        "korasr_large": ours,
+        "nemo_published": nemo,
+        "ratio": round(ours["audio_seconds_per_second"] / nemo["audio_seconds_per_second"], 3),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""End to end on CPU: the sample recipe on a reduced budget learns; resume after kill -9; the .nemo is portable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+import yaml
+
+from korasr.metrics import cer
+from korasr.text.codec import count_ill_formed
+from tests.conftest import korasr_cmd
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(korasr_cmd(*args), check=True, capture_output=True, text=True, cwd=ROOT, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> dict[str, Path]:
+    """The sample recipe's stages on a smaller corpus: eSpeak speech, phonetic form, jamo unigram 128."""
+    tmp = tmp_path_factory.mktemp("recipe")
+    corpus = tmp / "KsponSpeech"
+    run("sample-corpus", str(corpus), "--utterances", "800", "--seed", "11", "--quiet")
+    manifests = tmp / "manifests" / "sample"
+    run("prepare", "kspon", "--root", str(corpus), "--out", str(manifests), "--audio-dir", str(tmp / "audio"),
+        "--form", "phonetic", "--quiet")  # fmt: skip
+    tokenizer = tmp / "tokenizer"
+    run("tokenizer", "build", "--manifest", str(manifests / "train.jsonl"), "--unit", "jamo", "--vocab", "128",
+        "--out", str(tokenizer))  # fmt: skip
+    return {"tmp": tmp, "manifests": manifests, "tokenizer": tokenizer}
+
+
+def train_args(recipe: dict[str, Path], exp: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--recipe", "recipes/sample",
+        f"model.tokenizer.dir={recipe['tokenizer']}",
+        f"model.train_ds.manifest_filepath={recipe['manifests'] / 'train.jsonl'}",
+        f"model.validation_ds.manifest_filepath={recipe['manifests'] / 'dev.jsonl'}",
+        f"exp_manager.exp_dir={exp}",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(recipe) -> Path:
+    exp = recipe["tmp"] / "exp"
+    proc = run(*train_args(recipe, exp, "trainer.max_steps=300", "trainer.val_check_interval=100",
+                           "model.optim.sched.warmup_steps=50"))  # fmt: skip
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def test_reduced_sample_recipe_learns(trained, recipe):
+    out = recipe["tmp"] / "eval"
+    run("evaluate", "--model", str(trained), "--manifest", str(recipe["manifests"] / "eval_clean.jsonl"),
+        "--out", str(out), "--quiet")  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    clean = report["splits"]["eval_clean"]
+    # an untrained CTC model emits nothing or noise: CER ≥ 95%; this one must have learned
+    assert clean["cer"] < 45.0, clean
+    rows = [json.loads(line) for line in (out / "eval_clean.hyp.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == clean["utterances"] == 40
+    assert cer([r["ref"] for r in rows], [r["hyp"] for r in rows]) == pytest.approx(clean["cer"], abs=0.01)
+    # the gate a retraining pipeline uses
+    gate = subprocess.run(korasr_cmd("evaluate", "--model", str(trained), "--manifest",
+                                     str(recipe["manifests"] / "eval_clean.jsonl"), "--out", str(out),
+                                     "--max-cer", "0.01", "--quiet"), capture_output=True, text=True)  # fmt: skip
+    assert gate.returncode == 1 and "gate failed" in gate.stderr
+
+
+def test_run_records_config_commit_versions_and_loggers(trained):
+    run_dir = trained.parent
+    record = yaml.safe_load((run_dir / "korasr_run.yaml").read_text())
+    assert record["korasr"]["git_commit"]
+    assert {"torch", "nemo_toolkit", "lightning", "korasr"} <= set(record["korasr"]["versions"])
+    assert record["model"]["korasr_text_unit"] == "jamo"
+    assert record["model"]["tokenizer"]["dir"].endswith("tokenizer")
+    assert list(run_dir.rglob("events.out.tfevents.*")), "TensorBoard logs"
+    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run directory"
+    assert list((run_dir / "checkpoints").glob("*-last.ckpt"))
+
+
+def test_nemo_restores_without_korasr_and_transcribes_the_same(trained, recipe):
+    rows = [json.loads(line) for line in (recipe["manifests"] / "eval_clean.jsonl").read_text().splitlines()][:8]
+    files = [r["audio_filepath"] for r in rows]
+    script = (
+        "import json, sys\n"
+        "from nemo.collections.asr.models import ASRModel\n"
+        "m = ASRModel.restore_from(sys.argv[1], map_location='cpu')\n"
+        "out = m.transcribe(json.loads(sys.argv[2]), batch_size=4, verbose=False)\n"
+        "assert 'korasr' not in sys.modules\n"
+        "print(json.dumps([o.text if hasattr(o, 'text') else o for o in out], ensure_ascii=False))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script, str(trained), json.dumps(files)], capture_output=True,
+                          text=True, check=True, cwd="/", env=env)  # fmt: skip
+    stock = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    from korasr.evaluate import load_model, transcribe
+
+    ours = transcribe(load_model(trained), rows, batch_size=4, progress=False)
+    for raw, mine in zip(stock, ours, strict=True):
+        if count_ill_formed(raw) == 0:
+            assert " ".join(unicodedata.normalize("NFC", raw).split()) == mine
+
+
+def test_killed_training_resumes_from_the_last_checkpoint(recipe):
+    exp = recipe["tmp"] / "exp_resume"
+    args = train_args(recipe, exp, "trainer.max_steps=60", "trainer.val_check_interval=20",
+                      "exp_manager.create_wandb_logger=false")  # fmt: skip
+    proc = subprocess.Popen(korasr_cmd(*args), cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    checkpoints = exp / "tiny_tokenizer" / "run" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(checkpoints.glob("*-last.ckpt")):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = list(checkpoints.glob("*-last.ckpt"))
+    assert first, "a checkpoint must exist before the kill"
+
+    import torch
+
+    step_at_kill = torch.load(first[0], map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < step_at_kill < 60
+    log = subprocess.run(korasr_cmd(*args), cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "Resuming" in log.stderr + log.stdout or "Restoring" in log.stderr + log.stdout
+    last = max(checkpoints.glob("*-last.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 60
+    assert Path(log.stdout.strip().splitlines()[-1]).is_file()
