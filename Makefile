@@ -20,7 +20,7 @@ ifeq ($(RECIPE),kspon)
 VOCAB ?= 1024
 PREPARE_ARGS ?=
 else
-VOCAB ?= 256
+VOCAB ?= 80
 # The sample corpus is eSpeak reading the pronunciation form: train and score on that form.
 PREPARE_ARGS ?= --form phonetic
 endif
@@ -33,6 +33,7 @@ endif
 DEVICES ?=
 NODES ?=
 TRAIN_ARGS := model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES))
+EVAL_ARGS := --evaluate manifests/$(RECIPE)/eval_clean.jsonl --evaluate manifests/$(RECIPE)/eval_other.jsonl
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
@@ -95,8 +96,7 @@ tokenizer: prepare ## tokenizers/RECIPE/UNIT_TYPE_vVOCAB from the train manifest
 	$(BIN)/korasr tokenizer build --manifest manifests/$(RECIPE)/train.jsonl --unit $(UNIT) --type $(TYPE) --vocab $(VOCAB) --out $(TOKENIZER_DIR)
 
 train: tokenizer ## the recipe: corpus → prepare → tokenizer → train → evaluate (RECIPE=sample|kspon, ARGS=overrides)
-	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(ARGS)
-	@$(MAKE) --no-print-directory evaluate RECIPE=$(RECIPE) MODEL=
+	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(EVAL_ARGS) $(ARGS)
 
 train-only: setup ## the train stage alone (manifests and tokenizer must exist)
 	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(ARGS)

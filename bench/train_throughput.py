@@ -89,7 +89,6 @@ def measure(overrides: list[str], tok: Path, args: argparse.Namespace) -> dict:
         "audio_seconds_per_second": round(args.batch * args.seconds * args.steps / elapsed, 1),
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
     }
-    del model, optim
     torch.cuda.empty_cache()
     return result
 

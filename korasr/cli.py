@@ -97,7 +97,12 @@ def _train(args: argparse.Namespace) -> int:
     from korasr.train import compose, recipe_configs, train
 
     configs = recipe_configs(args.recipe, args.size) + list(args.config)
-    print(train(compose(configs, args.overrides)))
+    model = train(compose(configs, args.overrides))
+    if args.evaluate:
+        from korasr.evaluate import evaluate, format_table
+
+        print(format_table(evaluate(model, args.evaluate, progress=True)), file=sys.stderr)
+    print(model)
     return 0
 
 
@@ -199,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="model size (default: the recipe's korasr.size)",
     )
     p.add_argument("--config", action="append", default=[], help="more YAML merged after the recipe (repeatable)")
+    p.add_argument(
+        "--evaluate",
+        action="append",
+        default=[],
+        metavar="MANIFEST",
+        help="after training, score the final model on MANIFEST (repeatable; in the same process)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides: model.optim.lr=1e-3 trainer.devices=8 ...")
     p.set_defaults(func=_train)
 

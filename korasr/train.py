@@ -240,4 +240,15 @@ def train(cfg: DictConfig) -> Path:
             log.info("final model: weights of the best checkpoint %s", best)
         model.save_to(str(final))
         log.info("saved %s after %.0f s (global step %d)", final, time.perf_counter() - started, trainer.global_step)
+    _finish_wandb()
     return final
+
+
+def _finish_wandb() -> None:
+    """Close the wandb run now, so its closing messages come before whatever the caller prints."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish()

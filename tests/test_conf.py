@@ -32,7 +32,7 @@ def data(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("conf")
     corpus = make_sample_corpus(tmp / "K", SampleOptions(utterances=40, synth="tone"), progress=False)
     out = prepare_kspon(corpus, tmp / "manifests" / "sample", audio_dir=tmp / "a", progress=False).out_dir
-    tok = build_tokenizer(out / "train.jsonl", tmp / "tok", TokenizerOptions(unit="jamo", vocab=64))
+    tok = build_tokenizer(out / "train.jsonl", tmp / "tok", TokenizerOptions(unit="jamo", vocab=128))
     return {"train": str(out / "train.jsonl"), "dev": str(out / "dev.jsonl"), "tokenizer": str(tok), "tmp": str(tmp)}
 
 

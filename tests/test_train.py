@@ -28,15 +28,15 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> dict[str, Path]:
-    """The sample recipe's stages on a smaller corpus: eSpeak speech, phonetic form, jamo unigram 128."""
+    """The sample recipe's stages (another seed): eSpeak speech, phonetic form, jamo unigram 80."""
     tmp = tmp_path_factory.mktemp("recipe")
     corpus = tmp / "KsponSpeech"
-    run("sample-corpus", str(corpus), "--utterances", "800", "--seed", "11", "--quiet")
+    run("sample-corpus", str(corpus), "--seed", "11", "--quiet")  # the default size: 2,500 train utterances
     manifests = tmp / "manifests" / "sample"
     run("prepare", "kspon", "--root", str(corpus), "--out", str(manifests), "--audio-dir", str(tmp / "audio"),
         "--form", "phonetic", "--quiet")  # fmt: skip
     tokenizer = tmp / "tokenizer"
-    run("tokenizer", "build", "--manifest", str(manifests / "train.jsonl"), "--unit", "jamo", "--vocab", "128",
+    run("tokenizer", "build", "--manifest", str(manifests / "train.jsonl"), "--unit", "jamo", "--vocab", "80",
         "--out", str(tokenizer))  # fmt: skip
     return {"tmp": tmp, "manifests": manifests, "tokenizer": tokenizer}
 
@@ -55,9 +55,16 @@ def train_args(recipe: dict[str, Path], exp: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(recipe) -> Path:
     exp = recipe["tmp"] / "exp"
-    proc = run(*train_args(recipe, exp, "trainer.max_steps=300", "trainer.val_check_interval=100",
-                           "model.optim.sched.warmup_steps=50"))  # fmt: skip
-    return Path(proc.stdout.strip().splitlines()[-1])
+    # A reduced budget: 600 steps (the recipe: 1,000).
+    proc = run(*train_args(recipe, exp, "trainer.max_steps=600", "trainer.val_check_interval=300"))  # fmt: skip
+    return nemo_path(proc.stdout)
+
+
+def nemo_path(stdout: str) -> Path:
+    """`korasr train` prints the final .nemo as its last line."""
+    last = stdout.strip().splitlines()[-1]
+    assert last.endswith(".nemo"), stdout[-2000:]
+    return Path(last)
 
 
 def test_reduced_sample_recipe_learns(trained, recipe):
@@ -67,9 +74,9 @@ def test_reduced_sample_recipe_learns(trained, recipe):
     report = json.loads((out / "report.json").read_text())
     clean = report["splits"]["eval_clean"]
     # an untrained CTC model emits nothing or noise: CER ≥ 95%; this one must have learned
-    assert clean["cer"] < 45.0, clean
+    assert clean["cer"] < 50.0, clean
     rows = [json.loads(line) for line in (out / "eval_clean.hyp.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(rows) == clean["utterances"] == 40
+    assert len(rows) == clean["utterances"] == 125
     assert cer([r["ref"] for r in rows], [r["hyp"] for r in rows]) == pytest.approx(clean["cer"], abs=0.01)
     # the gate a retraining pipeline uses
     gate = subprocess.run(korasr_cmd("evaluate", "--model", str(trained), "--manifest",
@@ -137,4 +144,4 @@ def test_killed_training_resumes_from_the_last_checkpoint(recipe):
     assert "Resuming" in log.stderr + log.stdout or "Restoring" in log.stderr + log.stdout
     last = max(checkpoints.glob("*-last.ckpt"), key=lambda p: p.stat().st_mtime)
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 60
-    assert Path(log.stdout.strip().splitlines()[-1]).is_file()
+    assert nemo_path(log.stdout).is_file()
