@@ -107,7 +107,7 @@ evaluate: setup ## CER / CER+space / WER of MODEL (default: newest exp/RECIPE .n
 
 bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo package); prints ratios
 	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)
-	$(BIN)/python bench/tokenize.py
+	$(BIN)/python bench/tokenize_speed.py
 
 bench-memory: setup ## peak memory of data prep on 10k and 100k utterances
 	$(BIN)/python bench/prepare_memory.py --jobs $(JOBS)

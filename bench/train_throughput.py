@@ -45,28 +45,29 @@ def tokenizer_dir(tmp: Path) -> Path:
 def measure(overrides: list[str], tok: Path, args: argparse.Namespace) -> dict:
     import torch
     from nemo.collections.asr.models import EncDecCTCModelBPE
-    from omegaconf import OmegaConf
 
     from korasr.train import BASE, CONF, compose
 
-    cfg = compose([BASE, CONF / "size" / "large.yaml"], [f"model.tokenizer.dir={tok}", *overrides])
-    model_cfg = cfg.model
+    cfg = compose([BASE, CONF / "size" / f"{args.size}.yaml"], [f"model.tokenizer.dir={tok}", *overrides])
     for split in ("train_ds", "validation_ds", "test_ds"):
-        model_cfg[split] = OmegaConf.create({"manifest_filepath": None, "sample_rate": 16000})
-    model = EncDecCTCModelBPE(cfg=model_cfg).cuda().train()
+        cfg.model[split].manifest_filepath = None
+        cfg.model[split].use_lhotse = False
+    device = args.device
+    model = EncDecCTCModelBPE(cfg=cfg.model).to(device).train()
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=1e-3)
     samples = int(args.seconds * 16000)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    audio = torch.randn(args.batch, samples, device="cuda", generator=gen) * 0.1
-    audio_len = torch.full((args.batch,), samples, device="cuda", dtype=torch.long)
+    gen = torch.Generator(device=device).manual_seed(0)
+    audio = torch.randn(args.batch, samples, device=device, generator=gen) * 0.1
+    audio_len = torch.full((args.batch,), samples, device=device, dtype=torch.long)
     vocab = model.tokenizer.vocab_size
     tokens_per_utt = int(args.seconds * 5)  # about 5 jamo pieces per second of Korean speech
-    targets = torch.randint(0, vocab, (args.batch, tokens_per_utt), device="cuda", generator=gen)
-    target_len = torch.full((args.batch,), tokens_per_utt, device="cuda", dtype=torch.long)
+    targets = torch.randint(0, vocab, (args.batch, tokens_per_utt), device=device, generator=gen)
+    target_len = torch.full((args.batch,), tokens_per_utt, device=device, dtype=torch.long)
+    cuda = device == "cuda"
 
     def step() -> None:
         optim.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
             log_probs, enc_len, _ = model.forward(input_signal=audio, input_signal_length=audio_len)
         loss = model.loss(
             log_probs=log_probs.float(), targets=targets, input_lengths=enc_len, target_lengths=target_len
@@ -76,20 +77,21 @@ def measure(overrides: list[str], tok: Path, args: argparse.Namespace) -> dict:
 
     for _ in range(args.warmup):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     result = {
         "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "step_seconds": round(elapsed / args.steps, 4),
         "audio_seconds_per_second": round(args.batch * args.seconds * args.steps / elapsed, 1),
-        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
     }
-    torch.cuda.empty_cache()
     return result
 
 
@@ -99,6 +101,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=16.0, help="duration of every utterance in the batch")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--size", default="large", choices=("large", "medium", "small", "tiny"))
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke test of this script")
     parser.add_argument("--out", type=Path, default=HERE / "out")
     args = parser.parse_args()
     try:
@@ -106,7 +110,7 @@ def main() -> int:
     except ImportError:
         print("train_throughput: torch is not installed; nothing to measure")
         return 0
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("train_throughput: no CUDA GPU here; this benchmark needs one (skipped)")
         return 0
     try:
@@ -120,11 +124,12 @@ def main() -> int:
         ours = measure([], tok, args)
         nemo = measure(NEMO_PUBLISHED, tok, args)
     result = {
-        "gpu": torch.cuda.get_device_name(0),
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+        "size": args.size,
         "torch": torch.__version__,
         "batch": args.batch,
         "utterance_seconds": args.seconds,
-        "korasr_large": ours,
+        "korasr": ours,
         "nemo_published": nemo,
         "ratio": round(ours["audio_seconds_per_second"] / nemo["audio_seconds_per_second"], 3),
     }

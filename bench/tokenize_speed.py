@@ -5,7 +5,7 @@ must produce identical ids; only the decomposition differs: korasr uses `unicode
 `jamo.h2j`. Prints chars/s of the decomposition alone and end to end, with the ratios; target: decomposition
 ≥ 10 M chars/s. Text: normalized sentences of the sample corpus's generator (no audio needed).
 
-    python bench/tokenize.py [--sentences 200000] [--repeats 3]
+    python bench/tokenize_speed.py [--sentences 200000] [--repeats 3]
 """
 
 from __future__ import annotations
