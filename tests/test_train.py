@@ -73,8 +73,10 @@ def test_reduced_sample_recipe_learns(trained, recipe):
         "--out", str(out), "--quiet")  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     clean = report["splits"]["eval_clean"]
-    # an untrained CTC model emits nothing or noise: CER ≥ 95%; this one must have learned
-    assert clean["cer"] < 50.0, clean
+    # An untrained CTC model emits nothing or noise (CER ≥ 95%); one stalled in the blank plateau scored 91.6%
+    # (syllable pieces, recipes/sample/RESULTS.md). After 600 steps runs measured 50-67% (lhotse's shuffling seed
+    # varies between runs), so 80% separates "learned" from "stopped learning" with a margin either side.
+    assert clean["cer"] < 80.0, clean
     rows = [json.loads(line) for line in (out / "eval_clean.hyp.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == clean["utterances"] == 125
     assert cer([r["ref"] for r in rows], [r["hyp"] for r in rows]) == pytest.approx(clean["cer"], abs=0.01)
