@@ -103,7 +103,8 @@ def _absolute(path: str) -> str:
     return str(path) if Path(path).is_absolute() else str(ROOT / path)
 
 
-def check_inputs(cfg: DictConfig) -> None:
+def resolve_inputs(cfg: DictConfig) -> None:
+    """Make manifest and tokenizer paths absolute (relative to the repository root), then check they exist."""
     for split in ("train_ds", "validation_ds"):
         paths = cfg.model[split].manifest_filepath
         cfg.model[split].manifest_filepath = (
@@ -164,14 +165,13 @@ def tokenizer_unit(tokenizer_dir: str | os.PathLike[str]) -> str:
 def model_unit_manifest(manifest: str | os.PathLike[str], unit: str, out_dir: Path) -> Path:
     """The manifest with ``text`` in the tokenizer's unit (NeMo tokenizes ``text`` as it is): NFD jamo for
     jamo units. Written once per source manifest content, atomically, under ``out_dir``."""
-    import hashlib
     import json
 
-    from korasr.fsutil import atomic_open
+    from korasr.fsutil import atomic_open, sha256_file
     from korasr.text.codec import to_model_text
 
     source = Path(manifest)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    digest = sha256_file(source)[:12]
     target = out_dir / f"{source.stem}.{unit}.{digest}.jsonl"
     if target.is_file():
         return target
@@ -206,7 +206,7 @@ def train(cfg: DictConfig) -> Path:
 
     started = time.perf_counter()
     cfg = finalize(cfg, torch.cuda.is_available())
-    check_inputs(cfg)
+    resolve_inputs(cfg)
     os.environ["WANDB_MODE"] = _wandb_mode()
     if cfg.exp_manager.get("create_wandb_logger"):
         cfg.exp_manager.wandb_logger_kwargs.save_dir = str(run_dir(cfg))

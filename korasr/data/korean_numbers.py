@@ -72,7 +72,3 @@ def has_final(word: str) -> bool:
     code = ord(last) - 0xAC00
     return 0 <= code < 11172 and code % 28 != 0
 
-
-def particle(word: str, with_final: str, without_final: str) -> str:
-    """``word`` followed by the particle form its last syllable takes: 책을 / 사과를, 집이 / 학교가."""
-    return word + (with_final if has_final(word) else without_final)
