@@ -33,7 +33,9 @@ endif
 DEVICES ?=
 NODES ?=
 TRAIN_ARGS := model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES))
-EVAL_ARGS := --evaluate manifests/$(RECIPE)/eval_clean.jsonl --evaluate manifests/$(RECIPE)/eval_other.jsonl
+EVAL_ARGS := --evaluate manifests/$(RECIPE)/eval_clean.jsonl --evaluate manifests/$(RECIPE)/eval_other.jsonl --results recipes/$(RECIPE)/RESULTS.md
+# The evaluation gate: MAX_CER=5 makes `make evaluate` fail when a split's CER (no spaces) is above 5%.
+MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
@@ -101,9 +103,9 @@ train: tokenizer ## the recipe: corpus → prepare → tokenizer → train → e
 train-only: setup ## the train stage alone (manifests and tokenizer must exist)
 	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(ARGS)
 
-evaluate: setup ## CER / CER+space / WER of MODEL (default: newest exp/RECIPE .nemo) on RECIPE's eval sets
+evaluate: setup ## CER, CER+space, WER, sWER, jamo slots of MODEL (default: newest exp/RECIPE .nemo) → report + RESULTS.md rows (MAX_CER=gate)
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
-	$(BIN)/korasr evaluate --model $(MODEL) --manifest manifests/$(RECIPE)/eval_clean.jsonl --manifest manifests/$(RECIPE)/eval_other.jsonl
+	$(BIN)/korasr evaluate --model $(MODEL) --manifest manifests/$(RECIPE)/eval_clean.jsonl --manifest manifests/$(RECIPE)/eval_other.jsonl --results recipes/$(RECIPE)/RESULTS.md $(if $(MAX_CER),--max-cer $(MAX_CER))
 
 bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo package); prints ratios
 	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)

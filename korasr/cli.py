@@ -99,15 +99,17 @@ def _train(args: argparse.Namespace) -> int:
     configs = recipe_configs(args.recipe, args.size) + list(args.config)
     model = train(compose(configs, args.overrides))
     if args.evaluate:
-        from korasr.evaluate import evaluate, format_table
+        from korasr.evaluate import evaluate
+        from korasr.report import format_table
 
-        print(format_table(evaluate(model, args.evaluate, progress=True)), file=sys.stderr)
+        print(format_table(evaluate(model, args.evaluate, results_md=args.results, progress=True)), file=sys.stderr)
     print(model)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from korasr.evaluate import GateFailed, evaluate, format_table
+    from korasr.evaluate import GateFailed, evaluate
+    from korasr.report import format_table
 
     try:
         report = evaluate(
@@ -116,6 +118,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             args.out,
             batch_size=args.batch_size,
             max_cer=args.max_cer,
+            results_md=args.results,
             progress=not args.quiet,
         )
     except GateFailed as e:
@@ -123,6 +126,43 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 1
     print(format_table(report))
     return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from korasr.evaluate import GateFailed, gate, score_files
+    from korasr.report import format_table, normalization_of
+
+    files = {Path(p).name.removesuffix(".jsonl").removesuffix(".hyp"): Path(p) for p in args.hyps}
+    if len(files) != len(args.hyps):
+        raise ValueError(f"two hypothesis files share a split name: {args.hyps}")
+    normalization = normalization_of(args.manifest) if args.manifest else None
+    out = args.out or Path(args.hyps[0]).parent
+    report = score_files(files, out, model=args.model, normalization=normalization, results_md=args.results)
+    print(format_table(report))
+    try:
+        gate(report, args.max_cer)
+    except GateFailed as e:
+        print(f"korasr score: gate failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-cer",
+        type=float,
+        default=None,
+        metavar="X",
+        help="exit 1 when the CER (no spaces) of any split exceeds X percent",
+    )
+    p.add_argument(
+        "--results",
+        default=None,
+        metavar="RESULTS_MD",
+        help="add this evaluation's rows (replacing the same model and split) to a recipe's RESULTS.md",
+    )
 
 
 def _add_text_options(p: argparse.ArgumentParser) -> None:
@@ -211,23 +251,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MANIFEST",
         help="after training, score the final model on MANIFEST (repeatable; in the same process)",
     )
+    p.add_argument("--results", default=None, metavar="RESULTS_MD", help="add the evaluation's rows to RESULTS_MD")
     p.add_argument("overrides", nargs="*", help="dotted overrides: model.optim.lr=1e-3 trainer.devices=8 ...")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="transcribe manifests with a .nemo and score CER (no spaces), CER+space, WER")
+    p = sub.add_parser(
+        "evaluate", help="transcribe manifests with a model; CER, CER+space, WER, sWER, jamo slots; report + chart"
+    )
     p.add_argument("--model", required=True, help="a .nemo written by `korasr train`")
     p.add_argument("--manifest", required=True, action="append", help="a manifest to score (repeatable)")
     p.add_argument("--out", default=None, help="output folder (default: eval/ beside the model)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument(
-        "--max-cer",
-        type=float,
-        default=None,
-        metavar="X",
-        help="exit 1 when the CER (no spaces) of any split exceeds X percent",
-    )
+    _add_report_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("score", help="recompute the evaluation report from <split>.hyp.jsonl files (no model)")
+    p.add_argument("hyps", nargs="+", help="hypothesis files (utt_id, ref, hyp per line); split = name before .hyp")
+    p.add_argument("--out", default=None, help="output folder (default: the first file's folder)")
+    p.add_argument("--model", default=None, help="the model that made them (recorded in the report)")
+    p.add_argument("--manifest", default=None, help="a manifest of the references (its prepare.json: normalization)")
+    _add_report_options(p)
+    p.set_defaults(func=_score)
 
     p = sub.add_parser("sample-corpus", help="write the synthetic sample corpus in KsponSpeech's layout")
     p.add_argument("out", help="output folder (the corpus root)")

@@ -1,4 +1,5 @@
-"""`korasr evaluate`: transcribe manifests with a ``.nemo`` and score them (CER without and with spaces, WER).
+"""`korasr evaluate`: transcribe manifests with a ``.nemo`` and score them (CER without and with spaces, WER, sWER,
+jamo slots; see :mod:`korasr.report`).
 
 Hypotheses are composed back to NFC with the model's text unit (``model.korasr_text_unit``, written by
 `korasr train`; jamo by default, which is also right for syllable models) and written as JSONL
@@ -7,13 +8,22 @@ Hypotheses are composed back to NFC with the model's text unit (``model.korasr_t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
 from pathlib import Path
 
-from korasr.fsutil import atomic_open, write_json
-from korasr.metrics import cer, cer_space, wer
+from korasr.fsutil import atomic_open, sha256_file
+from korasr.provenance import command_line, git_commit, versions
+from korasr.report import (
+    DEFINITIONS,
+    normalization_of,
+    read_hypotheses,
+    split_scores,
+    update_results,
+    write_report,
+)
 from korasr.text.codec import from_model_text
 
 log = logging.getLogger(__name__)
@@ -46,15 +56,6 @@ def transcribe(model, rows: list[dict], batch_size: int = 32, progress: bool = T
     return [from_model_text(o.text if hasattr(o, "text") else str(o), unit) for o in outputs]
 
 
-def score(refs: list[str], hyps: list[str]) -> dict:
-    return {
-        "cer": round(cer(refs, hyps), 2),
-        "cer_space": round(cer_space(refs, hyps), 2),
-        "wer": round(wer(refs, hyps), 2),
-        "utterances": len(refs),
-    }
-
-
 def evaluate(
     model_path: str | os.PathLike[str],
     manifests: list[str | os.PathLike[str]],
@@ -62,35 +63,72 @@ def evaluate(
     *,
     batch_size: int = 32,
     max_cer: float | None = None,
+    results_md: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Score each manifest (keyed by its stem); write ``<split>.hyp.jsonl`` and ``report.json`` to ``out_dir``."""
+    """Transcribe each manifest (split = its stem), write ``<split>.hyp.jsonl`` and the report (``report.json``,
+    ``report.md``, ``error_rates.png``) to ``out_dir`` (default: ``eval/`` beside the model), add rows to
+    ``results_md`` when given, and raise :class:`GateFailed` when a split's CER exceeds ``max_cer``."""
+    splits = {Path(m).stem: Path(m) for m in manifests}
+    if len(splits) != len(manifests):
+        raise ValueError(f"two manifests share a split name (file stem): {[str(m) for m in manifests]}")
+    for manifest in splits.values():
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest}: no such manifest")
     model = load_model(model_path)
     out = Path(out_dir) if out_dir else Path(model_path).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"model": str(Path(model_path).resolve()), "splits": {}}
-    for manifest in manifests:
+    for split, manifest in splits.items():
         rows = read_manifest(manifest)
-        split = Path(manifest).stem
+        log.info("transcribing %s: %d utterances", manifest, len(rows))
         hyps = transcribe(model, rows, batch_size, progress)
-        refs = [r["text"] for r in rows]
         with atomic_open(out / f"{split}.hyp.jsonl") as f:
             for row, hyp in zip(rows, hyps, strict=True):
-                f.write(
-                    json.dumps({"utt_id": row.get("utt_id"), "ref": row["text"], "hyp": hyp}, ensure_ascii=False) + "\n"
-                )
-        report["splits"][split] = score(refs, hyps)
-    write_json(out / "report.json", report)
-    log.info("evaluation of %s:\n%s", model_path, format_table(report))
-    if max_cer is not None:
-        over = {s: r["cer"] for s, r in report["splits"].items() if r["cer"] > max_cer}
-        if over:
-            raise GateFailed(f"CER above {max_cer}%: {over}")
+                record = {"utt_id": row.get("utt_id"), "ref": row["text"], "hyp": hyp}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    report = score_files(
+        {split: out / f"{split}.hyp.jsonl" for split in splits},
+        out,
+        model=model_path,
+        normalization=normalization_of(next(iter(splits.values()))),
+        results_md=results_md,
+    )
+    gate(report, max_cer)
     return report
 
 
-def format_table(report: dict) -> str:
-    lines = [f"{'split':<12} {'utts':>6} {'CER':>7} {'CER+sp':>7} {'WER':>7}"]
-    for split, r in report["splits"].items():
-        lines.append(f"{split:<12} {r['utterances']:>6} {r['cer']:>6.2f}% {r['cer_space']:>6.2f}% {r['wer']:>6.2f}%")
-    return "\n".join(lines)
+def score_files(
+    hyp_files: dict[str, str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | None = None,
+    normalization: dict | None = None,
+    results_md: str | os.PathLike[str] | None = None,
+) -> dict:
+    """The report of ``{split: <split>.hyp.jsonl}``, written to ``out_dir`` (and rows to ``results_md``)."""
+    report: dict = {"model": None, "model_sha256": None}
+    if model is not None:
+        report["model"] = str(Path(model).resolve())
+        if Path(model).is_file():
+            report["model_sha256"] = sha256_file(model)
+    report["meta"] = {
+        "date": dt.date.today().isoformat(),
+        "command": command_line(),
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "normalization": normalization,
+        "definitions": DEFINITIONS,
+    }
+    report["splits"] = {split: split_scores(*read_hypotheses(path)) for split, path in hyp_files.items()}
+    write_report(report, out_dir)
+    if results_md:
+        update_results(results_md, report)
+    return report
+
+
+def gate(report: dict, max_cer: float | None) -> None:
+    if max_cer is None:
+        return
+    over = {s: r["cer"] for s, r in report["splits"].items() if r["cer"] is None or r["cer"] > max_cer}
+    if over:
+        raise GateFailed(f"CER (no spaces) above {max_cer}%: {over}")

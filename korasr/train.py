@@ -8,17 +8,14 @@ overrides (``key.sub=value``, as Hydra's dotted overrides). torch, Lightning and
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from korasr import __version__
+from korasr.provenance import git_commit, versions
 
 log = logging.getLogger(__name__)
 
@@ -121,25 +118,6 @@ def resolve_inputs(cfg: DictConfig) -> None:
     tok = Path(cfg.model.tokenizer.dir)
     if not (tok / "tokenizer.model").is_file():
         raise TrainConfigError(f"model.tokenizer.dir: {tok} has no tokenizer.model (run the tokenizer stage)")
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"korasr": __version__, "python": platform.python_version()}
-    for package in ("torch", "nemo_toolkit", "lightning", "lhotse", "sentencepiece"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[package] = metadata.version(package)
-    return out
 
 
 def _wandb_mode() -> str:

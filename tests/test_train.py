@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from korasr.metrics import cer
+from korasr.metrics import cer, swer
 from korasr.text.codec import count_ill_formed
 from tests.conftest import korasr_cmd
 
@@ -69,17 +69,30 @@ def nemo_path(stdout: str) -> Path:
 
 def test_reduced_sample_recipe_learns(trained, recipe):
     out = recipe["tmp"] / "eval"
+    results = recipe["tmp"] / "RESULTS.md"
     run("evaluate", "--model", str(trained), "--manifest", str(recipe["manifests"] / "eval_clean.jsonl"),
-        "--out", str(out), "--quiet")  # fmt: skip
+        "--manifest", str(recipe["manifests"] / "eval_other.jsonl"), "--out", str(out), "--results", str(results),
+        "--quiet")  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     clean = report["splits"]["eval_clean"]
     # An untrained CTC model emits nothing or noise (CER ≥ 95%); one stalled in the blank plateau scored 91.6%
     # (syllable pieces, recipes/sample/RESULTS.md). After 600 steps runs measured 50-67% (lhotse's shuffling seed
     # varies between runs), so 80% separates "learned" from "stopped learning" with a margin either side.
     assert clean["cer"] < 80.0, clean
+    # every metric is recomputable from the hypotheses, and the report says how it was made
     rows = [json.loads(line) for line in (out / "eval_clean.hyp.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == clean["utterances"] == 125
-    assert cer([r["ref"] for r in rows], [r["hyp"] for r in rows]) == pytest.approx(clean["cer"], abs=0.01)
+    refs, hyps = [r["ref"] for r in rows], [r["hyp"] for r in rows]
+    assert cer(refs, hyps) == pytest.approx(clean["cer"], abs=0.01)
+    assert swer(refs, hyps) == pytest.approx(clean["swer"], abs=0.01)
+    assert clean["swer"] <= clean["wer"]  # re-spacing never adds word errors here
+    assert {"onset", "nucleus", "coda"} == set(clean["jamo"]) and clean["jamo"]["coda"]["ref"] > 0
+    assert set(report["splits"]) == {"eval_clean", "eval_other"}
+    assert report["meta"]["normalization"] == {"form": "phonetic", "disfluency": "df", "unk": None}
+    assert (out / "error_rates.png").stat().st_size > 10_000
+    assert "## Jamo slots" in (out / "report.md").read_text(encoding="utf-8")
+    table = [line for line in results.read_text(encoding="utf-8").splitlines() if line.startswith("| 20")]
+    assert len(table) == 2 and all("--form phonetic --disfluency df" in line for line in table)
     # the gate a retraining pipeline uses
     gate = subprocess.run(korasr_cmd("evaluate", "--model", str(trained), "--manifest",
                                      str(recipe["manifests"] / "eval_clean.jsonl"), "--out", str(out),
