@@ -39,7 +39,7 @@ MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
-.PHONY: help setup espeak test lint format sample-corpus prepare tokenizer train train-only evaluate bench bench-memory clean
+.PHONY: help setup espeak test lint format sample-corpus prepare tokenizer train train-only evaluate export bench bench-memory clean
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -106,6 +106,10 @@ train-only: setup ## the train stage alone (manifests and tokenizer must exist)
 evaluate: setup ## CER, CER+space, WER, sWER, jamo slots of MODEL (default: newest exp/RECIPE .nemo) → report + RESULTS.md rows (MAX_CER=gate)
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
 	$(BIN)/korasr evaluate --model $(MODEL) --manifest manifests/$(RECIPE)/eval_clean.jsonl --manifest manifests/$(RECIPE)/eval_other.jsonl --results recipes/$(RECIPE)/RESULTS.md $(if $(MAX_CER),--max-cer $(MAX_CER))
+
+export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .nemo), parity-checked; prints its path last
+	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
+	$(BIN)/korasr export --model $(MODEL) $(if $(wildcard manifests/$(RECIPE)/dev.jsonl),--parity-manifest manifests/$(RECIPE)/dev.jsonl)
 
 bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo package); prints ratios
 	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)

@@ -149,6 +149,35 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from korasr.export import export
+
+    print(
+        export(
+            args.model,
+            args.out,
+            parity_manifest=args.parity_manifest,
+            triton_device=args.triton_device,
+        )
+    )
+    return 0
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from korasr.runtime import Recognizer
+
+    recognizer = Recognizer(args.model, threads=args.threads)
+    results = recognizer.transcribe(
+        args.audio, batch_size=args.batch_size, timestamps=args.timestamps, chunk_seconds=args.chunk_seconds
+    )
+    for path, result in zip(args.audio, results, strict=True):
+        if args.json or args.timestamps:
+            print(json.dumps({"audio": str(path), **result.as_dict()}, ensure_ascii=False))
+        else:
+            print(result.text)
+    return 0
+
+
 def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-cer",
@@ -274,6 +303,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_options(p)
     p.set_defaults(func=_score)
 
+    p = sub.add_parser("export", help="a .nemo → ONNX (waveform in, and NeMo's features in), tokens, model.json")
+    p.add_argument("--model", required=True, help="a .nemo written by `korasr train`")
+    p.add_argument("--out", default=None, help="export folder (default: export/ beside the model)")
+    p.add_argument(
+        "--parity-manifest", default=None, help="utterances for the NeMo parity check (default: synthetic audio)"
+    )
+    p.add_argument("--triton-device", choices=("cpu", "gpu"), default="cpu", help="Triton instance group kind")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files with an export folder (onnxruntime only)")
+    p.add_argument("--model", required=True, help="an export folder (model.onnx, tokens.txt, model.json)")
+    p.add_argument("audio", nargs="+", help="audio files, any sample rate and channel count")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.add_argument("--timestamps", action="store_true", help="word start/end times (implies --json)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chunk-seconds", type=float, default=30.0, help="longer files are decoded in chunks")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.set_defaults(func=_transcribe)
+
     p = sub.add_parser("sample-corpus", help="write the synthetic sample corpus in KsponSpeech's layout")
     p.add_argument("out", help="output folder (the corpus root)")
     p.add_argument(
@@ -294,15 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from korasr import log as korasr_log
-    from korasr.data.kspon import CorpusError
-    from korasr.tokenizer.build import TokenizerError
-    from korasr.train import TrainConfigError
+    from korasr.errors import KorasrError
 
     args = build_parser().parse_args(argv)
     korasr_log.setup()
     try:
         return args.func(args)
-    except (CorpusError, TokenizerError, TrainConfigError, ValueError, FileNotFoundError) as e:
+    except (KorasrError, ValueError, FileNotFoundError) as e:
         print(f"korasr {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -39,6 +39,11 @@ def read_manifest(path: str | os.PathLike[str]) -> list[dict]:
 
 
 def load_model(path: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+    """A NeMo model from a ``.nemo``, or a :class:`korasr.runtime.Recognizer` from an export directory."""
+    if Path(path).is_dir():
+        from korasr.runtime import Recognizer
+
+        return Recognizer(path)
     import torch
     from nemo.collections.asr.models import ASRModel
 
@@ -49,6 +54,14 @@ def load_model(path: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
 
 def transcribe(model, rows: list[dict], batch_size: int = 32, progress: bool = True) -> list[str]:  # type: ignore[no-untyped-def]
     """NFC transcripts of the manifest rows' audio, in order."""
+    if hasattr(model, "session"):  # an export directory: onnxruntime
+        from tqdm import tqdm
+
+        paths = [r["audio_filepath"] for r in rows]
+        texts: list[str] = []
+        for start in tqdm(range(0, len(paths), batch_size), desc="transcribing", unit="batch", disable=not progress):
+            texts += [r.text for r in model.transcribe(paths[start : start + batch_size], batch_size=batch_size)]
+        return texts
     unit = str(model.cfg.get("korasr_text_unit", "jamo"))
     outputs = model.transcribe([r["audio_filepath"] for r in rows], batch_size=batch_size, verbose=progress)
     if isinstance(outputs, tuple):  # some NeMo versions return (best, all)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from korasr.errors import KorasrError
 from korasr.provenance import git_commit, versions
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ BASE = CONF / "fastconformer_ctc.yaml"
 SIZES = ("large", "medium", "small", "tiny")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(KorasrError, ValueError):
     pass
 
 

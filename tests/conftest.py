@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def korasr_cmd(*args: str) -> list[str]:
@@ -101,3 +103,51 @@ def quirky_corpus(tmp_path: Path) -> QuirkyCorpus:
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``root`` with its size and modification time."""
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+# --- the sample recipe on a reduced budget, shared by the end-to-end tests (train, evaluate, export) -----------
+
+
+def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(korasr_cmd(*args), check=True, capture_output=True, text=True, cwd=ROOT, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def recipe(tmp_path_factory) -> dict[str, Path]:
+    """The sample recipe's stages (another seed): eSpeak speech, phonetic form, jamo unigram 80."""
+    tmp = tmp_path_factory.mktemp("recipe")
+    corpus = tmp / "KsponSpeech"
+    run("sample-corpus", str(corpus), "--seed", "11", "--quiet")  # the default size: 2,500 train utterances
+    manifests = tmp / "manifests" / "sample"
+    run("prepare", "kspon", "--root", str(corpus), "--out", str(manifests), "--audio-dir", str(tmp / "audio"),
+        "--form", "phonetic", "--quiet")  # fmt: skip
+    tokenizer = tmp / "tokenizer"
+    run("tokenizer", "build", "--manifest", str(manifests / "train.jsonl"), "--unit", "jamo", "--vocab", "80",
+        "--out", str(tokenizer))  # fmt: skip
+    return {"tmp": tmp, "manifests": manifests, "tokenizer": tokenizer}
+
+
+def train_args(recipe: dict[str, Path], exp: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--recipe", "recipes/sample",
+        f"model.tokenizer.dir={recipe['tokenizer']}",
+        f"model.train_ds.manifest_filepath={recipe['manifests'] / 'train.jsonl'}",
+        f"model.validation_ds.manifest_filepath={recipe['manifests'] / 'dev.jsonl'}",
+        f"exp_manager.exp_dir={exp}",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained(recipe) -> Path:
+    exp = recipe["tmp"] / "exp"
+    # A reduced budget: 300 steps (the recipe: 800).
+    proc = run(*train_args(recipe, exp, "trainer.max_steps=300", "trainer.val_check_interval=150"))  # fmt: skip
+    return nemo_path(proc.stdout)
+
+
+def nemo_path(stdout: str) -> Path:
+    """`korasr train` prints the final .nemo as its last line."""
+    last = stdout.strip().splitlines()[-1]
+    assert last.endswith(".nemo"), stdout[-2000:]
+    return Path(last)

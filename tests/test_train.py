@@ -16,55 +16,10 @@ import yaml
 
 from korasr.metrics import cer, swer
 from korasr.text.codec import count_ill_formed
-from tests.conftest import korasr_cmd
+from tests.conftest import korasr_cmd, nemo_path, run, train_args
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(korasr_cmd(*args), check=True, capture_output=True, text=True, cwd=ROOT, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory) -> dict[str, Path]:
-    """The sample recipe's stages (another seed): eSpeak speech, phonetic form, jamo unigram 80."""
-    tmp = tmp_path_factory.mktemp("recipe")
-    corpus = tmp / "KsponSpeech"
-    run("sample-corpus", str(corpus), "--seed", "11", "--quiet")  # the default size: 2,500 train utterances
-    manifests = tmp / "manifests" / "sample"
-    run("prepare", "kspon", "--root", str(corpus), "--out", str(manifests), "--audio-dir", str(tmp / "audio"),
-        "--form", "phonetic", "--quiet")  # fmt: skip
-    tokenizer = tmp / "tokenizer"
-    run("tokenizer", "build", "--manifest", str(manifests / "train.jsonl"), "--unit", "jamo", "--vocab", "80",
-        "--out", str(tokenizer))  # fmt: skip
-    return {"tmp": tmp, "manifests": manifests, "tokenizer": tokenizer}
-
-
-def train_args(recipe: dict[str, Path], exp: Path, *extra: str) -> list[str]:
-    return [
-        "train", "--recipe", "recipes/sample",
-        f"model.tokenizer.dir={recipe['tokenizer']}",
-        f"model.train_ds.manifest_filepath={recipe['manifests'] / 'train.jsonl'}",
-        f"model.validation_ds.manifest_filepath={recipe['manifests'] / 'dev.jsonl'}",
-        f"exp_manager.exp_dir={exp}",
-        *extra,
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained(recipe) -> Path:
-    exp = recipe["tmp"] / "exp"
-    # A reduced budget: 600 steps (the recipe: 1,000).
-    proc = run(*train_args(recipe, exp, "trainer.max_steps=600", "trainer.val_check_interval=300"))  # fmt: skip
-    return nemo_path(proc.stdout)
-
-
-def nemo_path(stdout: str) -> Path:
-    """`korasr train` prints the final .nemo as its last line."""
-    last = stdout.strip().splitlines()[-1]
-    assert last.endswith(".nemo"), stdout[-2000:]
-    return Path(last)
 
 
 def test_reduced_sample_recipe_learns(trained, recipe):

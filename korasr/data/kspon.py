@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 
+from korasr.errors import KorasrError
 from korasr import __version__
 from korasr.data.audio import AUDIO_FORMATS, SAMPLE_RATE, convert_pcm
 from korasr.fsutil import atomic_open, write_json
@@ -42,7 +43,7 @@ expected a KsponSpeech tree (AIHub, https://aihub.or.kr, dataset "한국어 음�
     KsponSpeech_scripts/{train,dev,eval_clean,eval_other}.trn   (or scripts/)"""
 
 
-class CorpusError(RuntimeError):
+class CorpusError(KorasrError, RuntimeError):
     """The corpus tree or its scripts cannot be prepared; the message says which file and why."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from korasr import __version__
+from korasr.errors import KorasrError
 from korasr.fsutil import sha256_file
 from korasr.text.codec import JAMO_UNITS, MODERN_JAMO, UNITS, to_model_text
 
@@ -38,7 +39,7 @@ FILES = ("tokenizer.model", "tokenizer.vocab", "vocab.txt", "tokenizer.yaml")
 _SPECIALS = ("<s>", "</s>", "<pad>", "<unk>")
 
 
-class TokenizerError(RuntimeError):
+class TokenizerError(KorasrError, RuntimeError):
     pass
 
 
