@@ -34,12 +34,16 @@ DEVICES ?=
 NODES ?=
 TRAIN_ARGS := model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES))
 EVAL_ARGS := --evaluate manifests/$(RECIPE)/eval_clean.jsonl --evaluate manifests/$(RECIPE)/eval_other.jsonl --results recipes/$(RECIPE)/RESULTS.md
+# The export folder `make serve` serves, and where.
+EXPORT ?= $(if $(MODEL),$(dir $(MODEL))export)
+HOST ?= 127.0.0.1
+PORT ?= 8000
 # The evaluation gate: MAX_CER=5 makes `make evaluate` fail when a split's CER (no spaces) is above 5%.
 MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
-.PHONY: help setup espeak test lint format sample-corpus prepare tokenizer train train-only evaluate export bench bench-memory clean
+.PHONY: help setup espeak test lint format sample-corpus prepare tokenizer train train-only evaluate export serve bench bench-memory clean
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -110,6 +114,10 @@ evaluate: setup ## CER, CER+space, WER, sWER, jamo slots of MODEL (default: newe
 export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .nemo), parity-checked; prints its path last
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
 	$(BIN)/korasr export --model $(MODEL) $(if $(wildcard manifests/$(RECIPE)/dev.jsonl),--parity-manifest manifests/$(RECIPE)/dev.jsonl)
+
+serve: setup ## the FastAPI service over EXPORT (default: MODEL's export/ folder) on 127.0.0.1:8000 (HOST= PORT=)
+	@if [ ! -f "$(EXPORT)/model.json" ]; then echo "no export at '$(EXPORT)': run make export first, or pass EXPORT=dir"; exit 2; fi
+	$(BIN)/korasr serve --model $(EXPORT) --host $(HOST) --port $(PORT)
 
 bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo package); prints ratios
 	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)

@@ -178,6 +178,26 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from korasr.serve import ServeConfig, serve
+
+    config = ServeConfig(
+        model=Path(args.model),
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_audio_seconds=args.max_audio_seconds,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        threads=args.threads,
+    )
+    if not (config.model / "model.json").is_file():
+        raise FileNotFoundError(f"{config.model}: not a korasr export directory (run `make export`)")
+    serve(config, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
 def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-cer",
@@ -321,6 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="longer files are decoded in chunks")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.set_defaults(func=_transcribe)
+
+    p = sub.add_parser("serve", help="the FastAPI transcription service over an export folder")
+    p.add_argument("--model", required=True, help="an export folder (make export)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
+    p.add_argument("--queue-size", type=int, default=64, help="waiting requests before 503")
+    p.add_argument("--max-upload-mb", type=float, default=25.0)
+    p.add_argument("--max-audio-seconds", type=float, default=300.0)
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("sample-corpus", help="write the synthetic sample corpus in KsponSpeech's layout")
     p.add_argument("out", help="output folder (the corpus root)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,17 @@ def nemo_path(stdout: str) -> Path:
     last = stdout.strip().splitlines()[-1]
     assert last.endswith(".nemo"), stdout[-2000:]
     return Path(last)
+
+
+@pytest.fixture(scope="session")
+def exported(trained, recipe):
+    proc = run("export", "--model", str(trained), "--out", str(recipe["tmp"] / "export"),
+               "--parity-manifest", str(recipe["manifests"] / "dev.jsonl"))  # fmt: skip
+    out = proc.stdout.strip().splitlines()[-1]
+    assert out == str(recipe["tmp"] / "export")
+    return recipe["tmp"] / "export"
+
+
+def eval_rows(recipe, n: int | None = None) -> list[dict]:
+    lines = (recipe["manifests"] / "eval_clean.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines[:n]]

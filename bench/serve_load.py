@@ -1,0 +1,159 @@
+"""Loopback load on `korasr serve`: batched (micro-batching on) vs unbatched (--max-batch 1), same run.
+
+Starts each server as its own process on 127.0.0.1, sends 5 s clips (sample eval utterances joined) from 1, 8
+and 32 concurrent clients, and prints req/s, p50/p99 latency, errors and the server's RSS; then 2,000 requests
+to the batched server with its RSS sampled along the way (memory growth). Targets on 2 cores: zero errors,
+batched throughput at 32 clients ≥ 2× the unbatched server's, no memory growth.
+
+    python bench/serve_load.py [--export exp/sample/.../export] [--requests 200] [--soak 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clip_5s(manifest: Path) -> bytes:
+    waves = []
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        waves.append(sf.read(json.loads(line)["audio_filepath"], dtype="float32")[0])
+        if sum(len(w) for w in waves) >= 5 * 16000:
+            break
+    buffer = io.BytesIO()
+    sf.write(buffer, np.concatenate(waves)[: 5 * 16000], 16000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+class Server:
+    def __init__(self, export: Path, max_batch: int):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "korasr.cli", "serve", "--model", str(export), "--port", str(self.port),
+             "--max-batch", str(max_batch), "--queue-size", "256"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def ready(self) -> None:
+        import httpx
+
+        async with httpx.AsyncClient() as c:
+            for _ in range(600):
+                try:
+                    if (await c.get(self.url + "/health")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+async def load(url: str, body: bytes, clients: int, requests: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(requests))
+
+    async def client(c: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for _ in counter:
+            start = time.perf_counter()
+            try:
+                r = await c.post(url + "/v1/transcribe", files={"audio": ("clip.wav", body, "audio/wav")})
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - start)
+            errors += not ok
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as c:
+        start = time.perf_counter()
+        await asyncio.gather(*[client(c) for _ in range(clients)])
+        wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {"rps": requests / wall, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+            "errors": errors}  # fmt: skip
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    body = clip_5s(args.manifest)
+    results: dict[str, dict[int, dict]] = {}
+    for label, max_batch in (("unbatched", 1), ("batched", 8)):
+        server = Server(args.export, max_batch)
+        try:
+            await server.ready()
+            await load(server.url, body, 4, 8)  # warm-up
+            results[label] = {}
+            for clients in (1, 8, 32):
+                r = await load(server.url, body, clients, args.requests)
+                r["rss"] = rss_mb(server.proc.pid)
+                results[label][clients] = r
+                print(f"{label:<10} {clients:>3} clients: {r['rps']:6.1f} req/s  p50 {r['p50']:7.1f} ms  "
+                      f"p99 {r['p99']:7.1f} ms  errors {r['errors']}  RSS {r['rss']:.0f} MB", flush=True)  # fmt: skip
+            if label == "batched":
+                samples = [rss_mb(server.proc.pid)]
+                for _ in range(args.soak // 200):
+                    r = await load(server.url, body, 32, 200)
+                    samples.append(rss_mb(server.proc.pid))
+                    if r["errors"]:
+                        print(f"soak: {r['errors']} errors")
+                print("RSS over " + f"{args.soak} requests (MB): " + " ".join(f"{s:.0f}" for s in samples))
+                print(f"growth after the first 400 requests: {samples[-1] - samples[min(2, len(samples) - 1)]:+.1f} MB")
+        finally:
+            server.stop()
+    ratio = results["batched"][32]["rps"] / results["unbatched"][32]["rps"]
+    print(f"\nbatched / unbatched throughput at 32 clients: {ratio:.2f}× (target ≥ 2×)")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--export", type=Path, default=None, help="default: the newest exp/sample/*/*/export")
+    parser.add_argument("--manifest", type=Path, default=ROOT / "manifests" / "sample" / "eval_clean.jsonl")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--soak", type=int, default=2000)
+    args = parser.parse_args()
+    if args.export is None:
+        found = sorted((ROOT / "exp" / "sample").glob("*/*/export/model.json"), key=os.path.getmtime)
+        if not found:
+            raise SystemExit("no export: run `make train` and `make export` first, or pass --export")
+        args.export = found[-1].parent
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,390 @@
+"""The ``korasr`` command: argument parsing only; every subcommand calls into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from korasr import __version__
+
+log = logging.getLogger("korasr")
+
+
+def _normalize(args: argparse.Namespace) -> int:
+    from korasr.text.normalize import normalize
+
+    malformed = 0
+    out = sys.stdout
+    for number, line in enumerate(sys.stdin, start=1):
+        result = normalize(line.rstrip("\r\n"), args.form, args.disfluency, args.unk)
+        if result.error:
+            malformed += 1
+            print(f"line {number}: {result.error}", file=sys.stderr)
+        out.write(result.text + "\n")
+    if malformed:
+        print(f"{malformed} malformed line(s) written as empty lines", file=sys.stderr)
+    return 0
+
+
+def _prepare_kspon(args: argparse.Namespace) -> int:
+    from korasr.data.kspon import PrepareOptions, prepare_kspon
+
+    options = PrepareOptions(
+        form=args.form,
+        disfluency=args.disfluency,
+        unk=args.unk,
+        audio_format=args.audio_format,
+        min_duration=args.min_duration,
+        max_duration=args.max_duration,
+    )
+    result = prepare_kspon(
+        args.root, args.out, audio_dir=args.audio_dir, options=options, jobs=args.jobs, progress=not args.quiet
+    )
+    print(result.out_dir)
+    return 0
+
+
+def _sample_corpus(args: argparse.Namespace) -> int:
+    from korasr.data.sample_corpus import SampleOptions, make_sample_corpus
+
+    options = SampleOptions(utterances=args.utterances, seed=args.seed, synth=args.synth)
+    print(make_sample_corpus(args.out, options, jobs=args.jobs, progress=not args.quiet))
+    return 0
+
+
+def _tokenizer_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from korasr.tokenizer.build import TokenizerOptions, build_tokenizer
+    from korasr.tokenizer.report import format_report
+
+    options = TokenizerOptions(
+        unit=args.unit, type=args.type, vocab=args.vocab, character_coverage=args.character_coverage
+    )
+    out = build_tokenizer(args.manifest, args.out, options)
+    report = json.loads((Path(out) / "report.json").read_text(encoding="utf-8"))
+    for sub in report.values():
+        print(format_report(sub), file=sys.stderr)
+    print(out)
+    return 0
+
+
+def _tokenizer_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import sentencepiece as spm
+    import yaml
+
+    from korasr.tokenizer.report import feasibility_report, format_report
+
+    directory = Path(args.tokenizer)
+    meta = directory / "tokenizer.yaml"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{directory}: not a korasr tokenizer directory (no tokenizer.yaml)")
+    unit = yaml.safe_load(meta.read_text(encoding="utf-8"))["unit"]
+    processor = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+    report = feasibility_report(processor, unit, [Path(m) for m in args.manifest], subsampling=args.subsampling)
+    print(format_report(report))
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from korasr.train import compose, recipe_configs, train
+
+    configs = recipe_configs(args.recipe, args.size) + list(args.config)
+    model = train(compose(configs, args.overrides))
+    if args.evaluate:
+        from korasr.evaluate import evaluate
+        from korasr.report import format_table
+
+        print(format_table(evaluate(model, args.evaluate, results_md=args.results, progress=True)), file=sys.stderr)
+    print(model)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from korasr.evaluate import GateFailed, evaluate
+    from korasr.report import format_table
+
+    try:
+        report = evaluate(
+            args.model,
+            args.manifest,
+            args.out,
+            batch_size=args.batch_size,
+            max_cer=args.max_cer,
+            results_md=args.results,
+            progress=not args.quiet,
+        )
+    except GateFailed as e:
+        print(f"korasr evaluate: gate failed: {e}", file=sys.stderr)
+        return 1
+    print(format_table(report))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from korasr.evaluate import GateFailed, gate, score_files
+    from korasr.report import format_table, normalization_of
+
+    files = {Path(p).name.removesuffix(".jsonl").removesuffix(".hyp"): Path(p) for p in args.hyps}
+    if len(files) != len(args.hyps):
+        raise ValueError(f"two hypothesis files share a split name: {args.hyps}")
+    normalization = normalization_of(args.manifest) if args.manifest else None
+    out = args.out or Path(args.hyps[0]).parent
+    report = score_files(files, out, model=args.model, normalization=normalization, results_md=args.results)
+    print(format_table(report))
+    try:
+        gate(report, args.max_cer)
+    except GateFailed as e:
+        print(f"korasr score: gate failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from korasr.export import export
+
+    print(
+        export(
+            args.model,
+            args.out,
+            parity_manifest=args.parity_manifest,
+            triton_device=args.triton_device,
+        )
+    )
+    return 0
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from korasr.runtime import Recognizer
+
+    recognizer = Recognizer(args.model, threads=args.threads)
+    results = recognizer.transcribe(
+        args.audio, batch_size=args.batch_size, timestamps=args.timestamps, chunk_seconds=args.chunk_seconds
+    )
+    for path, result in zip(args.audio, results, strict=True):
+        if args.json or args.timestamps:
+            print(json.dumps({"audio": str(path), **result.as_dict()}, ensure_ascii=False))
+        else:
+            print(result.text)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from korasr.serve import ServeConfig, serve
+
+    config = ServeConfig(
+        model=Path(args.model),
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_audio_seconds=args.max_audio_seconds,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        threads=args.threads,
+    )
+    if not (config.model / "model.json").is_file():
+        raise FileNotFoundError(f"{config.model}: not a korasr export directory (run `make export`)")
+    serve(config, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-cer",
+        type=float,
+        default=None,
+        metavar="X",
+        help="exit 1 when the CER (no spaces) of any split exceeds X percent",
+    )
+    p.add_argument(
+        "--results",
+        default=None,
+        metavar="RESULTS_MD",
+        help="add this evaluation's rows (replacing the same model and split) to a recipe's RESULTS.md",
+    )
+
+
+def _add_text_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--form",
+        choices=("spelling", "phonetic"),
+        default="spelling",
+        help="which side of (spelling)/(pronunciation) pairs to keep (default: spelling)",
+    )
+    p.add_argument(
+        "--disfluency",
+        choices=("df", "dt", "fl"),
+        default="df",
+        help="df: keep fillers/repeats without markers; dt: keep markers; fl: drop them (default: df)",
+    )
+    p.add_argument(
+        "--unk",
+        metavar="SYMBOL",
+        default=None,
+        help="write the unintelligible-word tag u/ as SYMBOL (e.g. [unk]) instead of deleting it",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="korasr", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"korasr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("normalize", help="normalize raw KsponSpeech transcripts: stdin → stdout, line by line")
+    _add_text_options(p)
+    p.set_defaults(func=_normalize)
+
+    prepare = sub.add_parser("prepare", help="raw corpus → NeMo JSONL manifests")
+    corpora = prepare.add_subparsers(dest="corpus", required=True)
+    p = corpora.add_parser("kspon", help="KsponSpeech (the four .trn scripts and raw PCM)")
+    p.add_argument("--root", required=True, help="the KsponSpeech folder (read only)")
+    p.add_argument("--out", default="manifests/kspon", help="manifest folder (default: manifests/kspon)")
+    p.add_argument("--audio-dir", default="data/kspon/audio", help="converted audio (default: data/kspon/audio)")
+    p.add_argument(
+        "--audio-format",
+        choices=("wav", "flac"),
+        default="wav",
+        help="wav: header + the PCM bytes, copy speed (default); flac: ~40%% less disk, 2-3x slower",
+    )
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--min-duration", type=float, default=0.0, metavar="S", help="reject train utterances < S s")
+    p.add_argument("--max-duration", type=float, default=None, metavar="S", help="reject train utterances > S s")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_text_options(p)
+    p.set_defaults(func=_prepare_kspon)
+
+    tok = sub.add_parser("tokenizer", help="build tokenizers; report their CTC feasibility")
+    tok_sub = tok.add_subparsers(dest="action", required=True)
+    p = tok_sub.add_parser("build", help="train a tokenizer directory on a train manifest")
+    p.add_argument("--manifest", required=True, help="the train manifest (JSONL); other splits are refused")
+    p.add_argument("--unit", choices=("jamo", "syllable", "char-jamo", "char-syllable"), default="jamo")
+    p.add_argument(
+        "--type", choices=("unigram", "bpe"), default="unigram", help="SentencePiece model (default: unigram)"
+    )
+    p.add_argument("--vocab", type=int, default=1024, help="vocabulary size for jamo/syllable units (default: 1024)")
+    p.add_argument("--character-coverage", type=float, default=1.0, help="SentencePiece character coverage")
+    p.add_argument(
+        "--out", default=None, help="default: tokenizers/<recipe>/<unit>_<type>_v<vocab> (char units: <unit>)"
+    )
+    p.set_defaults(func=_tokenizer_build)
+    p = tok_sub.add_parser("report", help="tokens per second and CTC-infeasible utterances per manifest")
+    p.add_argument("--tokenizer", required=True, help="a tokenizer directory written by `korasr tokenizer build`")
+    p.add_argument("--manifest", required=True, action="append", help="a manifest (repeat for several splits)")
+    p.add_argument("--subsampling", type=int, default=8, help="encoder subsampling factor (default: 8)")
+    p.add_argument("--json", action="store_true", help="also print the report as JSON")
+    p.set_defaults(func=_tokenizer_report)
+
+    p = sub.add_parser("train", help="train a FastConformer-CTC (stock NeMo) from a recipe's train.yaml")
+    p.add_argument("--recipe", required=True, help="a recipe folder (its train.yaml) or a train.yaml")
+    p.add_argument(
+        "--size",
+        choices=("large", "medium", "small", "tiny"),
+        default=None,
+        help="model size (default: the recipe's korasr.size)",
+    )
+    p.add_argument("--config", action="append", default=[], help="more YAML merged after the recipe (repeatable)")
+    p.add_argument(
+        "--evaluate",
+        action="append",
+        default=[],
+        metavar="MANIFEST",
+        help="after training, score the final model on MANIFEST (repeatable; in the same process)",
+    )
+    p.add_argument("--results", default=None, metavar="RESULTS_MD", help="add the evaluation's rows to RESULTS_MD")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: model.optim.lr=1e-3 trainer.devices=8 ...")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "evaluate", help="transcribe manifests with a model; CER, CER+space, WER, sWER, jamo slots; report + chart"
+    )
+    p.add_argument("--model", required=True, help="a .nemo written by `korasr train`")
+    p.add_argument("--manifest", required=True, action="append", help="a manifest to score (repeatable)")
+    p.add_argument("--out", default=None, help="output folder (default: eval/ beside the model)")
+    p.add_argument("--batch-size", type=int, default=32)
+    _add_report_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("score", help="recompute the evaluation report from <split>.hyp.jsonl files (no model)")
+    p.add_argument("hyps", nargs="+", help="hypothesis files (utt_id, ref, hyp per line); split = name before .hyp")
+    p.add_argument("--out", default=None, help="output folder (default: the first file's folder)")
+    p.add_argument("--model", default=None, help="the model that made them (recorded in the report)")
+    p.add_argument("--manifest", default=None, help="a manifest of the references (its prepare.json: normalization)")
+    _add_report_options(p)
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser("export", help="a .nemo → ONNX (waveform in, and NeMo's features in), tokens, model.json")
+    p.add_argument("--model", required=True, help="a .nemo written by `korasr train`")
+    p.add_argument("--out", default=None, help="export folder (default: export/ beside the model)")
+    p.add_argument(
+        "--parity-manifest", default=None, help="utterances for the NeMo parity check (default: synthetic audio)"
+    )
+    p.add_argument("--triton-device", choices=("cpu", "gpu"), default="cpu", help="Triton instance group kind")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files with an export folder (onnxruntime only)")
+    p.add_argument("--model", required=True, help="an export folder (model.onnx, tokens.txt, model.json)")
+    p.add_argument("audio", nargs="+", help="audio files, any sample rate and channel count")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.add_argument("--timestamps", action="store_true", help="word start/end times (implies --json)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chunk-seconds", type=float, default=30.0, help="longer files are decoded in chunks")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.set_defaults(func=_transcribe)
+
+    p = sub.add_parser("serve", help="the FastAPI transcription service over an export folder")
+    p.add_argument("--model", required=True, help="an export folder (make export)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
+    p.add_argument("--queue-size", type=int, default=64, help="waiting requests before 503")
+    p.add_argument("--max-upload-mb", type=float, default=25.0)
+    p.add_argument("--max-audio-seconds", type=float, default=300.0)
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("sample-corpus", help="write the synthetic sample corpus in KsponSpeech's layout")
+    p.add_argument("out", help="output folder (the corpus root)")
+    p.add_argument(
+        "--utterances", type=int, default=2500, help="train utterances (default: 2500, about 2.5 h of speech)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument(
+        "--synth",
+        choices=("espeak", "tone"),
+        default="espeak",
+        help="espeak: eSpeak NG Korean speech (default); tone: fast non-speech stand-in for tests",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_sample_corpus)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from korasr import log as korasr_log
+    from korasr.errors import KorasrError
+
+    args = build_parser().parse_args(argv)
+    korasr_log.setup()
+    try:
+        return args.func(args)
+    except (KorasrError, ValueError, FileNotFoundError) as e:
+        print(f"korasr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

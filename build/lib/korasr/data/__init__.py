@@ -1,0 +1,1 @@
+"""Corpus readers, manifest writing and validation, and the synthetic sample corpus."""

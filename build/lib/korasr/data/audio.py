@@ -1,0 +1,96 @@
+"""Raw KsponSpeech PCM (headerless s16le, 16 kHz, mono) to files NeMo's loaders read.
+
+WAV is the default: its 44-byte header followed by the PCM bytes unchanged, copied in the kernel
+(``os.sendfile``), so conversion runs at the speed of a plain file copy and the samples are bit-exact.
+FLAC saves about 40% of disk on the sample corpus at the cost of encoding every sample (2.6x slower there).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+from korasr.fsutil import tmp_name
+
+SAMPLE_RATE = 16000
+SAMPLE_WIDTH = 2  # bytes, signed 16-bit little-endian
+AUDIO_FORMATS = ("wav", "flac")
+WAV_HEADER_BYTES = 44
+
+
+def wav_header(data_bytes: int, sample_rate: int = SAMPLE_RATE, channels: int = 1) -> bytes:
+    """The canonical 44-byte PCM WAV header for ``data_bytes`` bytes of s16le audio."""
+    byte_rate = sample_rate * channels * SAMPLE_WIDTH
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + data_bytes,
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,  # PCM
+        channels,
+        sample_rate,
+        byte_rate,
+        channels * SAMPLE_WIDTH,
+        8 * SAMPLE_WIDTH,
+        b"data",
+        data_bytes,
+    )
+
+
+def convert_pcm(src: Path, dst: Path, fmt: str = "wav") -> tuple[int, bool]:
+    """Convert one raw PCM file; return ``(samples, had_odd_byte)``.
+
+    An odd trailing byte is dropped (it cannot be half a sample). A destination that is already complete is
+    left alone, so an interrupted run resumes where it stopped; a partial file is never visible under ``dst``.
+    Raises FileNotFoundError for a missing source.
+    """
+    with open(src, "rb") as fin:
+        size = os.fstat(fin.fileno()).st_size
+        data_bytes = size - size % SAMPLE_WIDTH
+        samples = data_bytes // SAMPLE_WIDTH
+        odd = size % SAMPLE_WIDTH != 0
+        if samples == 0 or _complete(dst, fmt, data_bytes):
+            return samples, odd
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_name(dst)
+        try:
+            if fmt == "wav":
+                with open(tmp, "wb") as fout:
+                    fout.write(wav_header(data_bytes))
+                    fout.flush()
+                    _copy_range(fin.fileno(), fout.fileno(), data_bytes)
+            elif fmt == "flac":
+                import numpy as np
+                import soundfile as sf
+
+                pcm = np.frombuffer(fin.read(data_bytes), dtype="<i2")
+                sf.write(tmp, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+            else:
+                raise ValueError(f"audio format must be one of {AUDIO_FORMATS}, not {fmt!r}")
+            os.replace(tmp, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return samples, odd
+
+
+def _complete(dst: Path, fmt: str, data_bytes: int) -> bool:
+    try:
+        size = dst.stat().st_size
+    except FileNotFoundError:
+        return False
+    # Files appear under their final name only by rename, so an existing FLAC is complete; a WAV is also
+    # checked against the size it must have, which catches a source that changed since.
+    return size == WAV_HEADER_BYTES + data_bytes if fmt == "wav" else size > 0
+
+
+def _copy_range(fd_in: int, fd_out: int, count: int) -> None:
+    offset = 0
+    while offset < count:
+        sent = os.sendfile(fd_out, fd_in, offset, count - offset)
+        if sent == 0:
+            raise OSError(f"source shrank while copying (copied {offset} of {count} bytes)")
+        offset += sent

@@ -1,0 +1,386 @@
+"""KsponSpeech: the four ``.trn`` scripts and raw PCM → validated NeMo JSONL manifests.
+
+Every script line ends in exactly one place: a manifest row of its split or a row of ``rejects.jsonl`` with
+its reason. The corpus is only read; audio is converted under ``audio_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+
+from korasr.errors import KorasrError
+from korasr import __version__
+from korasr.data.audio import AUDIO_FORMATS, SAMPLE_RATE, convert_pcm
+from korasr.fsutil import atomic_open, write_json
+from korasr.text.normalize import DISFLUENCIES, FORMS, normalize
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "eval_clean", "eval_other")
+# Duplicate ids keep their first occurrence; the eval splits go first so that a corpus error can never
+# move an eval utterance into training.
+_PRIORITY = ("eval_clean", "eval_other", "dev", "train")
+SCRIPT_DIRS = ("KsponSpeech_scripts", "scripts")
+SEPARATOR = " :: "
+EXPECTED_TREE = """\
+expected a KsponSpeech tree (AIHub, https://aihub.or.kr, dataset "한국어 음성"; manual download):
+  KsponSpeech/
+    KsponSpeech_01/KsponSpeech_0001/KsponSpeech_000001.pcm ... KsponSpeech_05/
+    KsponSpeech_eval/eval_clean/KsponSpeech_E00001.pcm ...  eval_other/
+    KsponSpeech_scripts/{train,dev,eval_clean,eval_other}.trn   (or scripts/)"""
+
+
+class CorpusError(KorasrError, RuntimeError):
+    """The corpus tree or its scripts cannot be prepared; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    form: str = "spelling"
+    disfluency: str = "df"
+    unk: str | None = None
+    audio_format: str = "wav"
+    min_duration: float = 0.0
+    max_duration: float | None = None
+
+    def validate(self) -> None:
+        if self.form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, not {self.form!r}")
+        if self.disfluency not in DISFLUENCIES:
+            raise ValueError(f"disfluency must be one of {DISFLUENCIES}, not {self.disfluency!r}")
+        if self.audio_format not in AUDIO_FORMATS:
+            raise ValueError(f"audio format must be one of {AUDIO_FORMATS}, not {self.audio_format!r}")
+        if self.unk is not None and (not self.unk or any(c.isspace() for c in self.unk)):
+            raise ValueError(f"unk symbol must be a non-empty word without spaces, not {self.unk!r}")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    out_dir: Path
+    manifests: dict[str, Path]
+    rejects: Path
+    summary: Path
+    skipped: bool
+
+
+def find_scripts_dir(root: Path) -> Path:
+    for name in SCRIPT_DIRS:
+        if (root / name).is_dir():
+            return root / name
+    raise CorpusError(f"{root}: no {' or '.join(s + '/' for s in SCRIPT_DIRS)} folder\n{EXPECTED_TREE}")
+
+
+def decode_line(raw: bytes) -> tuple[str | None, str | None]:
+    """Decode one script line: UTF-8 first, CP949 as fallback; ``(None, None)`` when neither works."""
+    for encoding in ("utf-8", "cp949"):
+        try:
+            return raw.decode(encoding), encoding
+        except UnicodeDecodeError:
+            continue
+    return None, None
+
+
+def _scan_script(path: Path) -> tuple[str, int]:
+    """sha256 and line count of a script, read in blocks (a trailing line without newline counts)."""
+    digest, lines, last = hashlib.sha256(), 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return digest.hexdigest(), lines + (last != b"\n")
+
+
+def _read_script(path: Path) -> Iterator[tuple[int, bytes]]:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            yield number, line.rstrip(b"\r\n")
+
+
+# --- the per-utterance work, run in worker processes -------------------------------------------------------
+
+_CTX: dict[str, object] = {}
+
+
+def _init_worker(root: str, audio_dir: str, options: PrepareOptions) -> None:
+    _CTX.update(root=Path(root), audio_dir=Path(audio_dir), options=options)
+
+
+def _process(item: tuple[str, int, bytes]) -> dict:
+    """One script line → ``{"split", "line", "row" | "reject", ...}``."""
+    split, number, raw_line = item
+    root: Path = _CTX["root"]  # type: ignore[assignment]
+    audio_dir: Path = _CTX["audio_dir"]  # type: ignore[assignment]
+    opts: PrepareOptions = _CTX["options"]  # type: ignore[assignment]
+
+    text, encoding = decode_line(raw_line)
+
+    def reject(utt_id: str, reason: str, detail: str | None = None, **extra: object) -> dict:
+        row = {"utt_id": utt_id, "split": split, "line": number, "reason": reason}
+        if detail:
+            row["detail"] = detail
+        return {"split": split, "line": number, "encoding": encoding or "undecodable", "reject": {**row, **extra}}
+
+    if text is None:
+        return reject(f"{split}:{number}", "undecodable text", "neither UTF-8 nor CP949", raw_hex=raw_line.hex())
+    rel, sep, raw = text.partition(SEPARATOR)
+    rel = rel.strip()
+    if not text.strip():
+        return reject(f"{split}:{number}", "blank script line")
+    if not sep or not rel:
+        return reject(f"{split}:{number}", "malformed script line", f"no {SEPARATOR!r} after a path", raw=text)
+    utt_id = Path(rel).stem
+    norm = normalize(raw, opts.form, opts.disfluency, opts.unk)  # type: ignore[arg-type]
+    if not norm.ok:
+        return reject(utt_id, "malformed markup", norm.error, raw=raw)
+    if not norm.text:
+        return reject(utt_id, "empty transcript", "nothing left after normalization", raw=raw)
+    src = root / rel
+    dst = (audio_dir / rel).with_suffix("." + opts.audio_format)
+    try:
+        samples, odd = convert_pcm(src, dst, opts.audio_format)
+    except FileNotFoundError:
+        return reject(utt_id, "missing audio", str(src))
+    except OSError as e:
+        return reject(utt_id, "unreadable audio", f"{src}: {e}")
+    duration = samples / SAMPLE_RATE
+    if samples == 0:
+        return reject(utt_id, "empty audio", str(src))
+    # Duration filters shape training data only: dev and eval stay whole so scores remain comparable.
+    if split == "train" and duration < opts.min_duration:
+        return reject(utt_id, "too short", f"{duration:.3f} s < {opts.min_duration} s")
+    if split == "train" and opts.max_duration is not None and duration > opts.max_duration:
+        return reject(utt_id, "too long", f"{duration:.3f} s > {opts.max_duration} s")
+    row = {
+        "audio_filepath": str(dst),
+        "duration": duration,
+        "text": norm.text,
+        "utt_id": utt_id,
+        "raw_text": raw,
+    }
+    return {"split": split, "line": number, "row": row, "odd": odd, "encoding": encoding}
+
+
+def _process_chunk(items: list[tuple[str, int, bytes]]) -> list[dict]:
+    return [_process(item) for item in items]
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _run(items: Iterator[tuple[str, int, bytes]], jobs: int, init_args: tuple, chunk: int = 256) -> Iterator[dict]:
+    """Process items in order with a bounded number of chunks in flight (memory stays flat)."""
+    if jobs <= 1:
+        _init_worker(*init_args)
+        yield from map(_process, items)
+        return
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ctx.Pool(jobs, initializer=_init_worker, initargs=init_args) as pool:
+        pending: deque = deque()
+        for batch in _chunks(items, chunk):
+            pending.append(pool.apply_async(_process_chunk, (batch,)))
+            if len(pending) >= 2 * jobs:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+# --- the stage ---------------------------------------------------------------------------------------------
+
+
+def _fingerprint(options: PrepareOptions, root: Path, audio_dir: Path, script_hashes: dict[str, str]) -> str:
+    record = {
+        "korasr": __version__,
+        "options": asdict(options),
+        "root": str(root),
+        "audio_dir": str(audio_dir),
+        "scripts": script_hashes,
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def prepare_kspon(
+    root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    audio_dir: str | os.PathLike[str] = "data/kspon/audio",
+    options: PrepareOptions | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+) -> PrepareResult:
+    """Prepare KsponSpeech: write ``<out_dir>/{train,dev,eval_clean,eval_other}.jsonl``, ``rejects.jsonl`` and
+    ``prepare.json``. Skips the work when ``prepare.json`` records the same scripts, options and paths."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    options = options or PrepareOptions()
+    options.validate()
+    root = Path(root).resolve()
+    out_dir = Path(out_dir).resolve()
+    audio_dir = Path(audio_dir).resolve()
+    if not root.is_dir():
+        raise CorpusError(f"{root}: no such directory\n{EXPECTED_TREE}")
+    scripts_dir = find_scripts_dir(root)
+    scripts = {split: scripts_dir / f"{split}.trn" for split in SPLITS}
+    missing = [str(p) for p in scripts.values() if not p.is_file()]
+    if missing:
+        raise CorpusError(f"missing script(s): {', '.join(missing)}\n{EXPECTED_TREE}")
+    if audio_dir == root or root in audio_dir.parents:
+        raise CorpusError(f"--audio-dir {audio_dir} lies inside the corpus {root}: the corpus is read-only")
+
+    scanned = {split: _scan_script(path) for split, path in scripts.items()}
+    fingerprint = _fingerprint(options, root, audio_dir, {s: h for s, (h, _) in scanned.items()})
+    manifests = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
+    result = PrepareResult(out_dir, manifests, out_dir / "rejects.jsonl", out_dir / "prepare.json", False)
+    if _up_to_date(result, fingerprint):
+        log.info("%s is up to date (same scripts, options and paths): nothing to do", out_dir)
+        return PrepareResult(**{**asdict(result), "skipped": True})
+
+    total_lines = sum(n for _, n in scanned.values())
+    log.info(
+        "preparing KsponSpeech from %s → %s (audio: %s as %s), %d script lines, %d jobs, options %s",
+        root, out_dir, audio_dir, options.audio_format, total_lines, jobs, asdict(options),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    # A stale prepare.json must never vouch for a half-rewritten set of manifests; temporaries left by a
+    # killed run go too.
+    result.summary.unlink(missing_ok=True)
+    for path in [*manifests.values(), result.rejects, result.summary]:
+        for stale in out_dir.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    # First occurrence of each id, packed as split index << 32 | line number (memory: ~100 B per utterance).
+    seen: dict[str, int] = {}
+    counts: dict[str, dict] = {}
+    odd_ids: list[str] = []
+    odd_count = 0
+    encodings: dict[str, Counter] = {split: Counter() for split in SPLITS}
+
+    def items() -> Iterator[tuple[str, int, bytes]]:
+        for split in _PRIORITY:
+            for number, line in _read_script(scripts[split]):
+                yield split, number, line
+
+    for split in SPLITS:
+        counts[split] = {"lines": scanned[split][1], "utterances": 0, "seconds": 0.0, "rejects": Counter()}
+    bar = tqdm(total=total_lines, unit="utt", desc="prepare", disable=not progress, smoothing=0.1)
+    with contextlib.ExitStack() as outputs:  # on any error every temporary file is removed
+        files = {split: outputs.enter_context(atomic_open(path)) for split, path in manifests.items()}
+        rejects_file = outputs.enter_context(atomic_open(result.rejects))
+        for out in _run(items(), jobs, (str(root), str(audio_dir), options)):
+            bar.update()
+            split = out["split"]
+            encodings[split][out["encoding"]] += 1
+            if "row" in out and out["row"]["utt_id"] in seen:
+                first = seen[out["row"]["utt_id"]]
+                first_split, first_line = SPLITS[first >> 32], first & 0xFFFFFFFF
+                out = {"split": split, "encoding": out["encoding"], "reject": {
+                    "utt_id": out["row"]["utt_id"], "split": split, "line": out["line"],
+                    "reason": "duplicate utterance id", "detail": f"first in {first_split}.trn line {first_line}",
+                }}
+            if "row" in out:
+                row = out["row"]
+                seen[row["utt_id"]] = SPLITS.index(split) << 32 | out["line"]
+                files[split].write(json.dumps(row, ensure_ascii=False) + "\n")
+                counts[split]["utterances"] += 1
+                counts[split]["seconds"] += row["duration"]
+                if out["odd"]:
+                    odd_count += 1
+                    if len(odd_ids) < 100:
+                        odd_ids.append(row["utt_id"])
+            else:
+                rejects_file.write(json.dumps(out["reject"], ensure_ascii=False) + "\n")
+                counts[split]["rejects"][out["reject"]["reason"]] += 1
+        bar.close()
+        _check(counts, len(seen), scripts)
+
+    elapsed = time.perf_counter() - started
+    summary = {
+        "korasr_version": __version__,
+        "python": platform.python_version(),
+        "corpus_root": str(root),
+        "audio_dir": str(audio_dir),
+        "options": asdict(options),
+        "jobs": jobs,
+        "fingerprint": fingerprint,
+        "scripts": {
+            split: {
+                "path": str(scripts[split]),
+                "sha256": scanned[split][0],
+                "lines": scanned[split][1],
+                "encodings": dict(encodings[split]),
+            }
+            for split in SPLITS
+        },
+        "counts": {
+            split: {
+                "lines": c["lines"],
+                "utterances": c["utterances"],
+                "hours": round(c["seconds"] / 3600, 4),
+                "rejected": sum(c["rejects"].values()),
+                "rejects_by_reason": dict(sorted(c["rejects"].items())),
+            }
+            for split, c in counts.items()
+        },
+        "odd_byte_files": {"count": odd_count, "first_utt_ids": odd_ids},
+        "seconds_taken": round(elapsed, 3),
+    }
+    write_json(result.summary, summary)
+    _log_summary(summary, elapsed)
+    return result
+
+
+def _check(counts: dict[str, dict], distinct_ids: int, scripts: dict[str, Path]) -> None:
+    """Invariants checked before any output gets its final name."""
+    for split, c in counts.items():
+        accounted = c["utterances"] + sum(c["rejects"].values())
+        if accounted != c["lines"]:
+            raise CorpusError(f"{scripts[split]}: {c['lines']} lines but {accounted} rows + rejects")
+        if c["lines"] and c["utterances"] == 0 and c["rejects"].get("missing audio") == c["lines"]:
+            raise CorpusError(
+                f"{scripts[split]}: none of its {c['lines']} audio files exists under the corpus root\n"
+                + EXPECTED_TREE
+            )
+    # Each row's id went into one set as it was written: as many distinct ids as rows means no id is in two
+    # manifests, so none is shared between train/dev and the eval splits.
+    rows = sum(c["utterances"] for c in counts.values())
+    if distinct_ids != rows:
+        raise CorpusError(f"{rows} manifest rows but {distinct_ids} distinct utterance ids")
+
+
+def _up_to_date(result: PrepareResult, fingerprint: str) -> bool:
+    try:
+        previous = json.loads(result.summary.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    outputs = [*result.manifests.values(), result.rejects]
+    return previous.get("fingerprint") == fingerprint and all(p.is_file() for p in outputs)
+
+
+def _log_summary(summary: dict, elapsed: float) -> None:
+    lines = [f"{'split':<11} {'lines':>8} {'utterances':>10} {'hours':>8} {'rejected':>8}"]
+    for split, c in summary["counts"].items():
+        lines.append(f"{split:<11} {c['lines']:>8} {c['utterances']:>10} {c['hours']:>8.2f} {c['rejected']:>8}")
+    for split, c in summary["counts"].items():
+        for reason, n in c["rejects_by_reason"].items():
+            lines.append(f"  rejected from {split}: {n} × {reason}")
+    odd = summary["odd_byte_files"]["count"]
+    lines.append(f"odd-length PCM files (trailing byte dropped): {odd}; took {elapsed:.1f} s")
+    log.info("prepared:\n%s", "\n".join(lines))

@@ -1,0 +1,235 @@
+"""Everyday spontaneous Korean sentences in KsponSpeech's raw transcription markup, from our own templates.
+
+Each sentence draws from a lexicon of a few hundred words and carries the corpus's markers at realistic rates:
+dual transcriptions of numbers, times, prices, percents, decimals and English acronyms, fillers (``어/``),
+repeats and cut-offs (``저+ 저는``), noise tags (``b/ n/ o/ l/ u/``), ``*`` and sentence punctuation.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+
+from korasr.data.korean_numbers import digits, has_final, letters, native, sino
+
+SUBJECTS = [
+    "저", "제 친구", "우리 엄마", "우리 아빠", "동생", "선생님", "언니", "형", "누나", "오빠", "사장님",
+    "할머니", "할아버지", "이모", "삼촌", "남편", "아내", "아들", "딸", "동료", "팀장님", "옆집 아저씨",
+    "우리 반 친구", "사촌 동생", "회사 선배", "대학교 후배", "그 사람", "민수", "지영이", "준호",
+]  # fmt: skip
+PLACES = [
+    "학교", "회사", "병원", "시장", "마트", "도서관", "공원", "카페", "식당", "은행", "우체국", "집",
+    "지하철역", "공항", "백화점", "영화관", "편의점", "헬스장", "미용실", "약국", "바다", "놀이공원",
+    "서울", "부산", "대구", "인천", "광주", "대전", "제주도", "강릉", "전주", "경주", "수원", "시골",
+]  # fmt: skip
+FOODS = [
+    "김치찌개", "된장찌개", "비빔밥", "불고기", "떡볶이", "라면", "냉면", "삼겹살", "치킨", "피자",
+    "커피", "우유", "빵", "과일", "사과", "딸기", "수박", "김밥", "만두", "국수", "짜장면", "짬뽕",
+    "갈비", "순대", "떡국", "케이크", "아이스크림", "초밥", "돈가스", "샌드위치",
+]  # fmt: skip
+THINGS = [
+    "책", "휴대폰", "가방", "우산", "지갑", "열쇠", "컴퓨터", "노트북", "옷", "신발", "모자", "안경",
+    "시계", "자전거", "자동차", "선물", "편지", "사진", "표", "약", "이어폰", "충전기", "수첩", "카드",
+]  # fmt: skip
+TIMES = [
+    "오늘", "내일", "어제", "모레", "주말에", "아침에", "점심에", "저녁에", "밤에", "요즘", "이번 주에",
+    "다음 주에", "지난주에", "방학 때", "퇴근하고", "수업 끝나고", "새벽에", "아까", "나중에", "작년에",
+]  # fmt: skip
+ADVERBS = [
+    "정말", "진짜", "너무", "아주", "좀", "많이", "조금", "빨리", "천천히", "같이", "혼자", "다시",
+    "벌써", "아직", "항상", "가끔", "자주", "원래", "완전", "되게", "꼭", "제일",
+]  # fmt: skip
+ADJECTIVES = [
+    "좋아요", "맛있어요", "비싸요", "싸요", "멀어요", "가까워요", "재미있어요", "힘들어요", "바빠요",
+    "피곤해요", "추워요", "더워요", "예뻐요", "편해요", "불편해요", "어려워요", "쉬워요", "시끄러워요",
+    "조용해요", "깨끗해요", "복잡해요", "신기해요", "괜찮아요", "심심해요",
+]  # fmt: skip
+MOVES = ["갔어요", "갈 거예요", "가고 싶어요", "다녀왔어요", "가야 돼요", "가 봤어요", "놀러 갔어"]
+EATS = ["먹었어요", "먹고 싶어요", "먹을 거야", "시켰어요", "만들었어", "사 왔어요", "좋아해요"]
+HAVES = ["잃어버렸어요", "샀어요", "찾았어", "빌려줬어요", "놓고 왔어요", "바꿨어요", "고쳤어요"]
+CONNECTIVES = ["그래서", "근데", "그러니까", "그리고", "그러면", "아무튼", "하여튼", "그런데"]
+ACRONYMS = ["KTX", "KBS", "MBC", "SNS", "TV", "PC", "USB", "IT", "AI", "CEO", "ATM", "GPS", "SUV", "PD"]
+FILLERS = ["어", "음", "그", "뭐", "아", "막", "이제", "저기", "에"]
+NOISE_TAGS = ["b/", "n/", "o/", "l/"]
+COUNTERS_NATIVE = ["명", "개", "번", "살", "잔", "권", "마리", "시간"]
+
+
+def _pair(spelling: str, spoken: str) -> str:
+    return f"({spelling})/({spoken})"
+
+
+def _clock(r: random.Random) -> str:
+    hour = r.randint(1, 12)
+    if r.random() < 0.5:
+        return _pair(f"{hour}시", f"{native(hour)} 시")
+    minute = r.choice([10, 15, 20, 30, 40, 45, 50])
+    return _pair(f"{hour}시 {minute}분", f"{native(hour)} 시 {sino(minute)} 분")
+
+
+def _count(r: random.Random) -> str:
+    counter = r.choice(COUNTERS_NATIVE)
+    n = r.randint(1, 30) if counter != "살" else r.randint(5, 60)
+    return _pair(f"{n}{counter}", f"{native(n)} {counter}")
+
+
+def _price(r: random.Random) -> str:
+    won = r.choice([500, 1000, 1500, 2000, 3000, 4500, 5000, 8000, 10000, 12000, 15000, 20000, 35000, 50000])
+    written = f"{won:,}원" if won >= 1000 and r.random() < 0.6 else f"{won}원"
+    return _pair(written, f"{sino(won)} 원")
+
+
+def _date(r: random.Random) -> str:
+    month, day = r.randint(1, 12), r.randint(1, 28)
+    spoken_month = {6: "유", 10: "시"}.get(month, sino(month))  # 유월, 시월
+    return _pair(f"{month}월 {day}일", f"{spoken_month} 월 {sino(day)} 일")
+
+
+def _percent(r: random.Random) -> str:
+    p = r.choice([5, 10, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100])
+    return _pair(f"{p}%", f"{sino(p)} 퍼센트")
+
+
+def _decimal(r: random.Random) -> str:
+    whole, frac = r.randint(1, 9), r.randint(1, 9)
+    return _pair(f"{whole}.{frac}배", f"{sino(whole)} 점 {digits(str(frac))} 배")
+
+
+def _acronym(r: random.Random) -> str:
+    a = r.choice(ACRONYMS)
+    return _pair(a, letters(a))
+
+
+def _floor(r: random.Random) -> str:
+    n = r.randint(1, 20)
+    return _pair(f"{n}층", f"{sino(n)} 층")
+
+
+def _josa(slot: str, word: str) -> str:
+    """Attach the particle named by ``slot``'s suffix, agreeing with the last syllable of ``word``."""
+    # A dual pair takes the particle of its spoken side.
+    spoken = re.sub(r"\((?:[^()]*)\)/\(([^()]*)\)", r"\1", word)
+    table = {"_s": ("이", "가"), "_t": ("은", "는"), "_o": ("을", "를"), "_w": ("과", "와")}
+    for suffix, (with_final, without_final) in table.items():
+        if slot.endswith(suffix):
+            return word + (with_final if has_final(spoken) else without_final)
+    if slot.endswith("_ro"):
+        last = ord(spoken[-1]) - 0xAC00
+        rieul = 0 <= last < 11172 and last % 28 == 8
+        return word + ("로" if rieul or not has_final(spoken) else "으로")
+    return word
+
+
+_SLOTS: dict[str, Callable[[random.Random], str]] = {
+    "subj": lambda r: r.choice(SUBJECTS),
+    "place": lambda r: r.choice(PLACES),
+    "food": lambda r: r.choice(FOODS),
+    "thing": lambda r: r.choice(THINGS),
+    "time": lambda r: r.choice(TIMES),
+    "adv": lambda r: r.choice(ADVERBS),
+    "adj": lambda r: r.choice(ADJECTIVES),
+    "move": lambda r: r.choice(MOVES),
+    "eat": lambda r: r.choice(EATS),
+    "have": lambda r: r.choice(HAVES),
+    "conn": lambda r: r.choice(CONNECTIVES),
+    "clock": _clock,
+    "count": _count,
+    "price": _price,
+    "date": _date,
+    "percent": _percent,
+    "decimal": _decimal,
+    "acronym": _acronym,
+    "floor": _floor,
+}
+
+TEMPLATES = [
+    "{time} {subj_s} {place}에 {move}.",
+    "{subj_t} {time} {food_o} {eat}.",
+    "{place}에서 {clock}에 만나자.",
+    "{food} {price}이면 {adv} {adj}.",
+    "{subj_t} {thing_o} {place}에 {have}.",
+    "{acronym}에서 봤는데 {adv} {adj}.",
+    "{date}에 {place_ro} {move}.",
+    "{thing_t} {price}인데 {adv} {adj}?",
+    "{count} {eat}.",
+    "{subj_s} {count} 데리고 {place}에 {move}.",
+    "{percent} 할인해서 {thing_o} {have}.",
+    "{percent} 정도는 {adv} {adj}.",
+    "작년보다 {decimal} 더 {adj}.",
+    "{place}까지 {decimal} 정도 멀어요.",
+    "{floor}에 {place} 있어요?",
+    "{time} {place}에 {adv} {move}?",
+    "{food} 먹을래 아니면 {food} 먹을래?",
+    "{conn} {subj_s} {food_o} {adv} {eat}.",
+    "{conn} {time} {place}에 {move}.",
+    "{subj_w} 같이 {place}에 {move}.",
+    "{acronym} 보면서 {food_o} {eat}.",
+    "{clock}까지 {place_ro} 와 주세요.",
+    "{thing_s} {adv} {adj}.",
+    "{place_t} {adv} {adj}.",
+    "{subj_s} {thing_o} {have}?",
+    "{date}이 {subj} 생일이에요.",
+    "{time} {clock}에 {acronym} 타고 {place}에 {move}.",
+    "{subj_t} {place}에서 {food_o} {adv} {eat}.",
+    "혹시 {thing} 어디 있는지 알아요?",
+    "{place} 가는 길이 {adv} {adj}.",
+    "{subj_s} 그러는데 {food_s} {adv} {adj}.",
+    "{time} {subj_w} {food_o} {eat}.",
+    "{thing_o} {price} 주고 {have}.",
+    "{conn} {thing_t} {adv} {adj}.",
+    "{floor} {place}에서 {clock}에 봐요.",
+    "{percent} 확률로 {time} 비가 온대요.",
+    "{acronym} 뉴스에서 {place} 얘기 나왔어요.",
+    "{count} 시켰는데 {adv} {adj}.",
+    "{subj_s} {date}에 {place_ro} {move}.",
+    "{time} {place}에 가면 {food_o} {eat}.",
+]
+
+
+def fill(template: str, r: random.Random) -> str:
+    def slot(match: re.Match[str]) -> str:
+        name = match[1]
+        base = re.sub(r"_(s|t|o|w|ro)$", "", name)
+        return _josa(name, _SLOTS[base](r))
+
+    return re.sub(r"\{(\w+)\}", slot, template)
+
+
+def _decorate(sentence: str, r: random.Random) -> str:
+    """Add the disfluency and noise markup that spontaneous speech transcripts carry."""
+    words = re.findall(r"\([^()]*\)/\([^()]*\)\S*|\S+", sentence)  # a dual pair stays one word
+    if r.random() < 0.15:  # a repeat or a cut-off fragment before a word
+        i = r.randrange(len(words))
+        word = words[i]
+        if not word.startswith("(") and len(word) > 1:
+            fragment = word if r.random() < 0.4 else word[: r.randint(1, len(word) - 1)]
+            words.insert(i, fragment + "+")
+        elif word.startswith("(") and re.fullmatch(r"\([^()]*\)/\([^()]*\)", word):
+            words.insert(i, word + "+")
+    if r.random() < 0.3:  # a filler
+        filler = r.choice(FILLERS) + "/"
+        words.insert(0 if r.random() < 0.5 else r.randrange(len(words)), filler)
+    if r.random() < 0.04:
+        i = r.randrange(len(words))
+        if not words[i].endswith(("/", "+", ")")):
+            words[i] = words[i].rstrip(".?") + "*" + words[i][len(words[i].rstrip(".?")) :]
+    if r.random() < 0.02:
+        words.insert(r.randrange(len(words) + 1), "u/")
+    if r.random() < 0.12:
+        words.insert(0, r.choice(NOISE_TAGS))
+        if r.random() < 0.3:
+            words.insert(0, r.choice(NOISE_TAGS))
+    if r.random() < 0.04:  # a tag glued to the closing punctuation, as transcribers sometimes wrote it
+        words[-1] = words[-1] + r.choice(NOISE_TAGS)
+    if r.random() < 0.1 and len(words) > 3:  # a comma after the second word
+        if re.fullmatch(r"[가-힣]+", words[1]):
+            words[1] += ","
+    if r.random() < 0.2 and words[-1].endswith("."):
+        words[-1] = words[-1][:-1]
+    return " ".join(words)
+
+
+def sentence(r: random.Random) -> str:
+    """One raw transcript in KsponSpeech markup."""
+    return _decorate(fill(r.choice(TEMPLATES), r), r)
+

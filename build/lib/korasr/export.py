@@ -1,0 +1,403 @@
+"""`korasr export`: a ``.nemo`` → deployment artifacts that need only onnxruntime.
+
+- ``model.onnx``: 16 kHz waveform ``[B, N]`` + lengths → log-probs ``[B, T, V+1]`` + lengths. NeMo's mel front end
+  (pre-emphasis, STFT, power, mel, log, per-feature normalization; no dither) is rebuilt from the model's own
+  window and filterbank as a convolution with a DFT basis (NeMo's complex STFT does not export).
+- ``encoder.onnx``: NeMo's I/O (80-mel features ``[B, 80, T]`` + ``length`` → ``logprobs``) with the metadata
+  sherpa-onnx reads, and ``tokens.txt`` (``piece id`` per line, ``<blk>`` last).
+- ``tokenizer.model``, ``model.json`` (unit, text codec, sample rate, blank id, versions, checksums).
+
+Both graphs compute the relative positional encoding from the sequence length instead of slicing NeMo's
+precomputed table, so they accept audio of any length (NeMo's table caps encoder frames at 5,000, 400 s at 8×);
+memory then bounds the length, and the runtime feeds long audio in chunks.
+
+Every export is parity-gated against NeMo on sample utterances before the directory is published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from korasr.errors import KorasrError
+from korasr.fsutil import sha256_file, write_json
+from korasr.provenance import git_commit, versions
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+OPSET = 17
+# |log-prob| difference allowed between model.onnx and NeMo on the same audio (float32, different STFT route)
+LOGPROB_TOLERANCE = 1e-3
+
+
+class ExportError(KorasrError, RuntimeError):
+    pass
+
+
+def _modules():  # type: ignore[no-untyped-def]
+    import torch
+    from torch import nn
+
+    class DynamicRelPositionalEncoding(nn.Module):
+        """NeMo's RelPositionalEncoding computed from the input length (same values, no length cap)."""
+
+        def __init__(self, original: nn.Module):
+            super().__init__()
+            from nemo.collections.asr.parts.submodules.multi_head_attention import INF_VAL
+
+            self.xscale = original.xscale
+            d_model = original.d_model
+            div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(INF_VAL) / d_model))
+            self.register_buffer("div_term", div, persistent=False)
+            self.d_model = d_model
+
+        def extend_pe(self, *args, **kwargs) -> None:  # the encoder calls this for longer inputs: nothing to do
+            return None
+
+        def forward(self, x, cache_len: int = 0):  # type: ignore[no-untyped-def]
+            if self.xscale:
+                x = x * self.xscale
+            length = x.size(1) + cache_len
+            positions = torch.arange(length - 1, -length, -1, dtype=torch.float32, device=x.device).unsqueeze(1)
+            angles = positions * self.div_term
+            pe = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).reshape(1, -1, self.d_model)
+            return x, pe.to(x.dtype)
+
+    class MelFrontend(nn.Module):
+        """NeMo's FilterbankFeatures (eval mode) with the STFT as a strided convolution."""
+
+        def __init__(self, featurizer: nn.Module):
+            super().__init__()
+            f = featurizer
+            unsupported = []
+            if f.stft_pad_amount is not None:
+                unsupported.append("exact_pad")
+            if getattr(f, "frame_splicing", 1) > 1:
+                unsupported.append("frame_splicing")
+            if f.normalize not in ("per_feature", None):
+                unsupported.append(f"normalize={f.normalize}")
+            if not f.log or f.log_zero_guard_type != "add":
+                unsupported.append("log with log_zero_guard_type=add")
+            if f.mag_power != 2.0:
+                unsupported.append(f"mag_power={f.mag_power}")
+            if unsupported:
+                raise ExportError(f"preprocessor settings not supported by the ONNX front end: {unsupported}")
+            self.n_fft, self.hop = int(f.n_fft), int(f.hop_length)
+            self.preemph = float(f.preemph) if f.preemph is not None else 0.0
+            self.normalize = f.normalize == "per_feature"
+            self.log_guard = float(f.log_zero_guard_value_fn(torch.zeros(1)))
+            self.pad_value = float(f.pad_value)
+            window = f.window.to(torch.float64)
+            left = (self.n_fft - window.numel()) // 2
+            window = torch.nn.functional.pad(window, (left, self.n_fft - window.numel() - left))
+            k = torch.arange(self.n_fft // 2 + 1, dtype=torch.float64).unsqueeze(1)
+            n = torch.arange(self.n_fft, dtype=torch.float64).unsqueeze(0)
+            angle = 2 * math.pi * k * n / self.n_fft
+            basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window], dim=0)
+            self.register_buffer("basis", basis.to(torch.float32).unsqueeze(1))
+            self.register_buffer("fb", f.fb.detach().to(torch.float32).squeeze(0))
+            self.bins = self.n_fft // 2 + 1
+
+        def forward(self, audio, length):  # type: ignore[no-untyped-def]
+            frames_len = torch.div(length + 2 * (self.n_fft // 2) - self.n_fft, self.hop, rounding_mode="floor")
+            time_mask = torch.arange(audio.size(1), device=audio.device).unsqueeze(0) < length.unsqueeze(1)
+            if self.preemph:
+                audio = torch.cat([audio[:, :1], audio[:, 1:] - self.preemph * audio[:, :-1]], dim=1)
+            audio = audio.masked_fill(~time_mask, 0.0)
+            padded = torch.nn.functional.pad(audio.unsqueeze(1), (self.n_fft // 2, self.n_fft // 2))
+            spec = torch.nn.functional.conv1d(padded, self.basis, stride=self.hop)
+            power = spec[:, : self.bins] ** 2 + spec[:, self.bins :] ** 2
+            x = torch.log(torch.matmul(self.fb, power) + self.log_guard)
+            valid = torch.arange(x.size(2), device=x.device).unsqueeze(0) < frames_len.unsqueeze(1)
+            if self.normalize:
+                mask = valid.unsqueeze(1)
+                count = valid.sum(dim=1).to(x.dtype).unsqueeze(1)
+                mean = torch.where(mask, x, 0.0).sum(dim=2) / count
+                centered = torch.where(mask, x - mean.unsqueeze(2), 0.0)
+                std = torch.sqrt((centered**2).sum(dim=2) / (count - 1.0))
+                std = torch.where(torch.isnan(std), torch.zeros_like(std), std) + 1e-5
+                x = (x - mean.unsqueeze(2)) / std.unsqueeze(2)
+            x = x.masked_fill(~valid.unsqueeze(1), self.pad_value)
+            return x, frames_len
+
+    class FeaturesCTC(nn.Module):
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.encoder, self.decoder = model.encoder, model.decoder
+
+        def forward(self, audio_signal, length):  # type: ignore[no-untyped-def]
+            encoded, encoded_len = self.encoder(audio_signal=audio_signal, length=length)
+            return self.decoder(encoder_output=encoded), encoded_len
+
+    class WaveformCTC(nn.Module):
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.frontend = MelFrontend(model.preprocessor.featurizer)
+            self.ctc = FeaturesCTC(model)
+
+        def forward(self, audio, audio_length):  # type: ignore[no-untyped-def]
+            features, features_len = self.frontend(audio, audio_length)
+            return self.ctc(features, features_len)
+
+    return DynamicRelPositionalEncoding, WaveformCTC, FeaturesCTC
+
+
+def _test_audio(manifest: str | os.PathLike[str] | None, count: int) -> list[np.ndarray]:
+    """Parity inputs: the first utterances of a manifest, else a synthetic chirp and noise."""
+    import soundfile as sf
+
+    if manifest:
+        with open(manifest, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()][:count]
+        return [sf.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
+    rng = np.random.default_rng(0)
+    t = np.arange(int(2.5 * SAMPLE_RATE)) / SAMPLE_RATE
+    return [
+        (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32),
+        (0.1 * rng.standard_normal(int(1.3 * SAMPLE_RATE))).astype(np.float32),
+    ]
+
+
+def _batch(waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(w) for w in waves], dtype=np.int64)
+    audio = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
+    for i, w in enumerate(waves):
+        audio[i, : len(w)] = w
+    return audio, lengths
+
+
+def tokens_txt(pieces: list[str]) -> str:
+    """sherpa-onnx's tokens.txt: ``piece id`` per line, the CTC blank ``<blk>`` last."""
+    return "".join(f"{p} {i}\n" for i, p in enumerate([*pieces, "<blk>"]))
+
+
+def greedy_ids(logprobs: np.ndarray, length: int, blank: int) -> list[int]:
+    best = logprobs[:length].argmax(axis=-1)
+    out, previous = [], -1
+    for token in best.tolist():
+        if token != previous and token != blank:
+            out.append(token)
+        previous = token
+    return out
+
+
+def export(
+    model_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    parity_manifest: str | os.PathLike[str] | None = None,
+    parity_utterances: int = 8,
+    triton_device: str = "cpu",
+) -> Path:
+    """Export ``model_path`` into ``out_dir`` (default: ``export/`` beside the model); returns the directory.
+
+    Writes into a temporary sibling and renames it into place only after every check passed.
+    """
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from nemo.core.classes.common import typecheck
+
+    from korasr.evaluate import load_model
+
+    started = time.time()
+    model_path = Path(model_path)
+    out = Path(out_dir) if out_dir else model_path.parent / "export"
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    model = load_model(model_path).cpu().eval()
+    unit = str(model.cfg.get("korasr_text_unit", "jamo"))
+    featurizer = model.preprocessor.featurizer
+    if int(featurizer.sample_rate) != SAMPLE_RATE:
+        raise ExportError(f"{model_path}: sample rate {featurizer.sample_rate}, expected {SAMPLE_RATE}")
+    pieces = [model.tokenizer.ids_to_tokens([i])[0] for i in range(model.tokenizer.vocab_size)]
+    blank = len(pieces)
+    controls = [p for p in pieces if p in ("<s>", "</s>", "<pad>")]
+    if controls:
+        raise ExportError(f"{model_path}: the vocabulary holds control pieces a client would print: {controls}")
+
+    waves = _test_audio(parity_manifest, parity_utterances)
+    audio, lengths = _batch(waves)
+    with torch.inference_mode():
+        reference, reference_len = model.forward(
+            input_signal=torch.from_numpy(audio), input_signal_length=torch.from_numpy(lengths)
+        )[:2]
+        features, features_len = model.preprocessor(
+            input_signal=torch.from_numpy(audio), length=torch.from_numpy(lengths)
+        )
+    reference, reference_len = reference.numpy(), reference_len.numpy()
+
+    dynamic_pe, waveform_ctc, features_ctc = _modules()
+    model.encoder.pos_enc = dynamic_pe(model.encoder.pos_enc)
+    typecheck.set_typecheck_enabled(enabled=False)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                waveform_ctc(model).eval(),
+                (torch.from_numpy(audio), torch.from_numpy(lengths)),
+                str(tmp / "model.onnx"),
+                input_names=["audio", "audio_length"],
+                output_names=["logprobs", "logprobs_length"],
+                dynamic_axes={
+                    "audio": {0: "batch", 1: "samples"},
+                    "audio_length": {0: "batch"},
+                    "logprobs": {0: "batch", 1: "frames"},
+                    "logprobs_length": {0: "batch"},
+                },
+                opset_version=OPSET,
+                dynamo=False,
+            )
+            torch.onnx.export(
+                features_ctc(model).eval(),
+                (features, features_len),
+                str(tmp / "encoder.onnx"),
+                input_names=["audio_signal", "length"],
+                output_names=["logprobs", "encoded_lengths"],
+                dynamic_axes={
+                    "audio_signal": {0: "batch", 2: "frames"},
+                    "length": {0: "batch"},
+                    "logprobs": {0: "batch", 1: "encoded_frames"},
+                    "encoded_lengths": {0: "batch"},
+                },
+                opset_version=OPSET,
+                dynamo=False,
+            )
+    finally:
+        typecheck.set_typecheck_enabled(enabled=True)
+
+    subsampling = int(model.cfg.encoder.get("subsampling_factor", 8))
+    meta = {
+        "vocab_size": str(blank + 1),
+        "subsampling_factor": str(subsampling),
+        "normalize_type": str(featurizer.normalize or ""),
+        "model_type": "EncDecCTCModelBPE",
+        "korasr_text_unit": unit,
+    }
+    encoder_onnx = onnx.load(str(tmp / "encoder.onnx"))
+    for key, value in meta.items():
+        entry = encoder_onnx.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(encoder_onnx, str(tmp / "encoder.onnx"))
+    for name in ("model.onnx", "encoder.onnx"):
+        onnx.checker.check_model(str(tmp / name))
+
+    (tmp / "tokens.txt").write_text(tokens_txt(pieces), encoding="utf-8")
+    (tmp / "tokenizer.model").write_bytes(model.tokenizer.tokenizer.serialized_model_proto())
+
+    parity = _parity(ort, tmp, audio, lengths, features.numpy(), features_len.numpy(), reference, reference_len,
+                     blank)  # fmt: skip
+    info = {
+        "format": "korasr-export/1",
+        "source_model": str(model_path.resolve()),
+        "source_sha256": sha256_file(model_path),
+        "sample_rate": SAMPLE_RATE,
+        "unit": unit,
+        "text_codec": "NFC composition of the decoded pieces (korasr.text.codec.from_model_text), "
+        "'▁' is a word boundary",
+        "blank_id": blank,
+        "vocab_size": blank + 1,
+        "subsampling_factor": subsampling,
+        "frame_shift_s": subsampling * featurizer.hop_length / SAMPLE_RATE,
+        "features": {
+            "n_mels": int(featurizer.nfilt),
+            "n_fft": int(featurizer.n_fft),
+            "hop_length": int(featurizer.hop_length),
+            "win_length": int(featurizer.win_length),
+            "normalize": featurizer.normalize,
+        },
+        "inputs": {
+            "model.onnx": ["audio float32 [B, N] 16 kHz mono", "audio_length int64 [B]"],
+            "encoder.onnx": ["audio_signal float32 [B, n_mels, T]", "length int64 [B]"],
+        },
+        "outputs": ["logprobs float32 [B, T', vocab_size]", "lengths int64 [B]"],
+        "parity": parity,
+        "opset": OPSET,
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "seconds_taken": round(time.time() - started, 1),
+    }
+    info["tensorrt"] = build_tensorrt(tmp)
+    info["sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    write_json(tmp / "model.json", info)
+    from korasr.triton import validate, write_repository
+
+    info["triton"] = validate(write_repository(tmp, tmp / "triton", device=triton_device))
+    write_json(tmp / "model.json", info)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    log.info("exported %s → %s (parity: max |Δ log-prob| %.2e, transcripts identical)", model_path, out,
+             parity["max_abs_logprob_diff"])  # fmt: skip
+    return out
+
+
+def build_tensorrt(export_dir: Path) -> dict:
+    """An FP16 TensorRT engine of ``model.onnx`` with an explicit shape profile (1–16 utterances of 1–60 s), when
+    CUDA and TensorRT are present; otherwise a record of why it was skipped (never an error). Not yet run on a
+    GPU by korasr's tests."""
+    try:
+        import tensorrt as trt
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ImportError("no CUDA device")
+    except ImportError as e:
+        reason = f"skipped: {e}" if "CUDA" in str(e) else "skipped: TensorRT is not installed"
+        log.info("TensorRT engine %s", reason)
+        return {"built": False, "reason": reason}
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse((export_dir / "model.onnx").read_bytes()):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ExportError(f"TensorRT cannot parse model.onnx: {errors}")
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    seconds = {"min": 1, "opt": 10, "max": 60}
+    profile.set_shape("audio", (1, seconds["min"] * SAMPLE_RATE), (8, seconds["opt"] * SAMPLE_RATE),
+                      (16, seconds["max"] * SAMPLE_RATE))  # fmt: skip
+    profile.set_shape("audio_length", (1,), (8,), (16,))
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise ExportError("TensorRT failed to build the engine")
+    (export_dir / "model.plan").write_bytes(bytes(engine))
+    return {"built": True, "precision": "fp16", "profile_seconds": seconds, "tensorrt": trt.__version__}
+
+
+def _parity(ort, tmp: Path, audio, lengths, features, features_len, reference, reference_len, blank: int) -> dict:  # type: ignore[no-untyped-def]
+    """model.onnx and encoder.onnx against NeMo's forward on the same batch: log-probs within tolerance, greedy
+    transcripts (token ids) identical, lengths identical."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    wave = ort.InferenceSession(str(tmp / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    feats = ort.InferenceSession(str(tmp / "encoder.onnx"), options, providers=["CPUExecutionProvider"])
+    out, out_len = wave.run(None, {"audio": audio, "audio_length": lengths})
+    enc, enc_len = feats.run(None, {"audio_signal": features, "length": features_len})
+    report = {"utterances": len(lengths), "tolerance": LOGPROB_TOLERANCE}
+    for name, got, got_len in (("model.onnx", out, out_len), ("encoder.onnx", enc, enc_len)):
+        if not np.array_equal(got_len, reference_len):
+            raise ExportError(f"{name}: output lengths {got_len.tolist()} differ from NeMo's {reference_len.tolist()}")
+        worst = 0.0
+        for i, n in enumerate(reference_len.tolist()):
+            worst = max(worst, float(np.abs(got[i, :n] - reference[i, :n]).max()))
+            if greedy_ids(got[i], n, blank) != greedy_ids(reference[i], n, blank):
+                raise ExportError(f"{name}: greedy transcript of test utterance {i} differs from NeMo's")
+        if worst > LOGPROB_TOLERANCE:
+            raise ExportError(f"{name}: log-probs differ from NeMo's by {worst:.2e} > {LOGPROB_TOLERANCE}")
+        report[name] = {"max_abs_logprob_diff": worst, "greedy_identical": True}
+    report["max_abs_logprob_diff"] = max(report["model.onnx"]["max_abs_logprob_diff"],
+                                         report["encoder.onnx"]["max_abs_logprob_diff"])  # fmt: skip
+    return report

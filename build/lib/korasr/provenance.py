@@ -1,0 +1,40 @@
+"""What made an artifact: the git commit of this checkout and the versions of the packages that matter."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from korasr import __version__
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("torch", "nemo_toolkit", "lightning", "lhotse", "sentencepiece", "onnxruntime")
+
+
+def git_commit() -> str:
+    """HEAD of the korasr checkout, ``-dirty`` when it has uncommitted changes; ``unknown`` outside git."""
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"korasr": __version__, "python": platform.python_version()}
+    for package in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[package] = metadata.version(package)
+    return out
+
+
+def command_line() -> str:
+    """The command as typed (program name without its directory)."""
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -1,0 +1,211 @@
+"""Inference from an export directory with onnxruntime alone (no torch, no NeMo).
+
+>>> from korasr.runtime import Recognizer
+>>> rec = Recognizer("exp/sample/.../export")
+>>> rec.transcribe(["a.wav", "b.flac"])            # any sample rate or channel count
+[Result(text='...', words=None), ...]
+
+Audio is mixed to mono and resampled to 16 kHz with soxr, batched by length, decoded with greedy CTC and
+composed to NFC syllables with the model's text unit. Files longer than ``chunk_seconds`` are read and decoded in
+chunks cut at the quietest 20 ms near each boundary, so memory stays bounded for an hour of audio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from korasr.text.codec import from_model_text
+
+SAMPLE_RATE = 16000
+WORD_BOUNDARY = "▁"
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: float
+    end: float
+
+
+@dataclass
+class Result:
+    text: str
+    words: list[Word] | None = field(default=None)
+
+    def as_dict(self) -> dict:
+        out: dict = {"text": self.text}
+        if self.words is not None:
+            out["words"] = [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in self.words]
+        return out
+
+
+def to_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """float32 mono at 16 kHz from ``[N]`` or ``[N, channels]`` audio at any rate."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    elif audio.ndim != 1:
+        raise ValueError(f"audio must be [samples] or [samples, channels], got shape {audio.shape}")
+    if sample_rate != SAMPLE_RATE:
+        audio = soxr.resample(audio, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    return audio
+
+
+class Recognizer:
+    def __init__(self, export_dir: str | os.PathLike[str], *, threads: int | None = None, providers=None):  # type: ignore[no-untyped-def]
+        import onnxruntime as ort
+
+        self.dir = Path(export_dir)
+        meta = self.dir / "model.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"{self.dir}: not a korasr export directory (no model.json)")
+        self.info = json.loads(meta.read_text(encoding="utf-8"))
+        self.unit = self.info["unit"]
+        self.blank = int(self.info["blank_id"])
+        self.frame_shift = float(self.info["frame_shift_s"])
+        self.pieces = [line.rsplit(" ", 1)[0] for line in (self.dir / "tokens.txt").read_text("utf-8").splitlines()]
+        if len(self.pieces) != self.blank + 1:
+            raise ValueError(f"{self.dir}: tokens.txt has {len(self.pieces)} lines, model.json says {self.blank + 1}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(self.dir / "model.onnx"), options, providers=providers or ["CPUExecutionProvider"]
+        )
+
+    # --- decoding ----------------------------------------------------------------------------------------------
+
+    def logprobs(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """Log-probabilities ``[frames, vocab]`` of 16 kHz mono float32 waveforms, in one batch."""
+        lengths = np.array([len(w) for w in waves], dtype=np.int64)
+        audio = np.zeros((len(waves), max(int(lengths.max()), 1)), dtype=np.float32)
+        for i, w in enumerate(waves):
+            audio[i, : len(w)] = w
+        out, out_len = self.session.run(None, {"audio": audio, "audio_length": lengths})
+        return [out[i, : int(n)] for i, n in enumerate(out_len)]
+
+    def decode(self, logprobs: np.ndarray, offset: float = 0.0, timestamps: bool = False) -> Result:
+        best = logprobs.argmax(axis=-1)
+        tokens: list[tuple[int, int]] = []  # (piece id, frame)
+        previous = -1
+        for frame, token in enumerate(best.tolist()):
+            if token != previous and token != self.blank:
+                tokens.append((token, frame))
+            previous = token
+        text = "".join(self.pieces[t] for t, _ in tokens).replace(WORD_BOUNDARY, " ")
+        result = Result(from_model_text(text, self.unit))
+        if timestamps:
+            result.words = self._words(tokens, offset)
+        return result
+
+    def _words(self, tokens: list[tuple[int, int]], offset: float) -> list[Word]:
+        words: list[Word] = []
+        current: list[tuple[int, int]] = []
+
+        def flush() -> None:
+            text = from_model_text("".join(self.pieces[t] for t, _ in current).replace(WORD_BOUNDARY, ""), self.unit)
+            if text:
+                start = offset + current[0][1] * self.frame_shift
+                words.append(Word(text, round(start, 3), round(offset + (current[-1][1] + 1) * self.frame_shift, 3)))
+
+        for token, frame in tokens:
+            piece = self.pieces[token]
+            if piece.startswith(WORD_BOUNDARY) and current:
+                flush()
+                current = []
+            current.append((token, frame))
+        if current:
+            flush()
+        return words
+
+    # --- audio in ----------------------------------------------------------------------------------------------
+
+    def transcribe_arrays(
+        self, waves: list[np.ndarray], sample_rate: int = SAMPLE_RATE, *, batch_size: int = 16, timestamps: bool = False
+    ) -> list[Result]:
+        mono = [to_mono_16k(w, sample_rate) for w in waves]
+        order = sorted(range(len(mono)), key=lambda i: len(mono[i]))
+        results: list[Result | None] = [None] * len(mono)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            for i, lp in zip(chunk, self.logprobs([mono[i] for i in chunk]), strict=True):
+                results[i] = self.decode(lp, timestamps=timestamps)
+        return [r for r in results if r is not None]
+
+    def transcribe(
+        self,
+        paths: list[str | os.PathLike[str]],
+        *,
+        batch_size: int = 16,
+        timestamps: bool = False,
+        chunk_seconds: float = 30.0,
+    ) -> list[Result]:
+        """Transcripts of audio files (anything libsndfile reads), in order."""
+        results: list[Result | None] = [None] * len(paths)
+        short: list[int] = []
+        for i, path in enumerate(paths):
+            try:
+                info = sf.info(str(path))
+            except (RuntimeError, sf.LibsndfileError) as e:
+                raise ValueError(f"{path}: cannot read audio ({e})") from None
+            if info.duration > chunk_seconds:
+                results[i] = self._transcribe_long(path, chunk_seconds, timestamps)
+            else:
+                short.append(i)
+        for start in range(0, len(short), batch_size):
+            batch = short[start : start + batch_size]
+            waves = []
+            for i in batch:
+                audio, rate = sf.read(str(paths[i]), dtype="float32", always_2d=True)
+                waves.append(to_mono_16k(audio, rate))
+            for i, result in zip(batch, self.transcribe_arrays(waves, batch_size=batch_size, timestamps=timestamps),
+                                 strict=True):  # fmt: skip
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    def _transcribe_long(self, path: str | os.PathLike[str], chunk_seconds: float, timestamps: bool) -> Result:
+        """Read, resample and decode ``chunk_seconds`` at a time; each chunk ends at the quietest 20 ms of its last
+        2 s (the rest carries over), so words are rarely cut. Memory: one chunk, whatever the file's length."""
+        texts: list[str] = []
+        words: list[Word] = []
+        carry = np.zeros(0, dtype=np.float32)
+        consumed = 0  # 16 kHz samples decoded so far
+        with sf.SoundFile(str(path)) as f:
+            stream = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            block = int(chunk_seconds * f.samplerate)
+            while True:
+                raw = f.read(block, dtype="float32", always_2d=True)
+                last = len(raw) < block
+                pcm = stream.resample_chunk(raw.mean(axis=1), last=last) if len(raw) or last else np.zeros(0)
+                audio = np.concatenate([carry, pcm.astype(np.float32)])
+                cut = len(audio) if last else _quiet_cut(audio)
+                if cut > 0:
+                    result = self.decode(self.logprobs([audio[:cut]])[0], consumed / SAMPLE_RATE, timestamps)
+                    if result.text:
+                        texts.append(result.text)
+                    words += result.words or []
+                consumed += cut
+                carry = audio[cut:]
+                if last:
+                    break
+        return Result(" ".join(texts), words if timestamps else None)
+
+
+def _quiet_cut(audio: np.ndarray, search_seconds: float = 2.0, frame_seconds: float = 0.02) -> int:
+    """Sample index of the quietest 20 ms frame in the last ``search_seconds`` of ``audio``."""
+    frame = int(frame_seconds * SAMPLE_RATE)
+    start = max(0, len(audio) - int(search_seconds * SAMPLE_RATE))
+    tail = audio[start:]
+    n = len(tail) // frame
+    if n == 0:
+        return len(audio)
+    energy = (tail[: n * frame].reshape(n, frame) ** 2).mean(axis=1)
+    return start + int(np.argmin(energy)) * frame + frame // 2

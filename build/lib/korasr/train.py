@@ -1,0 +1,233 @@
+"""`korasr train`: compose YAML + dotted overrides, build a stock NeMo ``EncDecCTCModelBPE``, train it with
+Lightning and NeMo's exp_manager (checkpoints, early stopping, resume, TensorBoard, wandb), save a ``.nemo``.
+
+Composition order: ``conf/fastconformer_ctc.yaml`` → ``conf/size/<size>.yaml`` → the recipe's ``train.yaml`` →
+overrides (``key.sub=value``, as Hydra's dotted overrides). torch, Lightning and NeMo are imported inside
+:func:`train` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from korasr.errors import KorasrError
+from korasr.provenance import git_commit, versions
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+BASE = CONF / "fastconformer_ctc.yaml"
+SIZES = ("large", "medium", "small", "tiny")
+
+
+class TrainConfigError(KorasrError, ValueError):
+    pass
+
+
+def compose(configs: list[str | os.PathLike[str]], overrides: list[str] | None = None) -> DictConfig:
+    """Merge YAML files in order, then dotted overrides (``a.b=c``; values parsed as YAML)."""
+    merged = OmegaConf.create()
+    for path in configs:
+        path = Path(path)
+        if not path.is_file():
+            raise TrainConfigError(f"{path}: no such config file")
+        merged = OmegaConf.merge(merged, OmegaConf.load(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise TrainConfigError(f"override {item!r} is not of the form key.sub=value")
+    if overrides:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    return merged  # type: ignore[return-value]
+
+
+def recipe_configs(recipe: str | os.PathLike[str], size: str | None = None) -> list[Path]:
+    """The files a recipe trains with: base, size (the recipe's ``korasr.size`` unless given), recipe."""
+    recipe_file = Path(recipe)
+    if recipe_file.is_dir():
+        recipe_file = recipe_file / "train.yaml"
+    if not recipe_file.is_file():
+        raise TrainConfigError(f"{recipe_file}: no recipe train.yaml")
+    size = size or OmegaConf.load(recipe_file).get("korasr", {}).get("size")
+    if size not in SIZES:
+        raise TrainConfigError(f"model size must be one of {SIZES}, not {size!r} (set korasr.size or --size)")
+    return [BASE, CONF / "size" / f"{size}.yaml", recipe_file]
+
+
+def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    missing = []
+    for key in cfg:
+        full = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            missing.append(full)
+        elif isinstance(cfg[key], DictConfig):
+            missing += _missing_keys(cfg[key], full + ".")
+    return missing
+
+
+def finalize(cfg: DictConfig, cuda_available: bool) -> DictConfig:
+    """Derive what nobody should type (experiment names) and adapt the trainer to the machine."""
+    cfg = cfg.copy()
+    korasr = cfg.get("korasr", {})
+    tokenizer_dir = Path(str(cfg.model.tokenizer.dir)) if not OmegaConf.is_missing(cfg.model.tokenizer, "dir") else None
+    if OmegaConf.is_missing(cfg.exp_manager, "exp_dir"):
+        cfg.exp_manager.exp_dir = str(ROOT / "exp" / str(korasr.get("recipe", "default")))
+    if OmegaConf.is_missing(cfg.exp_manager, "name"):
+        tok = tokenizer_dir.name if tokenizer_dir else "tokenizer"
+        cfg.exp_manager.name = f"{korasr.get('size', 'model')}_{tok}"
+    missing = _missing_keys(cfg)
+    if missing:
+        raise TrainConfigError(f"required config keys are not set: {', '.join(missing)}")
+    if not cuda_available:
+        # CPU: no DDP, no synchronized batch norm, no bf16 autocast (fp32 is faster there).
+        cfg.trainer.accelerator = "cpu"
+        cfg.trainer.strategy = "auto"
+        cfg.trainer.sync_batchnorm = False
+        cfg.trainer.precision = 32
+        if cfg.trainer.devices in (-1, "auto") or int(cfg.trainer.devices) > 1:
+            cfg.trainer.devices = 1
+        for split in ("train_ds", "validation_ds", "test_ds"):
+            cfg.model[split].pin_memory = False
+    return cfg
+
+
+def _absolute(path: str) -> str:
+    """Config paths are relative to the repository root, wherever the command runs from."""
+    return str(path) if Path(path).is_absolute() else str(ROOT / path)
+
+
+def resolve_inputs(cfg: DictConfig) -> None:
+    """Make manifest and tokenizer paths absolute (relative to the repository root), then check they exist."""
+    for split in ("train_ds", "validation_ds"):
+        paths = cfg.model[split].manifest_filepath
+        cfg.model[split].manifest_filepath = (
+            _absolute(paths) if isinstance(paths, str) else [_absolute(p) for p in paths]
+        )
+    cfg.model.tokenizer.dir = _absolute(cfg.model.tokenizer.dir)
+    for split in ("train_ds", "validation_ds"):
+        paths = cfg.model[split].manifest_filepath
+        for path in [paths] if isinstance(paths, str) else list(paths):
+            if not Path(path).is_file():
+                raise TrainConfigError(
+                    f"model.{split}.manifest_filepath: {path} does not exist (run the prepare stage)"
+                )
+    tok = Path(cfg.model.tokenizer.dir)
+    if not (tok / "tokenizer.model").is_file():
+        raise TrainConfigError(f"model.tokenizer.dir: {tok} has no tokenizer.model (run the tokenizer stage)")
+
+
+def _wandb_mode() -> str:
+    """Offline unless the user configured wandb (an explicit WANDB_MODE, an API key, or a `wandb login`)."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    netrc = Path.home() / ".netrc"
+    logged_in = netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+    return "online" if os.environ.get("WANDB_API_KEY") or logged_in else "offline"
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.exp_manager.exp_dir) / str(cfg.exp_manager.name) / str(cfg.exp_manager.version)
+
+
+def tokenizer_unit(tokenizer_dir: str | os.PathLike[str]) -> str:
+    meta = Path(tokenizer_dir) / "tokenizer.yaml"
+    if not meta.is_file():
+        raise TrainConfigError(f"{tokenizer_dir}: no tokenizer.yaml (build it with `korasr tokenizer build`)")
+    return str(OmegaConf.load(meta).unit)
+
+
+def model_unit_manifest(manifest: str | os.PathLike[str], unit: str, out_dir: Path) -> Path:
+    """The manifest with ``text`` in the tokenizer's unit (NeMo tokenizes ``text`` as it is): NFD jamo for
+    jamo units. Written once per source manifest content, atomically, under ``out_dir``."""
+    import json
+
+    from korasr.fsutil import atomic_open, sha256_file
+    from korasr.text.codec import to_model_text
+
+    source = Path(manifest)
+    digest = sha256_file(source)[:12]
+    target = out_dir / f"{source.stem}.{unit}.{digest}.jsonl"
+    if target.is_file():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(source, encoding="utf-8") as fin, atomic_open(target) as fout:
+        for line in fin:
+            row = json.loads(line)
+            row["text"] = to_model_text(row["text"], unit)
+            fout.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return target
+
+
+def to_model_unit(cfg: DictConfig, out_dir: Path) -> DictConfig:
+    """Point the train and validation datasets at model-unit copies of their manifests; record the unit."""
+    cfg = cfg.copy()
+    unit = tokenizer_unit(cfg.model.tokenizer.dir)
+    for split in ("train_ds", "validation_ds"):
+        paths = cfg.model[split].manifest_filepath
+        converted = [str(model_unit_manifest(p, unit, out_dir)) for p in ([paths] if isinstance(paths, str) else paths)]
+        cfg.model[split].manifest_filepath = converted[0] if isinstance(paths, str) else converted
+    # Travels inside the .nemo (stock NeMo ignores it): how to turn decoded text back into NFC.
+    cfg.model.korasr_text_unit = unit
+    return cfg
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train and return the final ``.nemo`` (best checkpoint's weights)."""
+    import lightning.pytorch as pl
+    import torch
+    from nemo.collections.asr.models import EncDecCTCModelBPE
+    from nemo.utils.exp_manager import exp_manager
+
+    started = time.perf_counter()
+    cfg = finalize(cfg, torch.cuda.is_available())
+    resolve_inputs(cfg)
+    os.environ["WANDB_MODE"] = _wandb_mode()
+    if cfg.exp_manager.get("create_wandb_logger"):
+        cfg.exp_manager.wandb_logger_kwargs.save_dir = str(run_dir(cfg))
+    if cfg.get("seed") is not None:
+        pl.seed_everything(int(cfg.seed), workers=True)
+    if "threads" in cfg.get("korasr", {}):
+        torch.set_num_threads(int(cfg.korasr.threads))
+    log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+
+    out = run_dir(cfg)
+    cfg = to_model_unit(cfg, out / "manifests")
+    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))
+    exp_manager(trainer, cfg.exp_manager)
+    out.mkdir(parents=True, exist_ok=True)
+    if trainer.is_global_zero:
+        record = {
+            "korasr": {"git_commit": git_commit(), "versions": versions(), "wandb_mode": os.environ["WANDB_MODE"]}
+        }
+        OmegaConf.save(OmegaConf.merge(cfg, record), out / "korasr_run.yaml", resolve=True)
+
+    model = EncDecCTCModelBPE(cfg=cfg.model, trainer=trainer)
+    log.info("model: %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+    trainer.fit(model)
+
+    final = out / f"{cfg.exp_manager.name}.nemo"
+    if trainer.is_global_zero:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best and Path(best).is_file():
+            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            model.load_state_dict(state)
+            log.info("final model: weights of the best checkpoint %s", best)
+        model.save_to(str(final))
+        log.info("saved %s after %.0f s (global step %d)", final, time.perf_counter() - started, trainer.global_step)
+    _finish_wandb()
+    return final
+
+
+def _finish_wandb() -> None:
+    """Close the wandb run now, so its closing messages come before whatever the caller prints."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish()

@@ -1,0 +1,223 @@
+"""A Triton Inference Server model repository from an export directory, and its offline validation.
+
+```
+triton/
+  korasr_ctc/     config.pbtxt, 1/model.onnx      onnxruntime backend: audio + length → log-probs + lengths
+  korasr_decode/  config.pbtxt, 1/model.py, 1/korasr_codec.py, 1/tokens.txt
+                                                  python backend: greedy CTC → NFC text
+  korasr_asr/     config.pbtxt, 1/                ensemble: audio, audio_length → text
+```
+
+Dynamic batching on ``korasr_ctc`` (Triton batches requests of equal padded length; ``audio_length`` carries each
+utterance's true length, so a client may pad to coarse buckets to batch more), CPU or GPU instance groups. :func:`validate` parses every config.pbtxt with
+tritonclient's protobuf schema and checks names, data types and dims against the ONNX graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from korasr.text import codec
+
+CTC, DECODE, ENSEMBLE = "korasr_ctc", "korasr_decode", "korasr_asr"
+ONNX_TO_TRITON = {1: "TYPE_FP32", 7: "TYPE_INT64", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32"}
+
+
+def _ctc_config(vocab: int, max_batch: int, kind: str, count: int) -> str:
+    return f"""name: "{CTC}"
+backend: "onnxruntime"
+max_batch_size: {max_batch}
+input [
+  {{ name: "audio" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "audio_length" data_type: TYPE_INT64 dims: [ 1 ] reshape: {{ shape: [ ] }} }}
+]
+output [
+  {{ name: "logprobs" data_type: TYPE_FP32 dims: [ -1, {vocab} ] }},
+  {{ name: "logprobs_length" data_type: TYPE_INT64 dims: [ 1 ] reshape: {{ shape: [ ] }} }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: 5000
+}}
+instance_group [ {{ kind: {kind} count: {count} }} ]
+"""
+
+
+def _decode_config(vocab: int, max_batch: int) -> str:
+    return f"""name: "{DECODE}"
+backend: "python"
+max_batch_size: {max_batch}
+input [
+  {{ name: "logprobs" data_type: TYPE_FP32 dims: [ -1, {vocab} ] }},
+  {{ name: "logprobs_length" data_type: TYPE_INT64 dims: [ 1 ] }}
+]
+output [
+  {{ name: "text" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+dynamic_batching {{ }}
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+"""
+
+
+def _ensemble_config(max_batch: int) -> str:
+    return f"""name: "{ENSEMBLE}"
+platform: "ensemble"
+max_batch_size: {max_batch}
+input [
+  {{ name: "audio" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "audio_length" data_type: TYPE_INT64 dims: [ 1 ] }}
+]
+output [
+  {{ name: "text" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+ensemble_scheduling {{
+  step [
+    {{
+      model_name: "{CTC}"
+      model_version: -1
+      input_map {{ key: "audio" value: "audio" }}
+      input_map {{ key: "audio_length" value: "audio_length" }}
+      output_map {{ key: "logprobs" value: "logprobs" }}
+      output_map {{ key: "logprobs_length" value: "logprobs_length" }}
+    }},
+    {{
+      model_name: "{DECODE}"
+      model_version: -1
+      input_map {{ key: "logprobs" value: "logprobs" }}
+      input_map {{ key: "logprobs_length" value: "logprobs_length" }}
+      output_map {{ key: "text" value: "text" }}
+    }}
+  ]
+}}
+"""
+
+
+DECODE_MODEL_PY = '''"""Triton python backend: greedy CTC over log-probs, pieces → NFC text (korasr export)."""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from korasr_codec import from_model_text
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = os.path.dirname(__file__)
+        with open(os.path.join(here, "decode.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        self.unit, self.blank = meta["unit"], meta["blank_id"]
+        with open(os.path.join(here, "tokens.txt"), encoding="utf-8") as f:
+            self.pieces = [line.rstrip("\\n").rsplit(" ", 1)[0] for line in f]
+
+    def text(self, logprobs, length):
+        best = logprobs[:length].argmax(axis=-1)
+        keep = (best != self.blank) & np.concatenate([[True], best[1:] != best[:-1]])
+        pieces = "".join(self.pieces[t] for t in best[keep].tolist())
+        return from_model_text(pieces.replace("\\u2581", " "), self.unit)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            logprobs = pb_utils.get_input_tensor_by_name(request, "logprobs").as_numpy()
+            lengths = pb_utils.get_input_tensor_by_name(request, "logprobs_length").as_numpy().reshape(-1)
+            texts = [self.text(lp, int(n)).encode("utf-8") for lp, n in zip(logprobs, lengths)]
+            out = pb_utils.Tensor("text", np.array(texts, dtype=np.object_).reshape(-1, 1))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+'''
+
+
+def write_repository(
+    export_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    device: str = "cpu",
+    instances: int = 1,
+    max_batch: int = 16,
+) -> Path:
+    """Write ``triton/`` (default: inside ``export_dir``) for ``device`` cpu or gpu instance groups."""
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be cpu or gpu, not {device!r}")
+    export = Path(export_dir)
+    info = json.loads((export / "model.json").read_text(encoding="utf-8"))
+    vocab = int(info["vocab_size"])
+    out = Path(out_dir) if out_dir else export / "triton"
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    kind = "KIND_GPU" if device == "gpu" else "KIND_CPU"
+    files = {
+        f"{CTC}/config.pbtxt": _ctc_config(vocab, max_batch, kind, instances),
+        f"{DECODE}/config.pbtxt": _decode_config(vocab, max_batch),
+        f"{DECODE}/1/model.py": DECODE_MODEL_PY,
+        f"{DECODE}/1/korasr_codec.py": Path(codec.__file__).read_text(encoding="utf-8"),
+        f"{DECODE}/1/decode.json": json.dumps({"unit": info["unit"], "blank_id": info["blank_id"]}),
+        f"{ENSEMBLE}/config.pbtxt": _ensemble_config(max_batch),
+    }
+    for rel, text in files.items():
+        path = tmp / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    (tmp / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
+    (tmp / CTC / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(export / "model.onnx", tmp / CTC / "1" / "model.onnx")
+    shutil.copyfile(export / "tokens.txt", tmp / DECODE / "1" / "tokens.txt")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def load_config(path: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+    """A config.pbtxt parsed with Triton's own protobuf schema (tritonclient)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(Path(path).read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+
+
+def validate(repository: str | os.PathLike[str]) -> list[str]:
+    """Parse every config and check ``korasr_ctc`` against its ONNX graph and the ensemble wiring; returns the
+    model names, raises ValueError naming the file and the mismatch."""
+    import onnx
+    from tritonclient.grpc import model_config_pb2
+
+    repo = Path(repository)
+    configs = {p.parent.name: load_config(p) for p in sorted(repo.glob("*/config.pbtxt"))}
+    for name, cfg in configs.items():
+        if cfg.name != name:
+            raise ValueError(f"{repo / name / 'config.pbtxt'}: name {cfg.name!r} differs from its folder")
+    graph = onnx.load(str(repo / CTC / "1" / "model.onnx"), load_external_data=False).graph
+    ctc = configs[CTC]
+    for kind, tensors, declared in (("input", graph.input, ctc.input), ("output", graph.output, ctc.output)):
+        by_name = {t.name: t for t in tensors}
+        for d in declared:
+            where = f"{repo / CTC / 'config.pbtxt'}: {kind} {d.name!r}"
+            if d.name not in by_name:
+                raise ValueError(f"{where} is not in model.onnx ({sorted(by_name)})")
+            tensor = by_name[d.name].type.tensor_type
+            dtype = model_config_pb2.DataType.Name(d.data_type)
+            if ONNX_TO_TRITON.get(tensor.elem_type) != dtype:
+                raise ValueError(f"{where}: {dtype} but the graph has ONNX type {tensor.elem_type}")
+            onnx_dims = [dim.dim_value if dim.dim_value else -1 for dim in tensor.shape.dim][1:]  # minus batch
+            dims = list(d.reshape.shape) if d.HasField("reshape") else list(d.dims)
+            if len(dims) != len(onnx_dims) or any(
+                a not in (-1, b) and b != -1 for a, b in zip(dims, onnx_dims, strict=True)
+            ):
+                raise ValueError(f"{where}: dims {dims} do not fit the graph's {onnx_dims}")
+    ensemble = configs[ENSEMBLE]
+    for step in ensemble.ensemble_scheduling.step:
+        target = configs.get(step.model_name)
+        if target is None:
+            raise ValueError(
+                f"{repo / ENSEMBLE / 'config.pbtxt'}: step model {step.model_name!r} is not in the repository"
+            )
+        names = {t.name for t in target.input}
+        missing = set(step.input_map) - names
+        if missing:
+            raise ValueError(f"{repo / ENSEMBLE / 'config.pbtxt'}: {step.model_name} has no inputs {sorted(missing)}")
+    return sorted(configs)
