@@ -43,7 +43,7 @@ MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
-.PHONY: help setup espeak test lint format sample-corpus prepare tokenizer train train-only evaluate export serve bench bench-memory clean
+.PHONY: help setup espeak test lint format sample-corpus prepare tokenizer train train-only evaluate export serve bench bench-inference bench-serve bench-memory clean
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -122,6 +122,12 @@ serve: setup ## the FastAPI service over EXPORT (default: MODEL's export/ folder
 bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo package); prints ratios
 	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)
 	$(BIN)/python bench/tokenize_speed.py
+
+bench-inference: setup ## CPU inference: korasr runtime vs sherpa-onnx vs NeMo transcribe (RTFx, p50/p99; needs make train)
+	$(BIN)/python bench/inference.py
+
+bench-serve: setup ## loopback load on korasr serve, batched vs unbatched, 1/8/32 clients, RSS (needs make export)
+	$(BIN)/python bench/serve_load.py
 
 bench-memory: setup ## peak memory of data prep on 10k and 100k utterances
 	$(BIN)/python bench/prepare_memory.py --jobs $(JOBS)
