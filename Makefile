@@ -43,7 +43,7 @@ MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
-.PHONY: help setup espeak test lint format sample-corpus prepare tokenizer train train-only evaluate export serve bench bench-inference bench-serve bench-memory clean
+.PHONY: help setup espeak browser test lint format sample-corpus prepare tokenizer train train-only evaluate export serve bench bench-inference bench-serve bench-memory clean
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -58,6 +58,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[train,dev]"
 	@$(MAKE) --no-print-directory espeak
+	@$(MAKE) --no-print-directory browser
 	@touch $@
 
 espeak: ## eSpeak NG: Debian's espeak-ng when it can be had, else the pip-only espeakng-loader wheel
@@ -70,6 +71,17 @@ espeak: ## eSpeak NG: Debian's espeak-ng when it can be had, else the pip-only e
 	else \
 	  echo "eSpeak NG: no Debian package here; installing the espeakng-loader wheel"; \
 	  $(BIN)/pip install -q -e ".[espeak]"; \
+	fi
+
+browser: ## Debian's chromium + chromium-driver for the service page's browser test (root and apt only)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "Chromium: $$(command -v chromium)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	     { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	       { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; }; then \
+	  echo "Chromium: installed Debian's chromium and chromium-driver"; \
+	else \
+	  echo "Chromium: not installable here (needs root and apt); the browser test will fail"; \
 	fi
 
 lint: setup ## ruff: lint and format check

@@ -194,3 +194,57 @@ def test_concurrent_requests_are_batched_and_a_full_queue_says_503(exported, rec
     assert 503 in statuses and set(statuses) <= {200, 503}
     busy = next(r for r in asyncio.run(flood()) if r.status_code == 503)
     assert busy.headers["retry-after"] == "1" and json.loads(busy.text)["error"]
+
+
+@pytest.fixture(scope="module")
+def live_server(exported):
+    """The service on a free loopback port, in a thread of this process."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(model=exported)), host="127.0.0.1", port=port,
+                                           log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_page_uploads_a_file_in_headless_chromium(live_server, clip, expected, tmp_path):
+    """The page at / in Debian's Chromium (chromium, chromium-driver): choose a file, transcribe, read the text."""
+    import shutil
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.fail("Debian's chromium and chromium-driver are needed (make setup installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(live_server + "/")
+        driver.find_element(By.ID, "file").send_keys(clip["row"]["audio_filepath"])
+        driver.find_element(By.ID, "send").click()
+        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "transcript").text.strip())
+        assert driver.find_element(By.ID, "transcript").text.strip() == expected
+        assert "ms" in driver.find_element(By.ID, "status").text
+    finally:
+        driver.quit()

@@ -104,7 +104,9 @@ _TRUNCATED = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
 
 
 class Batcher:
-    """Micro-batching: requests wait in a bounded queue; one worker decodes up to ``max_batch`` at a time."""
+    """Micro-batching: requests wait in a bounded queue; one worker decodes up to ``max_batch`` at a time,
+    waiting up to ``max_wait_s`` for more only while other requests are on their way (being uploaded or decoded
+    from their format), so a lone request is not delayed."""
 
     def __init__(self, recognizer: Recognizer, max_batch: int, max_wait_s: float, queue_size: int):
         self.recognizer, self.max_batch, self.max_wait_s = recognizer, max_batch, max_wait_s
@@ -112,6 +114,15 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="korasr-decode")
         self.task: asyncio.Task | None = None
         self.batch_sizes: list[int] = []
+        self.arriving = 0  # requests read but not yet queued
+
+    @contextlib.contextmanager
+    def arrival(self):  # type: ignore[no-untyped-def]
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -138,7 +149,7 @@ class Batcher:
             deadline = loop.time() + self.max_wait_s
             while len(batch) < self.max_batch:
                 timeout = deadline - loop.time()
-                if timeout <= 0:
+                if timeout <= 0 or (self.queue.empty() and self.arriving == 0):
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), timeout))
@@ -245,12 +256,14 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
         if not state["ready"]:
             raise ClientError(503, "model loading", {"Retry-After": "1"})
         started = time.perf_counter()
-        data = await upload.read()
-        audio = await asyncio.to_thread(decode_audio, data, upload.filename, raw)
+        batcher = state["batcher"]
+        with batcher.arrival():
+            data = await upload.read()
+            audio = await asyncio.to_thread(decode_audio, data, upload.filename, raw)
         duration = len(audio) / SAMPLE_RATE
         if duration > config.max_audio_seconds:
             raise ClientError(413, f"{upload.filename}: {duration:.1f} s of audio, limit {config.max_audio_seconds} s")
-        result = await state["batcher"].submit(audio)
+        result = await batcher.submit(audio)
         elapsed = time.perf_counter() - started
         audio_seconds.inc(duration)
         if duration > 0:

@@ -1,3 +1,0 @@
-"""korasr: Korean speech-recognition recipes on NVIDIA NeMo."""
-
-__version__ = "0.1.0"

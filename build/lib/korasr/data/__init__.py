@@ -1,1 +1,0 @@
-"""Corpus readers, manifest writing and validation, and the synthetic sample corpus."""

@@ -1,1 +1,0 @@
-"""Tokenizers for NeMo CTC models: SentencePiece over jamo or syllables, char vocabularies, unit reports."""
