@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate", help="transcribe manifests with a model; CER, CER+space, WER, sWER, jamo slots; report + chart"
     )
-    p.add_argument("--model", required=True, help="a .nemo written by `korasr train`")
+    p.add_argument("--model", required=True, help="a .nemo (korasr train) or an export folder (korasr export)")
     p.add_argument("--manifest", required=True, action="append", help="a manifest to score (repeatable)")
     p.add_argument("--out", default=None, help="output folder (default: eval/ beside the model)")
     p.add_argument("--batch-size", type=int, default=32)
