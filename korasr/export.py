@@ -4,7 +4,8 @@
   (pre-emphasis, STFT, power, mel, log, per-feature normalization; no dither) is rebuilt from the model's own
   window and filterbank as a convolution with a DFT basis (NeMo's complex STFT does not export).
 - ``encoder.onnx``: NeMo's I/O (80-mel features ``[B, 80, T]`` + ``length`` → ``logprobs``) with the metadata
-  sherpa-onnx reads, and ``tokens.txt`` (``piece id`` per line, ``<blk>`` last).
+  sherpa-onnx reads, and ``tokens.txt`` (``piece id`` per line, ``<blk>`` last). Its valid length is cut to whole
+  subsampling windows, so that clients computing the output length as ``T // subsampling`` read every frame.
 - ``tokenizer.model``, ``model.json`` (unit, text codec, sample rate, blank id, versions, checksums).
 
 Both graphs compute the relative positional encoding from the sequence length instead of slicing NeMo's
@@ -129,11 +130,24 @@ def _modules():  # type: ignore[no-untyped-def]
             return x, frames_len
 
     class FeaturesCTC(nn.Module):
-        def __init__(self, model: nn.Module):
+        """Encoder + decoder on features. With ``whole_windows`` the valid length is cut to a whole number of
+        subsampling windows (at most ``subsampling - 1`` trailing frames, silence after the centre padding), so
+        that a client computing the output length as ``frames // subsampling`` (sherpa-onnx) reads every valid
+        encoder frame: NeMo's rounding gives one more frame otherwise, the one a CTC model often emits its last
+        piece in."""
+
+        def __init__(self, model: nn.Module, whole_windows: bool = False):
             super().__init__()
             self.encoder, self.decoder = model.encoder, model.decoder
+            self.sub = int(model.cfg.encoder.get("subsampling_factor", 8)) if whole_windows else 1
 
         def forward(self, audio_signal, length):  # type: ignore[no-untyped-def]
+            if self.sub > 1:
+                length = torch.div(length, self.sub, rounding_mode="floor") * self.sub
+                valid = torch.arange(audio_signal.size(2), device=audio_signal.device).unsqueeze(0) < length.unsqueeze(
+                    1
+                )
+                audio_signal = audio_signal.masked_fill(~valid.unsqueeze(1), 0.0)
             encoded, encoded_len = self.encoder(audio_signal=audio_signal, length=length)
             return self.decoder(encoder_output=encoded), encoded_len
 
@@ -236,6 +250,15 @@ def export(
             input_signal=torch.from_numpy(audio), length=torch.from_numpy(lengths)
         )
     reference, reference_len = reference.numpy(), reference_len.numpy()
+    subsampling = int(model.cfg.encoder.get("subsampling_factor", 8))
+    with torch.inference_mode():  # what encoder.onnx must compute: NeMo's modules on whole subsampling windows
+        whole_len = torch.div(features_len, subsampling, rounding_mode="floor") * subsampling
+        valid = torch.arange(features.size(2)).unsqueeze(0) < whole_len.unsqueeze(1)
+        encoded, whole_ref_len = model.encoder(
+            audio_signal=features.masked_fill(~valid.unsqueeze(1), 0.0), length=whole_len
+        )
+        whole_ref = model.decoder(encoder_output=encoded)
+    whole_ref, whole_ref_len = whole_ref.numpy(), whole_ref_len.numpy()
 
     dynamic_pe, waveform_ctc, features_ctc = _modules()
     model.encoder.pos_enc = dynamic_pe(model.encoder.pos_enc)
@@ -258,7 +281,7 @@ def export(
                 dynamo=False,
             )
             torch.onnx.export(
-                features_ctc(model).eval(),
+                features_ctc(model, whole_windows=True).eval(),
                 (features, features_len),
                 str(tmp / "encoder.onnx"),
                 input_names=["audio_signal", "length"],
@@ -275,7 +298,6 @@ def export(
     finally:
         typecheck.set_typecheck_enabled(enabled=True)
 
-    subsampling = int(model.cfg.encoder.get("subsampling_factor", 8))
     meta = {
         "vocab_size": str(blank + 1),
         "subsampling_factor": str(subsampling),
@@ -294,8 +316,20 @@ def export(
     (tmp / "tokens.txt").write_text(tokens_txt(pieces), encoding="utf-8")
     (tmp / "tokenizer.model").write_bytes(model.tokenizer.tokenizer.serialized_model_proto())
 
-    parity = _parity(ort, tmp, audio, lengths, features.numpy(), features_len.numpy(), reference, reference_len,
-                     blank)  # fmt: skip
+    parity = _parity(
+        ort,
+        tmp,
+        {
+            "model.onnx": ({"audio": audio, "audio_length": lengths}, reference, reference_len),
+            "encoder.onnx": (
+                {"audio_signal": features.numpy(), "length": features_len.numpy()},
+                whole_ref,
+                whole_ref_len,
+            ),
+        },
+        blank,
+    )
+    parity["encoder.onnx"]["reference"] = "NeMo's encoder and decoder on the features cut to whole subsampling windows"
     info = {
         "format": "korasr-export/1",
         "source_model": str(model_path.resolve()),
@@ -377,17 +411,15 @@ def build_tensorrt(export_dir: Path) -> dict:
     return {"built": True, "precision": "fp16", "profile_seconds": seconds, "tensorrt": trt.__version__}
 
 
-def _parity(ort, tmp: Path, audio, lengths, features, features_len, reference, reference_len, blank: int) -> dict:  # type: ignore[no-untyped-def]
-    """model.onnx and encoder.onnx against NeMo's forward on the same batch: log-probs within tolerance, greedy
-    transcripts (token ids) identical, lengths identical."""
+def _parity(ort, tmp: Path, checks: dict, blank: int) -> dict:  # type: ignore[no-untyped-def]
+    """Each graph against its NeMo reference on the same batch: lengths identical, log-probs within tolerance,
+    greedy transcripts (token ids) identical. ``checks``: name → (feeds, reference log-probs, reference lengths)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    wave = ort.InferenceSession(str(tmp / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    feats = ort.InferenceSession(str(tmp / "encoder.onnx"), options, providers=["CPUExecutionProvider"])
-    out, out_len = wave.run(None, {"audio": audio, "audio_length": lengths})
-    enc, enc_len = feats.run(None, {"audio_signal": features, "length": features_len})
-    report = {"utterances": len(lengths), "tolerance": LOGPROB_TOLERANCE}
-    for name, got, got_len in (("model.onnx", out, out_len), ("encoder.onnx", enc, enc_len)):
+    report: dict = {"tolerance": LOGPROB_TOLERANCE}
+    for name, (feeds, reference, reference_len) in checks.items():
+        session = ort.InferenceSession(str(tmp / name), options, providers=["CPUExecutionProvider"])
+        got, got_len = session.run(None, feeds)
         if not np.array_equal(got_len, reference_len):
             raise ExportError(f"{name}: output lengths {got_len.tolist()} differ from NeMo's {reference_len.tolist()}")
         worst = 0.0
@@ -398,6 +430,6 @@ def _parity(ort, tmp: Path, audio, lengths, features, features_len, reference, r
         if worst > LOGPROB_TOLERANCE:
             raise ExportError(f"{name}: log-probs differ from NeMo's by {worst:.2e} > {LOGPROB_TOLERANCE}")
         report[name] = {"max_abs_logprob_diff": worst, "greedy_identical": True}
-    report["max_abs_logprob_diff"] = max(report["model.onnx"]["max_abs_logprob_diff"],
-                                         report["encoder.onnx"]["max_abs_logprob_diff"])  # fmt: skip
+        report["utterances"] = len(reference_len)
+    report["max_abs_logprob_diff"] = max(report[name]["max_abs_logprob_diff"] for name in checks)
     return report
