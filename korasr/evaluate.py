@@ -20,6 +20,7 @@ from korasr.report import (
     DEFINITIONS,
     normalization_of,
     read_hypotheses,
+    read_jsonl,
     split_scores,
     update_results,
     write_report,
@@ -34,8 +35,8 @@ class GateFailed(RuntimeError):
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of a NeMo JSONL manifest (a line that is not JSON is an error naming the file and line)."""
+    return read_jsonl(path)
 
 
 def load_model(path: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
