@@ -143,7 +143,7 @@ def train_args(recipe: dict[str, Path], exp: Path, *extra: str) -> list[str]:
 def trained(recipe) -> Path:
     exp = recipe["tmp"] / "exp"
     # A reduced budget: 300 steps (the recipe: 800). lhotse shuffles with a fresh random seed per run by default
-    # ("trng"); one such run in four sat in CTC's blank plateau at step 300 (CER 93%, the others 8-9%), so the
+    # ("trng"); one such run here sat in CTC's blank plateau at step 300 (CER 93%; the others 8-9%), so the
     # test fixes the shuffling seed and is the same run every time.
     proc = run(*train_args(recipe, exp, "trainer.max_steps=300", "trainer.val_check_interval=150",
                            "model.train_ds.shard_seed=0"))  # fmt: skip
