@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +114,7 @@ class Batcher:
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=queue_size)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="korasr-decode")
         self.task: asyncio.Task | None = None
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=4096)  # the most recent batches (metrics, tests)
         self.arriving = 0  # requests read but not yet queued
 
     @contextlib.contextmanager
