@@ -38,6 +38,10 @@ EVAL_ARGS := --evaluate manifests/$(RECIPE)/eval_clean.jsonl --evaluate manifest
 EXPORT ?= $(if $(MODEL),$(dir $(MODEL))export)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# INT8=1: `make export` also writes model.int8.onnx calibrated on the dev set. PRECISION=fp16|int8: the graph
+# `make serve` runs (default fp32, model.onnx).
+INT8 ?=
+PRECISION ?= fp32
 # The evaluation gate: MAX_CER=5 makes `make evaluate` fail when a split's CER (no spaces) is above 5%.
 MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
@@ -123,13 +127,14 @@ evaluate: setup ## CER, CER+space, WER, sWER, jamo slots of MODEL (default: newe
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
 	$(BIN)/korasr evaluate --model $(MODEL) --manifest manifests/$(RECIPE)/eval_clean.jsonl --manifest manifests/$(RECIPE)/eval_other.jsonl --results recipes/$(RECIPE)/RESULTS.md $(if $(MAX_CER),--max-cer $(MAX_CER))
 
-export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .nemo), parity-checked; prints its path last
+export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .nemo), parity-checked, fp16 too (INT8=1: + INT8 calibrated on dev); prints its path last
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
-	$(BIN)/korasr export --model $(MODEL) $(if $(wildcard manifests/$(RECIPE)/dev.jsonl),--parity-manifest manifests/$(RECIPE)/dev.jsonl)
+	@if [ -n "$(INT8)" ] && [ ! -f manifests/$(RECIPE)/dev.jsonl ]; then echo "INT8=1 calibrates on manifests/$(RECIPE)/dev.jsonl, which does not exist: run make prepare"; exit 2; fi
+	$(BIN)/korasr export --model $(MODEL) $(if $(wildcard manifests/$(RECIPE)/dev.jsonl),--parity-manifest manifests/$(RECIPE)/dev.jsonl) $(if $(INT8),--int8-calibration manifests/$(RECIPE)/dev.jsonl)
 
-serve: setup ## the FastAPI service over EXPORT (default: MODEL's export/ folder) on 127.0.0.1:8000 (HOST= PORT=)
+serve: setup ## the FastAPI service over EXPORT (default: MODEL's export/ folder) on 127.0.0.1:8000 (HOST= PORT= PRECISION=)
 	@if [ ! -f "$(EXPORT)/model.json" ]; then echo "no export at '$(EXPORT)': run make export first, or pass EXPORT=dir"; exit 2; fi
-	$(BIN)/korasr serve --model $(EXPORT) --host $(HOST) --port $(PORT)
+	$(BIN)/korasr serve --model $(EXPORT) --host $(HOST) --port $(PORT) --precision $(PRECISION)
 
 bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo package); prints ratios
 	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)

@@ -10,6 +10,8 @@ export it with `korasr export`, load the eval utterances into memory (file readi
 NeMo at batch 1 is timed both per call (a service calling ``transcribe`` per request: latency) and as one
 ``transcribe(batch_size=1)`` over all utterances (its dataloader set up once: RTFx). Prints a table and the
 ratios against the targets (korasr ≥ 1.0× sherpa-onnx and ≥ 2× NeMo at batch 1, ahead of both batched).
+The korasr runtime also runs the export's float16 and INT8 graphs (INT8 calibrated on ``--calibration``, the dev
+set), for their CER and CPU speed.
 
     python bench/inference.py [--model exp/sample/.../x.nemo] [--manifest manifests/sample/eval_clean.jsonl]
                               [--limit 200] [--threads 2] [--no-small]
@@ -44,10 +46,10 @@ def time_calls(fn, items: list) -> list[float]:  # type: ignore[no-untyped-def]
     return out
 
 
-def bench_korasr(export_dir: Path, waves: list[np.ndarray], threads: int) -> dict:
+def bench_korasr(export_dir: Path, waves: list[np.ndarray], threads: int, precision: str = "fp32") -> dict:
     from korasr.runtime import Recognizer
 
-    rec = Recognizer(export_dir, threads=threads)
+    rec = Recognizer(export_dir, threads=threads, precision=precision)
     rec.transcribe_arrays(waves[:2])  # warm-up
     single = time_calls(lambda w: rec.transcribe_arrays([w]), waves)
     start = time.perf_counter()
@@ -126,6 +128,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-small", action="store_true", help="skip the untrained small model")
+    parser.add_argument("--calibration", type=Path, default=ROOT / "manifests" / "sample" / "dev.jsonl",
+                        help="INT8 calibration manifest (korasr runtime int8 row)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.model is None:
@@ -144,11 +148,14 @@ def main() -> int:
         if not args.no_small:
             models.append(("small (untrained)", untrained_small(args.tokenizer, Path(tmp))))
         for label, nemo_path in models:
-            export_dir = export(nemo_path, Path(tmp) / f"export_{len(label)}", parity_manifest=args.manifest)
+            export_dir = export(nemo_path, Path(tmp) / f"export_{len(label)}", parity_manifest=args.manifest,
+                                int8_manifest=args.calibration)  # fmt: skip
             params = sum(p.numel() for p in load_model(nemo_path).parameters()) / 1e6
             nemo = load_model(nemo_path).cpu().eval()
             results = {
                 "korasr runtime": bench_korasr(export_dir, waves, args.threads),
+                "korasr fp16": bench_korasr(export_dir, waves, args.threads, "fp16"),
+                "korasr int8": bench_korasr(export_dir, waves, args.threads, "int8"),
                 "sherpa-onnx": bench_sherpa(export_dir, waves, args.threads),
                 "NeMo transcribe": bench_nemo(nemo, waves),
             }

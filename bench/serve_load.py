@@ -3,7 +3,8 @@
 Starts each server as its own process on 127.0.0.1, sends 5 s clips (sample eval utterances joined) from 1, 8
 and 32 concurrent clients, and prints req/s, p50/p99 latency, errors and the server's RSS; then 2,000 requests
 to the batched server with its RSS sampled along the way (memory growth). Targets on 2 cores: zero errors,
-batched throughput at 32 clients ≥ 2× the unbatched server's, no memory growth.
+batched throughput at 32 clients ≥ 2× the unbatched server's, no memory growth. It first times the model alone
+at batch 1 and 8 (no server): the bound on what batching can win on this machine.
 
     python bench/serve_load.py [--export exp/sample/.../export] [--requests 200] [--soak 2000]
 """
@@ -109,8 +110,28 @@ async def load(url: str, body: bytes, clients: int, requests: int) -> dict:
             "errors": errors}  # fmt: skip
 
 
+def model_only(export: Path, body: bytes) -> dict[int, float]:
+    """Milliseconds of onnxruntime per 5 s clip at batch 1 and 8, in this process, with the server's threads: the
+    ceiling any server reaches (no HTTP, no audio decoding, no client on the same cores)."""
+    from korasr.runtime import Recognizer
+
+    rec = Recognizer(export)
+    wave = sf.read(io.BytesIO(body), dtype="float32")[0]
+    out = {}
+    for batch in (1, 8):
+        rec.logprobs([wave] * batch)
+        start = time.perf_counter()
+        for _ in range(64 // batch):
+            rec.logprobs([wave] * batch)
+        out[batch] = (time.perf_counter() - start) * 1000 / 64
+    return out
+
+
 async def main_async(args: argparse.Namespace) -> int:
     body = clip_5s(args.manifest)
+    ceiling = model_only(args.export, body)
+    print(f"model only: {ceiling[1]:.1f} ms per 5 s clip at batch 1, {ceiling[8]:.1f} ms at batch 8 "
+          f"(at most {1000 / ceiling[8]:.0f} req/s batched)")  # fmt: skip
     results: dict[str, dict[int, dict]] = {}
     for label, max_batch in (("unbatched", 1), ("batched", 8)):
         server = Server(args.export, max_batch)
@@ -137,6 +158,11 @@ async def main_async(args: argparse.Namespace) -> int:
             server.stop()
     ratio = results["batched"][32]["rps"] / results["unbatched"][32]["rps"]
     print(f"\nbatched / unbatched throughput at 32 clients: {ratio:.2f}× (target ≥ 2×)")
+    bound = 1000 / ceiling[8] / results["unbatched"][32]["rps"]
+    print(
+        f"the model alone at batch 8 / the unbatched server at 32 clients: {bound:.2f}× (what batching could at"
+        " most reach here, with zero HTTP, decoding and client cost)"
+    )
     return 0
 
 

@@ -120,6 +120,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             max_cer=args.max_cer,
             results_md=args.results,
             progress=not args.quiet,
+            precision=args.precision,
         )
     except GateFailed as e:
         print(f"korasr evaluate: gate failed: {e}", file=sys.stderr)
@@ -157,6 +158,8 @@ def _export(args: argparse.Namespace) -> int:
             args.model,
             args.out,
             parity_manifest=args.parity_manifest,
+            int8_manifest=args.int8_calibration,
+            int8_utterances=args.int8_utterances,
             triton_device=args.triton_device,
         )
     )
@@ -166,7 +169,7 @@ def _export(args: argparse.Namespace) -> int:
 def _transcribe(args: argparse.Namespace) -> int:
     from korasr.runtime import Recognizer
 
-    recognizer = Recognizer(args.model, threads=args.threads)
+    recognizer = Recognizer(args.model, threads=args.threads, precision=args.precision)
     results = recognizer.transcribe(
         args.audio, batch_size=args.batch_size, timestamps=args.timestamps, chunk_seconds=args.chunk_seconds
     )
@@ -191,11 +194,17 @@ def _serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         queue_size=args.queue_size,
         threads=args.threads,
+        precision=args.precision,
     )
     if not (config.model / "model.json").is_file():
         raise FileNotFoundError(f"{config.model}: not a korasr export directory (run `make export`)")
     serve(config, host=args.host, port=args.port, workers=args.workers)
     return 0
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="which graph of the export runs: model.onnx, model.fp16.onnx or model.int8.onnx")  # fmt: skip
 
 
 def _add_report_options(p: argparse.ArgumentParser) -> None:
@@ -313,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     _add_report_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_precision(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("score", help="recompute the evaluation report from <split>.hyp.jsonl files (no model)")
@@ -329,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--parity-manifest", default=None, help="utterances for the NeMo parity check (default: synthetic audio)"
     )
+    p.add_argument(
+        "--int8-calibration", default=None, metavar="MANIFEST",
+        help="also write model.int8.onnx (Q/DQ INT8) calibrated on this manifest's utterances (e.g. dev.jsonl)",
+    )  # fmt: skip
+    p.add_argument("--int8-utterances", type=int, default=64, help="calibration utterances (the manifest's first)")
     p.add_argument("--triton-device", choices=("cpu", "gpu"), default="cpu", help="Triton instance group kind")
     p.set_defaults(func=_export)
 
@@ -340,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="longer files are decoded in chunks")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    _add_precision(p)
     p.set_defaults(func=_transcribe)
 
     p = sub.add_parser("serve", help="the FastAPI transcription service over an export folder")
@@ -353,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=25.0)
     p.add_argument("--max-audio-seconds", type=float, default=300.0)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    _add_precision(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("sample-corpus", help="write the synthetic sample corpus in KsponSpeech's layout")

@@ -39,12 +39,14 @@ def read_manifest(path: str | os.PathLike[str]) -> list[dict]:
     return read_jsonl(path)
 
 
-def load_model(path: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+def load_model(path: str | os.PathLike[str], precision: str = "fp32"):  # type: ignore[no-untyped-def]
     """A NeMo model from a ``.nemo``, or a :class:`korasr.runtime.Recognizer` from an export directory."""
     if Path(path).is_dir():
         from korasr.runtime import Recognizer
 
-        return Recognizer(path)
+        return Recognizer(path, precision=precision)
+    if precision != "fp32":
+        raise ValueError(f"{path}: --precision {precision} needs an export directory (a .nemo runs in float32)")
     import torch
     from nemo.collections.asr.models import ASRModel
 
@@ -79,17 +81,19 @@ def evaluate(
     max_cer: float | None = None,
     results_md: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> dict:
     """Transcribe each manifest (split = its stem), write ``<split>.hyp.jsonl`` and the report (``report.json``,
     ``report.md``, ``error_rates.png``) to ``out_dir`` (default: ``eval/`` beside the model), add rows to
-    ``results_md`` when given, and raise :class:`GateFailed` when a split's CER exceeds ``max_cer``."""
+    ``results_md`` when given, and raise :class:`GateFailed` when a split's CER exceeds ``max_cer``.
+    ``precision`` picks an export's graph (fp32, fp16, int8; see korasr.runtime.Recognizer)."""
     splits = {Path(m).stem: Path(m) for m in manifests}
     if len(splits) != len(manifests):
         raise ValueError(f"two manifests share a split name (file stem): {[str(m) for m in manifests]}")
     for manifest in splits.values():
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest}: no such manifest")
-    model = load_model(model_path)
+    model = load_model(model_path, precision)
     out = Path(out_dir) if out_dir else Path(model_path).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     for split, manifest in splits.items():
@@ -103,7 +107,7 @@ def evaluate(
     report = score_files(
         {split: out / f"{split}.hyp.jsonl" for split in splits},
         out,
-        model=model_path,
+        model=model_path if precision == "fp32" else f"{model_path} ({precision})",
         normalization=normalization_of(next(iter(splits.values()))),
         results_md=results_md,
     )

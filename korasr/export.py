@@ -6,7 +6,11 @@
 - ``encoder.onnx``: NeMo's I/O (80-mel features ``[B, 80, T]`` + ``length`` → ``logprobs``) with the metadata
   sherpa-onnx reads, and ``tokens.txt`` (``piece id`` per line, ``<blk>`` last). Its valid length is cut to whole
   subsampling windows, so that clients computing the output length as ``T // subsampling`` read every frame.
-- ``tokenizer.model``, ``model.json`` (unit, text codec, sample rate, blank id, versions, checksums).
+- ``model.fp16.onnx`` and, when asked, ``model.int8.onnx`` (Q/DQ INT8 calibrated on a manifest): reduced-precision
+  copies of ``model.onnx`` for TensorRT (korasr.precision), gated against ``model.onnx``; with CUDA and TensorRT,
+  ``model.fp16.plan`` / ``model.int8.plan``.
+- ``tokenizer.model``, ``model.json`` (unit, text codec, sample rate, blank id, versions, checksums), and a
+  ``README.md`` listing the files with what each gate measured.
 
 Both graphs compute the relative positional encoding from the sequence length instead of slicing NeMo's
 precomputed table, so they accept audio of any length (NeMo's table caps encoder frames at 5,000, 400 s at 8×);
@@ -209,11 +213,14 @@ def export(
     *,
     parity_manifest: str | os.PathLike[str] | None = None,
     parity_utterances: int = 8,
+    int8_manifest: str | os.PathLike[str] | None = None,
+    int8_utterances: int = 64,
     triton_device: str = "cpu",
 ) -> Path:
     """Export ``model_path`` into ``out_dir`` (default: ``export/`` beside the model); returns the directory.
 
-    Writes into a temporary sibling and renames it into place only after every check passed.
+    Writes into a temporary sibling and renames it into place only after every check passed. With
+    ``int8_manifest``, also ``model.int8.onnx`` calibrated on its first ``int8_utterances`` utterances.
     """
     import onnx
     import onnxruntime as ort
@@ -360,13 +367,18 @@ def export(
         "versions": versions(),
         "seconds_taken": round(time.time() - started, 1),
     }
-    info["tensorrt"] = build_tensorrt(tmp)
+    info["precisions"] = _reduced_precision(
+        tmp, {"audio": audio, "audio_length": lengths}, blank,
+        _test_audio(int8_manifest, int8_utterances) if int8_manifest else None,
+    )  # fmt: skip
+    info["tensorrt"] = build_tensorrt(tmp, {"audio": audio, "audio_length": lengths})
     info["sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     write_json(tmp / "model.json", info)
     from korasr.triton import validate, write_repository
 
     info["triton"] = validate(write_repository(tmp, tmp / "triton", device=triton_device))
     write_json(tmp / "model.json", info)
+    (tmp / "README.md").write_text(readme(info), encoding="utf-8")
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
@@ -375,10 +387,113 @@ def export(
     return out
 
 
-def build_tensorrt(export_dir: Path) -> dict:
-    """An FP16 TensorRT engine of ``model.onnx`` with an explicit shape profile (1–16 utterances of 1–60 s), when
-    CUDA and TensorRT are present; otherwise a record of why it was skipped (never an error). Not yet run on a
-    GPU by korasr's tests."""
+def readme(info: dict) -> str:
+    """The export folder's README.md: what each file is and what its gates measured (from model.json)."""
+    parity, precisions, trt = info["parity"], info.get("precisions", {}), info.get("tensorrt", {})
+    lines = [
+        f"# korasr export of `{Path(info['source_model']).name}`",
+        "",
+        f"Unit `{info['unit']}`, {info['vocab_size']} outputs (blank id {info['blank_id']}), "
+        f"{info['sample_rate']} Hz, one output frame per {info['frame_shift_s'] * 1000:g} ms. "
+        f"korasr commit `{info['git_commit'] or 'unknown'}`. Run it with `korasr transcribe --model THIS_FOLDER "
+        "audio.wav` (add `--precision fp16|int8` for the other graphs) or `korasr serve --model THIS_FOLDER`.",
+        "",
+        "| file | what | gate (measured) |",
+        "|---|---|---|",
+        f"| model.onnx | waveform `[B, N]` + lengths → log-probs + lengths, mel front end inside | vs NeMo on "
+        f"{parity['utterances']} utterances: max \\|Δ log-prob\\| {parity['model.onnx']['max_abs_logprob_diff']:.1e} "
+        f"(tolerance {parity['tolerance']:g}), greedy transcripts identical |",
+        f"| encoder.onnx + tokens.txt | NeMo's features in, sherpa-onnx metadata | vs NeMo on whole subsampling "
+        f"windows: {parity['encoder.onnx']['max_abs_logprob_diff']:.1e}, greedy identical |",
+    ]
+    what = {"fp16": "model.onnx in float16 (front end, positional encoding and softmaxes float32)",
+            "int8": "model.onnx with Q/DQ INT8 MatMuls, symmetric (TensorRT's scheme)"}  # fmt: skip
+    for precision in ("fp16", "int8"):
+        if precision in precisions:
+            p = precisions[precision]
+            extra = f"; calibrated on {p['calibration_utterances']} utterances" if precision == "int8" else ""
+            lines.append(f"| {p['file']} | {what[precision]}{extra} | vs model.onnx: greedy pieces "
+                         f"{p['piece_error_rate_vs_fp32']:.2f}% off (tolerance {p['tolerance']:g}%), max \\|Δ "
+                         f"log-prob\\| {p['max_abs_logprob_diff']:.2f} |")  # fmt: skip
+    for name, entry in trt.items():
+        if name.endswith(".plan"):
+            lines.append(f"| {name} | TensorRT {trt['tensorrt']} engine from {entry['source']} on {trt['device']} "
+                         f"| pieces {entry['piece_error_rate_vs_fp32']:.2f}% off model.onnx, max \\|Δ\\| "
+                         f"{entry['max_abs_logprob_diff']:.2f}; {entry['ms_per_batch']} ms for "
+                         f"{entry['batch_audio_seconds']} s of audio |")  # fmt: skip
+    lines += [
+        "| tokenizer.model | the SentencePiece model (pieces over the unit) | |",
+        "| model.json | everything above as JSON, versions and SHA-256 checksums | |",
+        "| triton/ | Triton model repository (onnxruntime model, NFC decode step, ensemble) | validated offline |",
+        "",
+    ]
+    if not trt.get("built"):
+        lines += [f"TensorRT: {trt.get('reason', 'not attempted')}. With CUDA and TensorRT installed, `korasr export` "
+                  "builds model.fp16.plan (and model.int8.plan) and records their parity and speed here.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _reduced_precision(tmp: Path, feeds: dict, blank: int, calibration: list[np.ndarray] | None) -> dict:
+    """``model.fp16.onnx`` always, ``model.int8.onnx`` when calibration audio is given; each gated by
+    :func:`check_reduced`."""
+    from korasr.precision import quantize_int8, to_float16
+
+    report: dict = {"fp32": {"file": "model.onnx"}}
+    to_float16(tmp / "model.onnx", tmp / "model.fp16.onnx")
+    report["fp16"] = {"file": "model.fp16.onnx", **check_reduced(tmp, "fp16", feeds, blank)}
+    if calibration is not None:
+        calibrated = quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", calibration)
+        report["int8"] = {"file": "model.int8.onnx", **calibrated, **check_reduced(tmp, "int8", feeds, blank)}
+    return report
+
+
+def check_reduced(folder: Path, precision: str, feeds: dict, blank: int) -> dict:
+    """Gate ``model.<precision>.onnx`` against ``model.onnx`` on ``feeds``: identical output lengths, greedy
+    pieces within korasr.precision.TOLERANCE (% piece edits); raises :class:`ExportError` otherwise."""
+    from korasr.precision import TOLERANCE, session
+
+    name = f"model.{precision}.onnx"
+    reference, reference_len = session(folder / "model.onnx").run(None, feeds)
+    got, got_len = session(folder / name).run(None, feeds)
+    entry = compare_to_fp32(reference, reference_len, got, got_len, blank)
+    if not entry.pop("lengths_identical"):
+        raise ExportError(f"{folder / name}: output lengths {got_len.tolist()} differ from model.onnx's")
+    rate, tolerance = entry["piece_error_rate_vs_fp32"], TOLERANCE[precision]
+    if rate > tolerance:
+        raise ExportError(f"{folder / name}: its greedy pieces differ from model.onnx's by {rate:.2f}% > "
+                          f"{tolerance}% on the parity utterances")  # fmt: skip
+    log.info("%s: pieces %.2f%% off model.onnx's (tolerance %.1f%%), max |Δ log-prob| %.3f",
+             name, rate, tolerance, entry["max_abs_logprob_diff"])  # fmt: skip
+    return {**entry, "tolerance": tolerance}
+
+
+def compare_to_fp32(reference, reference_len, got, got_len, blank: int) -> dict:  # type: ignore[no-untyped-def]
+    """Lengths identical?, piece error rate (%) of the greedy outputs, max |Δ log-prob| over common frames."""
+    from korasr.precision import piece_error_rate
+
+    def ids(logprobs, lengths):  # type: ignore[no-untyped-def]
+        return [greedy_ids(logprobs[i], n, blank) for i, n in enumerate(lengths.tolist())]
+
+    common = np.minimum(reference_len, got_len).tolist()
+    return {
+        "lengths_identical": bool(np.array_equal(got_len, reference_len)),
+        "piece_error_rate_vs_fp32": round(piece_error_rate(ids(reference, reference_len), ids(got, got_len)), 3),
+        "max_abs_logprob_diff": max(
+            float(np.abs(got[i, :n] - reference[i, :n]).max(initial=0.0)) for i, n in enumerate(common)
+        ),
+    }
+
+
+TENSORRT_PROFILE_SECONDS = {"min": 1, "opt": 10, "max": 60}
+TENSORRT_PROFILE_BATCH = {"min": 1, "opt": 8, "max": 16}
+
+
+def build_tensorrt(export_dir: Path, feeds: dict) -> dict:
+    """TensorRT engines ``model.fp16.plan`` (from model.fp16.onnx) and ``model.int8.plan`` (from model.int8.onnx,
+    when it exists), strongly typed (precision from the graphs; TensorRT 11 knows no other mode), with one
+    explicit shape profile (1–16 utterances of 1–60 s), each checked against onnxruntime's model.onnx on the
+    parity batch and timed. Needs CUDA and TensorRT; otherwise returns why it was skipped (never an error).
+    Written against TensorRT 10/11's Python API; korasr's CI has no GPU, so it has not run there."""
     try:
         import tensorrt as trt
         import torch
@@ -389,26 +504,77 @@ def build_tensorrt(export_dir: Path) -> dict:
         reason = f"skipped: {e}" if "CUDA" in str(e) else "skipped: TensorRT is not installed"
         log.info("TensorRT engine %s", reason)
         return {"built": False, "reason": reason}
+    from korasr.precision import session
+
+    reference, reference_len = session(export_dir / "model.onnx").run(None, feeds)
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse((export_dir / "model.onnx").read_bytes()):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ExportError(f"TensorRT cannot parse model.onnx: {errors}")
-    config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.FP16)
-    profile = builder.create_optimization_profile()
-    seconds = {"min": 1, "opt": 10, "max": 60}
-    profile.set_shape("audio", (1, seconds["min"] * SAMPLE_RATE), (8, seconds["opt"] * SAMPLE_RATE),
-                      (16, seconds["max"] * SAMPLE_RATE))  # fmt: skip
-    profile.set_shape("audio_length", (1,), (8,), (16,))
-    config.add_optimization_profile(profile)
-    engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        raise ExportError("TensorRT failed to build the engine")
-    (export_dir / "model.plan").write_bytes(bytes(engine))
-    return {"built": True, "precision": "fp16", "profile_seconds": seconds, "tensorrt": trt.__version__}
+    report: dict = {"built": True, "tensorrt": trt.__version__, "profile_seconds": TENSORRT_PROFILE_SECONDS,
+                    "profile_batch": TENSORRT_PROFILE_BATCH, "device": torch.cuda.get_device_name()}  # fmt: skip
+    for precision in ("fp16", "int8"):
+        source = export_dir / f"model.{precision}.onnx"
+        if not source.exists():
+            continue
+        builder = trt.Builder(logger)
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(source)):
+            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise ExportError(f"TensorRT cannot parse {source.name}: {errors}")
+        config = builder.create_builder_config()
+        profile = builder.create_optimization_profile()
+        b, sec = TENSORRT_PROFILE_BATCH, TENSORRT_PROFILE_SECONDS
+        profile.set_shape("audio", *[(b[k], sec[k] * SAMPLE_RATE) for k in ("min", "opt", "max")])
+        profile.set_shape("audio_length", *[(b[k],) for k in ("min", "opt", "max")])
+        config.add_optimization_profile(profile)
+        started = time.time()
+        engine = builder.build_serialized_network(network, config)
+        if engine is None:
+            raise ExportError(f"TensorRT failed to build an engine from {source.name}")
+        plan = export_dir / f"model.{precision}.plan"
+        plan.write_bytes(bytes(engine))
+        got, got_len, ms = _run_engine(trt, logger, plan.read_bytes(), feeds)
+        report[plan.name] = {
+            "source": source.name,
+            "build_seconds": round(time.time() - started, 1),
+            **compare_to_fp32(reference, reference_len, got, got_len, reference.shape[-1] - 1),
+            "ms_per_batch": ms,
+            "batch_audio_seconds": round(float(feeds["audio_length"].sum()) / SAMPLE_RATE, 2),
+        }
+        log.info("TensorRT %s: %s", plan.name, report[plan.name])
+    return report
+
+
+def _run_engine(trt, logger, plan: bytes, feeds: dict, repeats: int = 20):  # type: ignore[no-untyped-def]
+    """Run a serialized engine on ``feeds`` with torch's CUDA tensors; (log-probs, lengths, median ms)."""
+    import torch
+
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+    context = engine.create_execution_context()
+    tensors = {}
+    for name, value in feeds.items():
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(value)).cuda()
+        context.set_input_shape(name, tuple(value.shape))
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
+            dtype = torch.from_numpy(np.zeros(0, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype
+            tensors[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+        context.set_tensor_address(name, tensors[name].data_ptr())
+    stream = torch.cuda.Stream()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(stream)
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise ExportError("TensorRT engine execution failed")
+        end.record(stream)
+        stream.synchronize()
+        times.append(start.elapsed_time(end))
+    return (
+        tensors["logprobs"].cpu().numpy(),
+        tensors["logprobs_length"].cpu().numpy(),
+        round(float(np.median(times)), 3),
+    )
 
 
 def _parity(ort, tmp: Path, checks: dict, blank: int) -> dict:  # type: ignore[no-untyped-def]

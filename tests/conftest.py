@@ -160,7 +160,8 @@ def nemo_path(stdout: str) -> Path:
 @pytest.fixture(scope="session")
 def exported(trained, recipe):
     proc = run("export", "--model", str(trained), "--out", str(recipe["tmp"] / "export"),
-               "--parity-manifest", str(recipe["manifests"] / "dev.jsonl"))  # fmt: skip
+               "--parity-manifest", str(recipe["manifests"] / "dev.jsonl"),
+               "--int8-calibration", str(recipe["manifests"] / "dev.jsonl"), "--int8-utterances", "16")  # fmt: skip
     out = proc.stdout.strip().splitlines()[-1]
     assert out == str(recipe["tmp"] / "export")
     return recipe["tmp"] / "export"

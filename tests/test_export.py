@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from korasr.metrics import cer
+from korasr.runtime import Recognizer
 from korasr.text.codec import from_model_text
 from tests.conftest import eval_rows, korasr_cmd, run
 
@@ -47,6 +48,77 @@ def test_runtime_scores_as_nemo_on_the_sample_eval_set(exported, trained, recipe
     onnx_report = json.loads((recipe["tmp"] / "eval_onnx" / "report.json").read_text())["splits"]["eval_clean"]
     nemo_report = json.loads((recipe["tmp"] / "eval_nemo" / "report.json").read_text())["splits"]["eval_clean"]
     assert abs(onnx_report["cer"] - nemo_report["cer"]) <= 0.1, (onnx_report["cer"], nemo_report["cer"])
+
+
+def test_fp16_and_int8_graphs_are_gated_and_score_like_fp32(exported, recipe):
+    info = json.loads((exported / "model.json").read_text(encoding="utf-8"))
+    precisions = info["precisions"]
+    assert precisions["int8"]["calibration_utterances"] == 16
+    for precision in ("fp16", "int8"):
+        assert precisions[precision]["piece_error_rate_vs_fp32"] <= precisions[precision]["tolerance"]
+        assert info["sha256"][f"model.{precision}.onnx"]
+        onnx.checker.check_model(str(exported / f"model.{precision}.onnx"))
+    assert "model.int8.onnx" in (exported / "README.md").read_text(encoding="utf-8")
+
+    int8 = onnx.load(str(exported / "model.int8.onnx"))
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in int8.graph.initializer}
+    zero_points = [
+        initializers[n.input[2]] for n in int8.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+    ]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # TensorRT: symmetric int8
+    producers = {o: n for n in int8.graph.node for o in n.output}
+    matmuls = [n for n in int8.graph.node if n.op_type == "MatMul"]
+    encoder = [n for n in matmuls if not n.name.startswith("/frontend/")]
+    assert encoder and all(producers[i].op_type == "DequantizeLinear" for n in encoder for i in n.input)
+    frontend = [n for n in matmuls if n.name.startswith("/frontend/")]
+    assert frontend and all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                            for n in frontend for i in n.input)  # fmt: skip
+
+    half = onnx.load(str(exported / "model.fp16.onnx"))
+    dtypes = {i.name: i.data_type for i in half.graph.initializer}
+    weights = [i for n in half.graph.node if n.op_type == "MatMul" for i in n.input if i in dtypes]
+    assert {dtypes[w] for w in weights} == {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT}  # front end: float
+    assert [i.type.tensor_type.elem_type for i in half.graph.output] == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64]
+
+    rows = eval_rows(recipe)
+    refs, paths = [r["text"] for r in rows], [r["audio_filepath"] for r in rows]
+    scores = {p: cer(refs, [x.text for x in Recognizer(exported, precision=p).transcribe(paths)])
+              for p in ("fp32", "fp16", "int8")}  # fmt: skip
+    assert abs(scores["fp16"] - scores["fp32"]) <= 1.0 and abs(scores["int8"] - scores["fp32"]) <= 1.0, scores
+    cli = run("transcribe", "--model", str(exported), "--precision", "int8", paths[0])
+    assert cli.stdout.strip().splitlines()[-1] == Recognizer(exported, precision="int8").transcribe(paths[:1])[0].text
+
+
+def test_a_mis_scaled_int8_graph_fails_the_gate(exported, recipe, tmp_path):
+    from korasr.export import ExportError, check_reduced
+
+    (tmp_path / "model.onnx").symlink_to(exported / "model.onnx")
+    int8 = onnx.load(str(exported / "model.int8.onnx"))
+    initializers = {i.name: i for i in int8.graph.initializer}
+    for node in int8.graph.node:  # every weight's scale halved: the graph a wrong calibration could write
+        if node.op_type == "DequantizeLinear" and node.input[0] in initializers:
+            scale = initializers[node.input[1]]
+            scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * 0.5, scale.name))
+    onnx.save(int8, str(tmp_path / "model.int8.onnx"))
+    waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in eval_rows(recipe, 4)]
+    audio = np.zeros((4, max(len(w) for w in waves)), dtype=np.float32)
+    for i, w in enumerate(waves):
+        audio[i, : len(w)] = w
+    feeds = {"audio": audio, "audio_length": np.array([len(w) for w in waves], dtype=np.int64)}
+    blank = json.loads((exported / "model.json").read_text())["blank_id"]
+    assert check_reduced(exported, "int8", feeds, blank)["piece_error_rate_vs_fp32"] <= 3.0  # the real one passes
+    with pytest.raises(ExportError, match=r"model.int8.onnx: its greedy pieces differ from model.onnx's by"):
+        check_reduced(tmp_path, "int8", feeds, blank)
+
+
+def test_a_missing_precision_is_named(exported, tmp_path):
+    for path in exported.iterdir():
+        if path.name != "model.int8.onnx":
+            (tmp_path / path.name).symlink_to(path)
+    with pytest.raises(FileNotFoundError, match=r"model.int8.onnx: this export has no int8 graph.*--int8-calibration"):
+        Recognizer(tmp_path, precision="int8")
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, int8"):
+        Recognizer(exported, precision="bf16")
 
 
 def test_any_rate_and_channel_count_and_word_times(exported, recipe, tmp_path):

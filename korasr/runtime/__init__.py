@@ -25,6 +25,7 @@ from korasr.text.codec import from_model_text
 
 SAMPLE_RATE = 16000
 WORD_BOUNDARY = "▁"
+GRAPHS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,16 @@ def to_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 class Recognizer:
-    def __init__(self, export_dir: str | os.PathLike[str], *, threads: int | None = None, providers=None):  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        export_dir: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        providers=None,  # type: ignore[no-untyped-def]
+        precision: str = "fp32",
+    ):
+        """``precision``: which graph of the export runs: fp32 (model.onnx), fp16 (model.fp16.onnx) or int8
+        (model.int8.onnx, written by ``korasr export --int8-calibration``)."""
         import onnxruntime as ort
 
         self.dir = Path(export_dir)
@@ -73,13 +83,18 @@ class Recognizer:
         self.pieces = [line.rsplit(" ", 1)[0] for line in (self.dir / "tokens.txt").read_text("utf-8").splitlines()]
         if len(self.pieces) != self.blank + 1:
             raise ValueError(f"{self.dir}: tokens.txt has {len(self.pieces)} lines, model.json says {self.blank + 1}")
+        if precision not in GRAPHS:
+            raise ValueError(f"precision must be one of {', '.join(GRAPHS)}, got {precision!r}")
+        graph = self.dir / GRAPHS[precision]
+        if not graph.is_file():  # exports older than the fp16 graph lack it too
+            hint = " (export with --int8-calibration MANIFEST)" if precision == "int8" else " (re-export)"
+            raise FileNotFoundError(f"{graph}: this export has no {precision} graph{hint}")
+        self.precision = precision
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(self.dir / "model.onnx"), options, providers=providers or ["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(graph), options, providers=providers or ["CPUExecutionProvider"])
 
     # --- decoding ----------------------------------------------------------------------------------------------
 

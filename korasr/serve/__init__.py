@@ -45,6 +45,7 @@ class ServeConfig:
     max_wait_ms: float = 10.0
     queue_size: int = 64
     threads: int | None = None
+    precision: str = "fp32"
     api_key: str | None = field(default_factory=lambda: os.environ.get("KORASR_API_KEY") or None)
 
     @classmethod
@@ -199,13 +200,15 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):  # type: ignore[no-untyped-def]
-        recognizer = await asyncio.to_thread(Recognizer, config.model, threads=config.threads)
+        recognizer = await asyncio.to_thread(
+            Recognizer, config.model, threads=config.threads, precision=config.precision
+        )
         await asyncio.to_thread(recognizer.transcribe_arrays, [np.zeros(SAMPLE_RATE, dtype=np.float32)])  # warm-up
         batcher = Batcher(recognizer, config.max_batch, config.max_wait_ms / 1000, config.queue_size)
         batcher.start()
         info = recognizer.info
         model_info.info({"model": config.model.name, "source_sha256": str(info.get("source_sha256", ""))[:12],
-                         "unit": info["unit"], "korasr": str(info.get("versions", {}).get("korasr", ""))})  # fmt: skip
+                         "unit": info["unit"], "precision": config.precision, "korasr": str(info.get("versions", {}).get("korasr", ""))})  # fmt: skip
         state.update(ready=True, batcher=batcher, recognizer=recognizer)
         yield
         state["ready"] = False
