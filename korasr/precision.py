@@ -127,8 +127,7 @@ def piece_error_rate(reference: list[list[int]], hypothesis: list[list[int]]) ->
     import kaldialign
 
     errors = sum(kaldialign.edit_distance(r, h)["total"] for r, h in zip(reference, hypothesis, strict=True))
-    total = sum(len(r) for r in reference)
-    return 0.0 if errors == 0 else 100.0 * errors / max(total, 1)
+    return 100.0 * errors / max(sum(len(r) for r in reference), 1)
 
 
 def session(path: Path, threads: int | None = None):  # type: ignore[no-untyped-def]
