@@ -11,6 +11,26 @@ import sys
 from korasr import __version__
 
 log = logging.getLogger("korasr")
+MIN_CHUNK_SECONDS = 4.0  # korasr.runtime.MIN_CHUNK_SECONDS, which checks it too (not imported: the CLI starts light)
+
+
+def bounded(kind: type, low: float | None = None, high: float | None = None):  # type: ignore[no-untyped-def]
+    """An argparse type: ``kind`` (int or float) within ``[low, high]``, finite, or a clear usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"from {low:g}" if high is None else f"{low:g} to {high:g}" if low is not None else f"up to {high:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({span})")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def _normalize(args: argparse.Namespace) -> int:
@@ -193,6 +213,10 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         queue_size=args.queue_size,
+        chunk_seconds=args.chunk_seconds,
+        batch_seconds=args.batch_seconds,
+        upload_timeout_s=args.upload_timeout,
+        public_docs=args.public_docs,
         threads=args.threads,
         precision=args.precision,
     )
@@ -265,9 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="wav",
         help="wav: header + the PCM bytes, copy speed (default); flac: ~40%% less disk, 2-3x slower",
     )
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
-    p.add_argument("--min-duration", type=float, default=0.0, metavar="S", help="reject train utterances < S s")
-    p.add_argument("--max-duration", type=float, default=None, metavar="S", help="reject train utterances > S s")
+    p.add_argument("--jobs", type=bounded(int, 1, 1024), default=os.cpu_count() or 1,
+                   help="worker processes (default: all cores)")  # fmt: skip
+    p.add_argument("--min-duration", type=bounded(float, 0), default=0.0, metavar="S",
+                   help="reject train utterances < S s")  # fmt: skip
+    p.add_argument("--max-duration", type=bounded(float, 0), default=None, metavar="S",
+                   help="reject train utterances > S s")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_text_options(p)
     p.set_defaults(func=_prepare_kspon)
@@ -319,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a .nemo (korasr train) or an export folder (korasr export)")
     p.add_argument("--manifest", required=True, action="append", help="a manifest to score (repeatable)")
     p.add_argument("--out", default=None, help="output folder (default: eval/ beside the model)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=bounded(int, 1, 1024), default=32)
     _add_report_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_precision(p)
@@ -352,23 +379,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", help="audio files, any sample rate and channel count")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     p.add_argument("--timestamps", action="store_true", help="word start/end times (implies --json)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--chunk-seconds", type=float, default=30.0, help="longer files are decoded in chunks")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--batch-size", type=bounded(int, 1, 1024), default=16)
+    p.add_argument("--chunk-seconds", type=bounded(float, MIN_CHUNK_SECONDS, 3600), default=30.0,
+                   help="longer files are decoded in chunks of at most this many seconds (default: 30)")  # fmt: skip
+    p.add_argument("--threads", type=bounded(int, 1, 256), default=None, help="onnxruntime intra-op threads")
     _add_precision(p)
     p.set_defaults(func=_transcribe)
 
     p = sub.add_parser("serve", help="the FastAPI transcription service over an export folder")
     p.add_argument("--model", required=True, help="an export folder (make export)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
-    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (1: no batching)")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
-    p.add_argument("--queue-size", type=int, default=64, help="waiting requests before 503")
-    p.add_argument("--max-upload-mb", type=float, default=25.0)
-    p.add_argument("--max-audio-seconds", type=float, default=300.0)
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--port", type=bounded(int, 0, 65535), default=8000)
+    p.add_argument("--workers", type=bounded(int, 1, 64), default=1, help="server processes, each with its own model")
+    p.add_argument(
+        "--max-batch", type=bounded(int, 1, 256), default=8, help="requests decoded together (1: no batching)"
+    )
+    p.add_argument("--max-wait-ms", type=bounded(float, 0, 10_000), default=10.0, help="how long a batch waits to fill")
+    p.add_argument("--queue-size", type=bounded(int, 1, 4096), default=16,
+                   help="transcription requests admitted at once (uploading, decoding, waiting); more get 503")  # fmt: skip
+    p.add_argument("--max-upload-mb", type=bounded(float, 0.001, 2048), default=25.0)
+    p.add_argument("--max-audio-seconds", type=bounded(float, 0.1, 14400), default=300.0,
+                   help="longer audio gets 413, known from its header before it is decoded")  # fmt: skip
+    p.add_argument("--chunk-seconds", type=bounded(float, MIN_CHUNK_SECONDS, 3600), default=30.0,
+                   help="longer audio is decoded in chunks of at most this many seconds (default: 30)")  # fmt: skip
+    p.add_argument("--batch-seconds", type=bounded(float, MIN_CHUNK_SECONDS, 3600), default=60.0,
+                   help="padded audio in one model batch, at most (default: 60; bounds the model's memory)")  # fmt: skip
+    p.add_argument("--upload-timeout", type=bounded(float, 0.1, 3600), default=60.0, metavar="S",
+                   help="a request body not complete within S seconds gets 408 (default: 60)")  # fmt: skip
+    p.add_argument("--public-docs", action="store_true", help="/docs and /openapi.json without the API key")
+    p.add_argument("--threads", type=bounded(int, 1, 256), default=None, help="onnxruntime intra-op threads")
     _add_precision(p)
     p.set_defaults(func=_serve)
 

@@ -227,6 +227,7 @@ def test_killed_midway_then_rerun_gives_the_same_manifests(tmp_path):
         assert sf.info(path).frames > 0
 
     subprocess.run(cmd, check=True)
+    assert not list(audio.rglob(".*.tmp"))  # the killed run's temporaries were swept by the rerun
     shutil.rmtree(audio)  # the manifests must not depend on which run converted a file
     for name in ("train.jsonl", "dev.jsonl", "eval_clean.jsonl", "eval_other.jsonl", "rejects.jsonl"):
         ours = (out / name).read_text().replace(str(audio), "AUDIO").replace(".flac", ".x")

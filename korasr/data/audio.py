@@ -17,6 +17,7 @@ SAMPLE_RATE = 16000
 SAMPLE_WIDTH = 2  # bytes, signed 16-bit little-endian
 AUDIO_FORMATS = ("wav", "flac")
 WAV_HEADER_BYTES = 44
+MAX_PCM_BYTES = 0xFFFFFFFF - 36  # the most PCM a RIFF header's 32-bit sizes can describe
 
 
 def wav_header(data_bytes: int, sample_rate: int = SAMPLE_RATE, channels: int = 1) -> bytes:
@@ -52,6 +53,8 @@ def convert_pcm(src: Path, dst: Path, fmt: str = "wav") -> tuple[int, bool]:
         data_bytes = size - size % SAMPLE_WIDTH
         samples = data_bytes // SAMPLE_WIDTH
         odd = size % SAMPLE_WIDTH != 0
+        if data_bytes > MAX_PCM_BYTES:
+            raise ValueError(f"{src}: {data_bytes} bytes of PCM, over the {MAX_PCM_BYTES} a WAV header can describe")
         if samples == 0 or _complete(dst, fmt, data_bytes):
             return samples, odd
         dst.parent.mkdir(parents=True, exist_ok=True)

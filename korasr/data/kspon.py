@@ -13,17 +13,21 @@ import logging
 import multiprocessing
 import os
 import platform
+import re
+import stat
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
-from pathlib import Path
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path, PureWindowsPath
 
 from korasr.errors import KorasrError
 from korasr import __version__
-from korasr.data.audio import AUDIO_FORMATS, SAMPLE_RATE, convert_pcm
+from korasr.data.audio import AUDIO_FORMATS, MAX_PCM_BYTES, SAMPLE_RATE, convert_pcm
 from korasr.fsutil import atomic_open, write_json
 from korasr.text.normalize import DISFLUENCIES, FORMS, normalize
 
@@ -148,9 +152,17 @@ def _process(item: tuple[str, int, bytes]) -> dict:
         return reject(utt_id, "malformed markup", norm.error, raw=raw)
     if not norm.text:
         return reject(utt_id, "empty transcript", "nothing left after normalization", raw=raw)
-    src = root / rel
-    dst = (audio_dir / rel).with_suffix("." + opts.audio_format)
+    confined = confine(root, audio_dir, rel, opts.audio_format)
+    if isinstance(confined, str):
+        return reject(utt_id, "unsafe audio path", confined, path=rel)
+    src, dst = confined
     try:
+        info = os.stat(src)
+        if not stat.S_ISREG(info.st_mode):
+            return reject(utt_id, "unreadable audio", f"{src}: not a regular file")
+        if info.st_size > MAX_PCM_BYTES + 1:
+            return reject(utt_id, "audio too large", f"{src}: {info.st_size} bytes, over the {MAX_PCM_BYTES} bytes "
+                          "a WAV header can describe (about 37 h of 16 kHz audio: not one utterance)")  # fmt: skip
         samples, odd = convert_pcm(src, dst, opts.audio_format)
     except FileNotFoundError:
         return reject(utt_id, "missing audio", str(src))
@@ -174,6 +186,29 @@ def _process(item: tuple[str, int, bytes]) -> dict:
     return {"split": split, "line": number, "row": row, "odd": odd, "encoding": encoding}
 
 
+def confine(root: Path, audio_dir: Path, rel: str, audio_format: str) -> tuple[Path, Path] | str:
+    """The source under ``root`` and the destination under ``audio_dir`` of a script's audio path, or why it is
+    refused: a NUL byte, an absolute path, ``..`` out of the root, or a path that resolves (through symlinks)
+    outside it. ``root`` and ``audio_dir`` are resolved already."""
+    if "\0" in rel:
+        return "NUL byte in the path"
+    if os.path.isabs(rel) or PureWindowsPath(rel).drive:
+        return "absolute path (paths in the scripts are relative to the corpus root)"
+    normal = os.path.normpath(rel)
+    if normal == ".." or normal.startswith("../") or normal in (".", ""):
+        return "path leaves the corpus root (..)" if normal != "." else "no file name"
+    src = root / normal
+    try:
+        if not src.resolve().is_relative_to(root):
+            return f"path resolves outside the corpus root ({src.resolve()}): symlinks out of the corpus are refused"
+        dst = (audio_dir / normal).with_suffix("." + audio_format)
+        if not dst.resolve().is_relative_to(audio_dir):
+            return f"output path resolves outside --audio-dir ({dst.resolve()})"
+    except (OSError, ValueError, RuntimeError) as e:  # a name too long, no file name, a symlink loop
+        return f"unusable path: {e}"
+    return src, dst
+
+
 def _process_chunk(items: list[tuple[str, int, bytes]]) -> list[dict]:
     return [_process(item) for item in items]
 
@@ -190,15 +225,23 @@ def _run(items: Iterator[tuple[str, int, bytes]], jobs: int, init_args: tuple, c
         _init_worker(*init_args)
         yield from map(_process, items)
         return
+    # concurrent.futures, not multiprocessing.Pool: a worker that dies (the OOM killer, a signal) breaks the pool
+    # and every pending result raises, where Pool would replace the worker and wait forever for its lost chunk.
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(jobs, initializer=_init_worker, initargs=init_args) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=init_args) as pool:
         pending: deque = deque()
-        for batch in _chunks(items, chunk):
-            pending.append(pool.apply_async(_process_chunk, (batch,)))
-            if len(pending) >= 2 * jobs:
-                yield from pending.popleft().get()
-        while pending:
-            yield from pending.popleft().get()
+        try:
+            for batch in _chunks(items, chunk):
+                pending.append(pool.submit(_process_chunk, batch))
+                if len(pending) >= 2 * jobs:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        except BrokenProcessPool:
+            raise CorpusError(
+                "a preparation worker process died (killed by the OOM killer or a signal?): nothing was published; "
+                "rerun the same command, converted audio is kept and the run resumes (fewer --jobs use less memory)"
+            ) from None
 
 
 # --- the stage ---------------------------------------------------------------------------------------------
@@ -259,6 +302,9 @@ def prepare_kspon(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     audio_dir.mkdir(parents=True, exist_ok=True)
+    swept = sweep_temporaries(audio_dir)
+    if swept:
+        log.info("removed %d temporary audio file(s) left by an interrupted run under %s", swept, audio_dir)
     # A stale prepare.json must never vouch for a half-rewritten set of manifests; temporaries left by a
     # killed run go too.
     result.summary.unlink(missing_ok=True)
@@ -363,6 +409,20 @@ def _check(counts: dict[str, dict], distinct_ids: int, scripts: dict[str, Path])
     rows = sum(c["utterances"] for c in counts.values())
     if distinct_ids != rows:
         raise CorpusError(f"{rows} manifest rows but {distinct_ids} distinct utterance ids")
+
+
+_TEMPORARY = re.compile(r"^\..+\.\d+\.tmp$")  # fsutil.tmp_name: .NAME.PID.tmp
+
+
+def sweep_temporaries(folder: Path) -> int:
+    """Remove the temporary files (``fsutil.tmp_name``) that a killed run left under ``folder``; how many."""
+    removed = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            if _TEMPORARY.match(name):
+                Path(parent, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _up_to_date(result: PrepareResult, fingerprint: str) -> bool:

@@ -6,8 +6,9 @@
 [Result(text='...', words=None), ...]
 
 Audio is mixed to mono and resampled to 16 kHz with soxr, batched by length, decoded with greedy CTC and
-composed to NFC syllables with the model's text unit. Files longer than ``chunk_seconds`` are read and decoded in
-chunks cut at the quietest 20 ms near each boundary, so memory stays bounded for an hour of audio.
+composed to NFC syllables with the model's text unit. Audio longer than ``chunk_seconds`` (files and arrays alike)
+is decoded in chunks cut at the quietest 20 ms near each boundary, so the model's memory (quadratic in the length
+under full attention) is bounded by the chunk, for an hour of audio too; files are also read chunk by chunk.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from korasr.runtime.audio import SAMPLE_RATE, to_mono_16k
 from korasr.text.codec import from_model_text
 
-SAMPLE_RATE = 16000
 WORD_BOUNDARY = "▁"
+CHUNK_SECONDS = 30.0
+MIN_CHUNK_SECONDS = 4.0  # the quiet cut searches the last 2 s of a chunk
 GRAPHS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
@@ -47,16 +50,32 @@ class Result:
         return out
 
 
-def to_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """float32 mono at 16 kHz from ``[N]`` or ``[N, channels]`` audio at any rate."""
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)
-    elif audio.ndim != 1:
-        raise ValueError(f"audio must be [samples] or [samples, channels], got shape {audio.shape}")
-    if sample_rate != SAMPLE_RATE:
-        audio = soxr.resample(audio, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-    return audio
+def check_chunk_seconds(chunk_seconds: float) -> float:
+    """Chunks must be long enough for a quiet cut and finite; ``chunk_seconds`` itself if it is."""
+    if not MIN_CHUNK_SECONDS <= chunk_seconds <= 3600:
+        raise ValueError(f"chunk_seconds must be between {MIN_CHUNK_SECONDS:g} and 3600 s, got {chunk_seconds}")
+    return chunk_seconds
+
+
+def chunk_bounds(audio: np.ndarray, chunk_seconds: float) -> list[tuple[int, int]]:
+    """``(start, end)`` sample ranges of at most ``chunk_seconds`` covering ``audio``, each cut at the quietest
+    20 ms of its last 2 s."""
+    limit = int(check_chunk_seconds(chunk_seconds) * SAMPLE_RATE)
+    bounds, start = [], 0
+    while len(audio) - start > limit:
+        end = start + _quiet_cut(audio[start : start + limit])
+        bounds.append((start, end))
+        start = end
+    bounds.append((start, len(audio)))
+    return bounds
+
+
+def join(results: list[Result]) -> Result:
+    """One result from the results of consecutive chunks (word times are already absolute)."""
+    if len(results) == 1:
+        return results[0]
+    words = None if results[0].words is None else [w for r in results for w in r.words or []]
+    return Result(" ".join(r.text for r in results if r.text), words)
 
 
 class Recognizer:
@@ -144,16 +163,42 @@ class Recognizer:
     # --- audio in ----------------------------------------------------------------------------------------------
 
     def transcribe_arrays(
-        self, waves: list[np.ndarray], sample_rate: int = SAMPLE_RATE, *, batch_size: int = 16, timestamps: bool = False
+        self,
+        waves: list[np.ndarray],
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        batch_size: int = 16,
+        timestamps: bool = False,
+        chunk_seconds: float = CHUNK_SECONDS,
+        batch_seconds: float | None = None,
     ) -> list[Result]:
+        """Transcripts of waveforms, in order. Waves over ``chunk_seconds`` are decoded in chunks; chunks are
+        batched by length, at most ``batch_size`` in a batch and, with ``batch_seconds``, at most that many
+        seconds of padded audio, so one batch's memory is bounded whatever the inputs' lengths."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_seconds is not None and batch_seconds < check_chunk_seconds(chunk_seconds):
+            raise ValueError(f"batch_seconds ({batch_seconds}) must be at least chunk_seconds ({chunk_seconds})")
         mono = [to_mono_16k(w, sample_rate) for w in waves]
-        order = sorted(range(len(mono)), key=lambda i: len(mono[i]))
-        results: list[Result | None] = [None] * len(mono)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            for i, lp in zip(chunk, self.logprobs([mono[i] for i in chunk]), strict=True):
-                results[i] = self.decode(lp, timestamps=timestamps)
-        return [r for r in results if r is not None]
+        bounds = [chunk_bounds(w, chunk_seconds) for w in mono]
+        pieces = sorted(((i, s, e) for i, b in enumerate(bounds) for s, e in b), key=lambda p: p[2] - p[1])
+        budget = None if batch_seconds is None else int(batch_seconds * SAMPLE_RATE)
+        decoded: dict[tuple[int, int], Result] = {}
+        batch: list[tuple[int, int, int]] = []
+        for n, piece in enumerate(pieces):
+            batch.append(piece)
+            following = pieces[n + 1] if n + 1 < len(pieces) else None
+            # sorted by length: the next piece is the longest of a batch that takes it, so padding is its length
+            full = len(batch) == batch_size or (
+                budget is not None
+                and following is not None
+                and (len(batch) + 1) * (following[2] - following[1]) > budget
+            )
+            if following is None or full:
+                for (i, s, _), lp in zip(batch, self.logprobs([mono[i][s:e] for i, s, e in batch]), strict=True):
+                    decoded[(i, s)] = self.decode(lp, s / SAMPLE_RATE, timestamps)
+                batch = []
+        return [join([decoded[(i, s)] for s, _ in b]) for i, b in enumerate(bounds)]
 
     def transcribe(
         self,
@@ -164,6 +209,7 @@ class Recognizer:
         chunk_seconds: float = 30.0,
     ) -> list[Result]:
         """Transcripts of audio files (anything libsndfile reads), in order."""
+        check_chunk_seconds(chunk_seconds)
         results: list[Result | None] = [None] * len(paths)
         short: list[int] = []
         for i, path in enumerate(paths):

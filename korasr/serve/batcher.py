@@ -1,0 +1,91 @@
+"""Micro-batching with bounded memory: requests wait in a queue (bounded by the admission gate); one worker
+decodes up to ``max_batch`` of them at a time. Long audio is cut into chunks and chunks are batched by length
+under a padded-seconds budget (``Recognizer.transcribe_arrays``), so neither a long request nor a mix of lengths
+can multiply the model's memory. A failing batch is retried request by request: a failure fails only its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from korasr.runtime import Recognizer, Result
+
+
+class Batcher:
+    def __init__(self, recognizer: Recognizer, *, max_batch: int, max_wait_s: float, chunk_seconds: float,
+                 batch_seconds: float, on_batch: Callable[[int], None] | None = None):  # fmt: skip
+        self.recognizer, self.max_batch, self.max_wait_s = recognizer, max_batch, max_wait_s
+        self.chunk_seconds, self.batch_seconds, self.on_batch = chunk_seconds, batch_seconds, on_batch
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="korasr-decode")
+        self.task: asyncio.Task | None = None
+        self.batch_sizes: deque[int] = deque(maxlen=4096)  # the most recent batches (tests)
+        self.arriving = 0  # requests admitted but not yet queued
+
+    @contextlib.contextmanager
+    def arrival(self):  # type: ignore[no-untyped-def]
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, audio: np.ndarray) -> Result:
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((audio, future))
+        return await future
+
+    def _decode(self, waves: list[np.ndarray]) -> list[Result]:
+        return self.recognizer.transcribe_arrays(waves, batch_size=self.max_batch, timestamps=True,
+                                                 chunk_seconds=self.chunk_seconds, batch_seconds=self.batch_seconds)  # fmt: skip
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            # wait for more only while other requests are on their way, so a lone request is not delayed
+            while len(batch) < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0 or (self.queue.empty() and self.arriving == 0):
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), timeout))
+                except TimeoutError:
+                    break
+            self.batch_sizes.append(len(batch))
+            if self.on_batch:
+                self.on_batch(len(batch))
+            waves = [audio for audio, _ in batch]
+            outcomes: list[Result | BaseException]
+            try:
+                outcomes = list(await loop.run_in_executor(self.executor, self._decode, waves))
+            except Exception:
+                outcomes = []
+                for wave in waves:  # find the request that failed; the others still get their text
+                    try:
+                        outcomes.append((await loop.run_in_executor(self.executor, self._decode, [wave]))[0])
+                    except Exception as e:
+                        outcomes.append(e)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)

@@ -1,0 +1,71 @@
+"""The service's limits, in one place: every size a client can choose is bounded by a field here."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from korasr.runtime import CHUNK_SECONDS, GRAPHS, check_chunk_seconds
+
+ENV = "KORASR_SERVE_CONFIG"  # the whole config as JSON, for `uvicorn --factory` worker processes
+
+
+@dataclass
+class ServeConfig:
+    model: Path
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_audio_seconds: float = 300.0
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    # Transcription requests admitted at once (uploading, decoding from their format, waiting or being decoded
+    # by the model); one more gets 503 with Retry-After before its body is read.
+    queue_size: int = 16
+    # Long audio is decoded in chunks of at most chunk_seconds; a model batch holds at most batch_seconds of
+    # padded audio. Together they bound the model's memory, whatever the requests' lengths.
+    chunk_seconds: float = CHUNK_SECONDS
+    batch_seconds: float = 60.0
+    upload_timeout_s: float = 60.0  # a body not complete by then gets 408 (slow clients cannot hold a slot)
+    decode_threads: int = 2  # threads decoding uploads from their container format
+    threads: int | None = None  # onnxruntime intra-op threads
+    precision: str = "fp32"
+    public_docs: bool = False  # /docs, /redoc and /openapi.json without the API key
+    api_key: str | None = field(default_factory=lambda: os.environ.get("KORASR_API_KEY") or None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model = Path(self.model)
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(f"serve: {what}")
+
+        need(1024 <= self.max_upload_bytes <= 2**31, f"max_upload_bytes {self.max_upload_bytes}: 1 KiB to 2 GiB")
+        need(0 < self.max_audio_seconds <= 4 * 3600, f"max_audio_seconds {self.max_audio_seconds}: (0, 14400]")
+        need(1 <= self.max_batch <= 256, f"max_batch {self.max_batch}: 1 to 256")
+        need(0 <= self.max_wait_ms <= 10_000, f"max_wait_ms {self.max_wait_ms}: 0 to 10000")
+        need(1 <= self.queue_size <= 4096, f"queue_size {self.queue_size}: 1 to 4096")
+        try:
+            check_chunk_seconds(self.chunk_seconds)
+        except ValueError as e:
+            need(False, str(e))
+        need(self.chunk_seconds <= self.batch_seconds <= 3600, f"batch_seconds {self.batch_seconds}: from "
+             f"chunk_seconds ({self.chunk_seconds}) to 3600")  # fmt: skip
+        need(0 < self.upload_timeout_s <= 3600, f"upload_timeout_s {self.upload_timeout_s}: (0, 3600]")
+        need(1 <= self.decode_threads <= 64, f"decode_threads {self.decode_threads}: 1 to 64")
+        need(self.threads is None or 1 <= self.threads <= 256, f"threads {self.threads}: 1 to 256")
+        need(self.precision in GRAPHS, f"precision {self.precision!r}: one of {', '.join(GRAPHS)}")
+
+    def to_env(self) -> str:
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k != "api_key"})
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        """For `uvicorn --factory` workers: every field from KORASR_SERVE_CONFIG (the API key from KORASR_API_KEY)."""
+        if not os.environ.get(ENV):
+            raise ValueError(f"{ENV} is not set (korasr serve --workers N sets it for its workers)")
+        values = json.loads(os.environ[ENV])
+        known = {f.name for f in fields(cls)} - {"api_key"}
+        return cls(**{k: v for k, v in values.items() if k in known})
