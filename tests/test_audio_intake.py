@@ -4,6 +4,7 @@ headers that lie, truncation in every container, and no exception but AudioError
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 import time
 import tracemalloc
@@ -70,7 +71,7 @@ def test_an_hour_of_flac_is_refused_from_its_header_in_constant_memory():
     hour = encode(np.zeros((48000 * 600, 2), np.float32), 48000, "FLAC")  # 10 minutes keep the test quick
     tracemalloc.start()
     started = time.perf_counter()
-    with pytest.raises(AudioError, match="600.0 s of audio, limit 20 s") as e:
+    with pytest.raises(AudioError, match=r"600\.0 s of audio, limit 20 s") as e:
         read_audio(io.BytesIO(hour), "hour.flac", LIMITS)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -131,7 +132,7 @@ def test_raw_pcm_is_bounded_before_it_is_read():
             read_pcm_s16le(io.BytesIO(pcm), rate, channels, "a.pcm", LIMITS)
     with pytest.raises(AudioError, match="whole number"):
         read_pcm_s16le(io.BytesIO(pcm[:-1]), 16000, 1, "a.pcm", LIMITS)
-    with pytest.raises(AudioError, match="250.0 s of audio, limit 20 s"):  # 1 MB at 2 kHz... known from the size
+    with pytest.raises(AudioError, match=r"250\.0 s of audio, limit 20 s"):  # known from the size
         read_pcm_s16le(io.BytesIO(b"\0" * 4_000_000), 8000, 1, "a.pcm", LIMITS)
 
 
@@ -141,7 +142,7 @@ def test_chunk_bounds_cover_the_audio_in_bounded_pieces():
         audio = rng.standard_normal(int(seconds * 16000)).astype(np.float32)
         bounds = chunk_bounds(audio, 30.0)
         assert bounds[0][0] == 0 and bounds[-1][1] == len(audio)
-        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
         assert all(0 < e - s <= 30 * 16000 for s, e in bounds) or seconds == 0
     with pytest.raises(ValueError, match="chunk_seconds"):
         chunk_bounds(np.zeros(10, np.float32), 0)
@@ -151,9 +152,9 @@ VALID = {fmt: encode(speechlike(1.5, 22050), 22050, fmt) for fmt in ("WAV", "FLA
 
 
 @st.composite
-def mutated(draw, fmt: str) -> bytes:
+def mutated(draw, fmt: str, valid: bytes | None = None) -> bytes:
     """A valid file with bytes flipped, spliced, cut or header fields set to extremes."""
-    data = bytearray(VALID[fmt])
+    data = bytearray(VALID[fmt] if valid is None else valid)
     for _ in range(draw(st.integers(1, 4))):
         action = draw(st.sampled_from(["flip", "cut", "insert", "field"]))
         at = draw(st.integers(0, max(len(data) - 1, 0)))

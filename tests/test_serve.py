@@ -144,15 +144,175 @@ def test_metrics_count_requests_audio_and_batches(client, clip):
     assert float(seconds[0].split()[-1]) > 3.0
 
 
-def test_api_key_guards_everything_but_health(exported, clip):
+def test_api_key_guards_everything_but_health_and_the_page(exported, clip):
     app = create_app(ServeConfig(model=exported, api_key="s3cret"))
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200
-        assert c.get("/metrics").status_code == 401
+        page = c.get("/")  # static HTML, no data: it asks for the key and sends it with each request
+        assert page.status_code == 200 and 'id="key"' in page.text and "X-API-Key" in page.text
+        for path in ("/metrics", "/docs", "/redoc", "/openapi.json", "/no-such-path"):
+            assert c.get(path).status_code == 401, path
         assert c.post("/v1/transcribe", files={"audio": ("a.wav", clip["wav"])}).status_code == 401
-        assert c.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         ok = c.post("/v1/transcribe", files={"audio": ("a.wav", clip["wav"])}, headers={"X-API-Key": "s3cret"})
         assert ok.status_code == 200
+        text = c.get("/metrics", headers={"X-API-Key": "s3cret"}).text
+        assert 'korasr_requests_total{route="unmatched",status="401"} 1.0' in text
+    with TestClient(create_app(ServeConfig(model=exported, api_key="s3cret", public_docs=True))) as c:
+        assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200
+        assert c.get("/metrics").status_code == 401
+
+
+async def asgi_post(app, path: str, receive, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[dict, bytes]:
+    """One POST straight through the ASGI app with the caller's receive(): what was sent back."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "client": ("t", 1),
+             "server": ("t", 80), "headers": [(b"content-type", b"multipart/form-data; boundary=x"),
+                                               *(headers or [])]}  # fmt: skip
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_key_admission_and_upload_deadline_are_decided_before_the_body_is_read(exported):
+    app = create_app(ServeConfig(model=exported, api_key="k", queue_size=1, upload_timeout_s=1.0))
+    reads: list[str] = []
+
+    def never_sends(name: str):
+        async def receive() -> dict:
+            reads.append(name)
+            await asyncio.Event().wait()  # a client that opened an upload and sends nothing
+
+        return receive
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            start, body = await asgi_post(app, "/v1/transcribe", never_sends("keyless"))
+            assert start["status"] == 401 and b"API key" in body
+            slow = asyncio.create_task(asgi_post(app, "/v1/transcribe", never_sends("slow"), [(b"x-api-key", b"k")]))
+            await asyncio.sleep(0.2)  # the slow upload holds the only admission slot
+            busy, body = await asgi_post(app, "/v1/transcribe", never_sends("second"), [(b"x-api-key", b"k")])
+            assert busy["status"] == 503 and (b"retry-after", b"1") in busy["headers"] and b"busy" in body
+            timed_out, body = await slow
+            assert timed_out["status"] == 408 and b"not complete within 1 s" in body
+            return app.state.korasr
+
+    asyncio.run(scenario())
+    assert reads == ["slow"]  # neither the keyless nor the refused request had a body byte read
+
+
+def test_a_failing_request_fails_alone(exported, clip):
+    from korasr.runtime import Recognizer
+    from korasr.serve.batcher import Batcher
+
+    async def scenario():
+        batcher = Batcher(Recognizer(exported), max_batch=8, max_wait_s=0.05, chunk_seconds=30, batch_seconds=60)
+        batcher.start()
+        with batcher.arrival():  # three requests on their way: the worker waits to batch them
+            good = [asyncio.create_task(batcher.submit(clip["audio"])) for _ in range(2)]
+            bad = asyncio.create_task(batcher.submit(np.zeros((2, 2, 2), np.float32)))  # no audio shape
+        outcomes = await asyncio.gather(*good, bad, return_exceptions=True)
+        await batcher.stop()
+        return outcomes, list(batcher.batch_sizes)
+
+    (first, second, failed), sizes = asyncio.run(scenario())
+    assert sizes == [3]  # one batch, which failed and was retried request by request
+    assert first.text == second.text and first.text
+    assert isinstance(failed, ValueError) and "shape" in str(failed)
+
+
+def test_hostile_bodies_are_refused_before_they_are_decoded(client, clip):
+    from korasr.data.audio import wav_header
+
+    bomb = wav_header(40_000, sample_rate=1) + b"\x00" * 40_000  # 20,000 s declared at 1 Hz
+    r = client.post("/v1/transcribe", files={"audio": ("bomb.wav", bomb)})
+    assert r.status_code == 400 and "sample rate 1 Hz" in r.json()["error"]
+    hour = encode(np.zeros((48000 * 600, 2), dtype=np.float32), 48000, "FLAC")  # 10 min of stereo silence, ~100 kB
+    r = client.post("/v1/audio/transcriptions", files={"file": ("hour.flac", hour)})
+    assert r.status_code == 413 and "600.0 s of audio, limit 20 s" in r.json()["error"]
+    pcm = (clip["audio"] * 32767).astype("<i2").tobytes()
+    for rate, channels in [("9223372036854775807", "1"), ("9" * 401, "1"), ("16000", "100"), ("16000", "0")]:
+        r = client.post("/v1/transcribe", files={"audio": ("a.pcm", pcm)},
+                        data={"sample_rate": rate, "channels": channels, "encoding": "s16le"})  # fmt: skip
+        assert r.status_code == 400 and r.json()["error"], (rate, channels, r.text)
+    long_pcm = client.post("/v1/transcribe", files={"audio": ("a.pcm", b"\0" * 800_000)},
+                           data={"sample_rate": "8000", "channels": "1", "encoding": "s16le"})  # fmt: skip
+    assert long_pcm.status_code == 413  # 50 s at 8 kHz: known from the size, before resampling
+
+
+@pytest.mark.parametrize("fmt", ["OGG", "MP3", "FLAC"])
+def test_truncated_compressed_bodies_are_400(client, clip, fmt):
+    data = encode(clip["audio"], 16000, fmt)
+    r = client.post("/v1/transcribe", files={"audio": (f"a.{fmt.lower()}", data[: len(data) * 2 // 3])})
+    assert r.status_code == 400 and r.json()["error"], r.text
+
+
+def test_metric_labels_are_route_templates(client):
+    for n in range(5):
+        assert client.get(f"/probe-{n}").status_code == 404
+    text = client.get("/metrics").text
+    assert "/probe-" not in text
+    assert 'korasr_requests_total{route="unmatched",status="404"}' in text
+
+
+def test_long_audio_is_decoded_in_bounded_batches(exported, recipe):
+    """300 s of speech: chunks of at most 30 s, at most 60 s of padded audio per model call; the text is the
+    chunks' texts, and word times run through the whole file."""
+    from korasr.runtime import Recognizer, chunk_bounds
+
+    rows = eval_rows(recipe, 200)
+    parts, total = [], 0
+    for row in rows:
+        audio, _ = sf.read(row["audio_filepath"], dtype="float32")
+        parts += [audio, np.zeros(4000, np.float32)]
+        total += len(audio) + 4000
+        if total > 300 * 16000:
+            break
+    long = np.concatenate(parts)[: 300 * 16000]
+    recognizer = Recognizer(exported)
+    calls: list[tuple[int, int]] = []
+    real = recognizer.logprobs
+
+    def recorded(waves):  # the real model; only the batch shapes are noted
+        calls.append((len(waves), max(len(w) for w in waves)))
+        return real(waves)
+
+    recognizer.logprobs = recorded
+    result = recognizer.transcribe_arrays([long, clip_of(long)], timestamps=True, batch_seconds=60)[0]
+    assert all(n * width <= 60 * 16000 for n, width in calls), calls
+    assert sum(n for n, _ in calls) == len(chunk_bounds(long, 30)) + 1
+    assert len(result.text) > 200 and result.words[-1].end > 280
+    assert all(a.start <= b.start for a, b in zip(result.words, result.words[1:], strict=False))
+
+
+def clip_of(audio: np.ndarray) -> np.ndarray:
+    return audio[: 3 * 16000]
+
+
+VALID_FORMATS = ("WAV", "FLAC", "OGG", "MP3")
+
+
+@pytest.mark.parametrize("fmt", VALID_FORMATS)
+def test_mutated_uploads_get_json_4xx_never_5xx(client, clip, fmt):
+    from hypothesis import HealthCheck, given, settings
+
+    from tests.test_audio_intake import mutated
+
+    valid = encode(clip["audio"][: 16000 * 2], 16000, fmt)
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(mutated(fmt, valid))
+    def check(data: bytes) -> None:
+        r = client.post("/v1/transcribe", files={"audio": (f"m.{fmt.lower()}", data)})
+        assert r.status_code in (200, 400, 413, 415), (r.status_code, r.text)
+        assert r.json()["text" if r.status_code == 200 else "error"] is not None
+
+    check()
 
 
 def test_page_and_openapi(client):
@@ -160,6 +320,13 @@ def test_page_and_openapi(client):
     assert page.status_code == 200 and 'id="file"' in page.text and "getUserMedia" in page.text
     spec = client.get("/openapi.json").json()
     assert {"/v1/transcribe", "/v1/audio/transcriptions", "/health", "/metrics"} <= set(spec["paths"])
+    assert "before the body is read" in spec["info"]["description"]
+
+
+def generate_latest_of(app) -> str:
+    from fastapi.testclient import TestClient as Client
+
+    return Client(app).get("/metrics").text
 
 
 def test_concurrent_requests_are_batched_and_a_full_queue_says_503(exported, recipe):
@@ -180,6 +347,8 @@ def test_concurrent_requests_are_batched_and_a_full_queue_says_503(exported, rec
     responses, sizes = asyncio.run(scenario())
     assert all(r.status_code == 200 for r in responses)
     assert max(sizes) > 1 and sum(sizes) == 16  # concurrent requests shared decoding batches
+    text = generate_latest_of(app)
+    assert f"korasr_batch_size_count {float(len(sizes))}" in text and "korasr_batch_size_sum 16.0" in text
 
     tiny_queue = create_app(ServeConfig(model=exported, max_batch=1, max_wait_ms=0, queue_size=1))
 
@@ -208,7 +377,7 @@ def live_server(exported):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(model=exported)), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(model=exported, api_key="page-key")), host="127.0.0.1", port=port,
                                            log_level="warning"))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -241,6 +410,7 @@ def test_page_uploads_a_file_in_headless_chromium(live_server, clip, expected, t
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
         driver.get(live_server + "/")
+        driver.find_element(By.ID, "key").send_keys("page-key")  # the server needs a key: the page sends it
         driver.find_element(By.ID, "file").send_keys(clip["row"]["audio_filepath"])
         driver.find_element(By.ID, "send").click()
         WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "transcript").text.strip())

@@ -66,8 +66,7 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
 
     metrics = Metrics()
     limits = AudioLimits(max_seconds=config.max_audio_seconds)
-    state: dict = {"ready": False, "batcher": None, "recognizer": None}
-    decoders = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="korasr-audio")
+    state: dict = {"ready": False, "batcher": None, "recognizer": None, "decoders": None}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):  # type: ignore[no-untyped-def]
@@ -83,7 +82,8 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
         metrics.model.info({"model": config.model.name, "source_sha256": str(info.get("source_sha256", ""))[:12],
                             "unit": info["unit"], "precision": config.precision,
                             "korasr": str(info.get("versions", {}).get("korasr", ""))})  # fmt: skip
-        state.update(ready=True, batcher=batcher, recognizer=recognizer)
+        decoders = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="korasr-audio")
+        state.update(ready=True, batcher=batcher, recognizer=recognizer, decoders=decoders)
         yield
         state["ready"] = False
         await batcher.stop()
@@ -121,7 +121,7 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
         name = (upload.filename or "upload")[:200]
         with batcher.arrival():
             loop = asyncio.get_running_loop()
-            audio = await loop.run_in_executor(decoders, decode_upload, upload.file, name, raw, limits)
+            audio = await loop.run_in_executor(state["decoders"], decode_upload, upload.file, name, raw, limits)
         duration = len(audio) / SAMPLE_RATE
         result = await batcher.submit(audio)
         elapsed = time.perf_counter() - started
