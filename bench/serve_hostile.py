@@ -125,8 +125,9 @@ async def slow_upload(port: int) -> int:
 
 
 async def oversized(client, url: str) -> int:
-    async def body():
-        for _ in range(300):  # 30 MB, chunked (no Content-Length): refused while it streams
+    async def body():  # a valid multipart upload of 30 MB, chunked (no Content-Length): refused while it streams
+        yield b'--x\r\nContent-Disposition: form-data; name="audio"; filename="big.wav"\r\n\r\n'
+        for _ in range(300):
             yield b"\0" * 100_000
 
     r = await client.post(

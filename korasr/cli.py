@@ -213,6 +213,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         queue_size=args.queue_size,
+        max_waiting=args.max_waiting,
         chunk_seconds=args.chunk_seconds,
         batch_seconds=args.batch_seconds,
         upload_timeout_s=args.upload_timeout,
@@ -396,16 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-wait-ms", type=bounded(float, 0, 10_000), default=10.0, help="how long a batch waits to fill")
     p.add_argument("--queue-size", type=bounded(int, 1, 4096), default=16,
-                   help="transcription requests admitted at once (uploading, decoding, waiting); more get 503")  # fmt: skip
+                   help="transcription requests admitted at once (uploading, decoding, queued; default: 16)")  # fmt: skip
+    p.add_argument("--max-waiting", type=bounded(int, 0, 65536), default=64,
+                   help="requests waiting for admission in arrival order (default: 64); more get 503")  # fmt: skip
     p.add_argument("--max-upload-mb", type=bounded(float, 0.001, 2048), default=25.0)
     p.add_argument("--max-audio-seconds", type=bounded(float, 0.1, 14400), default=300.0,
                    help="longer audio gets 413, known from its header before it is decoded")  # fmt: skip
     p.add_argument("--chunk-seconds", type=bounded(float, MIN_CHUNK_SECONDS, 3600), default=30.0,
                    help="longer audio is decoded in chunks of at most this many seconds (default: 30)")  # fmt: skip
-    p.add_argument("--batch-seconds", type=bounded(float, MIN_CHUNK_SECONDS, 3600), default=60.0,
-                   help="padded audio in one model batch, at most (default: 60; bounds the model's memory)")  # fmt: skip
+    p.add_argument("--batch-seconds", type=bounded(float, MIN_CHUNK_SECONDS, 3600), default=30.0,
+                   help="padded audio in one model batch, at most (default: 30; bounds the model memory; raise on a GPU)")  # fmt: skip
     p.add_argument("--upload-timeout", type=bounded(float, 0.1, 3600), default=60.0, metavar="S",
-                   help="a request body not complete within S seconds gets 408 (default: 60)")  # fmt: skip
+                   help="a request not admitted with its body complete within S s gets 503/408 (default: 60)")  # fmt: skip
     p.add_argument("--public-docs", action="store_true", help="/docs and /openapi.json without the API key")
     p.add_argument("--threads", type=bounded(int, 1, 256), default=None, help="onnxruntime intra-op threads")
     _add_precision(p)

@@ -141,7 +141,7 @@ def test_metrics_count_requests_audio_and_batches(client, clip):
     assert "korasr_request_seconds_bucket" in text and "korasr_real_time_factor_bucket" in text
     assert "korasr_in_flight_requests" in text and "korasr_model_info{" in text
     seconds = [line for line in text.splitlines() if line.startswith("korasr_audio_seconds_total")]
-    assert float(seconds[0].split()[-1]) > 3.0
+    assert float(seconds[0].split()[-1]) >= clip["row"]["duration"] - 0.01
 
 
 def test_api_key_guards_everything_but_health_and_the_page(exported, clip):
@@ -180,8 +180,9 @@ async def asgi_post(app, path: str, receive, headers: list[tuple[bytes, bytes]] 
 
 
 def test_key_admission_and_upload_deadline_are_decided_before_the_body_is_read(exported):
-    app = create_app(ServeConfig(model=exported, api_key="k", queue_size=1, upload_timeout_s=1.0))
+    app = create_app(ServeConfig(model=exported, api_key="k", queue_size=1, max_waiting=1, upload_timeout_s=1.0))
     reads: list[str] = []
+    key = [(b"x-api-key", b"k")]
 
     def never_sends(name: str):
         async def receive() -> dict:
@@ -194,16 +195,20 @@ def test_key_admission_and_upload_deadline_are_decided_before_the_body_is_read(e
         async with app.router.lifespan_context(app):
             start, body = await asgi_post(app, "/v1/transcribe", never_sends("keyless"))
             assert start["status"] == 401 and b"API key" in body
-            slow = asyncio.create_task(asgi_post(app, "/v1/transcribe", never_sends("slow"), [(b"x-api-key", b"k")]))
-            await asyncio.sleep(0.2)  # the slow upload holds the only admission slot
-            busy, body = await asgi_post(app, "/v1/transcribe", never_sends("second"), [(b"x-api-key", b"k")])
-            assert busy["status"] == 503 and (b"retry-after", b"1") in busy["headers"] and b"busy" in body
+            slow = asyncio.create_task(asgi_post(app, "/v1/transcribe", never_sends("slow"), key))
+            await asyncio.sleep(0.2)  # the slow upload holds the only slot
+            waiting = asyncio.create_task(asgi_post(app, "/v1/transcribe", never_sends("waiting"), key))
+            await asyncio.sleep(0.2)  # the second waits for it, its body unread
+            busy, body = await asgi_post(app, "/v1/transcribe", never_sends("third"), key)
+            assert busy["status"] == 503 and (b"retry-after", b"1") in busy["headers"] and b"1 waiting" in body
+            assert reads == ["slow"]
             timed_out, body = await slow
             assert timed_out["status"] == 408 and b"not complete within 1 s" in body
-            return app.state.korasr
+            second, _ = await waiting  # got the slot when the first left, then ran out of its own deadline
+            assert second["status"] == 408
 
     asyncio.run(scenario())
-    assert reads == ["slow"]  # neither the keyless nor the refused request had a body byte read
+    assert reads == ["slow", "waiting"]  # the keyless and the refused request never had a body byte read
 
 
 def test_a_failing_request_fails_alone(exported, clip):
@@ -224,6 +229,16 @@ def test_a_failing_request_fails_alone(exported, clip):
     assert sizes == [3]  # one batch, which failed and was retried request by request
     assert first.text == second.text and first.text
     assert isinstance(failed, ValueError) and "shape" in str(failed)
+
+
+def test_a_server_error_is_json_and_counted(exported, clip):
+    """Fault injection: the decoder breaks after start-up. The request gets a JSON 500, the metrics count it."""
+    with TestClient(create_app(ServeConfig(model=exported)), raise_server_exceptions=False) as c:
+        c.app.state.korasr["batcher"].recognizer = None
+        r = c.post("/v1/transcribe", files={"audio": ("a.wav", clip["wav"])})
+        assert r.status_code == 500 and r.json()["error"] == "internal error: AttributeError"
+        assert 'korasr_requests_total{route="/v1/transcribe",status="500"} 1.0' in c.get("/metrics").text
+        assert c.get("/health").status_code == 200
 
 
 def test_hostile_bodies_are_refused_before_they_are_decoded(client, clip):
@@ -350,7 +365,7 @@ def test_concurrent_requests_are_batched_and_a_full_queue_says_503(exported, rec
     text = generate_latest_of(app)
     assert f"korasr_batch_size_count {float(len(sizes))}" in text and "korasr_batch_size_sum 16.0" in text
 
-    tiny_queue = create_app(ServeConfig(model=exported, max_batch=1, max_wait_ms=0, queue_size=1))
+    tiny_queue = create_app(ServeConfig(model=exported, max_batch=1, max_wait_ms=0, queue_size=1, max_waiting=0))
 
     async def flood():
         async with tiny_queue.router.lifespan_context(tiny_queue):

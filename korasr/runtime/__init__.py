@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from korasr.runtime.audio import SAMPLE_RATE, to_mono_16k
+from korasr.runtime.audio import SAMPLE_RATE, AudioLimits, to_mono_16k
 from korasr.text.codec import from_model_text
 
 WORD_BOUNDARY = "▁"
@@ -206,7 +206,7 @@ class Recognizer:
         *,
         batch_size: int = 16,
         timestamps: bool = False,
-        chunk_seconds: float = 30.0,
+        chunk_seconds: float = CHUNK_SECONDS,
     ) -> list[Result]:
         """Transcripts of audio files (anything libsndfile reads), in order."""
         check_chunk_seconds(chunk_seconds)
@@ -217,6 +217,7 @@ class Recognizer:
                 info = sf.info(str(path))
             except (RuntimeError, sf.LibsndfileError) as e:
                 raise ValueError(f"{path}: cannot read audio ({e})") from None
+            AudioLimits().check_format(str(path), info.samplerate, info.channels)  # a header's 1 Hz is not audio
             if info.duration > chunk_seconds:
                 results[i] = self._transcribe_long(path, chunk_seconds, timestamps)
             else:

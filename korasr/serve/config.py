@@ -22,11 +22,12 @@ class ServeConfig:
     # Transcription requests admitted at once (uploading, decoding from their format, waiting or being decoded
     # by the model); one more gets 503 with Retry-After before its body is read.
     queue_size: int = 16
+    max_waiting: int = 64  # requests waiting for a slot in arrival order (no body read yet); more get 503
     # Long audio is decoded in chunks of at most chunk_seconds; a model batch holds at most batch_seconds of
     # padded audio. Together they bound the model's memory, whatever the requests' lengths.
     chunk_seconds: float = CHUNK_SECONDS
-    batch_seconds: float = 60.0
-    upload_timeout_s: float = 60.0  # a body not complete by then gets 408 (slow clients cannot hold a slot)
+    batch_seconds: float = 30.0
+    upload_timeout_s: float = 60.0  # admitted with the body complete by then, or 503/408 (slow clients hold no slot)
     decode_threads: int = 2  # threads decoding uploads from their container format
     threads: int | None = None  # onnxruntime intra-op threads
     precision: str = "fp32"
@@ -47,6 +48,7 @@ class ServeConfig:
         need(1 <= self.max_batch <= 256, f"max_batch {self.max_batch}: 1 to 256")
         need(0 <= self.max_wait_ms <= 10_000, f"max_wait_ms {self.max_wait_ms}: 0 to 10000")
         need(1 <= self.queue_size <= 4096, f"queue_size {self.queue_size}: 1 to 4096")
+        need(0 <= self.max_waiting <= 65536, f"max_waiting {self.max_waiting}: 0 to 65536")
         try:
             check_chunk_seconds(self.chunk_seconds)
         except ValueError as e:

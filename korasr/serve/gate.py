@@ -2,9 +2,11 @@
 
 - the API key, checked from the headers before any body byte is read (every path but ``/health`` and the page
   at ``/``; the docs too unless ``public_docs``);
-- admission: at most ``queue_size`` transcription requests at once, one more gets 503 with Retry-After at once;
-- an upload deadline: a body not complete within ``upload_timeout_s`` gets 408, so slow clients cannot hold
-  the admission slots;
+- admission: at most ``queue_size`` transcription requests at once; up to ``max_waiting`` more wait for a slot
+  in arrival order (so a client that retries in a tight loop cannot starve one that waits its turn), and beyond
+  that, or with no slot before the upload deadline, 503 with Retry-After;
+- an upload deadline: a request not admitted with its body complete within ``upload_timeout_s`` of arriving gets
+  503 or 408, so slow clients cannot hold the slots;
 - the request metrics, labelled by route template (unknown paths share the label ``unmatched``, so labels are a
   fixed set), counting every outcome, the 500 of an exception that escapes the routes included.
 """
@@ -15,6 +17,7 @@ import asyncio
 import json
 import secrets
 import time
+from collections import deque
 from typing import Any
 
 from starlette.routing import Match
@@ -36,7 +39,8 @@ async def reply(send: Any, status: int, message: str, headers: dict[str, str] | 
 class Gate:
     def __init__(self, app: Any, *, config: Any, routes: list, metrics: Any):
         self.app, self.config, self.routes, self.metrics = app, config, routes, metrics
-        self.admitted = 0
+        self.admitted = 0  # requests holding a slot
+        self.waiters: deque[asyncio.Future] = deque()  # requests waiting for one, in arrival order
         self.open_routes = PUBLIC_ROUTES | (DOC_ROUTES if config.public_docs else frozenset())
 
     def route_of(self, scope: dict) -> str:
@@ -79,13 +83,40 @@ class Gate:
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
+    async def _slot(self, timeout: float) -> bool:
+        """Take an admission slot, waiting in arrival order behind at most ``max_waiting`` others until
+        ``timeout``; False when none came. Waiting holds only the connection: no body byte is read."""
+        if self.admitted < self.config.queue_size and not self.waiters:
+            self.admitted += 1
+            return True
+        if len(self.waiters) >= self.config.max_waiting:
+            return False
+        turn = asyncio.get_running_loop().create_future()
+        self.waiters.append(turn)
+        try:
+            await asyncio.wait_for(turn, timeout)  # a slot handed over at the timeout still counts
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if turn in self.waiters:
+                self.waiters.remove(turn)
+
+    def _release(self) -> None:
+        while self.waiters:  # hand the slot to the first request still waiting
+            turn = self.waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.admitted -= 1
+
     async def _admit(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.admitted >= self.config.queue_size:
-            await reply(send, 503, f"server busy: {self.config.queue_size} requests in progress",
-                        {"Retry-After": "1"})  # fmt: skip
-            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.upload_timeout_s
+        if not await self._slot(self.config.upload_timeout_s):
+            await reply(send, 503, f"server busy: {self.config.queue_size} requests in progress and "
+                        f"{len(self.waiters)} waiting", {"Retry-After": "1"})  # fmt: skip
+            return
         body_done = timed_out = replied = False
 
         async def receive_by_deadline() -> dict:
@@ -108,14 +139,13 @@ class Gate:
                 replied = True
                 await reply(send, 408, f"upload not complete within {self.config.upload_timeout_s:g} s")
 
-        self.admitted += 1
         try:
             await self.app(scope, receive_by_deadline, send_or_408)
         except UploadTimeout:
             if not replied:
                 await reply(send, 408, f"upload not complete within {self.config.upload_timeout_s:g} s")
         finally:
-            self.admitted -= 1
+            self._release()
 
 
 class UploadTimeout(Exception):
