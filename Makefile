@@ -47,7 +47,7 @@ MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
-.PHONY: help setup espeak browser test lint format sample-corpus prepare tokenizer train train-only evaluate export serve bench bench-inference bench-serve bench-memory clean
+.PHONY: help setup espeak browser test lint format sample-corpus prepare tokenizer train train-only evaluate export serve bench bench-inference bench-serve bench-hostile bench-memory clean
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -145,6 +145,9 @@ bench-inference: setup ## CPU inference: korasr runtime vs sherpa-onnx vs NeMo t
 
 bench-serve: setup ## loopback load on korasr serve, batched vs unbatched, 1/8/32 clients, RSS (needs make export)
 	$(BIN)/python bench/serve_load.py
+
+bench-hostile: setup ## korasr serve under 32 hostile clients: peak RSS per request and under attack, 5xx, legit clients served (needs make export)
+	$(BIN)/python bench/serve_hostile.py
 
 bench-memory: setup ## peak memory of data prep on 10k and 100k utterances
 	$(BIN)/python bench/prepare_memory.py --jobs $(JOBS)

@@ -74,8 +74,10 @@ def payloads(clip: np.ndarray) -> dict[str, dict]:
     """name → request (multipart file, form fields) for every hostile case."""
     from korasr.data.audio import wav_header
 
-    streaming = bytearray(encode(np.tile(clip, 70)[: 16000 * 320], 16000, "WAV", subtype="PCM_16"))
+    streaming = bytearray(encode(np.tile(clip, 320)[: 16000 * 320], 16000, "WAV", subtype="PCM_16"))
     streaming[40:44] = struct.pack("<I", 0xFFFFFFFF)  # "length unknown": 320 s in the body
+    hidden = bytearray(encode(np.tile(clip, 320), 16000, "FLAC"))  # STREAMINFO total samples 0: "unknown"
+    hidden[18:26] = (int.from_bytes(hidden[18:26], "big") & ~((1 << 36) - 1)).to_bytes(8, "big")
     ogg, mp3 = encode(clip, 16000, "OGG"), encode(clip, 16000, "MP3")
     pcm = (clip * 32767).astype("<i2").tobytes()
     raw = {"channels": "1", "encoding": "s16le"}
@@ -83,6 +85,7 @@ def payloads(clip: np.ndarray) -> dict[str, dict]:
         "wav declaring 1 Hz": {"file": wav_header(40_000, sample_rate=1) + b"\0" * 40_000},
         "1 h FLAC silence 48k stereo": {"file": hour_of_flac_silence()},
         "streaming WAV, 320 s": {"file": bytes(streaming)},
+        "FLAC hiding its length, 320 s": {"file": bytes(hidden)},
         "raw PCM at 2^63-1 Hz": {"file": pcm, "data": {**raw, "sample_rate": str(2**63 - 1)}},
         "raw PCM, 401-digit rate": {"file": pcm, "data": {**raw, "sample_rate": "9" * 401}},
         "truncated OGG": {"file": ogg[: len(ogg) * 2 // 3]},

@@ -70,16 +70,32 @@ def to_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 class _Mono16k:
-    """Blocks of ``[n, channels]`` audio at ``rate`` in, one 16 kHz mono array out, with a running limit."""
+    """Blocks of ``[n, channels]`` audio at ``rate`` in, one 16 kHz mono array out, with a running limit.
 
-    def __init__(self, name: str, rate: int, limits: AudioLimits):
+    The output is written into one buffer as blocks arrive, so the audio is never held twice (parts and their
+    concatenation). ``expected`` frames (the header's count, when it has one) size it; it grows by doubling
+    when a header understated, and never beyond what the limit allows."""
+
+    def __init__(self, name: str, rate: int, limits: AudioLimits, expected: int = 0):
         self.name, self.rate, self.limits = name, rate, limits
         self.cap = math.floor(limits.max_seconds * rate) if limits.max_seconds is not None else None
         self.stream = (
             soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") if rate != SAMPLE_RATE else None
         )
-        self.parts: list[np.ndarray] = []
+        frames = min(expected, self.cap) if self.cap is not None else expected
+        self.out = np.empty(self._samples(max(frames, BLOCK_FRAMES)), dtype=np.float32)
+        self.filled = 0
         self.frames = 0
+
+    def _samples(self, frames: int) -> int:
+        return math.ceil(frames * SAMPLE_RATE / self.rate) + 1024  # the resampler's rounding and flush
+
+    def _write(self, mono: np.ndarray) -> None:
+        end = self.filled + len(mono)
+        if end > len(self.out):
+            self.out = np.resize(self.out, max(end, 2 * len(self.out)))
+        self.out[self.filled : end] = mono
+        self.filled = end
 
     def add(self, block: np.ndarray) -> None:
         self.frames += len(block)
@@ -88,14 +104,14 @@ class _Mono16k:
         mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
         if not np.isfinite(mono).all():
             raise AudioError("corrupt", f"{self.name}: samples that are not finite numbers (NaN or infinity)")
-        self.parts.append(self.stream.resample_chunk(mono) if self.stream else mono.copy())
+        self._write(self.stream.resample_chunk(mono) if self.stream else mono)
 
     def finish(self) -> np.ndarray:
         if self.frames == 0:
             raise AudioError("empty", f"{self.name}: no audio samples")
         if self.stream:
-            self.parts.append(self.stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-        return np.concatenate(self.parts).astype(np.float32, copy=False)
+            self._write(self.stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+        return self.out[: self.filled]
 
 
 def read_audio(source: str | IO[bytes], name: str | None = None, limits: AudioLimits = AudioLimits()) -> np.ndarray:
@@ -119,7 +135,7 @@ def read_audio(source: str | IO[bytes], name: str | None = None, limits: AudioLi
         declared = f.frames if 0 < f.frames < 2**62 else 0  # libsndfile says 2**63 - 1 for 'unknown'
         if declared:
             limits.check_duration(name, declared / f.samplerate)
-        out = _Mono16k(name, f.samplerate, limits)
+        out = _Mono16k(name, f.samplerate, limits, declared)
         try:
             while len(block := f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)):
                 out.add(block)
@@ -153,7 +169,7 @@ def read_pcm_s16le(source: IO[bytes], rate: int, channels: int, name: str = "aud
         raise AudioError("corrupt", f"{name}: raw PCM length {size} is not a whole number of "
                          f"{channels}-channel 16-bit frames")  # fmt: skip
     limits.check_duration(name, size / (2 * channels) / rate)
-    out = _Mono16k(name, rate, limits)
+    out = _Mono16k(name, rate, limits, size // (2 * channels))
     while data := source.read(BLOCK_FRAMES * 2 * channels):
         out.add(np.frombuffer(data, dtype="<i2").reshape(-1, channels).astype(np.float32) / 32768.0)
     return out.finish()
