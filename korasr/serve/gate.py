@@ -98,6 +98,10 @@ class Gate:
             return True
         except TimeoutError:
             return False
+        except BaseException:  # cancelled (server shutdown): a slot handed over just then is passed on
+            if turn.done() and not turn.cancelled():
+                self._release()
+            raise
         finally:
             if turn in self.waiters:
                 self.waiters.remove(turn)
