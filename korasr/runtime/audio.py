@@ -73,8 +73,10 @@ class _Mono16k:
     """Blocks of ``[n, channels]`` audio at ``rate`` in, one 16 kHz mono array out, with a running limit.
 
     The output is written into one buffer as blocks arrive, so the audio is never held twice (parts and their
-    concatenation). ``expected`` frames (the header's count, when it has one) size it; it grows by doubling
-    when a header understated, and never beyond what the limit allows."""
+    concatenation, or an old and a grown buffer). With a limit (up to 10 minutes), the buffer is allocated at
+    the limit's size: untouched pages cost address space, not memory, so a header that hides or understates the
+    length costs no more than one that tells it. Otherwise ``expected`` frames (the header's count) size it,
+    doubling if the header understated."""
 
     def __init__(self, name: str, rate: int, limits: AudioLimits, expected: int = 0):
         self.name, self.rate, self.limits = name, rate, limits
@@ -82,8 +84,10 @@ class _Mono16k:
         self.stream = (
             soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") if rate != SAMPLE_RATE else None
         )
-        frames = min(expected, self.cap) if self.cap is not None else expected
-        self.out = np.empty(self._samples(max(frames, BLOCK_FRAMES)), dtype=np.float32)
+        frames = max(expected, BLOCK_FRAMES)
+        if self.cap is not None:  # up to 10 minutes of address space at once; past that it doubles
+            frames = min(self.cap, max(frames, 600 * rate))
+        self.out = np.empty(self._samples(frames), dtype=np.float32)
         self.filled = 0
         self.frames = 0
 
