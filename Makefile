@@ -32,7 +32,7 @@ endif
 # Scale-out: DEVICES=8 NODES=2 (Lightning DDP); empty keeps the config's choice (all GPUs, or 1 CPU).
 DEVICES ?=
 NODES ?=
-TRAIN_ARGS := model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES))
+TRAIN_ARGS = model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES)) $(if $(NOISE_MANIFEST),model.train_ds.noise_path=$(NOISE_MANIFEST))
 EVAL_ARGS := --evaluate manifests/$(RECIPE)/eval_clean.jsonl --evaluate manifests/$(RECIPE)/eval_other.jsonl --results recipes/$(RECIPE)/RESULTS.md
 # The export folder `make serve` serves, and where.
 EXPORT ?= $(if $(MODEL),$(dir $(MODEL))export)
@@ -47,7 +47,7 @@ MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
-.PHONY: help setup espeak browser test lint format sample-corpus prepare tokenizer train train-only evaluate export serve bench bench-inference bench-serve bench-hostile bench-memory clean
+.PHONY: help setup espeak browser test lint format sample-corpus prepare noise tokenizer train train-only evaluate export serve bench bench-inference bench-serve bench-hostile bench-memory clean
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -114,10 +114,24 @@ prepare:
 	@echo "unknown RECIPE=$(RECIPE): recipes are sample, kspon"; exit 2
 endif
 
+# Noise for augmentation: the sample recipe makes its own; for kspon, NOISE_ROOT=/data/musan (or any folder of audio).
+NOISE_ROOT ?=
+ifeq ($(RECIPE),sample)
+NOISE_MANIFEST := manifests/sample/noise/noise_cuts.jsonl.gz
+noise: setup ## the lhotse noise manifest (sample: its own babble/noise/hum/tones; kspon: NOISE_ROOT=MUSAN or a folder)
+	$(BIN)/korasr sample-noise data/sample/noise
+	$(BIN)/korasr prepare noise --root data/sample/noise --out manifests/sample/noise
+else
+NOISE_MANIFEST := $(if $(NOISE_ROOT),manifests/$(RECIPE)/noise/noise_cuts.jsonl.gz)
+noise: setup
+	@if [ -z "$(NOISE_ROOT)" ]; then echo "make noise RECIPE=$(RECIPE) needs NOISE_ROOT=/path/to/musan (or any folder of audio)"; exit 2; fi
+	$(BIN)/korasr prepare noise --root $(NOISE_ROOT) --out manifests/$(RECIPE)/noise
+endif
+
 tokenizer: prepare ## tokenizers/RECIPE/UNIT_TYPE_vVOCAB from the train manifest (UNIT=jamo TYPE=unigram VOCAB=...)
 	$(BIN)/korasr tokenizer build --manifest manifests/$(RECIPE)/train.jsonl --unit $(UNIT) --type $(TYPE) --vocab $(VOCAB) --out $(TOKENIZER_DIR)
 
-train: tokenizer ## the recipe: corpus → prepare → tokenizer → train → evaluate (RECIPE=sample|kspon, ARGS=overrides)
+train: tokenizer $(if $(NOISE_MANIFEST),noise) ## the recipe: corpus → prepare → tokenizer → train → evaluate (RECIPE=sample|kspon, ARGS=overrides)
 	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(EVAL_ARGS) $(ARGS)
 
 train-only: setup ## the train stage alone (manifests and tokenizer must exist)

@@ -67,6 +67,21 @@ def _prepare_kspon(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_noise(args: argparse.Namespace) -> int:
+    from korasr.data.noise import prepare_noise
+
+    print(prepare_noise(args.root, args.out).manifest)
+    return 0
+
+
+def _sample_noise(args: argparse.Namespace) -> int:
+    from korasr.data.noise import make_sample_noise
+
+    print(make_sample_noise(args.out, files_per_kind=args.files_per_kind, seconds=args.seconds, seed=args.seed,
+                            synth=args.synth))  # fmt: skip
+    return 0
+
+
 def _sample_corpus(args: argparse.Namespace) -> int:
     from korasr.data.sample_corpus import SampleOptions, make_sample_corpus
 
@@ -114,10 +129,14 @@ def _tokenizer_report(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from korasr.train import compose, recipe_configs, train
+    from korasr.train import compose, dry_run, recipe_configs, train
 
     configs = recipe_configs(args.recipe, args.size) + list(args.config)
-    model = train(compose(configs, args.overrides))
+    overrides = [*args.overrides, *(["korasr.drop_infeasible=true"] if args.drop_infeasible else [])]
+    if args.dry_run:
+        print(dry_run(compose(configs, overrides)))
+        return 0
+    model = train(compose(configs, overrides))
     if args.evaluate:
         from korasr.evaluate import evaluate
         from korasr.report import format_table
@@ -300,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_text_options(p)
     p.set_defaults(func=_prepare_kspon)
 
+    p = corpora.add_parser("noise", help="a folder of noise audio (or MUSAN) → the lhotse manifest noise_path takes")
+    p.add_argument("--root", required=True, help="a folder of audio files (any depth), or MUSAN's music/noise/speech")
+    p.add_argument("--out", required=True, help="output folder: noise_cuts.jsonl.gz, rejects.jsonl, noise.json")
+    p.set_defaults(func=_prepare_noise)
+
     tok = sub.add_parser("tokenizer", help="build tokenizers; report their CTC feasibility")
     tok_sub = tok.add_subparsers(dest="action", required=True)
     p = tok_sub.add_parser("build", help="train a tokenizer directory on a train manifest")
@@ -338,7 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="after training, score the final model on MANIFEST (repeatable; in the same process)",
     )
     p.add_argument("--results", default=None, metavar="RESULTS_MD", help="add the evaluation's rows to RESULTS_MD")
-    p.add_argument("overrides", nargs="*", help="dotted overrides: model.optim.lr=1e-3 trainer.devices=8 ...")
+    p.add_argument("--drop-infeasible", action="store_true",
+                   help="train without the utterances CTC cannot emit at the subsampling (counted), instead of "
+                   "refusing when they are over korasr.max_infeasible (0.5%%)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true",
+                   help="compose, check inputs and CTC feasibility, print the resolved config; no training")  # fmt: skip
+    p.add_argument("overrides", nargs="*",
+                   help="dotted overrides, anywhere on the line: model.optim.lr=1e-3 trainer.devices=8 ...")  # fmt: skip
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -429,6 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample_corpus)
+
+    p = sub.add_parser("sample-noise", help="write the sample recipe's noise set (babble, coloured noise, hum, tones)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--files-per-kind", type=bounded(int, 1, 1000), default=8)
+    p.add_argument("--seconds", type=bounded(float, 1, 600), default=10.0, help="length of each file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synth", choices=("espeak", "tone"), default="espeak",
+                   help="tone: chords instead of eSpeak babble (quick tests)")  # fmt: skip
+    p.set_defaults(func=_sample_noise)
     return parser
 
 
@@ -436,7 +475,14 @@ def main(argv: list[str] | None = None) -> int:
     from korasr import log as korasr_log
     from korasr.errors import KorasrError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `korasr train` takes dotted overrides anywhere (make puts ARGS after the --evaluate options, and argparse
+    # gives a positional list only its first run of words)
+    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     korasr_log.setup()
     try:
         return args.func(args)

@@ -109,6 +109,11 @@ def resolve_inputs(cfg: DictConfig) -> None:
             _absolute(paths) if isinstance(paths, str) else [_absolute(p) for p in paths]
         )
     cfg.model.tokenizer.dir = _absolute(cfg.model.tokenizer.dir)
+    noise = cfg.model.train_ds.get("noise_path")
+    if isinstance(noise, str):  # a lhotse noise manifest (korasr prepare noise); dict forms go to NeMo as they are
+        cfg.model.train_ds.noise_path = _absolute(noise)
+        if not Path(cfg.model.train_ds.noise_path).is_file():
+            raise TrainConfigError(f"model.train_ds.noise_path: {noise} does not exist (run make noise)")
     for split in ("train_ds", "validation_ds"):
         paths = cfg.model[split].manifest_filepath
         for path in [paths] if isinstance(paths, str) else list(paths):
@@ -176,6 +181,82 @@ def to_model_unit(cfg: DictConfig, out_dir: Path) -> DictConfig:
     return cfg
 
 
+MAX_INFEASIBLE = 0.005  # the share of train utterances CTC may be unable to emit before training is refused
+
+
+def check_feasibility(cfg: DictConfig, out_dir: Path) -> DictConfig:
+    """CTC emits at most one token per encoder frame (plus a blank between repeats): refuse to train when more
+    than ``korasr.max_infeasible`` of the train utterances cannot be emitted at the encoder's subsampling, or,
+    with ``korasr.drop_infeasible``, train on the rest (a filtered copy of the manifest, counted in the run's
+    record). Returns the config with the counts under ``korasr.feasibility``."""
+    import json
+
+    import sentencepiece as spm
+
+    from korasr.fsutil import atomic_open, sha256_file
+    from korasr.text.codec import to_model_text
+    from korasr.tokenizer.report import emittable
+
+    cfg = cfg.copy()
+    options = cfg.get("korasr") or {}
+    limit = float(options.get("max_infeasible", MAX_INFEASIBLE))
+    drop = bool(options.get("drop_infeasible", False))
+    subsampling = int(cfg.model.encoder.subsampling_factor)
+    unit = tokenizer_unit(cfg.model.tokenizer.dir)
+    processor = spm.SentencePieceProcessor(model_file=str(Path(cfg.model.tokenizer.dir) / "tokenizer.model"))
+    paths = cfg.model.train_ds.manifest_filepath
+    kept_paths, total, infeasible, examples = [], 0, 0, []
+    for path in [paths] if isinstance(paths, str) else list(paths):
+        rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        ids = processor.encode([to_model_text(r["text"], unit) for r in rows])
+        bad = [
+            i for i, (r, t) in enumerate(zip(rows, ids, strict=True)) if not emittable(t, r["duration"], subsampling)
+        ]
+        total, infeasible = total + len(rows), infeasible + len(bad)
+        examples += [
+            f"{rows[i].get('utt_id', i)} ({len(ids[i])} tokens in {rows[i]['duration']:.2f} s)" for i in bad[:3]
+        ]
+        if drop and bad:
+            target = out_dir / "manifests" / f"{Path(path).stem}.feasible{subsampling}x.{sha256_file(path)[:12]}.jsonl"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            skip = set(bad)
+            with atomic_open(target) as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for i, r in enumerate(rows) if i not in skip)
+            path = str(target)
+        kept_paths.append(str(path))
+    share = infeasible / max(total, 1)
+    log.info("CTC feasibility at %d× subsampling: %d of %d train utterances (%.2f%%) cannot be emitted%s",
+             subsampling, infeasible, total, 100 * share, " (dropped)" if drop and infeasible else "")  # fmt: skip
+    if share > limit and not drop:
+        raise TrainConfigError(
+            f"{infeasible} of {total} train utterances ({share:.2%}, more than korasr.max_infeasible={limit:.2%}) "
+            f"have more tokens than the encoder has frames at {subsampling}× subsampling, so CTC cannot emit "
+            f"them (e.g. {', '.join(examples)}). Ways out: 4× subsampling (model.encoder.subsampling_factor=4), "
+            "a larger piece vocabulary (make tokenizer VOCAB=...: fewer tokens per second), --drop-infeasible "
+            "(train without them; they are counted), or korasr.max_infeasible=1 to train anyway"
+        )
+    cfg.model.train_ds.manifest_filepath = kept_paths[0] if isinstance(paths, str) else kept_paths
+    OmegaConf.update(cfg, "korasr.feasibility", {"subsampling": subsampling, "utterances": total,
+                     "infeasible": infeasible, "share": round(share, 5), "dropped": infeasible if drop else 0},
+                     force_add=True)  # fmt: skip
+    return cfg
+
+
+def resolve(cfg: DictConfig, cuda_available: bool) -> DictConfig:
+    """Everything decided before training: the machine's trainer settings, absolute existing inputs, and the
+    CTC feasibility guard. ``korasr train --dry-run`` stops after this."""
+    cfg = finalize(cfg, cuda_available)
+    resolve_inputs(cfg)
+    return check_feasibility(cfg, run_dir(cfg))
+
+
+def dry_run(cfg: DictConfig) -> str:
+    """The resolved config as YAML, after every check ``train`` makes before it starts (no training)."""
+    import torch
+
+    return OmegaConf.to_yaml(resolve(cfg, torch.cuda.is_available()), resolve=True)
+
+
 def train(cfg: DictConfig) -> Path:
     """Train and return the final ``.nemo`` (best checkpoint's weights)."""
     import lightning.pytorch as pl
@@ -184,8 +265,7 @@ def train(cfg: DictConfig) -> Path:
     from nemo.utils.exp_manager import exp_manager
 
     started = time.perf_counter()
-    cfg = finalize(cfg, torch.cuda.is_available())
-    resolve_inputs(cfg)
+    cfg = resolve(cfg, torch.cuda.is_available())
     os.environ["WANDB_MODE"] = _wandb_mode()
     if cfg.exp_manager.get("create_wandb_logger"):
         cfg.exp_manager.wandb_logger_kwargs.save_dir = str(run_dir(cfg))

@@ -100,6 +100,21 @@ def test_plan_splits_are_disjoint_and_cover_every_marker():
     assert len(words) >= 300
 
 
+def test_eval_other_voices_are_never_heard_in_training():
+    """eval_other measures voices a model never trained on: no train, dev or eval_clean utterance uses them, and
+    the sample noise set's babble uses voices of neither list."""
+    from korasr.data.noise import BABBLE_VOICES
+
+    utts = plan(SampleOptions(utterances=2500, seed=0))
+    heard = {u.voice for u in utts if u.split != "eval_other"}
+    other = {u.voice for u in utts if u.split == "eval_other"}
+    assert len(heard) >= 10 and len(other) >= 3 and not heard & other
+    assert not set(BABBLE_VOICES) & (heard | other)
+    train = [u for u in utts if u.split == "train"]
+    assert min(u.speed for u in train) <= 160 and max(u.speed for u in train) >= 220  # prosody varies widely
+    assert max(u.pitch for u in train) - min(u.pitch for u in train) >= 40
+
+
 @pytest.fixture(scope="module")
 def tone_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample") / "KsponSpeech"

@@ -312,7 +312,8 @@ def prepare_kspon(
         for stale in out_dir.glob(f".{path.name}.*.tmp"):
             stale.unlink(missing_ok=True)
 
-    # First occurrence of each id, packed as split index << 32 | line number (memory: ~100 B per utterance).
+    # First occurrence of each id, packed as split index << 32 | line number (memory: ~170 B per utterance,
+    # measured by bench/prepare_memory.py).
     seen: dict[str, int] = {}
     counts: dict[str, dict] = {}
     odd_ids: list[str] = []
@@ -355,7 +356,7 @@ def prepare_kspon(
                 rejects_file.write(json.dumps(out["reject"], ensure_ascii=False) + "\n")
                 counts[split]["rejects"][out["reject"]["reason"]] += 1
         bar.close()
-        _check(counts, len(seen), scripts)
+        _check(counts, scripts)
 
     elapsed = time.perf_counter() - started
     summary = {
@@ -393,7 +394,7 @@ def prepare_kspon(
     return result
 
 
-def _check(counts: dict[str, dict], distinct_ids: int, scripts: dict[str, Path]) -> None:
+def _check(counts: dict[str, dict], scripts: dict[str, Path]) -> None:
     """Invariants checked before any output gets its final name."""
     for split, c in counts.items():
         accounted = c["utterances"] + sum(c["rejects"].values())
@@ -404,11 +405,6 @@ def _check(counts: dict[str, dict], distinct_ids: int, scripts: dict[str, Path])
                 f"{scripts[split]}: none of its {c['lines']} audio files exists under the corpus root\n"
                 + EXPECTED_TREE
             )
-    # Each row's id went into one set as it was written: as many distinct ids as rows means no id is in two
-    # manifests, so none is shared between train/dev and the eval splits.
-    rows = sum(c["utterances"] for c in counts.values())
-    if distinct_ids != rows:
-        raise CorpusError(f"{rows} manifest rows but {distinct_ids} distinct utterance ids")
 
 
 _TEMPORARY = re.compile(r"^\..+\.\d+\.tmp$")  # fsutil.tmp_name: .NAME.PID.tmp

@@ -35,6 +35,11 @@ def ctc_length(ids: list[int]) -> int:
     return len(ids) + sum(a == b for a, b in itertools.pairwise(ids))
 
 
+def emittable(ids: list[int], seconds: float, subsampling: int) -> bool:
+    """Whether CTC can emit ``ids`` from ``seconds`` of audio at this subsampling."""
+    return ctc_length(ids) <= encoder_frames(seconds, subsampling)
+
+
 def feasibility_report(processor, unit: str, manifests: list[Path], subsampling: int = 8) -> dict:  # type: ignore[no-untyped-def]
     """Per manifest (keyed by its stem): tokens/s (mean, p50, p99), the CTC-infeasible share, utterances with
     ``<unk>``, utterances without ``<unk>`` that do not decode back exactly, and ill-formed jamo after decoding."""
@@ -47,7 +52,7 @@ def feasibility_report(processor, unit: str, manifests: list[Path], subsampling:
         rates, infeasible, unk_utts, not_round_trip, ill_formed = [], 0, 0, 0, 0
         for row, ids in zip(rows, encoded, strict=True):
             rates.append(len(ids) / row["duration"])
-            if ctc_length(ids) > encoder_frames(row["duration"], subsampling):
+            if not emittable(ids, row["duration"], subsampling):
                 infeasible += 1
             decoded = processor.decode(ids)
             ill_formed += count_ill_formed(decoded)
