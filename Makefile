@@ -114,10 +114,12 @@ prepare:
 	@echo "unknown RECIPE=$(RECIPE): recipes are sample, kspon"; exit 2
 endif
 
-# Noise for augmentation: the sample recipe makes its own; for kspon, NOISE_ROOT=/data/musan (or any folder of audio).
+# Noise mixing: NOISE=1 trains the sample recipe with its own noise set; for kspon, NOISE_ROOT=/data/musan (or
+# any folder of audio). Speed perturbation: ARGS='model.train_ds.perturb_speed=true'.
+NOISE ?=
 NOISE_ROOT ?=
 ifeq ($(RECIPE),sample)
-NOISE_MANIFEST := manifests/sample/noise/noise_cuts.jsonl.gz
+NOISE_MANIFEST := $(if $(NOISE),manifests/sample/noise/noise_cuts.jsonl.gz)
 noise: setup ## the lhotse noise manifest (sample: its own babble/noise/hum/tones; kspon: NOISE_ROOT=MUSAN or a folder)
 	$(BIN)/korasr sample-noise data/sample/noise
 	$(BIN)/korasr prepare noise --root data/sample/noise --out manifests/sample/noise

@@ -27,7 +27,11 @@ class Batch:
     """A lhotse dataset (CutSet → batch) that keeps each cut's id and samples: what the model would be fed."""
 
     def __getitem__(self, cuts):  # type: ignore[no-untyped-def]
-        return {cut.id: cut.load_audio()[0] for cut in cuts}
+        # a mixed cut (and each of its tracks) has a fresh id: key it by the utterance it carries (its supervision)
+        return {
+            (cut.supervisions[0].id if hasattr(cut, "tracks") else cut.id): np.asarray(cut.load_audio(), np.float32)[0]
+            for cut in cuts
+        }
 
 
 def fed(recipe, tmp_path: Path, **augment) -> dict[str, np.ndarray]:
@@ -42,7 +46,7 @@ def fed(recipe, tmp_path: Path, **augment) -> dict[str, np.ndarray]:
     loader = get_lhotse_dataloader_from_config(config, global_rank=0, world_size=1, dataset=Batch())
     out: dict[str, np.ndarray] = {}
     for batch in loader:
-        out.update(batch)
+        out.update({key: np.asarray(audio) for key, audio in batch.items()})  # the loader hands back tensors
         if len(out) >= 48:
             break
     return out

@@ -152,8 +152,8 @@ def test_long_audio_in_chunks_and_beyond_nemos_position_table(exported, recipe, 
     chunked = rec.transcribe([tmp_path / "long.wav"], chunk_seconds=10.0, timestamps=True)[0]
     # Chunks are decoded in order with their time offsets. The sample model, trained on single short utterances,
     # transcribes several utterances in one chunk worse than each alone (measured: 15% CER between the two after
-    # 300 steps), so this checks the mechanics, not the model: words in order, times spanning the whole file.
-    assert cer([" ".join(singles)], [chunked.text]) < 35.0, (singles, chunked.text)
+    # 300 steps), so this checks the mechanics more than the model: words in order, times spanning the whole file.
+    assert cer([" ".join(singles)], [chunked.text]) < 25.0, (singles, chunked.text)
     starts = [w.start for w in chunked.words]
     assert starts == sorted(starts) and chunked.words[-1].end > len(long) / 16000 - 3.0
     # one pass over more encoder frames than NeMo's 5,000-entry position table (200 s at 4×)
@@ -295,7 +295,8 @@ def sherpa(exported, recipe) -> list[dict]:
 def test_sherpa_onnx_reads_the_export_and_prints_no_control_pieces(sherpa):
     assert len(sherpa) == 125
     assert not [r["raw"] for r in sherpa if "<" in r["raw"]]  # no <s>, </s>, <unk>, <blk> printed as text
-    assert cer([r["ref"] for r in sherpa], [r["hyp"] for r in sherpa]) < 40.0  # it transcribes (stalled: ≥ 90%)
+    # it transcribes (stalled: ≥ 90%); the fixture's model scores about 6% with korasr's runtime
+    assert cer([r["ref"] for r in sherpa], [r["hyp"] for r in sherpa]) < 15.0
 
 
 def test_sherpa_onnx_scores_within_half_a_point_of_the_runtime(sherpa, recipe, exported):

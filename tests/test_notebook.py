@@ -46,7 +46,9 @@ def test_finetune_notebook_runs_and_writes_its_outputs(trained, recipe, tmp_path
     assert summary["loss_last"] < summary["loss_first"]  # the new decoder learns
     assert [step for step, _ in summary["dev_cer_curve"]] == [20, 40]
     assert set(summary["before"]) == set(summary["after"]) == {"eval_clean"}
-    assert summary["before"]["eval_clean"] < 40.0  # the trained checkpoint, before its decoder was replaced
+    assert (
+        summary["before"]["eval_clean"] < 15.0
+    )  # the fixture's checkpoint (about 6%), before its decoder was replaced
     assert (out / "curves.png").stat().st_size > 5_000
     assert (out / "eval_after" / "report.md").is_file() and (out / "finetuned.nemo").is_file()
     assert json.loads((out / "export" / "model.json").read_text())["parity"]["model.onnx"]["greedy_identical"]

@@ -31,9 +31,11 @@ def test_reduced_sample_recipe_learns(trained, recipe):
     report = json.loads((out / "report.json").read_text())
     clean = report["splits"]["eval_clean"]
     # An untrained CTC model emits nothing or noise (CER ≥ 95%); one stalled in the blank plateau scored 91.6%
-    # (syllable pieces, recipes/sample/RESULTS.md) or 93% (this recipe, an unlucky shuffling seed). With the
-    # fixture's fixed seed, 300 steps measured 7.22%.
-    assert clean["cer"] < 40.0, clean
+    # (syllable pieces, recipes/sample/RESULTS.md) or 93% (an unlucky shuffling seed). With the fixed shuffling
+    # seed and buckets filled in the training thread (concurrent_bucketing: false), the run is the same run on a
+    # quiet or a loaded machine: 5.88% both times, identical hypotheses. 15% leaves room for other CPUs' floating
+    # point while a model that learned half as well fails.
+    assert clean["cer"] < 15.0, clean
     # every metric is recomputable from the hypotheses, and the report says how it was made
     rows = [json.loads(line) for line in (out / "eval_clean.hyp.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == clean["utterances"] == 125
