@@ -7,6 +7,7 @@ its reason. The corpus is only read; audio is converted under ``audio_dir``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass
 from itertools import islice
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
 from korasr.errors import KorasrError
 from korasr import __version__
@@ -189,24 +190,33 @@ def _process(item: tuple[str, int, bytes]) -> dict:
 def confine(root: Path, audio_dir: Path, rel: str, audio_format: str) -> tuple[Path, Path] | str:
     """The source under ``root`` and the destination under ``audio_dir`` of a script's audio path, or why it is
     refused: a NUL byte, an absolute path, ``..`` out of the root, or a path that resolves (through symlinks)
-    outside it. ``root`` and ``audio_dir`` are resolved already."""
+    outside it. ``root`` and ``audio_dir`` are resolved already; the output is confined lexically (it is ours)."""
     if "\0" in rel:
         return "NUL byte in the path"
-    if os.path.isabs(rel) or PureWindowsPath(rel).drive:
+    if os.path.isabs(rel) or rel[1:2] == ":":  # /x, or a Windows drive (C:\\x)
         return "absolute path (paths in the scripts are relative to the corpus root)"
     normal = os.path.normpath(rel)
     if normal == ".." or normal.startswith("../") or normal in (".", ""):
         return "path leaves the corpus root (..)" if normal != "." else "no file name"
     src = root / normal
     try:
-        if not src.resolve().is_relative_to(root):
-            return f"path resolves outside the corpus root ({src.resolve()}): symlinks out of the corpus are refused"
+        # the folder resolved once per folder (a corpus has hundreds, not hundreds of thousands), the file itself
+        # only when it is a link: realpath for every line cost 77 µs a line, a sixth of preparation
+        real = os.path.join(_real_folder(str(src.parent)), src.name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        if not real.startswith(os.path.join(root, "")):
+            return f"path resolves outside the corpus root ({real}): symlinks out of the corpus are refused"
+        # lexically inside --audio-dir: no absolute part and no .. left after normpath
         dst = (audio_dir / normal).with_suffix("." + audio_format)
-        if not dst.resolve().is_relative_to(audio_dir):
-            return f"output path resolves outside --audio-dir ({dst.resolve()})"
     except (OSError, ValueError, RuntimeError) as e:  # a name too long, no file name, a symlink loop
         return f"unusable path: {e}"
     return src, dst
+
+
+@functools.lru_cache(maxsize=65536)
+def _real_folder(path: str) -> str:
+    return os.path.realpath(path)
 
 
 def _process_chunk(items: list[tuple[str, int, bytes]]) -> list[dict]:
