@@ -12,6 +12,8 @@ KSPON_ROOT ?=
 # The embedded sample corpus.
 SAMPLE_ROOT ?= data/sample/KsponSpeech
 SAMPLE_UTTERANCES ?= 2500
+# wide: 12 voices at 150-230 wpm (the recipe); narrow: 3 voices at 165-180 wpm (learns faster, generalizes not at all)
+SAMPLE_VARIETY ?= wide
 ARGS ?=
 # Tokenizer: unit jamo|syllable|char-jamo|char-syllable, SentencePiece type unigram|bpe, vocabulary size.
 UNIT ?= jamo
@@ -47,13 +49,13 @@ MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
-.PHONY: help setup espeak browser test lint format sample-corpus prepare noise tokenizer train train-only evaluate export serve bench bench-inference bench-serve bench-hostile bench-memory clean
+.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-hostile bench-memory clean
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
 	@grep -hE '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed ## create .venv: CPU torch 2.13.0, NeMo 3.0.0, korasr (editable), eSpeak NG
+setup: $(VENV)/.installed $(BIN)/lmplz ## create .venv: CPU torch 2.13.0, NeMo 3.0.0, korasr (editable), eSpeak NG, KenLM
 
 # torch goes first and pinned, so that nothing pulls a multi-GB CUDA build; then NeMo and korasr.
 $(VENV)/.installed: pyproject.toml
@@ -88,6 +90,28 @@ browser: ## Debian's chromium + chromium-driver for the service page's browser t
 	  echo "Chromium: not installable here (needs root and apt); the browser test will fail"; \
 	fi
 
+# KenLM's lmplz and build_binary: on neither PyPI nor Debian as binaries, but the PyPI source package holds the
+# whole tree with its CMake build. Needs a C++ compiler, cmake, Boost (program_options, system, thread), zlib.
+KENLM_VERSION := 0.3.0
+KENLM_DEBS := g++ cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev
+kenlm: $(BIN)/lmplz ## KenLM's lmplz + build_binary built from the PyPI source package into .venv/bin (about a minute)
+
+$(BIN)/lmplz: | $(VENV)/.installed
+	@if ! dpkg -s $(KENLM_DEBS) >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "KenLM: installing Debian's $(KENLM_DEBS)"; \
+	    apt-get install -y -q --no-install-recommends $(KENLM_DEBS) >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $(KENLM_DEBS) >/dev/null; }; \
+	  else echo "KenLM needs: $(KENLM_DEBS) (not root or no apt here; the build may fail)"; fi; \
+	fi
+	rm -rf build/kenlm && mkdir -p build/kenlm
+	$(BIN)/pip download -q --no-deps --no-binary kenlm kenlm==$(KENLM_VERSION) -d build/kenlm
+	tar -xzf build/kenlm/kenlm-$(KENLM_VERSION).tar.gz -C build/kenlm
+	cmake -S build/kenlm/kenlm-$(KENLM_VERSION) -B build/kenlm/build -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build build/kenlm/build -j $(JOBS) --target lmplz build_binary >/dev/null
+	install -m 755 build/kenlm/build/bin/lmplz build/kenlm/build/bin/build_binary $(BIN)/
+	echo "kenlm $(KENLM_VERSION) (PyPI source package)" > $(BIN)/kenlm.version
+
 lint: setup ## ruff: lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -100,7 +124,7 @@ test: setup lint ## lint, then every test tier (unit, config, end to end) on CPU
 	$(BIN)/pytest -q
 
 sample-corpus: setup ## synthesize the sample corpus (eSpeak NG Korean, KsponSpeech layout) into SAMPLE_ROOT
-	$(BIN)/korasr sample-corpus $(SAMPLE_ROOT) --utterances $(SAMPLE_UTTERANCES) --jobs $(JOBS)
+	$(BIN)/korasr sample-corpus $(SAMPLE_ROOT) --utterances $(SAMPLE_UTTERANCES) --variety $(SAMPLE_VARIETY) --jobs $(JOBS)
 
 ifeq ($(RECIPE),kspon)
 prepare: setup ## manifests/RECIPE/*.jsonl from the corpus (RECIPE=sample: the sample corpus; kspon: KSPON_ROOT)
@@ -114,9 +138,10 @@ prepare:
 	@echo "unknown RECIPE=$(RECIPE): recipes are sample, kspon"; exit 2
 endif
 
-# Noise mixing: NOISE=1 trains the sample recipe with its own noise set; for kspon, NOISE_ROOT=/data/musan (or
-# any folder of audio). Speed perturbation: ARGS='model.train_ds.perturb_speed=true'.
-NOISE ?=
+# Noise mixing: the sample recipe trains with its own noise set (NOISE= turns it off); for kspon, NOISE_ROOT=/data/musan
+# (or any folder of audio). Speed perturbation: on in recipes/sample/train.yaml; kspon:
+# ARGS='model.train_ds.perturb_speed=true'.
+NOISE ?= $(if $(filter sample,$(RECIPE)),1)
 NOISE_ROOT ?=
 ifeq ($(RECIPE),sample)
 NOISE_MANIFEST := $(if $(NOISE),manifests/sample/noise/noise_cuts.jsonl.gz)
@@ -139,14 +164,25 @@ train: tokenizer $(if $(NOISE_MANIFEST),noise) ## the recipe: corpus → prepare
 train-only: setup ## the train stage alone (manifests and tokenizer must exist)
 	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(ARGS)
 
+# The token n-gram LM for beam search (make lm): over the recipe's tokenizer, from its train text; tuned on dev when
+# the recipe has a model (MODEL). LM_ARGS='--text domain.txt' adds text.
+LM_ORDER ?= 6
+LM_DIR ?= exp/$(RECIPE)/lm/$(notdir $(TOKENIZER_DIR))_o$(LM_ORDER)
+LM_ARGS ?=
+lm: tokenizer ## token n-gram LM (KenLM) over the tokenizer's pieces → LM_DIR; tuned (alpha, beta) on dev when MODEL exists
+	$(BIN)/korasr lm build --tokenizer $(TOKENIZER_DIR) --out $(LM_DIR) --order $(LM_ORDER) $(LM_ARGS)
+	@if [ -n "$(MODEL)" ]; then echo "$(BIN)/korasr lm tune --model $(MODEL) --lm $(LM_DIR) --manifest manifests/$(RECIPE)/dev.jsonl"; \
+	  $(BIN)/korasr lm tune --model $(MODEL) --lm $(LM_DIR) --manifest manifests/$(RECIPE)/dev.jsonl; \
+	else echo "no model yet (make train): $(LM_DIR) is not tuned; make lm again after training tunes it"; fi
+
 evaluate: setup ## CER, CER+space, WER, sWER, jamo slots of MODEL (default: newest exp/RECIPE .nemo) → report + RESULTS.md rows (MAX_CER=gate)
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
 	$(BIN)/korasr evaluate --model $(MODEL) --manifest manifests/$(RECIPE)/eval_clean.jsonl --manifest manifests/$(RECIPE)/eval_other.jsonl --results recipes/$(RECIPE)/RESULTS.md $(if $(MAX_CER),--max-cer $(MAX_CER))
 
-export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .nemo), parity-checked, fp16 too (INT8=1: + INT8 calibrated on dev); prints its path last
+export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .nemo), parity-checked, fp16 too (INT8=1: + INT8 calibrated on dev; LM=DIR: bundles an LM); prints its path last
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
 	@if [ -n "$(INT8)" ] && [ ! -f manifests/$(RECIPE)/dev.jsonl ]; then echo "INT8=1 calibrates on manifests/$(RECIPE)/dev.jsonl, which does not exist: run make prepare"; exit 2; fi
-	$(BIN)/korasr export --model $(MODEL) $(if $(wildcard manifests/$(RECIPE)/dev.jsonl),--parity-manifest manifests/$(RECIPE)/dev.jsonl) $(if $(INT8),--int8-calibration manifests/$(RECIPE)/dev.jsonl)
+	$(BIN)/korasr export --model $(MODEL) $(if $(wildcard manifests/$(RECIPE)/dev.jsonl),--parity-manifest manifests/$(RECIPE)/dev.jsonl) $(if $(INT8),--int8-calibration manifests/$(RECIPE)/dev.jsonl) $(if $(LM),--lm $(LM))
 
 serve: setup ## the FastAPI service over EXPORT (default: MODEL's export/ folder) on 127.0.0.1:8000 (HOST= PORT= PRECISION=)
 	@if [ ! -f "$(EXPORT)/model.json" ]; then echo "no export at '$(EXPORT)': run make export first, or pass EXPORT=dir"; exit 2; fi
@@ -161,6 +197,9 @@ bench-inference: setup ## CPU inference: korasr runtime vs sherpa-onnx vs NeMo t
 
 bench-serve: setup ## loopback load on korasr serve, batched vs unbatched, 1/8/32 clients, RSS (needs make export)
 	$(BIN)/python bench/serve_load.py
+
+bench-decoding: setup ## greedy vs beam vs beam + LM, korasr vs NeMo beam_batch: CER, RTFx, hotword recall (needs make train, make lm, make export)
+	$(BIN)/python bench/decoding.py
 
 bench-hostile: setup ## korasr serve under 32 hostile clients: peak RSS per request and under attack, 5xx, legit clients served (needs make export)
 	$(BIN)/python bench/serve_hostile.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 
@@ -85,7 +86,7 @@ def _sample_noise(args: argparse.Namespace) -> int:
 def _sample_corpus(args: argparse.Namespace) -> int:
     from korasr.data.sample_corpus import SampleOptions, make_sample_corpus
 
-    options = SampleOptions(utterances=args.utterances, seed=args.seed, synth=args.synth)
+    options = SampleOptions(utterances=args.utterances, seed=args.seed, synth=args.synth, variety=args.variety)
     print(make_sample_corpus(args.out, options, jobs=args.jobs, progress=not args.quiet))
     return 0
 
@@ -147,9 +148,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from korasr.evaluate import GateFailed, evaluate
+    from korasr.evaluate import Decoding, GateFailed, evaluate
     from korasr.report import format_table
 
+    decodings = []
+    for d in args.decoder or ["greedy"]:
+        beam = d != "greedy"
+        lm, hotwords = (args.lm, args.hotwords) if beam else (None, None)
+        decodings.append(Decoding(d, lm, hotwords, args.beam, args.alpha, args.beta))
+    if (args.lm or args.hotwords) and all(d.decoder == "greedy" for d in decodings):
+        raise ValueError("--lm and --hotwords need a beam decoder: add --decoder beam")
     try:
         report = evaluate(
             args.model,
@@ -160,6 +168,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             results_md=args.results,
             progress=not args.quiet,
             precision=args.precision,
+            decodings=decodings,
         )
     except GateFailed as e:
         print(f"korasr evaluate: gate failed: {e}", file=sys.stderr)
@@ -200,15 +209,24 @@ def _export(args: argparse.Namespace) -> int:
             int8_manifest=args.int8_calibration,
             int8_utterances=args.int8_utterances,
             triton_device=args.triton_device,
+            lm=args.lm,
         )
     )
     return 0
 
 
 def _transcribe(args: argparse.Namespace) -> int:
+    from korasr.evaluate import Decoding, _lines, _lm
     from korasr.runtime import Recognizer
 
     recognizer = Recognizer(args.model, threads=args.threads, precision=args.precision)
+    decoder = args.decoder or ("beam" if recognizer.bundled_lm or args.lm or args.hotwords else "greedy")
+    decoding = Decoding(decoder, args.lm, args.hotwords, args.beam, args.alpha, args.beta)
+    if decoder == "beam":
+        lm = args.lm or recognizer.bundled_lm
+        info = _lm(Decoding("beam", str(lm))) if lm else None
+        hotwords = recognizer.hotwords(_lines(args.hotwords), args.hotwords) if args.hotwords else None
+        recognizer.use_decoder("beam", lm=lm, beam_options=decoding.options(info), hotwords=hotwords)
     results = recognizer.transcribe(
         args.audio, batch_size=args.batch_size, timestamps=args.timestamps, chunk_seconds=args.chunk_seconds
     )
@@ -217,6 +235,22 @@ def _transcribe(args: argparse.Namespace) -> int:
             print(json.dumps({"audio": str(path), **result.as_dict()}, ensure_ascii=False))
         else:
             print(result.text)
+    return 0
+
+
+def _lm_build(args: argparse.Namespace) -> int:
+    from korasr.lm.build import build_lm
+
+    print(build_lm(args.tokenizer, args.out, manifests=args.manifest, texts=args.text, order=args.order))
+    return 0
+
+
+def _lm_tune(args: argparse.Namespace) -> int:
+    from korasr.lm.tune import tune
+
+    result = tune(args.model, args.lm, args.manifest, alphas=args.alphas, betas=args.betas, beam=args.beam,
+                  progress=not args.quiet)  # fmt: skip
+    print(json.dumps(result, ensure_ascii=False))
     return 0
 
 
@@ -239,11 +273,35 @@ def _serve(args: argparse.Namespace) -> int:
         public_docs=args.public_docs,
         threads=args.threads,
         precision=args.precision,
+        decoder=args.decoder,
     )
     if not (config.model / "model.json").is_file():
         raise FileNotFoundError(f"{config.model}: not a korasr export directory (run `make export`)")
     serve(config, host=args.host, port=args.port, workers=args.workers)
     return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not values or not all(math.isfinite(v) and abs(v) <= 100 for v in values):
+        raise argparse.ArgumentTypeError(f"need finite numbers within ±100: {text!r}")
+    return values
+
+
+def _add_decoder(p: argparse.ArgumentParser, repeatable: bool = False) -> None:
+    p.add_argument("--decoder", choices=("greedy", "beam", "nemo-beam") if repeatable else ("greedy", "beam"),
+                   action="append" if repeatable else "store", default=None,
+                   help="greedy CTC, or beam search with --lm and --hotwords (default: beam when the export bundles "
+                   "an LM, else greedy)" + ("; repeatable: one report row per decoder; nemo-beam: NeMo's own "
+                   "beam_batch on a .nemo" if repeatable else ""))  # fmt: skip
+    p.add_argument("--lm", default=None, help="an LM directory (korasr lm build); default: the export's bundled LM")
+    p.add_argument("--hotwords", default=None, metavar="FILE", help="one phrase per line, optionally TAB boost")
+    p.add_argument("--beam", type=bounded(int, 1, 256), default=None, help="beam size (default: the LM's tuned, or 8)")
+    p.add_argument("--alpha", type=bounded(float, 0, 100), default=None, help="LM weight (default: the LM's tuned)")
+    p.add_argument("--beta", type=bounded(float, -100, 100), default=None, help="bonus per piece (default: tuned)")
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
@@ -381,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_precision(p)
+    _add_decoder(p, repeatable=True)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("score", help="recompute the evaluation report from <split>.hyp.jsonl files (no model)")
@@ -403,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--int8-utterances", type=int, default=64, help="calibration utterances (the manifest's first)")
     p.add_argument("--triton-device", choices=("cpu", "gpu"), default="cpu", help="Triton instance group kind")
+    p.add_argument("--lm", default=None, metavar="DIR",
+                   help="bundle this LM directory (korasr lm build/tune) as lm/: beam search with it by default")  # fmt: skip
     p.set_defaults(func=_export)
 
     p = sub.add_parser("transcribe", help="transcribe audio files with an export folder (onnxruntime only)")
@@ -415,7 +476,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longer files are decoded in chunks of at most this many seconds (default: 30)")  # fmt: skip
     p.add_argument("--threads", type=bounded(int, 1, 256), default=None, help="onnxruntime intra-op threads")
     _add_precision(p)
+    _add_decoder(p)
     p.set_defaults(func=_transcribe)
+
+    p = sub.add_parser("lm", help="token n-gram LMs for beam search: build (KenLM), tune alpha/beta on dev")
+    lm_sub = p.add_subparsers(dest="action", required=True)
+    q = lm_sub.add_parser("build", help="an LM directory (ARPA, KenLM binary, lm.json) over a tokenizer's pieces")
+    q.add_argument("--tokenizer", required=True, help="a tokenizer directory (korasr tokenizer build)")
+    q.add_argument("--out", required=True, help="the LM directory to write")
+    q.add_argument("--manifest", action="append", default=None,
+                   help="train manifest(s) whose text trains the LM (default: the tokenizer's own train manifest)")  # fmt: skip
+    q.add_argument("--text", action="append", default=None,
+                   help="extra text, one normalized sentence per line (repeatable)")  # fmt: skip
+    q.add_argument("--order", type=bounded(int, 2, 10), default=6, help="n-gram order (default: 6)")
+    q.set_defaults(func=_lm_build)
+    q = lm_sub.add_parser("tune", help="grid-search alpha and beta on a dev manifest; records them in the LM")
+    q.add_argument("--model", required=True, help="an export folder or a .nemo")
+    q.add_argument("--lm", required=True, help="the LM directory (korasr lm build)")
+    q.add_argument("--manifest", required=True, help="a dev manifest (eval manifests are refused)")
+    q.add_argument("--alphas", type=_floats, default="0.2,0.3,0.5,0.7,1.0,1.5,2.0", help="comma-separated")
+    q.add_argument("--betas", type=_floats, default="0,0.5,1,2,3", help="comma-separated")
+    q.add_argument("--beam", type=bounded(int, 1, 256), default=8)
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=_lm_tune)
 
     p = sub.add_parser("serve", help="the FastAPI transcription service over an export folder")
     p.add_argument("--model", required=True, help="an export folder (make export)")
@@ -442,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-docs", action="store_true", help="/docs and /openapi.json without the API key")
     p.add_argument("--threads", type=bounded(int, 1, 256), default=None, help="onnxruntime intra-op threads")
     _add_precision(p)
+    p.add_argument("--decoder", choices=("greedy", "beam"), default=None,
+                   help="default: beam when the export bundles an LM (korasr export --lm), else greedy")  # fmt: skip
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("sample-corpus", help="write the synthetic sample corpus in KsponSpeech's layout")
@@ -457,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="espeak",
         help="espeak: eSpeak NG Korean speech (default); tone: fast non-speech stand-in for tests",
     )
+    p.add_argument("--variety", choices=("wide", "narrow"), default="wide",
+                   help="voices and prosody of train/dev/eval_clean: wide (12 voices, 150-230 wpm; default) or narrow "
+                   "(3 voices, 165-180 wpm: learns in 300 steps, hears no other voice)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample_corpus)
 

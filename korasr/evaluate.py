@@ -12,6 +12,8 @@ import datetime as dt
 import json
 import logging
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from korasr.fsutil import atomic_open, sha256_file
@@ -32,6 +34,52 @@ log = logging.getLogger(__name__)
 
 class GateFailed(RuntimeError):
     pass
+
+
+DECODERS = ("greedy", "beam", "nemo-beam")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """One decoder setting: ``greedy``; ``beam`` (korasr's runtime beam search with an LM directory and hotwords,
+    on an export's or a .nemo's log-probabilities); ``nemo-beam`` (NeMo's own ``beam_batch`` with the same LM's
+    ARPA through NGPU-LM, and hotwords through its boosting tree; a .nemo only). Unset beam/alpha/beta come from
+    the LM's tuning (``korasr lm tune``), else korasr's defaults."""
+
+    decoder: str = "greedy"
+    lm: str | None = None
+    hotwords: str | None = None
+    beam: int | None = None
+    alpha: float | None = None
+    beta: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.decoder == "greedy" and (self.lm or self.hotwords):
+            raise ValueError("--lm and --hotwords need a beam decoder (--decoder beam)")
+
+    def options(self, lm_info=None):  # type: ignore[no-untyped-def]
+        """The beam options this setting resolves to (explicit values, else the LM's tuned ones, else defaults)."""
+        from korasr.runtime.beam import BeamOptions
+
+        tuned = (lm_info.tuned if lm_info is not None else None) or {}
+        chosen = {"beam": self.beam, "alpha": self.alpha, "beta": self.beta}
+        return BeamOptions(
+            **{k: v if v is not None else tuned.get(k, getattr(BeamOptions, k)) for k, v in chosen.items()}
+        )
+
+    def label(self, lm_info=None) -> str:  # type: ignore[no-untyped-def]
+        if self.decoder == "greedy":
+            return "greedy"
+        o = self.options(lm_info)
+        parts = [f"lm {Path(self.lm).name}" if self.lm else "no lm", f"α {o.alpha:g}", f"β {o.beta:g}"]
+        if self.hotwords:
+            parts.append(f"hotwords {Path(self.hotwords).name}")
+        return f"{self.decoder} {o.beam} ({', '.join(parts)})"
+
+    def slug(self, lm_info=None) -> str:  # type: ignore[no-untyped-def]
+        return re.sub(r"[^0-9A-Za-z.]+", "_", self.label(lm_info)).strip("_")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[dict]:
@@ -55,21 +103,177 @@ def load_model(path: str | os.PathLike[str], precision: str = "fp32"):  # type: 
     return model
 
 
-def transcribe(model, rows: list[dict], batch_size: int = 32, progress: bool = True) -> list[str]:  # type: ignore[no-untyped-def]
-    """NFC transcripts of the manifest rows' audio, in order."""
+def transcribe(model, rows: list[dict], batch_size: int = 32, progress: bool = True,  # type: ignore[no-untyped-def]
+               decoding: Decoding | None = None) -> list[str]:  # fmt: skip
+    """NFC transcripts of the manifest rows' audio, in order, with ``decoding`` (default: greedy)."""
+    decoding = decoding or Decoding()
+    paths = [r["audio_filepath"] for r in rows]
     if hasattr(model, "session"):  # an export directory: onnxruntime
         from tqdm import tqdm
 
-        paths = [r["audio_filepath"] for r in rows]
+        if decoding.decoder == "nemo-beam":
+            raise ValueError("--decoder nemo-beam runs NeMo's beam search: it needs a .nemo, not an export folder")
+        lm_info = _lm(decoding)
+        if decoding.decoder == "beam":
+            hotwords = model.hotwords(_lines(decoding.hotwords), decoding.hotwords) if decoding.hotwords else None
+            model.use_decoder("beam", lm=decoding.lm, beam_options=decoding.options(lm_info), hotwords=hotwords)
+        else:
+            model.use_decoder("greedy")
         texts: list[str] = []
         for start in tqdm(range(0, len(paths), batch_size), desc="transcribing", unit="batch", disable=not progress):
             texts += [r.text for r in model.transcribe(paths[start : start + batch_size], batch_size=batch_size)]
         return texts
     unit = str(model.cfg.get("korasr_text_unit", "jamo"))
-    outputs = model.transcribe([r["audio_filepath"] for r in rows], batch_size=batch_size, verbose=progress)
+    if decoding.decoder == "beam":
+        return _korasr_beam_on_nemo(model, paths, batch_size, decoding, unit, progress)
+    if decoding.decoder == "nemo-beam":
+        return _nemo_beam(model, paths, batch_size, decoding, unit, progress)
+    outputs = model.transcribe(paths, batch_size=batch_size, verbose=progress)
     if isinstance(outputs, tuple):  # some NeMo versions return (best, all)
         outputs = outputs[0]
     return [from_model_text(o.text if hasattr(o, "text") else str(o), unit) for o in outputs]
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such hotwords file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _lm(decoding: Decoding):  # type: ignore[no-untyped-def]
+    from korasr.lm import read_lm
+
+    return read_lm(decoding.lm) if decoding.lm else None
+
+
+def nemo_logprobs(model, paths: list[str], batch_size: int = 16, progress: bool = False) -> list:  # type: ignore[no-untyped-def]
+    """CTC log-probabilities ``[frames, vocab + 1]`` (numpy) of audio files through a NeMo model, in order."""
+    import numpy as np
+    import soundfile as sf
+    import torch
+    from tqdm import tqdm
+
+    from korasr.runtime.audio import to_mono_16k
+
+    out = []
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(paths), batch_size), desc="log-probs", unit="batch", disable=not progress):
+        waves = []
+        for path in paths[start : start + batch_size]:
+            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+            waves.append(to_mono_16k(audio, rate))
+        lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+        batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+        for i, w in enumerate(waves):
+            batch[i, : len(w)] = torch.from_numpy(np.ascontiguousarray(w))
+        with torch.inference_mode():
+            logprobs, frames, _ = model.forward(input_signal=batch.to(device), input_signal_length=lengths.to(device))
+        out += [logprobs[i, : int(n)].float().cpu().numpy() for i, n in enumerate(frames)]
+    return out
+
+
+def _nemo_pieces(model) -> list[str]:  # type: ignore[no-untyped-def]
+    return [model.tokenizer.ids_to_tokens([i])[0] for i in range(model.tokenizer.vocab_size)]
+
+
+def _check_lm_for_nemo(model, info) -> None:  # type: ignore[no-untyped-def]
+    from korasr.lm import check_tokenizer, proto_sha256
+
+    check_tokenizer(info, proto_sha256(model.tokenizer.tokenizer), model.tokenizer.vocab_size, "the .nemo's")
+
+
+def _korasr_beam_on_nemo(model, paths, batch_size, decoding, unit, progress) -> list[str]:  # type: ignore[no-untyped-def]
+    from korasr.runtime import tokens_text
+    from korasr.runtime.beam import BeamDecoder, hotwords_from_lines, piece_variants
+
+    info = _lm(decoding)
+    if info is not None:
+        _check_lm_for_nemo(model, info)
+    hotwords = None
+    if decoding.hotwords:
+        sp = model.tokenizer.tokenizer
+        hotwords = hotwords_from_lines(_lines(decoding.hotwords), lambda p: piece_variants(sp, unit, p),
+                                       decoding.hotwords)  # fmt: skip
+    vocab = model.tokenizer.vocab_size
+    decoder = BeamDecoder(vocab, decoding.options(info), info.binary if info else None, hotwords)
+    pieces = _nemo_pieces(model)
+    return [tokens_text(pieces, [t for t, _ in decoder.decode(lp)], unit)
+            for lp in nemo_logprobs(model, paths, batch_size, progress)]  # fmt: skip
+
+
+def _use_nemo_beam(model, decoding: Decoding) -> None:  # type: ignore[no-untyped-def]
+    """NeMo's ``beam_batch`` CTC search with the LM's ARPA (NGPU-LM reads ``chr(id + 100)`` symbols) and, for
+    hotwords, NeMo's boosting tree over the same phrases in the model's unit."""
+    import copy
+
+    from omegaconf import open_dict
+
+    from korasr.text.codec import to_model_text
+
+    info = _lm(decoding)
+    if info is not None:
+        _check_lm_for_nemo(model, info)
+    options = decoding.options(info)
+    cfg = copy.deepcopy(model.cfg.decoding)
+    with open_dict(cfg):
+        cfg.strategy = "beam_batch"
+        cfg.beam.beam_size = options.beam
+        cfg.beam.beam_beta = options.beta
+        cfg.beam.beam_threshold = options.threshold
+        cfg.beam.allow_cuda_graphs = False
+        cfg.beam.return_best_hypothesis = True
+        cfg.beam.ngram_lm_model = str(info.arpa) if info is not None else None
+        cfg.beam.ngram_lm_alpha = options.alpha
+        if decoding.hotwords:
+            from korasr.runtime.beam import hotwords_from_lines, piece_variants
+
+            unit = str(model.cfg.get("korasr_text_unit", "jamo"))
+            sp = model.tokenizer.tokenizer
+            words = hotwords_from_lines(_lines(decoding.hotwords), lambda p: piece_variants(sp, unit, p),
+                                        decoding.hotwords)  # fmt: skip
+            cfg.beam.boosting_tree = {"key_phrases_list": [to_model_text(w.phrase, unit) for w in words],
+                                      "context_score": max(w.boost for w in words), "use_triton": False}  # fmt: skip
+            cfg.beam.boosting_tree_alpha = 1.0
+    model.change_decoding_strategy(cfg, verbose=False)
+
+
+def _nemo_beam(model, paths, batch_size, decoding, unit, progress) -> list[str]:  # type: ignore[no-untyped-def]
+    """NeMo's beam_batch on the same log-probabilities korasr's beam search gets (:func:`nemo_logprobs`): only the
+    searches differ, not the batches the acoustic model saw."""
+    import torch
+
+    logprobs = nemo_logprobs(model, paths, batch_size, progress)
+    _use_nemo_beam(model, decoding)
+    texts: list[str] = []
+    try:
+        for start in range(0, len(logprobs), batch_size):
+            batch = logprobs[start : start + batch_size]
+            lengths = torch.tensor([len(lp) for lp in batch], dtype=torch.long)
+            padded = torch.zeros(len(batch), int(lengths.max()), batch[0].shape[1], dtype=torch.float32)
+            for i, lp in enumerate(batch):
+                padded[i, : len(lp)] = torch.from_numpy(lp)
+            with torch.inference_mode():
+                hyps = model.decoding.ctc_decoder_predictions_tensor(padded, decoder_lengths=lengths)
+            if isinstance(hyps, tuple):
+                hyps = hyps[0]
+            texts += [from_model_text(h.text if hasattr(h, "text") else str(h), unit) for h in hyps]
+    finally:
+        _use_nemo_greedy(model)
+    return texts
+
+
+def _use_nemo_greedy(model) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    from omegaconf import open_dict
+
+    cfg = copy.deepcopy(model.cfg.decoding)
+    with open_dict(cfg):
+        cfg.strategy = "greedy_batch"
+    model.change_decoding_strategy(cfg, verbose=False)
 
 
 def evaluate(
@@ -82,30 +286,40 @@ def evaluate(
     results_md: str | os.PathLike[str] | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    decodings: list[Decoding] | None = None,
 ) -> dict:
     """Transcribe each manifest (split = its stem), write ``<split>.hyp.jsonl`` and the report (``report.json``,
     ``report.md``, ``error_rates.png``) to ``out_dir`` (default: ``eval/`` beside the model), add rows to
     ``results_md`` when given, and raise :class:`GateFailed` when a split's CER exceeds ``max_cer``.
-    ``precision`` picks an export's graph (fp32, fp16, int8; see korasr.runtime.Recognizer)."""
+    ``precision`` picks an export's graph (fp32, fp16, int8; see korasr.runtime.Recognizer). With several
+    ``decodings`` (or one that is not greedy) each split is scored once per decoder setting, named
+    ``<split> · <setting>`` (files ``<split>.<setting>.hyp.jsonl``)."""
     splits = {Path(m).stem: Path(m) for m in manifests}
     if len(splits) != len(manifests):
         raise ValueError(f"two manifests share a split name (file stem): {[str(m) for m in manifests]}")
     for manifest in splits.values():
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest}: no such manifest")
+    decodings = decodings or [Decoding()]
+    infos = [_lm(d) for d in decodings]  # a missing or corrupt LM fails before any model loads
     model = load_model(model_path, precision)
     out = Path(out_dir) if out_dir else Path(model_path).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    for split, manifest in splits.items():
-        rows = read_manifest(manifest)
-        log.info("transcribing %s: %d utterances", manifest, len(rows))
-        hyps = transcribe(model, rows, batch_size, progress)
-        with atomic_open(out / f"{split}.hyp.jsonl") as f:
-            for row, hyp in zip(rows, hyps, strict=True):
-                record = {"utt_id": row.get("utt_id"), "ref": row["text"], "hyp": hyp}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    plain = decodings == [Decoding()]
+    hyp_files: dict[str, Path] = {}
+    for decoding, info in zip(decodings, infos, strict=True):
+        for split, manifest in splits.items():
+            rows = read_manifest(manifest)
+            name = split if plain else f"{split} · {decoding.label(info)}"
+            log.info("transcribing %s: %d utterances (%s)", manifest, len(rows), decoding.label(info))
+            hyps = transcribe(model, rows, batch_size, progress, decoding)
+            hyp_files[name] = out / (f"{split}.hyp.jsonl" if plain else f"{split}.{decoding.slug(info)}.hyp.jsonl")
+            with atomic_open(hyp_files[name]) as f:
+                for row, hyp in zip(rows, hyps, strict=True):
+                    record = {"utt_id": row.get("utt_id"), "ref": row["text"], "hyp": hyp}
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
     report = score_files(
-        {split: out / f"{split}.hyp.jsonl" for split in splits},
+        hyp_files,
         out,
         model=model_path if precision == "fp32" else f"{model_path} ({precision})",
         normalization=normalization_of(next(iter(splits.values()))),

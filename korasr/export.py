@@ -198,13 +198,9 @@ def tokens_txt(pieces: list[str]) -> str:
 
 
 def greedy_ids(logprobs: np.ndarray, length: int, blank: int) -> list[int]:
-    best = logprobs[:length].argmax(axis=-1)
-    out, previous = [], -1
-    for token in best.tolist():
-        if token != previous and token != blank:
-            out.append(token)
-        previous = token
-    return out
+    from korasr.runtime.ctc import greedy
+
+    return [token for token, _ in greedy(logprobs[:length], blank)]
 
 
 def export(
@@ -216,8 +212,12 @@ def export(
     int8_manifest: str | os.PathLike[str] | None = None,
     int8_utterances: int = 64,
     triton_device: str = "cpu",
+    lm: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Export ``model_path`` into ``out_dir`` (default: ``export/`` beside the model); returns the directory.
+
+    With ``lm`` (a directory from ``korasr lm build``, checked against the model's tokenizer) the export bundles it
+    as ``lm/``: the runtime and the service then decode with beam search and that LM (tuned alpha/beta) by default.
 
     Writes into a temporary sibling and renames it into place only after every check passed. With
     ``int8_manifest``, also ``model.int8.onnx`` calibrated on its first ``int8_utterances`` utterances.
@@ -229,6 +229,11 @@ def export(
     from korasr.evaluate import load_model
 
     started = time.time()
+    lm_info = None
+    if lm is not None:
+        from korasr.lm import read_lm
+
+        lm_info = read_lm(lm)  # a missing or corrupt LM fails before the long export
     model_path = Path(model_path)
     out = Path(out_dir) if out_dir else model_path.parent / "export"
     tmp = out.with_name(f".{out.name}.tmp")
@@ -321,6 +326,11 @@ def export(
 
     (tmp / "tokens.txt").write_text(tokens_txt(pieces), encoding="utf-8")
     (tmp / "tokenizer.model").write_bytes(model.tokenizer.tokenizer.serialized_model_proto())
+    if lm_info is not None:
+        from korasr.lm import check_tokenizer, proto_sha256
+
+        check_tokenizer(lm_info, proto_sha256(model.tokenizer.tokenizer), blank, str(model_path))
+        shutil.copytree(lm_info.dir, tmp / "lm", ignore=shutil.ignore_patterns(".*"))
 
     parity = _parity(
         tmp,
@@ -365,12 +375,18 @@ def export(
         "versions": versions(),
         "seconds_taken": round(time.time() - started, 1),
     }
+    if lm_info is not None:
+        tuned = lm_info.tuned or {}
+        info["lm"] = {"dir": "lm", "source": str(lm_info.dir), "order": lm_info.meta["order"],
+                      "ngrams": lm_info.meta["ngrams"], "tuned": {k: tuned.get(k) for k in ("alpha", "beta", "beam")},
+                      "tuned_cer": tuned.get("cer"), "greedy_cer": tuned.get("greedy_cer")}  # fmt: skip
     info["precisions"] = _reduced_precision(
         tmp, {"audio": audio, "audio_length": lengths}, blank,
         _test_audio(int8_manifest, int8_utterances) if int8_manifest else None,
     )  # fmt: skip
     info["tensorrt"] = build_tensorrt(tmp, {"audio": audio, "audio_length": lengths})
-    info["sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    info["sha256"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*"))
+                      if p.is_file() and p.parent in (tmp, tmp / "lm")}  # fmt: skip
     write_json(tmp / "model.json", info)
     from korasr.triton import validate, write_repository
 
@@ -423,8 +439,16 @@ def readme(info: dict) -> str:
         "| tokenizer.model | the SentencePiece model (pieces over the unit) | |",
         "| model.json | everything above as JSON, versions and SHA-256 checksums | |",
         "| triton/ | Triton model repository (onnxruntime model, NFC decode step, ensemble) | validated offline |",
-        "",
     ]
+    if "lm" in info:
+        lm = info["lm"]
+        tuned = lm["tuned"]
+        gain = (f"dev CER {lm['tuned_cer']:.2f}% vs greedy {lm['greedy_cer']:.2f}% (alpha {tuned['alpha']:g}, beta "
+                f"{tuned['beta']:g}, beam {tuned['beam']})" if lm.get("tuned_cer") is not None else "not tuned: "
+                "alpha/beta are korasr's defaults (run korasr lm tune)")  # fmt: skip
+        lines.append(f"| lm/ | token {lm['order']}-gram LM over the pieces (ARPA + KenLM binary, lm.json): the runtime and "
+                     f"the service decode with beam search and this LM by default (`--decoder greedy` to not) | {gain} |")  # fmt: skip
+    lines.append("")
     if not trt.get("built"):
         lines += [f"TensorRT: {trt.get('reason', 'not attempted')}. With CUDA and TensorRT installed, `korasr export` "
                   "builds model.fp16.plan (and model.int8.plan) and records their parity and speed here.", ""]  # fmt: skip

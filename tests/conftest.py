@@ -115,10 +115,13 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def recipe(tmp_path_factory) -> dict[str, Path]:
-    """The sample recipe's stages (another seed): eSpeak speech, phonetic form, jamo unigram 80."""
+    """The sample recipe's stages (another seed, the narrow variety): eSpeak speech, phonetic form, jamo unigram 80.
+
+    The narrow corpus (3 voices) leaves CTC's blank plateau within the test suite's 300 steps; the recipe's wide one
+    (12 voices) needs about 600 (recipes/sample/RESULTS.md)."""
     tmp = tmp_path_factory.mktemp("recipe")
     corpus = tmp / "KsponSpeech"
-    run("sample-corpus", str(corpus), "--seed", "11", "--quiet")  # the default size: 2,500 train utterances
+    run("sample-corpus", str(corpus), "--seed", "11", "--variety", "narrow", "--quiet")  # 2,500 train utterances
     manifests = tmp / "manifests" / "sample"
     run("prepare", "kspon", "--root", str(corpus), "--out", str(manifests), "--audio-dir", str(tmp / "audio"),
         "--form", "phonetic", "--quiet")  # fmt: skip
@@ -142,11 +145,11 @@ def train_args(recipe: dict[str, Path], exp: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def trained(recipe) -> Path:
     exp = recipe["tmp"] / "exp"
-    # A reduced budget: 300 steps (the recipe: 800). lhotse shuffles with a fresh random seed per run by default
-    # ("trng"); one such run here sat in CTC's blank plateau at step 300 (CER 93%; the others 8-9%), so the
-    # test fixes the shuffling seed and is the same run every time.
+    # A reduced budget: 300 steps on the narrow corpus without augmentation (the recipe: 1,000 on the wide one with
+    # noise and speed perturbation). The shuffling seed is fixed (recipes/sample/train.yaml), so this is the same
+    # run every time: eval_clean CER 5.88% on a quiet and on a loaded machine.
     proc = run(*train_args(recipe, exp, "trainer.max_steps=300", "trainer.val_check_interval=150",
-                           "model.train_ds.shard_seed=0"))  # fmt: skip
+                           "model.train_ds.perturb_speed=false"))  # fmt: skip
     return nemo_path(proc.stdout)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from korasr.data.korean_numbers import has_final, letters, native, sino
-from korasr.data.sample_corpus import SampleOptions, archive_of, make_sample_corpus, plan, train_path
+from korasr.data.sample_corpus import VARIETIES, SampleOptions, archive_of, make_sample_corpus, plan, train_path
 from korasr.data.sample_text import fill
 from korasr.text import normalize
 from tests.conftest import korasr_cmd
@@ -100,18 +100,31 @@ def test_plan_splits_are_disjoint_and_cover_every_marker():
     assert len(words) >= 300
 
 
-def test_eval_other_voices_are_never_heard_in_training():
+@pytest.mark.parametrize("variety", sorted(VARIETIES))
+def test_eval_other_voices_are_never_heard_in_training(variety):
     """eval_other measures voices a model never trained on: no train, dev or eval_clean utterance uses them, and
-    the sample noise set's babble uses voices of neither list."""
+    the sample noise set's babble uses voices of neither list. The recipe's wide variety really is wide."""
     from korasr.data.noise import BABBLE_VOICES
 
-    utts = plan(SampleOptions(utterances=2500, seed=0))
+    utts = plan(SampleOptions(utterances=2500, seed=0, variety=variety))
     heard = {u.voice for u in utts if u.split != "eval_other"}
     other = {u.voice for u in utts if u.split == "eval_other"}
-    assert len(heard) >= 3 and len(other) >= 3 and not heard & other
+    assert heard == set(VARIETIES[variety].voices) and len(other) >= 3 and not heard & other
     assert not set(BABBLE_VOICES) & (heard | other)
     train, hard = ([u for u in utts if u.split == s] for s in ("train", "eval_other"))
     assert max(u.speed for u in hard) > max(u.speed for u in train)  # eval_other is faster, too
+    if variety == SampleOptions().variety:  # the recipe's default
+        speeds, pitches = [u.speed for u in train], [u.pitch for u in train]
+        assert len(heard) >= 10 and max(speeds) - min(speeds) >= 60 and max(pitches) - min(pitches) >= 40
+
+
+def test_varieties_are_the_clis_choices_and_unknown_ones_are_refused():
+    from korasr.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["sample-corpus"]
+    assert set(next(a for a in sub._actions if a.dest == "variety").choices) == set(VARIETIES)
+    with pytest.raises(ValueError, match="variety must be one of"):
+        plan(SampleOptions(variety="loud"))
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,8 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
         recognizer = await asyncio.to_thread(
             Recognizer, config.model, threads=config.threads, precision=config.precision
         )
+        decoder = config.decoder or ("beam" if recognizer.bundled_lm else "greedy")
+        await asyncio.to_thread(recognizer.use_decoder, decoder)
         await asyncio.to_thread(recognizer.transcribe_arrays, [np.zeros(SAMPLE_RATE, dtype=np.float32)])  # warm-up
         batcher = Batcher(recognizer, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000,
                           chunk_seconds=config.chunk_seconds, batch_seconds=config.batch_seconds,
@@ -113,7 +115,30 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
     async def server_error(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
-    async def transcribe(upload: UploadFile, raw: dict | None) -> tuple[Result, float, float]:
+    def parse_hotwords(text: str | None, field: str, strict: bool = True):  # type: ignore[no-untyped-def]
+        """Hotwords from a form field: one phrase per line (``phrase<TAB>boost``); for OpenAI's ``prompt`` also
+        commas. Bounded before anything is encoded. Without a beam decoder: 400 for ``hotwords``, ignored for
+        ``prompt`` (OpenAI's prompt is a hint, not a requirement)."""
+        from korasr.runtime.beam import HotwordError
+
+        if not text or not text.strip():
+            return None
+        if state["recognizer"] is not None and state["recognizer"].beam is None:
+            if strict:
+                raise ClientError(400, f"{field}: this server decodes greedily; hotwords need beam search (serve an "
+                                  "export with a bundled LM, or korasr serve --decoder beam)")  # fmt: skip
+            return None
+        if len(text) > config.max_hotwords * 101:
+            raise ClientError(400, f"{field}: {len(text)} characters (at most {config.max_hotwords * 101})")
+        lines = text.split("\n") if strict else [p for line in text.split("\n") for p in line.split(",")]
+        if sum(1 for line in lines if line.strip() and not line.strip().startswith("#")) > config.max_hotwords:
+            raise ClientError(400, f"{field}: more than {config.max_hotwords} phrases")
+        try:
+            return state["recognizer"].hotwords(lines, field)
+        except HotwordError as e:
+            raise ClientError(400, str(e)) from None
+
+    async def transcribe(upload: UploadFile, raw: dict | None, hotwords=None) -> tuple[Result, float, float]:  # type: ignore[no-untyped-def]
         if not state["ready"]:
             raise ClientError(503, "model loading", {"Retry-After": "1"})
         started = time.perf_counter()
@@ -123,7 +148,7 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
             loop = asyncio.get_running_loop()
             audio = await loop.run_in_executor(state["decoders"], decode_upload, upload.file, name, raw, limits)
         duration = len(audio) / SAMPLE_RATE
-        result = await batcher.submit(audio)
+        result = await batcher.submit(audio, hotwords)
         elapsed = time.perf_counter() - started
         metrics.audio_seconds.inc(duration)
         metrics.rtf.observe(elapsed / max(duration, 1e-3))
@@ -144,8 +169,12 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
         sample_rate: Annotated[int | None, Form(description="raw PCM only: 8000 to 384000")] = None,
         channels: Annotated[int | None, Form(description="raw PCM only: 1 to 8")] = None,
         encoding: Annotated[str | None, Form(description="raw PCM only: s16le")] = None,
+        hotwords: Annotated[str | None, Form(description=HOTWORDS_HELP)] = None,
     ) -> dict:
-        result, duration, elapsed = await transcribe(audio, raw_params(sample_rate, channels, encoding))
+        if not state["ready"]:
+            raise ClientError(503, "model loading", {"Retry-After": "1"})
+        words = parse_hotwords(hotwords, "hotwords")
+        result, duration, elapsed = await transcribe(audio, raw_params(sample_rate, channels, encoding), words)
         body = {"text": result.text, "duration_s": round(duration, 3), "processing_ms": round(elapsed * 1000, 1),
                 "model": config.model.name}  # fmt: skip
         if segments:
@@ -165,7 +194,9 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
             raise ClientError(400, f"response_format {response_format[:40]!r}: use json, text or verbose_json")
         if language not in (None, "", "ko", "korean"):
             raise ClientError(400, f"language {language[:40]!r}: this model transcribes Korean (ko)")
-        result, duration, _ = await transcribe(file, None)
+        if not state["ready"]:
+            raise ClientError(503, "model loading", {"Retry-After": "1"})
+        result, duration, _ = await transcribe(file, None, parse_hotwords(prompt, "prompt", strict=False))
         if response_format == "text":
             return PlainTextResponse(result.text)
         if response_format == "json":
@@ -198,6 +229,7 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
     return app
 
 
+HOTWORDS_HELP = "beam search only: one phrase per line, optionally a TAB and a boost per piece (default 2)"
 DESCRIPTION = """Korean speech recognition (FastConformer-CTC, onnxruntime).
 
 With an API key set (KORASR_API_KEY), every route but /health and the page at / needs `Authorization: Bearer KEY`
@@ -205,4 +237,9 @@ or `X-API-Key: KEY`, checked before the body is read; these docs too, unless the
 Limits: uploads over the size limit get 413 while they stream; audio over the duration limit gets 413 from its
 header, before it is decoded; sample rates outside 8–384 kHz, more than 8 channels, empty, truncated or corrupt
 bodies get 400, unknown formats 415; more requests in progress than the server admits get 503 with Retry-After,
-and a body not complete within the upload deadline 408."""
+and a body not complete within the upload deadline 408.
+
+Decoding: greedy CTC, or beam search with the export's bundled token n-gram LM (`korasr export --lm`). With beam
+search, `/v1/transcribe` takes `hotwords` (one phrase per line, optionally a TAB and a boost) and
+`/v1/audio/transcriptions` maps OpenAI's `prompt` to hotwords (phrases separated by commas or lines; ignored by a
+greedy server). A phrase with characters the model cannot spell gets 400 naming it."""

@@ -45,14 +45,16 @@ class Batcher:
                 await self.task
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, audio: np.ndarray) -> Result:
+    async def submit(self, audio: np.ndarray, hotwords=None) -> Result:  # type: ignore[no-untyped-def]
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((audio, future))
+        self.queue.put_nowait((audio, hotwords, future))
         return await future
 
-    def _decode(self, waves: list[np.ndarray]) -> list[Result]:
-        return self.recognizer.transcribe_arrays(waves, batch_size=self.max_batch, timestamps=True,
-                                                 chunk_seconds=self.chunk_seconds, batch_seconds=self.batch_seconds)  # fmt: skip
+    def _decode(self, waves: list[np.ndarray], hotwords: list) -> list[Result]:
+        return self.recognizer.transcribe_arrays(
+            waves, batch_size=self.max_batch, timestamps=True, chunk_seconds=self.chunk_seconds,
+            batch_seconds=self.batch_seconds, hotwords_per_wave=hotwords if any(hotwords) else None,
+        )  # fmt: skip
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -71,18 +73,19 @@ class Batcher:
             self.batch_sizes.append(len(batch))
             if self.on_batch:
                 self.on_batch(len(batch))
-            waves = [audio for audio, _ in batch]
+            waves = [audio for audio, _, _ in batch]
+            hotwords = [words for _, words, _ in batch]
             outcomes: list[Result | BaseException]
             try:
-                outcomes = list(await loop.run_in_executor(self.executor, self._decode, waves))
+                outcomes = list(await loop.run_in_executor(self.executor, self._decode, waves, hotwords))
             except Exception:
                 outcomes = []
-                for wave in waves:  # find the request that failed; the others still get their text
+                for wave, words in zip(waves, hotwords, strict=True):  # the one that failed; the others get text
                     try:
-                        outcomes.append((await loop.run_in_executor(self.executor, self._decode, [wave]))[0])
+                        outcomes.append((await loop.run_in_executor(self.executor, self._decode, [wave], [words]))[0])
                     except Exception as e:
                         outcomes.append(e)
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
+            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
                 if isinstance(outcome, BaseException):

@@ -31,6 +31,9 @@ class ServeConfig:
     decode_threads: int = 2  # threads decoding uploads from their container format
     threads: int | None = None  # onnxruntime intra-op threads
     precision: str = "fp32"
+    # greedy or beam; None: beam when the export bundles an LM (korasr export --lm), else greedy
+    decoder: str | None = None
+    max_hotwords: int = 100  # phrases per request (each at most 100 characters)
     public_docs: bool = False  # /docs, /redoc and /openapi.json without the API key
     api_key: str | None = field(default_factory=lambda: os.environ.get("KORASR_API_KEY") or None, repr=False)
 
@@ -59,6 +62,8 @@ class ServeConfig:
         need(1 <= self.decode_threads <= 64, f"decode_threads {self.decode_threads}: 1 to 64")
         need(self.threads is None or 1 <= self.threads <= 256, f"threads {self.threads}: 1 to 256")
         need(self.precision in GRAPHS, f"precision {self.precision!r}: one of {', '.join(GRAPHS)}")
+        need(self.decoder in (None, "greedy", "beam"), f"decoder {self.decoder!r}: greedy or beam")
+        need(0 <= self.max_hotwords <= 10_000, f"max_hotwords {self.max_hotwords}: 0 to 10000")
 
     def to_env(self) -> str:
         return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k != "api_key"})

@@ -1,0 +1,104 @@
+"""Token n-gram language models over a korasr tokenizer's pieces, for CTC beam search with shallow fusion.
+
+An LM directory (``korasr lm build``) holds ``lm.arpa`` and its KenLM binary ``lm.bin`` over *token ids*, each id
+written as one character ``chr(id + 100)`` (NeMo's ``DEFAULT_TOKEN_OFFSET``, so NeMo's ``beam_batch`` reads the same
+ARPA), and ``lm.json``: the tokenizer it was built for (hash of ``tokenizer.model``), order, text sources with
+their hashes, n-gram counts, versions, and the alpha/beta that ``korasr lm tune`` chose on dev. Lexicon-free, as
+NeMo's: Korean eojeols glue particles to stems, so a word-level LM would meet many unseen words.
+
+This module is torch-free: the runtime and the service read LM directories with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from korasr.errors import KorasrError
+from korasr.fsutil import sha256_file
+
+TOKEN_OFFSET = 100  # nemo.collections.asr.parts.submodules.ngram_lm.constants.DEFAULT_TOKEN_OFFSET
+META = "lm.json"
+ARPA = "lm.arpa"
+BINARY = "lm.bin"
+FORMAT = "korasr-token-ngram"
+
+
+class LMError(KorasrError, ValueError):
+    pass
+
+
+def proto_sha256(processor) -> str:  # type: ignore[no-untyped-def]
+    """A SentencePiece model's identity: the hash of its serialized proto (the same for tokenizer.model in a
+    tokenizer directory, an export, or inside a .nemo)."""
+    import hashlib
+
+    return hashlib.sha256(processor.serialized_model_proto()).hexdigest()
+
+
+def token_symbol(token_id: int) -> str:
+    """The LM's symbol for a piece id. Some are Unicode whitespace or line breaks (id 33 is U+0085, id 60 is
+    U+00A0): KenLM splits on ASCII whitespace only; never ``str.split()`` or ``splitlines()`` such text."""
+    return chr(token_id + TOKEN_OFFSET)
+
+
+@dataclass(frozen=True)
+class LMInfo:
+    dir: Path
+    meta: dict
+
+    @property
+    def binary(self) -> Path:
+        return self.dir / BINARY
+
+    @property
+    def arpa(self) -> Path:
+        return self.dir / ARPA
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return self.meta["tokenizer"]["sha256"]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["tokenizer"]["vocab_size"])
+
+    @property
+    def tuned(self) -> dict | None:
+        """``{"alpha": …, "beta": …, "beam": …, …}`` recorded by ``korasr lm tune``, or None."""
+        return self.meta.get("tuned")
+
+
+def read_lm(directory: str | os.PathLike[str]) -> LMInfo:
+    """An LM directory's metadata, checked: a clear error naming the file for a missing or corrupt LM."""
+    directory = Path(directory)
+    meta_path = directory / META
+    if not directory.is_dir():
+        raise LMError(f"{directory}: no such LM directory (korasr lm build writes one)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LMError(f"{meta_path}: missing: {directory} is not a korasr LM directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LMError(f"{meta_path}: corrupt ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise LMError(f"{meta_path}: not a korasr token n-gram LM (format {meta.get('format')!r})")
+    info = LMInfo(directory, meta)
+    for path in (info.binary, info.arpa):
+        if not path.is_file():
+            raise LMError(f"{path}: missing from the LM directory")
+    if sha256_file(info.binary) != meta["files"][BINARY]["sha256"]:
+        raise LMError(f"{info.binary}: corrupt (its hash differs from the one in {meta_path})")
+    return info
+
+
+def check_tokenizer(info: LMInfo, tokenizer_sha256: str, vocab_size: int, where: str) -> None:
+    """Refuse an LM built for another tokenizer: its ids would mean other pieces."""
+    if info.tokenizer_sha256 != tokenizer_sha256 or info.vocab_size != vocab_size:
+        raise LMError(
+            f"{info.dir}: built for another tokenizer ({info.meta['tokenizer'].get('dir')}, sha256 "
+            f"{info.tokenizer_sha256[:12]}…, {info.vocab_size} pieces) than {where} (sha256 {tokenizer_sha256[:12]}…, "
+            f"{vocab_size} pieces): rebuild it with korasr lm build --tokenizer …"
+        )
