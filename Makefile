@@ -107,8 +107,8 @@ $(BIN)/lmplz: | $(VENV)/.installed
 	rm -rf build/kenlm && mkdir -p build/kenlm
 	$(BIN)/pip download -q --no-deps --no-binary kenlm kenlm==$(KENLM_VERSION) -d build/kenlm
 	tar -xzf build/kenlm/kenlm-$(KENLM_VERSION).tar.gz -C build/kenlm
-	cmake -S build/kenlm/kenlm-$(KENLM_VERSION) -B build/kenlm/build -DCMAKE_BUILD_TYPE=Release >/dev/null
-	cmake --build build/kenlm/build -j $(JOBS) --target lmplz build_binary >/dev/null
+	cmake -S build/kenlm/kenlm-$(KENLM_VERSION) -B build/kenlm/build -DCMAKE_BUILD_TYPE=Release >build/kenlm/cmake.log 2>&1 || { tail -30 build/kenlm/cmake.log; exit 1; }
+	cmake --build build/kenlm/build -j $(JOBS) --target lmplz build_binary >build/kenlm/build.log 2>&1 || { tail -30 build/kenlm/build.log; exit 1; }
 	install -m 755 build/kenlm/build/bin/lmplz build/kenlm/build/bin/build_binary $(BIN)/
 	echo "kenlm $(KENLM_VERSION) (PyPI source package)" > $(BIN)/kenlm.version
 
