@@ -94,7 +94,7 @@ browser: ## Debian's chromium + chromium-driver for the service page's browser t
 # whole tree with its CMake build. Needs a C++ compiler, cmake, Boost (program_options, system, thread), zlib.
 KENLM_VERSION := 0.3.0
 KENLM_DEBS := g++ cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev
-kenlm: $(BIN)/lmplz ## KenLM's lmplz + build_binary built from the PyPI source package into .venv/bin (about a minute)
+kenlm: $(BIN)/lmplz ## KenLM's lmplz + build_binary built from the PyPI source package into .venv/bin (about 25 s on 2 quiet cores)
 
 $(BIN)/lmplz: | $(VENV)/.installed
 	@if ! dpkg -s $(KENLM_DEBS) >/dev/null 2>&1; then \
