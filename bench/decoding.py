@@ -26,6 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SPLITS = ("eval_clean", "eval_other")
 
 
+def logprobs_of(rec, waves: list[np.ndarray], batch: int = 16) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    out: list[np.ndarray] = []
+    for i in range(0, len(waves), batch):
+        out += rec.logprobs(waves[i : i + batch])
+    return out
+
+
 def _read(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")
 
@@ -87,9 +94,7 @@ def main() -> int:
     }
     for split, d in data.items():
         start = time.perf_counter()
-        logprobs = []
-        for i in range(0, len(d["waves"]), 16):
-            logprobs += rec.logprobs(d["waves"][i : i + 16])
+        logprobs = d["logprobs"] = logprobs_of(rec, d["waves"])
         acoustic = time.perf_counter() - start
         for name, decoder in decoders.items():
             start = time.perf_counter()
@@ -108,12 +113,8 @@ def main() -> int:
     hot_manifest = make_hotword_set(ROOT / "bench" / "out" / "hotword_set")
     hot_rows = read_manifest(hot_manifest)
     hot_waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in hot_rows]
-    hot_lp = []
-    for i in range(0, len(hot_waves), 16):
-        hot_lp += rec.logprobs(hot_waves[i : i + 16])
-    clean_lp = []
-    for i in range(0, len(data["eval_clean"]["waves"]), 16):
-        clean_lp += rec.logprobs(data["eval_clean"]["waves"][i : i + 16])
+    hot_lp = logprobs_of(rec, hot_waves)
+    clean_lp = data["eval_clean"]["logprobs"]
 
     def texts(decoder, logprobs) -> list[str]:  # type: ignore[no-untyped-def]
         return [tokens_text(rec.pieces, [t for t, _ in (decoder.decode(lp) if decoder else greedy(lp, rec.blank))],

@@ -216,17 +216,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from korasr.evaluate import Decoding, _lines, _lm
+    from korasr.evaluate import Decoding, _lines, _lm, with_bundled_lm
     from korasr.runtime import Recognizer
 
     recognizer = Recognizer(args.model, threads=args.threads, precision=args.precision)
     decoder = args.decoder or ("beam" if recognizer.bundled_lm or args.lm or args.hotwords else "greedy")
-    decoding = Decoding(decoder, args.lm, args.hotwords, args.beam, args.alpha, args.beta)
+    decoding = with_bundled_lm(Decoding(decoder, args.lm, args.hotwords, args.beam, args.alpha, args.beta), recognizer)
     if decoder == "beam":
-        lm = args.lm or recognizer.bundled_lm
-        info = _lm(Decoding("beam", str(lm))) if lm else None
         hotwords = recognizer.hotwords(_lines(args.hotwords), args.hotwords) if args.hotwords else None
-        recognizer.use_decoder("beam", lm=lm, beam_options=decoding.options(info), hotwords=hotwords)
+        recognizer.use_decoder("beam", lm=decoding.lm, beam_options=decoding.options(_lm(decoding)), hotwords=hotwords)
     results = recognizer.transcribe(
         args.audio, batch_size=args.batch_size, timestamps=args.timestamps, chunk_seconds=args.chunk_seconds
     )

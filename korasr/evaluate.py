@@ -143,6 +143,16 @@ def _lines(path: str) -> list[str]:
         raise ValueError(f"{path}: not UTF-8 text ({e})") from None
 
 
+def with_bundled_lm(decoding: Decoding, model) -> Decoding:  # type: ignore[no-untyped-def]
+    """A beam decoding without ``lm`` on an export that bundles one uses it (and its tuned alpha/beta)."""
+    import dataclasses
+
+    bundled = getattr(model, "bundled_lm", None)
+    if decoding.decoder == "beam" and not decoding.lm and bundled is not None:
+        return dataclasses.replace(decoding, lm=str(bundled))
+    return decoding
+
+
 def _lm(decoding: Decoding):  # type: ignore[no-untyped-def]
     from korasr.lm import read_lm
 
@@ -185,18 +195,24 @@ def _check_lm_for_nemo(model, info) -> None:  # type: ignore[no-untyped-def]
     check_tokenizer(info, proto_sha256(model.tokenizer.tokenizer), model.tokenizer.vocab_size, "the .nemo's")
 
 
+def _nemo_hotwords(model, decoding: Decoding, unit: str):  # type: ignore[no-untyped-def]
+    """The decoding's hotword file over the .nemo's own tokenizer (None without one)."""
+    if not decoding.hotwords:
+        return None
+    from korasr.runtime.beam import hotwords_from_lines, piece_variants
+
+    sp = model.tokenizer.tokenizer
+    return hotwords_from_lines(_lines(decoding.hotwords), lambda p: piece_variants(sp, unit, p), decoding.hotwords)
+
+
 def _korasr_beam_on_nemo(model, paths, batch_size, decoding, unit, progress) -> list[str]:  # type: ignore[no-untyped-def]
     from korasr.runtime import tokens_text
-    from korasr.runtime.beam import BeamDecoder, hotwords_from_lines, piece_variants
+    from korasr.runtime.beam import BeamDecoder
 
     info = _lm(decoding)
     if info is not None:
         _check_lm_for_nemo(model, info)
-    hotwords = None
-    if decoding.hotwords:
-        sp = model.tokenizer.tokenizer
-        hotwords = hotwords_from_lines(_lines(decoding.hotwords), lambda p: piece_variants(sp, unit, p),
-                                       decoding.hotwords)  # fmt: skip
+    hotwords = _nemo_hotwords(model, decoding, unit)
     vocab = model.tokenizer.vocab_size
     decoder = BeamDecoder(vocab, decoding.options(info), info.binary if info else None, hotwords)
     pieces = _nemo_pieces(model)
@@ -228,12 +244,8 @@ def _use_nemo_beam(model, decoding: Decoding) -> None:  # type: ignore[no-untype
         cfg.beam.ngram_lm_model = str(info.arpa) if info is not None else None
         cfg.beam.ngram_lm_alpha = options.alpha
         if decoding.hotwords:
-            from korasr.runtime.beam import hotwords_from_lines, piece_variants
-
             unit = str(model.cfg.get("korasr_text_unit", "jamo"))
-            sp = model.tokenizer.tokenizer
-            words = hotwords_from_lines(_lines(decoding.hotwords), lambda p: piece_variants(sp, unit, p),
-                                        decoding.hotwords)  # fmt: skip
+            words = _nemo_hotwords(model, decoding, unit)
             cfg.beam.boosting_tree = {"key_phrases_list": [to_model_text(w.phrase, unit) for w in words],
                                       "context_score": max(w.boost for w in words), "use_triton": False}  # fmt: skip
             cfg.beam.boosting_tree_alpha = 1.0
@@ -303,6 +315,8 @@ def evaluate(
     decodings = decodings or [Decoding()]
     infos = [_lm(d) for d in decodings]  # a missing or corrupt LM fails before any model loads
     model = load_model(model_path, precision)
+    decodings = [with_bundled_lm(d, model) for d in decodings]
+    infos = [_lm(d) for d in decodings]
     out = Path(out_dir) if out_dir else Path(model_path).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     plain = decodings == [Decoding()]

@@ -48,7 +48,7 @@ def test_korasr_beam_scores_as_nemos_beam_batch_on_the_same_arpa(trained, recipe
         assert rows["beam"] < rows["greedy"], (split, rows)
 
 
-def test_export_beam_equals_beam_on_the_nemos_log_probabilities(exported, trained, recipe, lm):
+def test_export_beam_scores_as_beam_on_the_nemos_log_probabilities(exported, trained, recipe, lm):
     """The same search on onnxruntime's log-probabilities (parity-checked against NeMo's) gives the same text."""
     manifest = str(recipe["manifests"] / "eval_clean.jsonl")
     common = ["--manifest", manifest, "--quiet", "--decoder", "beam", "--lm", str(lm), "--alpha", ALPHA, "--beta", BETA]

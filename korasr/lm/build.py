@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from korasr import __version__
-from korasr.fsutil import sha256_file
+from korasr.fsutil import sha256_file, staged_dir
 from korasr.lm import ARPA, BINARY, FORMAT, META, TOKEN_OFFSET, LMError, proto_sha256, token_symbol
 from korasr.text.codec import to_model_text
 
@@ -153,9 +152,7 @@ def build_lm(
         pass
 
     lmplz, build_binary = find_tool("lmplz"), find_tool("build_binary")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as staging:
         corpus = staging / "corpus.txt"
         lines_total = 0
         with open(corpus, "w", encoding="utf-8", newline="\n") as f:
@@ -198,12 +195,6 @@ def build_lm(
             "tuned": None,
         }
         (staging / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("wrote %s: order %d, n-grams %s, %.1f s", out, order, meta["ngrams"], meta["seconds_taken"])
     return out
 

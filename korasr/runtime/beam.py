@@ -29,6 +29,7 @@ from korasr.runtime.ctc import collapse
 LN10 = math.log(10.0)
 DEFAULT_BEAM = 8
 DEFAULT_BOOST = 2.0
+MAX_HOTWORDS = 10_000
 
 
 class HotwordError(KorasrError, ValueError):
@@ -162,14 +163,14 @@ def hotwords_from_lines(lines: list[str], encode, source: str = "hotwords") -> l
             raise HotwordError(f"{source}:{number}: an empty phrase")
         if len(phrase) > 100:
             raise HotwordError(f"{source}:{number}: a phrase of {len(phrase)} characters (at most 100)")
+        if len(words) == MAX_HOTWORDS:
+            raise HotwordError(f"{source}:{number}: more than {MAX_HOTWORDS:,} hotwords")
         variants = encode(phrase)
         if not variants or any(0 in v for v in variants):
-            bad = sorted({c for c in phrase if c != " " and 0 in (encode(c) or [[0]])[0]})
+            bad = sorted({c for c in phrase if c != " " and 0 in encode(c)[0]})
             raise HotwordError(f"{source}:{number}: {phrase!r} has characters the model's tokenizer cannot encode: "
                                f"{' '.join(bad) or '?'}")  # fmt: skip
         words.append(Hotword(phrase, boost, tuple(tuple(v) for v in variants)))
-    if len(words) > 10_000:
-        raise HotwordError(f"{source}: {len(words)} hotwords (at most 10,000)")
     return words
 
 

@@ -17,8 +17,6 @@ import json
 import logging
 import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import yaml
 
 from korasr import __version__
 from korasr.errors import KorasrError
-from korasr.fsutil import sha256_file
+from korasr.fsutil import sha256_file, staged_dir
 from korasr.text.codec import JAMO_UNITS, MODERN_JAMO, UNITS, to_model_text
 
 log = logging.getLogger(__name__)
@@ -134,9 +132,7 @@ def build_tokenizer(
     log.info("training %s tokenizer (%s) on %d sentences of %s", options.unit, options.model_type, len(texts),
              manifest)  # fmt: skip
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         corpus = staging / "train_text.txt"
         lines = list(texts)
         if options.unit in JAMO_UNITS:
@@ -184,12 +180,6 @@ def build_tokenizer(
         reports = report_manifests if report_manifests is not None else _siblings(manifest)
         report = {str(sub): feasibility_report(processor, options.unit, reports, subsampling=sub) for sub in (4, 8)}
         (staging / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("wrote %s: %d pieces (%s over %s)", out_dir, record["vocab_size"], options.model_type, options.unit)
     return out_dir
 
