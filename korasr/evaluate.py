@@ -190,9 +190,9 @@ def _nemo_pieces(model) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def _check_lm_for_nemo(model, info) -> None:  # type: ignore[no-untyped-def]
-    from korasr.lm import check_tokenizer, proto_sha256
+    from korasr.lm import check_tokenizer, vocabulary_sha256
 
-    check_tokenizer(info, proto_sha256(model.tokenizer.tokenizer), model.tokenizer.vocab_size, "the .nemo's")
+    check_tokenizer(info, vocabulary_sha256(model.tokenizer.tokenizer), model.tokenizer.vocab_size, "the .nemo's")
 
 
 def _nemo_hotwords(model, decoding: Decoding, unit: str):  # type: ignore[no-untyped-def]

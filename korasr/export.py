@@ -327,9 +327,9 @@ def export(
     (tmp / "tokens.txt").write_text(tokens_txt(pieces), encoding="utf-8")
     (tmp / "tokenizer.model").write_bytes(model.tokenizer.tokenizer.serialized_model_proto())
     if lm_info is not None:
-        from korasr.lm import check_tokenizer, proto_sha256
+        from korasr.lm import check_tokenizer, vocabulary_sha256
 
-        check_tokenizer(lm_info, proto_sha256(model.tokenizer.tokenizer), blank, str(model_path))
+        check_tokenizer(lm_info, vocabulary_sha256(model.tokenizer.tokenizer), blank, str(model_path))
         shutil.copytree(lm_info.dir, tmp / "lm", ignore=shutil.ignore_patterns(".*"))
 
     parity = _parity(

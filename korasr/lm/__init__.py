@@ -30,12 +30,14 @@ class LMError(KorasrError, ValueError):
     pass
 
 
-def proto_sha256(processor) -> str:  # type: ignore[no-untyped-def]
-    """A SentencePiece model's identity: the hash of its serialized proto (the same for tokenizer.model in a
-    tokenizer directory, an export, or inside a .nemo)."""
+def vocabulary_sha256(processor) -> str:  # type: ignore[no-untyped-def]
+    """A SentencePiece model's identity for an LM over its ids: the hash of its pieces in id order. Not of the
+    serialized proto, which also records the path it was trained from: the same tokenizer rebuilt elsewhere would
+    look foreign."""
     import hashlib
 
-    return hashlib.sha256(processor.serialized_model_proto()).hexdigest()
+    pieces = "\n".join(processor.id_to_piece(i) for i in range(processor.get_piece_size()))
+    return hashlib.sha256(pieces.encode("utf-8")).hexdigest()
 
 
 def token_symbol(token_id: int) -> str:

@@ -26,7 +26,7 @@ import yaml
 
 from korasr import __version__
 from korasr.fsutil import sha256_file, staged_dir
-from korasr.lm import ARPA, BINARY, FORMAT, META, TOKEN_OFFSET, LMError, proto_sha256, token_symbol
+from korasr.lm import ARPA, BINARY, FORMAT, META, TOKEN_OFFSET, LMError, token_symbol, vocabulary_sha256
 from korasr.text.codec import to_model_text
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
         raise LMError(f"{directory}: not a korasr tokenizer directory (needs tokenizer.model and tokenizer.yaml)")
     meta = yaml.safe_load(record.read_text(encoding="utf-8")) or {}
     processor = spm.SentencePieceProcessor(model_file=str(model))
-    return Tokenizer(directory.resolve(), meta["unit"], proto_sha256(processor), processor)
+    return Tokenizer(directory.resolve(), meta["unit"], vocabulary_sha256(processor), processor)
 
 
 def find_tool(name: str) -> Path:

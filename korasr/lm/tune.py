@@ -29,7 +29,7 @@ def check_dev_manifest(path: Path) -> None:
 
 def _acoustics(model_path: str | os.PathLike[str], paths: list[str], progress: bool):  # type: ignore[no-untyped-def]
     """(log-probabilities per utterance, pieces, unit, tokenizer hash, vocab size) of an export or a .nemo."""
-    from korasr.lm import proto_sha256
+    from korasr.lm import vocabulary_sha256
 
     if Path(model_path).is_dir():
         import soundfile as sf
@@ -51,7 +51,7 @@ def _acoustics(model_path: str | os.PathLike[str], paths: list[str], progress: b
     model = load_model(model_path)
     unit = str(model.cfg.get("korasr_text_unit", "jamo"))
     logprobs = nemo_logprobs(model, paths, progress=progress)
-    return logprobs, _nemo_pieces(model), unit, proto_sha256(model.tokenizer.tokenizer), model.tokenizer.vocab_size
+    return logprobs, _nemo_pieces(model), unit, vocabulary_sha256(model.tokenizer.tokenizer), model.tokenizer.vocab_size
 
 
 def tune(

@@ -144,9 +144,9 @@ class Recognizer:
         return self._tokenizer
 
     def tokenizer_sha256(self) -> str:
-        from korasr.lm import proto_sha256
+        from korasr.lm import vocabulary_sha256
 
-        return proto_sha256(self.tokenizer())
+        return vocabulary_sha256(self.tokenizer())
 
     def use_decoder(self, decoder: str = "greedy", *, lm: str | os.PathLike[str] | None = None, beam_options=None,
                     hotwords=None) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
