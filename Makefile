@@ -15,6 +15,8 @@ SAMPLE_UTTERANCES ?= 2500
 # wide: 12 voices at 150-230 wpm (the recipe); narrow: 3 voices at 165-180 wpm (learns faster, generalizes not at all)
 SAMPLE_VARIETY ?= wide
 ARGS ?=
+# STREAMING=1: the cache-aware streaming variant of the recipe's model (conf/streaming.yaml, recipes/RECIPE/streaming.yaml)
+STREAMING ?=
 # Tokenizer: unit jamo|syllable|char-jamo|char-syllable, SentencePiece type unigram|bpe, vocabulary size.
 UNIT ?= jamo
 TYPE ?= unigram
@@ -34,7 +36,7 @@ endif
 # Scale-out: DEVICES=8 NODES=2 (Lightning DDP); empty keeps the config's choice (all GPUs, or 1 CPU).
 DEVICES ?=
 NODES ?=
-TRAIN_ARGS = model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES)) $(if $(NOISE_MANIFEST),model.train_ds.noise_path=$(NOISE_MANIFEST))
+TRAIN_ARGS = $(if $(STREAMING),--streaming) model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES)) $(if $(NOISE_MANIFEST),model.train_ds.noise_path=$(NOISE_MANIFEST))
 EVAL_ARGS := --evaluate manifests/$(RECIPE)/eval_clean.jsonl --evaluate manifests/$(RECIPE)/eval_other.jsonl --results recipes/$(RECIPE)/RESULTS.md
 # The export folder `make serve` serves, and where.
 EXPORT ?= $(if $(MODEL),$(dir $(MODEL))export)
@@ -49,7 +51,7 @@ MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
-.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-hostile bench-memory clean
+.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory clean
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -158,7 +160,7 @@ endif
 tokenizer: prepare ## tokenizers/RECIPE/UNIT_TYPE_vVOCAB from the train manifest (UNIT=jamo TYPE=unigram VOCAB=...)
 	$(BIN)/korasr tokenizer build --manifest manifests/$(RECIPE)/train.jsonl --unit $(UNIT) --type $(TYPE) --vocab $(VOCAB) --out $(TOKENIZER_DIR)
 
-train: tokenizer $(if $(NOISE_MANIFEST),noise) ## the recipe: corpus → prepare → tokenizer → train → evaluate (RECIPE=sample|kspon, ARGS=overrides)
+train: tokenizer $(if $(NOISE_MANIFEST),noise) ## the recipe: corpus → prepare → tokenizer → train → evaluate (RECIPE=sample|kspon, ARGS=overrides, STREAMING=1: cache-aware streaming model)
 	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(EVAL_ARGS) $(ARGS)
 
 train-only: setup ## the train stage alone (manifests and tokenizer must exist)
@@ -179,7 +181,7 @@ evaluate: setup ## CER, CER+space, WER, sWER, jamo slots of MODEL (default: newe
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
 	$(BIN)/korasr evaluate --model $(MODEL) --manifest manifests/$(RECIPE)/eval_clean.jsonl --manifest manifests/$(RECIPE)/eval_other.jsonl --results recipes/$(RECIPE)/RESULTS.md $(if $(MAX_CER),--max-cer $(MAX_CER))
 
-export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .nemo), parity-checked, fp16 too (INT8=1: + INT8 calibrated on dev; LM=DIR: bundles an LM); prints its path last
+export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .nemo), parity-checked, fp16 too (INT8=1: + INT8 calibrated on dev; LM=DIR: bundles an LM; a streaming model: + streaming/); prints its path last
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
 	@if [ -n "$(INT8)" ] && [ ! -f manifests/$(RECIPE)/dev.jsonl ]; then echo "INT8=1 calibrates on manifests/$(RECIPE)/dev.jsonl, which does not exist: run make prepare"; exit 2; fi
 	$(BIN)/korasr export --model $(MODEL) $(if $(wildcard manifests/$(RECIPE)/dev.jsonl),--parity-manifest manifests/$(RECIPE)/dev.jsonl) $(if $(INT8),--int8-calibration manifests/$(RECIPE)/dev.jsonl) $(if $(LM),--lm $(LM))
@@ -197,6 +199,9 @@ bench-inference: setup ## CPU inference: korasr runtime vs sherpa-onnx vs NeMo t
 
 bench-serve: setup ## loopback load on korasr serve, batched vs unbatched, 1/8/32 clients, RSS (needs make export)
 	$(BIN)/python bench/serve_load.py
+
+bench-streaming: setup ## korasr streaming runtime vs sherpa-onnx online (chunk compute, concurrent streams), WebSocket at 1/8/32 clients, a 10-min stream (needs a streaming export)
+	$(BIN)/python bench/streaming.py
 
 bench-decoding: setup ## greedy vs beam vs beam + LM, korasr vs NeMo beam_batch: CER, RTFx, hotword recall (needs make train, make lm, make export)
 	$(BIN)/python bench/decoding.py

@@ -132,7 +132,7 @@ def _tokenizer_report(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from korasr.train import compose, dry_run, recipe_configs, train
 
-    configs = recipe_configs(args.recipe, args.size) + list(args.config)
+    configs = recipe_configs(args.recipe, args.size, args.streaming) + list(args.config)
     overrides = [*args.overrides, *(["korasr.drop_infeasible=true"] if args.drop_infeasible else [])]
     if args.dry_run:
         print(dry_run(compose(configs, overrides)))
@@ -210,14 +210,65 @@ def _export(args: argparse.Namespace) -> int:
             int8_utterances=args.int8_utterances,
             triton_device=args.triton_device,
             lm=args.lm,
+            lookahead_ms=args.lookahead,
         )
     )
     return 0
 
 
+def _transcribe_streaming(args: argparse.Namespace) -> int:
+    """Each file through a live stream (korasr.runtime.streaming), in 100 ms pieces; ``--realtime`` paces them at
+    the audio's speed and shows the partial text as it changes (stderr), each final as a line."""
+    import time
+
+    import soundfile as sf
+
+    from korasr.runtime.streaming import Endpoint, StreamingModel
+
+    if args.decoder == "beam" or args.lm or args.hotwords:
+        raise ValueError("--streaming decodes greedily (beam search and hotwords are for whole files)")
+    model = StreamingModel(args.model, threads=args.threads)
+    endpoint = Endpoint(silence_after_speech=args.endpoint_silence)
+    for path in args.audio:
+        info = sf.info(path)
+        stream = model.stream(info.samplerate, endpoint)
+        piece = max(1, info.samplerate // 10)
+        started, fed = time.monotonic(), 0
+        for block in sf.blocks(path, blocksize=piece, dtype="float32", always_2d=True):
+            if args.realtime:
+                time.sleep(max(0.0, started + fed / info.samplerate - time.monotonic()))
+            stream.accept(block)
+            fed += len(block)
+            model.run([stream])
+            if args.realtime:
+                _show(stream.pop_events())
+        stream.finish()
+        model.run([stream])
+        if args.realtime:
+            _show(stream.pop_events())
+        if args.json or args.timestamps:
+            print(json.dumps({"audio": str(path), "text": stream.text(), "lookahead_ms": model.lookahead_ms,
+                              "segments": [s.as_dict() for s in stream.segments]}, ensure_ascii=False))  # fmt: skip
+        elif not args.realtime:
+            print(stream.text())
+    return 0
+
+
+def _show(events) -> None:  # type: ignore[no-untyped-def]
+    for event in events:
+        if event.type == "partial":
+            print(f"\r\033[K… {event.text}", end="", file=sys.stderr, flush=True)
+        else:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            print(f"[{event.start:7.2f} – {event.end:7.2f}] {event.text}", flush=True)
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     from korasr.evaluate import Decoding, _lines, _lm, with_bundled_lm
     from korasr.runtime import Recognizer
+
+    if args.streaming or args.realtime:
+        return _transcribe_streaming(args)
 
     recognizer = Recognizer(args.model, threads=args.threads, precision=args.precision)
     decoder = args.decoder or ("beam" if recognizer.bundled_lm or args.lm or args.hotwords else "greedy")
@@ -272,6 +323,13 @@ def _serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         precision=args.precision,
         decoder=args.decoder,
+        max_streams=args.max_streams,
+        stream_idle_s=args.stream_idle,
+        max_stream_seconds=args.max_stream_seconds,
+        max_frame_bytes=int(args.max_frame_kb * 1024),
+        stream_batch=args.stream_batch,
+        endpoint_silence_s=args.endpoint_silence,
+        max_utterance_s=args.max_utterance,
     )
     if not (config.model / "model.json").is_file():
         raise FileNotFoundError(f"{config.model}: not a korasr export directory (run `make export`)")
@@ -410,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="model size (default: the recipe's korasr.size)",
     )
     p.add_argument("--config", action="append", default=[], help="more YAML merged after the recipe (repeatable)")
+    p.add_argument("--streaming", action="store_true",
+                   help="the cache-aware streaming variant (conf/streaming.yaml, then the recipe's streaming.yaml)")  # fmt: skip
     p.add_argument(
         "--evaluate",
         action="append",
@@ -460,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--int8-utterances", type=int, default=64, help="calibration utterances (the manifest's first)")
     p.add_argument("--triton-device", choices=("cpu", "gpu"), default="cpu", help="Triton instance group kind")
+    p.add_argument("--lookahead", type=int, default=None, metavar="MS",
+                   help="streaming models: the look-ahead streaming/ runs at (one trained; default: the first)")  # fmt: skip
     p.add_argument("--lm", default=None, metavar="DIR",
                    help="bundle this LM directory (korasr lm build/tune) as lm/: beam search with it by default")  # fmt: skip
     p.set_defaults(func=_export)
@@ -469,6 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", help="audio files, any sample rate and channel count")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     p.add_argument("--timestamps", action="store_true", help="word start/end times (implies --json)")
+    p.add_argument("--streaming", action="store_true",
+                   help="decode as a live stream with the export's streaming/ graphs (a --streaming model): "
+                   "chunk by chunk, utterances cut by endpointing")  # fmt: skip
+    p.add_argument("--realtime", action="store_true",
+                   help="with --streaming: feed the file at real-time speed, show partials as they change")  # fmt: skip
+    p.add_argument("--endpoint-silence", type=bounded(float, 0.1, 60), default=0.8, metavar="SECONDS",
+                   help="with --streaming: trailing silence that ends an utterance (default 0.8)")  # fmt: skip
     p.add_argument("--batch-size", type=bounded(int, 1, 1024), default=16)
     p.add_argument("--chunk-seconds", type=bounded(float, MIN_CHUNK_SECONDS, 3600), default=30.0,
                    help="longer files are decoded in chunks of at most this many seconds (default: 30)")  # fmt: skip
@@ -521,6 +590,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upload-timeout", type=bounded(float, 0.1, 3600), default=60.0, metavar="S",
                    help="a request not admitted with its body complete within S s gets 503/408 (default: 60)")  # fmt: skip
     p.add_argument("--public-docs", action="store_true", help="/docs and /openapi.json without the API key")
+    p.add_argument("--max-streams", type=bounded(int, 0, 4096), default=32,
+                   help="WebSocket streams open at once (/v1/stream; more: closed with 1013)")  # fmt: skip
+    p.add_argument("--stream-idle", type=bounded(float, 0.1, 3600), default=10.0, metavar="S",
+                   help="close a stream that sent no frame for S seconds (1008)")  # fmt: skip
+    p.add_argument("--max-stream-seconds", type=bounded(float, 1, 7 * 24 * 3600), default=4 * 3600.0,
+                   help="audio seconds per stream; then its finals and a close with 1008")  # fmt: skip
+    p.add_argument("--max-frame-kb", type=bounded(float, 1, 16 * 1024), default=64.0,
+                   help="largest WebSocket frame (1009 beyond)")  # fmt: skip
+    p.add_argument("--stream-batch", type=bounded(int, 1, 256), default=32, help="streams per streaming encoder call")
+    p.add_argument("--endpoint-silence", type=bounded(float, 0.1, 60), default=0.8, metavar="S",
+                   help="trailing silence after speech that ends an utterance (streams and HTTP segments)")  # fmt: skip
+    p.add_argument("--max-utterance", type=bounded(float, 1, 600), default=20.0, metavar="S",
+                   help="longest utterance before a cut (streams and HTTP segments)")  # fmt: skip
     p.add_argument("--threads", type=bounded(int, 1, 256), default=None, help="onnxruntime intra-op threads")
     _add_precision(p)
     p.add_argument("--decoder", choices=("greedy", "beam"), default=None,

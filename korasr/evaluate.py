@@ -305,7 +305,10 @@ def evaluate(
     ``results_md`` when given, and raise :class:`GateFailed` when a split's CER exceeds ``max_cer``.
     ``precision`` picks an export's graph (fp32, fp16, int8; see korasr.runtime.Recognizer). With several
     ``decodings`` (or one that is not greedy) each split is scored once per decoder setting, named
-    ``<split> · <setting>`` (files ``<split>.<setting>.hyp.jsonl``)."""
+    ``<split> · <setting>`` (files ``<split>.<setting>.hyp.jsonl``). A streaming ``.nemo`` (``korasr train
+    --streaming``) is scored at each look-ahead it was trained with (``<split> · look-ahead 480 ms``): NeMo's
+    offline forward with the chunked attention of that look-ahead, which is what its cache-aware streaming
+    computes (korasr export checks the streaming graphs against NeMo's streaming step)."""
     splits = {Path(m).stem: Path(m) for m in manifests}
     if len(splits) != len(manifests):
         raise ValueError(f"two manifests share a split name (file stem): {[str(m) for m in manifests]}")
@@ -319,19 +322,30 @@ def evaluate(
     infos = [_lm(d) for d in decodings]
     out = Path(out_dir) if out_dir else Path(model_path).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
+    contexts: list = [None]
+    if not hasattr(model, "session"):
+        from korasr.export.streaming import is_streaming, lookahead_label, lookaheads
+
+        if is_streaming(model):
+            contexts = lookaheads(model)
     plain = decodings == [Decoding()]
     hyp_files: dict[str, Path] = {}
-    for decoding, info in zip(decodings, infos, strict=True):
-        for split, manifest in splits.items():
-            rows = read_manifest(manifest)
-            name = split if plain else f"{split} · {decoding.label(info)}"
-            log.info("transcribing %s: %d utterances (%s)", manifest, len(rows), decoding.label(info))
-            hyps = transcribe(model, rows, batch_size, progress, decoding)
-            hyp_files[name] = out / (f"{split}.hyp.jsonl" if plain else f"{split}.{decoding.slug(info)}.hyp.jsonl")
-            with atomic_open(hyp_files[name]) as f:
-                for row, hyp in zip(rows, hyps, strict=True):
-                    record = {"utt_id": row.get("utt_id"), "ref": row["text"], "hyp": hyp}
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    for context in contexts:
+        if context is not None:
+            model.encoder.set_default_att_context_size(context["att_context_size"])
+        for decoding, info in zip(decodings, infos, strict=True):
+            for split, manifest in splits.items():
+                rows = read_manifest(manifest)
+                labels = ([lookahead_label(context)] if context else []) + ([] if plain else [decoding.label(info)])
+                name = " · ".join([split, *labels])
+                slug = re.sub(r"[^0-9A-Za-z.]+", "_", " ".join(labels)).strip("_")
+                log.info("transcribing %s: %d utterances (%s)", manifest, len(rows), " · ".join(labels) or "greedy")
+                hyps = transcribe(model, rows, batch_size, progress, decoding)
+                hyp_files[name] = out / (f"{split}.{slug}.hyp.jsonl" if slug else f"{split}.hyp.jsonl")
+                with atomic_open(hyp_files[name]) as f:
+                    for row, hyp in zip(rows, hyps, strict=True):
+                        record = {"utt_id": row.get("utt_id"), "ref": row["text"], "hyp": hyp}
+                        f.write(json.dumps(record, ensure_ascii=False) + "\n")
     report = score_files(
         hyp_files,
         out,

@@ -131,10 +131,6 @@ def piece_error_rate(reference: list[list[int]], hypothesis: list[list[int]]) ->
 
 
 def session(path: Path, threads: int | None = None):  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
+    from korasr.runtime.onnx import session as ort_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads)

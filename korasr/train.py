@@ -46,8 +46,12 @@ def compose(configs: list[str | os.PathLike[str]], overrides: list[str] | None =
     return merged  # type: ignore[return-value]
 
 
-def recipe_configs(recipe: str | os.PathLike[str], size: str | None = None) -> list[Path]:
-    """The files a recipe trains with: base, size (the recipe's ``korasr.size`` unless given), recipe."""
+STREAMING = CONF / "streaming.yaml"
+
+
+def recipe_configs(recipe: str | os.PathLike[str], size: str | None = None, streaming: bool = False) -> list[Path]:
+    """The files a recipe trains with: base, size (the recipe's ``korasr.size`` unless given), recipe. With
+    ``streaming``: base, size, ``conf/streaming.yaml``, recipe, the recipe's ``streaming.yaml`` when it has one."""
     recipe_file = Path(recipe)
     if recipe_file.is_dir():
         recipe_file = recipe_file / "train.yaml"
@@ -56,7 +60,10 @@ def recipe_configs(recipe: str | os.PathLike[str], size: str | None = None) -> l
     size = size or OmegaConf.load(recipe_file).get("korasr", {}).get("size")
     if size not in SIZES:
         raise TrainConfigError(f"model size must be one of {SIZES}, not {size!r} (set korasr.size or --size)")
-    return [BASE, CONF / "size" / f"{size}.yaml", recipe_file]
+    if not streaming:
+        return [BASE, CONF / "size" / f"{size}.yaml", recipe_file]
+    extra = [recipe_file.with_name("streaming.yaml")] if recipe_file.with_name("streaming.yaml").is_file() else []
+    return [BASE, CONF / "size" / f"{size}.yaml", STREAMING, recipe_file, *extra]
 
 
 def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -79,7 +86,8 @@ def finalize(cfg: DictConfig, cuda_available: bool) -> DictConfig:
         cfg.exp_manager.exp_dir = str(ROOT / "exp" / str(korasr.get("recipe", "default")))
     if OmegaConf.is_missing(cfg.exp_manager, "name"):
         tok = tokenizer_dir.name if tokenizer_dir else "tokenizer"
-        cfg.exp_manager.name = f"{korasr.get('size', 'model')}_{tok}"
+        streaming = "_streaming" if korasr.get("streaming") else ""
+        cfg.exp_manager.name = f"{korasr.get('size', 'model')}{streaming}_{tok}"
     missing = _missing_keys(cfg)
     if missing:
         raise TrainConfigError(f"required config keys are not set: {', '.join(missing)}")

@@ -153,6 +153,28 @@ def trained(recipe) -> Path:
     return nemo_path(proc.stdout)
 
 
+STREAMING_STEPS = 300
+
+
+@pytest.fixture(scope="session")
+def trained_streaming(recipe) -> Path:
+    """The streaming variant (korasr train --streaming: causal, chunked attention, look-aheads 480/120/40 ms) on the
+    same narrow corpus, without augmentation, for the streaming tests."""
+    exp = recipe["tmp"] / "exp_streaming"
+    proc = run(*train_args(recipe, exp, "--streaming", f"trainer.max_steps={STREAMING_STEPS}",
+                           "trainer.val_check_interval=150", "model.train_ds.perturb_speed=false"))  # fmt: skip
+    return nemo_path(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def exported_streaming(trained_streaming, recipe) -> Path:
+    out = recipe["tmp"] / "export_streaming"
+    proc = run("export", "--model", str(trained_streaming), "--out", str(out),
+               "--parity-manifest", str(recipe["manifests"] / "dev.jsonl"))  # fmt: skip
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    return out
+
+
 def nemo_path(stdout: str) -> Path:
     """`korasr train` prints the final .nemo as its last line."""
     last = stdout.strip().splitlines()[-1]

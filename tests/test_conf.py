@@ -47,7 +47,7 @@ def overrides(data: dict[str, str]) -> list[str]:
 
 def test_every_conf_file_is_a_size_or_the_base():
     files = sorted(p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml"))
-    assert files == ["fastconformer_ctc.yaml"] + [f"size/{s}.yaml" for s in sorted(SIZES)]
+    assert files == ["fastconformer_ctc.yaml"] + [f"size/{s}.yaml" for s in sorted(SIZES)] + ["streaming.yaml"]
     assert RECIPES == ["kspon", "sample"]
 
 
@@ -115,3 +115,25 @@ def test_every_size_instantiates_a_stock_nemo_model(size, data):
     expected = {"large": (100, 125), "medium": (25, 40), "small": (10, 18), "tiny": (1, 6)}[size]
     assert expected[0] < params < expected[1], params
     assert model.decoder.num_classes_with_blank == model.tokenizer.vocab_size + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("recipe", "size", "lookaheads_ms"), [("kspon", "small", [1040, 480, 80, 0]),
+                                                                ("sample", "tiny", [480, 120, 40])])  # fmt: skip
+def test_streaming_variant_is_nemos_cache_aware_model(recipe, size, lookaheads_ms, data):
+    """--streaming composes NeMo's cache-aware FastConformer on any size; the look-aheads the recipe promises are
+    the ones the model has, in milliseconds."""
+    import lightning.pytorch as pl
+    from nemo.collections.asr.models import EncDecCTCModelBPE
+
+    from korasr.export.streaming import is_streaming, lookaheads
+
+    configs = recipe_configs(ROOT / "recipes" / recipe, size, streaming=True)
+    assert CONF / "streaming.yaml" in configs
+    cfg = finalize(compose(configs, overrides(data)), cuda_available=False)
+    assert cfg.model.preprocessor.normalize == "NA" and cfg.model.encoder.att_context_style == "chunked_limited"
+    assert cfg.model.encoder.conv_context_size == "causal" and "_streaming_" in cfg.exp_manager.name
+    cfg.model.train_ds.num_workers = cfg.model.validation_ds.num_workers = 0
+    trainer = pl.Trainer(**{**OmegaConf.to_container(cfg.trainer), "logger": False, "enable_progress_bar": False})
+    model = EncDecCTCModelBPE(cfg=cfg.model, trainer=trainer)
+    assert is_streaming(model) and [o["lookahead_ms"] for o in lookaheads(model)] == lookaheads_ms

@@ -68,8 +68,33 @@ def test_openai_audio_api_shape(client, clip, expected):
     verbose = client.post("/v1/audio/transcriptions", files=files, data={"response_format": "verbose_json"}).json()
     assert verbose["text"] == expected and verbose["language"] == "korean" and verbose["segments"][0]["text"]
     assert [w["word"] for w in verbose["words"]] == expected.split()
-    bad = client.post("/v1/audio/transcriptions", files=files, data={"response_format": "srt"})
+    bad = client.post("/v1/audio/transcriptions", files=files, data={"response_format": "xml"})
     assert bad.status_code == 400 and "response_format" in bad.json()["error"]
+
+
+def test_segments_subtitles_and_the_official_openai_client(live_server, clip, expected, tmp_path):
+    """verbose_json, srt and vtt give one segment per utterance (the streaming endpoint rule on word times): two
+    utterances with 1.5 s of silence between them are two segments, through OpenAI's own client."""
+    import re
+
+    from openai import OpenAI
+
+    gap = np.zeros(24000, np.float32)
+    path = tmp_path / "two.wav"
+    sf.write(path, np.concatenate([clip["audio"], gap, clip["audio"]]), 16000, subtype="PCM_16")
+    first_end = len(clip["audio"]) / 16000
+    api = OpenAI(base_url=live_server + "/v1", api_key="page-key")
+    with open(path, "rb") as f:
+        verbose = api.audio.transcriptions.create(model="korasr", file=f, response_format="verbose_json")
+    segments = verbose.segments
+    assert [s.text for s in segments] == [expected, expected]
+    assert segments[0].end <= first_end + 0.1 and segments[1].start >= first_end + 1.0
+    for kind, stamp in (("srt", r"\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}"),
+                        ("vtt", r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}")):  # fmt: skip
+        with open(path, "rb") as f:
+            text = api.audio.transcriptions.create(model="korasr", file=f, response_format=kind)
+        assert len(re.findall(stamp, text)) == 2 and text.count(expected) == 2, text
+        assert text.startswith("1\n") if kind == "srt" else text.startswith("WEBVTT")
 
 
 @pytest.mark.parametrize(("fmt", "rate", "channels"), [("FLAC", 44100, 2), ("OGG", 48000, 1), ("MP3", 22050, 2),

@@ -12,8 +12,8 @@ import struct
 from pathlib import Path
 
 from korasr.fsutil import tmp_name
+from korasr import SAMPLE_RATE  # noqa: F401  (re-exported)
 
-SAMPLE_RATE = 16000
 SAMPLE_WIDTH = 2  # bytes, signed 16-bit little-endian
 AUDIO_FORMATS = ("wav", "flac")
 WAV_HEADER_BYTES = 44

@@ -23,7 +23,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16000
+from korasr import SAMPLE_RATE
+
 BLOCK_FRAMES = 1 << 16
 
 

@@ -3,7 +3,8 @@
 Routes: ``POST /v1/transcribe`` (multipart ``audio``), ``POST /v1/audio/transcriptions`` (OpenAI's audio API:
 ``file``, ``model``, ``response_format`` json | text | verbose_json), ``GET /health`` (ready once the model is
 loaded and a warm-up inference passed), ``GET /metrics`` (Prometheus), ``GET /`` (a page to upload or record),
-``/docs`` (OpenAPI).
+``/docs`` (OpenAPI), and ``GET /v1/stream`` (a WebSocket: 16-bit PCM in, partial and final results out; an export
+of a streaming model, ``streams.py``).
 
 Bounded under hostile input (every limit is a field of :class:`ServeConfig`): the gate (``gate.py``) checks the
 API key and admits at most ``queue_size`` transcription requests before a body is read; uploads are limited in
@@ -32,6 +33,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
 
     if workers > 1:
         os.environ[ENV] = config.to_env()  # every field, so no worker runs with a default the user overrode
-        uvicorn.run("korasr.serve:app_from_env", factory=True, host=host, port=port, workers=workers)
-    else:
-        uvicorn.run(create_app(config), host=host, port=port)
+        uvicorn.run("korasr.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    ws_max_size=config.max_frame_bytes)  # fmt: skip
+    else:  # ws_max_size: a larger WebSocket frame is refused (1009) before it is buffered
+        uvicorn.run(create_app(config), host=host, port=port, ws_max_size=config.max_frame_bytes)

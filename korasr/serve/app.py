@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Annotated
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from korasr.runtime import SAMPLE_RATE, Recognizer, Result
+from korasr.runtime import SAMPLE_RATE, Recognizer, Result, subtitles, utterances
 from korasr.runtime.audio import AudioError, AudioLimits, read_audio, read_pcm_s16le
 from korasr.serve.batcher import Batcher
 from korasr.serve.config import ServeConfig
@@ -59,6 +60,18 @@ class Metrics:
         self.batch_size = Histogram("korasr_batch_size", "requests per decoding batch", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32))  # fmt: skip
         self.model = Info("korasr_model", "the served export", registry=r)
+        self.streams = Gauge("korasr_streams_active", "open WebSocket streams", registry=r)
+        self.chunk_seconds = Histogram("korasr_stream_chunk_seconds", "compute per streaming encoder call (one "
+                                       "batch of streams)", registry=r,
+                                       buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1))  # fmt: skip
+        self.stream_batch = Histogram("korasr_stream_batch_size", "streams per streaming encoder call", registry=r,
+                                      buckets=(1, 2, 4, 8, 16, 32, 64))  # fmt: skip
+        self.partial_latency = Histogram("korasr_stream_partial_seconds", "from audio arriving to the partial it "
+                                         "produced", registry=r,
+                                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2))  # fmt: skip
+        self.finals = Counter("korasr_stream_finals", "final results sent on streams", registry=r)
+        self.stream_closes = Counter("korasr_stream_closes", "streams closed, by WebSocket close code", ["code"],
+                                     registry=r)  # fmt: skip
 
 
 def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
@@ -66,7 +79,7 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
 
     metrics = Metrics()
     limits = AudioLimits(max_seconds=config.max_audio_seconds)
-    state: dict = {"ready": False, "batcher": None, "recognizer": None, "decoders": None}
+    state: dict = {"ready": False, "batcher": None, "recognizer": None, "decoders": None, "hub": None}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):  # type: ignore[no-untyped-def]
@@ -85,9 +98,15 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
                             "unit": info["unit"], "precision": config.precision,
                             "korasr": str(info.get("versions", {}).get("korasr", ""))})  # fmt: skip
         decoders = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="korasr-audio")
-        state.update(ready=True, batcher=batcher, recognizer=recognizer, decoders=decoders)
+        hub = None
+        if (config.model / "streaming" / "streaming.json").is_file():
+            hub = await asyncio.to_thread(_stream_hub, config, metrics)
+            hub.start()
+        state.update(ready=True, batcher=batcher, recognizer=recognizer, decoders=decoders, hub=hub)
         yield
         state["ready"] = False
+        if hub is not None:
+            await hub.stop()
         await batcher.stop()
         decoders.shutdown(wait=False, cancel_futures=True)
 
@@ -190,8 +209,10 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
         prompt: Annotated[str | None, Form()] = None,
         temperature: Annotated[float | None, Form()] = None,
     ):  # type: ignore[no-untyped-def]
-        if response_format not in ("json", "text", "verbose_json"):
-            raise ClientError(400, f"response_format {response_format[:40]!r}: use json, text or verbose_json")
+        if response_format not in ("json", "text", "verbose_json", "srt", "vtt"):
+            raise ClientError(
+                400, f"response_format {response_format[:40]!r}: use json, text, verbose_json, srt or vtt"
+            )
         if language not in (None, "", "ko", "korean"):
             raise ClientError(400, f"language {language[:40]!r}: this model transcribes Korean (ko)")
         if not state["ready"]:
@@ -201,15 +222,23 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
             return PlainTextResponse(result.text)
         if response_format == "json":
             return {"text": result.text}
+        segments = utterances(result.words or [], config.endpoint_silence_s, config.max_utterance_s)
+        if response_format in ("srt", "vtt"):
+            return PlainTextResponse(subtitles(segments, response_format),
+                                     media_type="application/x-subrip" if response_format == "srt" else "text/vtt")  # fmt: skip
         words = [{"word": w.text, "start": w.start, "end": w.end} for w in result.words or []]
         return {
             "task": "transcribe",
             "language": "korean",
             "duration": round(duration, 3),
             "text": result.text,
-            "segments": [{"id": 0, "start": 0.0, "end": round(duration, 3), "text": result.text}],
+            "segments": segments,
             "words": words,
         }
+
+    @app.websocket("/v1/stream")
+    async def v1_stream(ws: WebSocket):  # type: ignore[no-untyped-def]
+        await stream_session(ws, config, state, metrics)
 
     @app.get("/health")
     async def health():  # type: ignore[no-untyped-def]
@@ -229,6 +258,127 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
     return app
 
 
+def _stream_hub(config: ServeConfig, metrics: Metrics):  # type: ignore[no-untyped-def]
+    from korasr.runtime.streaming import Endpoint, StreamingModel
+    from korasr.serve.streams import StreamHub
+
+    model = StreamingModel(config.model, threads=config.threads)
+    endpoint = Endpoint(silence_after_speech=config.endpoint_silence_s, max_utterance=config.max_utterance_s)
+    stream = model.stream(endpoint=None)  # warm-up: one chunk through both graphs
+    stream.accept(np.zeros(SAMPLE_RATE, np.float32))
+    stream.finish()
+    model.run([stream])
+    return StreamHub(model, max_batch=config.stream_batch, endpoint=endpoint, metrics=metrics)
+
+
+class StreamClosed(Exception):
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metrics: Metrics) -> None:
+    """One WebSocket stream: checks, then audio in and results out until the end, a limit or a disconnect.
+    Close codes: 1000 after the last final; 1008 wrong key, bad parameter, idle or too long; 1009 frame too large;
+    1007 a frame that is not 16-bit PCM or ``{"type": "end"}``; 1013 busy or loading; 1011 server error."""
+    from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+    from korasr.serve.gate import key_matches
+
+    await ws.accept()
+    hub, conn, sender = state.get("hub"), None, None
+    send_lock = asyncio.Lock()
+    code = 1000
+
+    async def close(code: int, reason: str, error: bool = True) -> None:
+        async with send_lock:
+            if ws.client_state != WebSocketState.CONNECTED:
+                return
+            with contextlib.suppress(Exception):
+                if error:
+                    await ws.send_json({"type": "error", "error": reason})
+                await ws.close(code=code, reason=reason[:120])
+
+    async def send_results() -> None:
+        sent_final = False
+        while True:
+            events, done = await conn.events.get()
+            async with send_lock:
+                for event in events:
+                    await ws.send_json(event.as_dict())
+                    sent_final = sent_final or event.type == "final"
+            if done:
+                if not sent_final:  # silence only: the client still gets its last final
+                    end = round(conn.stream._frame * conn.stream.model.frame_shift, 3)
+                    async with send_lock:
+                        await ws.send_json({"type": "final", "text": "", "start": end, "end": end, "words": []})
+                reason = getattr(conn, "close_reason", None)
+                await close(1008 if reason else 1000, reason or "end of stream", error=bool(reason))
+                return
+
+    try:
+        if config.api_key and not key_matches(ws.headers, config.api_key, ws.query_params.get("api_key")):
+            raise StreamClosed(1008, "missing or wrong API key (Authorization: Bearer KEY, X-API-Key, or ?api_key=)")
+        if not state["ready"]:
+            raise StreamClosed(1013, "model loading")
+        if hub is None:
+            raise StreamClosed(1008, f"{config.model.name} has no streaming graphs: serve the export of a model "
+                               "trained with --streaming (make train STREAMING=1)")  # fmt: skip
+        rate_text = ws.query_params.get("sample_rate", str(SAMPLE_RATE))
+        if not rate_text.isdigit() or not 8000 <= int(rate_text) <= 48000:
+            raise StreamClosed(1008, f"sample_rate {rate_text[:20]!r}: an integer from 8000 to 48000 (Hz)")
+        if hub.active >= config.max_streams:
+            raise StreamClosed(1013, f"server busy: {hub.active} streams open (at most {config.max_streams})")
+        rate = int(rate_text)
+        conn = hub.open(rate)
+        sender = asyncio.get_running_loop().create_task(send_results())
+        samples = 0
+        while True:
+            try:
+                message = await asyncio.wait_for(ws.receive(), config.stream_idle_s)
+            except TimeoutError:
+                raise StreamClosed(1008, f"idle: no frame for {config.stream_idle_s:g} s") from None
+            if message["type"] == "websocket.disconnect":
+                return
+            data, text = message.get("bytes"), message.get("text")
+            if data is not None:
+                if len(data) > config.max_frame_bytes:
+                    raise StreamClosed(1009, f"frame of {len(data)} bytes (at most {config.max_frame_bytes})")
+                if len(data) % 2:
+                    raise StreamClosed(1007, f"frame of {len(data)} bytes: 16-bit PCM frames have an even size")
+                pcm = np.frombuffer(data, dtype="<i2")
+                samples += len(pcm)
+                if samples > config.max_stream_seconds * rate:
+                    conn.close_reason = f"maximum stream duration {config.max_stream_seconds:g} s reached"
+                    await hub.feed(conn, None)
+                    break
+                await hub.feed(conn, pcm)
+            elif text is not None:
+                try:
+                    parsed = json.loads(text)
+                except ValueError:
+                    parsed = None
+                if not isinstance(parsed, dict) or parsed.get("type") != "end":
+                    raise StreamClosed(1007, 'text frames must be {"type": "end"}')
+                await hub.feed(conn, None)
+                break
+        await sender  # the finals, then the close
+    except StreamClosed as e:
+        code = e.code
+        await close(e.code, e.reason)
+    except WebSocketDisconnect:
+        code = 1001
+    except Exception as e:  # never a crash: the client gets a reason
+        code = 1011
+        await close(1011, f"internal error: {type(e).__name__}")
+    finally:
+        if sender is not None and not sender.done():
+            sender.cancel()
+        if conn is not None:
+            hub.close(conn)
+        metrics.stream_closes.labels(str(code)).inc()
+
+
 HOTWORDS_HELP = "beam search only: one phrase per line, optionally a TAB and a boost per piece (default 2)"
 DESCRIPTION = """Korean speech recognition (FastConformer-CTC, onnxruntime).
 
@@ -242,4 +392,16 @@ and a body not complete within the upload deadline 408.
 Decoding: greedy CTC, or beam search with the export's bundled token n-gram LM (`korasr export --lm`). With beam
 search, `/v1/transcribe` takes `hotwords` (one phrase per line, optionally a TAB and a boost) and
 `/v1/audio/transcriptions` maps OpenAI's `prompt` to hotwords (phrases separated by commas or lines; ignored by a
-greedy server). A phrase with characters the model cannot spell gets 400 naming it."""
+greedy server). A phrase with characters the model cannot spell gets 400 naming it.
+
+`/v1/audio/transcriptions` returns utterance segments in `verbose_json` (a pause of `--endpoint-silence` seconds
+ends one) and subtitles with `response_format` `srt` or `vtt`.
+
+Live streaming (an export of a model trained with `--streaming`): WebSocket `GET /v1/stream?sample_rate=16000`
+(8000–48000 Hz). Send binary frames of 16-bit little-endian mono PCM at that rate, then the text frame
+`{"type": "end"}`. The server sends JSON text frames `{"type": "partial" | "final", "text", "start", "end"}` (finals
+add `words` with times; utterances end at a pause) and closes with 1000 after the last final. The API key goes in
+the `Authorization` or `X-API-Key` header at the handshake, or as `?api_key=` (browsers). Every refusal sends
+`{"type": "error", "error": reason}` and closes: 1008 wrong key, bad sample_rate, idle too long or the stream's
+maximum duration reached (after its finals); 1009 a frame too large; 1007 a frame that is not PCM or the end
+message; 1013 too many streams open; 1011 an internal error."""

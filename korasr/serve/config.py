@@ -34,6 +34,14 @@ class ServeConfig:
     # greedy or beam; None: beam when the export bundles an LM (korasr export --lm), else greedy
     decoder: str | None = None
     max_hotwords: int = 100  # phrases per request (each at most 100 characters)
+    # live streams (GET /v1/stream, a WebSocket; the export needs streaming/ graphs)
+    max_streams: int = 32  # open at once; one more is closed with 1013
+    stream_idle_s: float = 10.0  # no frame for this long: closed with 1008
+    max_stream_seconds: float = 4 * 3600.0  # audio seconds per stream; then its finals and a close with 1008
+    max_frame_bytes: int = 64 * 1024  # per binary frame (2 s of 16 kHz PCM); larger: 1009
+    stream_batch: int = 32  # streams per encoder call
+    endpoint_silence_s: float = 0.8  # trailing silence after speech that ends an utterance (a final)
+    max_utterance_s: float = 20.0  # an utterance is cut (a final) at this length
     public_docs: bool = False  # /docs, /redoc and /openapi.json without the API key
     api_key: str | None = field(default_factory=lambda: os.environ.get("KORASR_API_KEY") or None, repr=False)
 
@@ -64,6 +72,13 @@ class ServeConfig:
         need(self.precision in GRAPHS, f"precision {self.precision!r}: one of {', '.join(GRAPHS)}")
         need(self.decoder in (None, "greedy", "beam"), f"decoder {self.decoder!r}: greedy or beam")
         need(0 <= self.max_hotwords <= 10_000, f"max_hotwords {self.max_hotwords}: 0 to 10000")
+        need(0 <= self.max_streams <= 4096, f"max_streams {self.max_streams}: 0 to 4096")
+        need(0 < self.stream_idle_s <= 3600, f"stream_idle_s {self.stream_idle_s}: (0, 3600]")
+        need(0 < self.max_stream_seconds <= 7 * 24 * 3600, f"max_stream_seconds {self.max_stream_seconds}: (0, 1 week]")
+        need(1024 <= self.max_frame_bytes <= 16 * 2**20, f"max_frame_bytes {self.max_frame_bytes}: 1 KiB to 16 MiB")
+        need(1 <= self.stream_batch <= 256, f"stream_batch {self.stream_batch}: 1 to 256")
+        need(0 < self.endpoint_silence_s <= 60, f"endpoint_silence_s {self.endpoint_silence_s}: (0, 60]")
+        need(1 <= self.max_utterance_s <= 600, f"max_utterance_s {self.max_utterance_s}: 1 to 600")
 
     def to_env(self) -> str:
         return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k != "api_key"})

@@ -36,6 +36,14 @@ async def reply(send: Any, status: int, message: str, headers: dict[str, str] | 
     await send({"type": "http.response.body", "body": body})
 
 
+def key_matches(headers: Any, api_key: str, query_key: str | None = None) -> bool:
+    """``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (lower-case header names), or, for browsers' WebSockets
+    (which cannot set headers), the ``api_key`` query parameter; compared in constant time."""
+    auth = headers.get("authorization", "")
+    given = auth[7:].strip() if auth.startswith("Bearer ") else headers.get("x-api-key", "") or (query_key or "")
+    return secrets.compare_digest(given.encode(), api_key.encode())
+
+
 class Gate:
     def __init__(self, app: Any, *, config: Any, routes: list, metrics: Any):
         self.app, self.config, self.routes, self.metrics = app, config, routes, metrics
@@ -52,9 +60,7 @@ class Gate:
 
     def key_ok(self, scope: dict) -> bool:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        auth = headers.get("authorization", "")
-        given = auth[7:].strip() if auth.startswith("Bearer ") else headers.get("x-api-key", "")
-        return secrets.compare_digest(given.encode(), self.config.api_key.encode())
+        return key_matches(headers, self.config.api_key)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from korasr import SAMPLE_RATE
 from korasr.text.codec import count_ill_formed, from_model_text, to_model_text
 
-SAMPLE_RATE = 16000
 HOP = 160
 
 

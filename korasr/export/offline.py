@@ -1,4 +1,4 @@
-"""`korasr export`: a ``.nemo`` → deployment artifacts that need only onnxruntime.
+"""Offline export (`korasr export`): a ``.nemo`` → whole-file deployment graphs that need only onnxruntime.
 
 - ``model.onnx``: 16 kHz waveform ``[B, N]`` + lengths → log-probs ``[B, T, V+1]`` + lengths. NeMo's mel front end
   (pre-emphasis, STFT, power, mel, log, per-feature normalization; no dither) is rebuilt from the model's own
@@ -31,13 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from korasr import SAMPLE_RATE
 from korasr.errors import KorasrError
 from korasr.fsutil import sha256_file, write_json
 from korasr.provenance import git_commit, versions
+from korasr.runtime.onnx import pad_batch
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 OPSET = 17
 # |log-prob| difference allowed between model.onnx and NeMo on the same audio (float32, different STFT route)
 LOGPROB_TOLERANCE = 1e-3
@@ -87,7 +88,7 @@ def _modules():  # type: ignore[no-untyped-def]
                 unsupported.append("exact_pad")
             if getattr(f, "frame_splicing", 1) > 1:
                 unsupported.append("frame_splicing")
-            if f.normalize not in ("per_feature", None):
+            if f.normalize not in ("per_feature", None, "NA", "None"):
                 unsupported.append(f"normalize={f.normalize}")
             if not f.log or f.log_zero_guard_type != "add":
                 unsupported.append("log with log_zero_guard_type=add")
@@ -184,14 +185,6 @@ def _test_audio(manifest: str | os.PathLike[str] | None, count: int) -> list[np.
     ]
 
 
-def _batch(waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.array([len(w) for w in waves], dtype=np.int64)
-    audio = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
-    for i, w in enumerate(waves):
-        audio[i, : len(w)] = w
-    return audio, lengths
-
-
 def tokens_txt(pieces: list[str]) -> str:
     """sherpa-onnx's tokens.txt: ``piece id`` per line, the CTC blank ``<blk>`` last."""
     return "".join(f"{p} {i}\n" for i, p in enumerate([*pieces, "<blk>"]))
@@ -213,11 +206,15 @@ def export(
     int8_utterances: int = 64,
     triton_device: str = "cpu",
     lm: str | os.PathLike[str] | None = None,
+    lookahead_ms: int | None = None,
 ) -> Path:
     """Export ``model_path`` into ``out_dir`` (default: ``export/`` beside the model); returns the directory.
 
     With ``lm`` (a directory from ``korasr lm build``, checked against the model's tokenizer) the export bundles it
     as ``lm/``: the runtime and the service then decode with beam search and that LM (tuned alpha/beta) by default.
+
+    A cache-aware streaming model (``korasr train --streaming``) also gets ``streaming/`` (korasr.export.streaming)
+    at its default look-ahead, or ``lookahead_ms`` (one it was trained with).
 
     Writes into a temporary sibling and renames it into place only after every check passed. With
     ``int8_manifest``, also ``model.int8.onnx`` calibrated on its first ``int8_utterances`` utterances.
@@ -252,7 +249,7 @@ def export(
         raise ExportError(f"{model_path}: the vocabulary holds control pieces a client would print: {controls}")
 
     waves = _test_audio(parity_manifest, parity_utterances)
-    audio, lengths = _batch(waves)
+    audio, lengths = pad_batch(waves)
     with torch.inference_mode():
         reference, reference_len = model.forward(
             input_signal=torch.from_numpy(audio), input_signal_length=torch.from_numpy(lengths)
@@ -271,13 +268,22 @@ def export(
         whole_ref = model.decoder(encoder_output=encoded)
     whole_ref, whole_ref_len = whole_ref.numpy(), whole_ref_len.numpy()
 
+    from korasr.export import streaming
+
+    streaming_model = streaming.is_streaming(model)
+    if streaming_model:
+        streaming.pick_lookahead(model, lookahead_ms)  # fails early on a look-ahead the model was not trained with
+    elif lookahead_ms is not None:
+        raise ExportError(f"{model_path}: --lookahead needs a streaming model (korasr train --streaming)")
     dynamic_pe, waveform_ctc, features_ctc = _modules()
-    model.encoder.pos_enc = dynamic_pe(model.encoder.pos_enc)
+    nemo_pe = model.encoder.pos_enc
+    model.encoder.pos_enc = dynamic_pe(nemo_pe)
+    waveform_module = waveform_ctc(model).eval()
     typecheck.set_typecheck_enabled(enabled=False)
     try:
         with torch.no_grad():
             torch.onnx.export(
-                waveform_ctc(model).eval(),
+                waveform_module,
                 (torch.from_numpy(audio), torch.from_numpy(lengths)),
                 str(tmp / "model.onnx"),
                 input_names=["audio", "audio_length"],
@@ -345,6 +351,15 @@ def export(
         blank,
     )
     parity["encoder.onnx"]["reference"] = "NeMo's encoder and decoder on the features cut to whole subsampling windows"
+    streaming_info = None
+    if streaming_model:  # NeMo's own positional table again: the chunk graph is NeMo's modules as they are
+        model.encoder.pos_enc = nemo_pe
+        streaming_info = streaming.write(model, tmp / streaming.FOLDER, waveform_module.frontend, pieces, unit,
+                                         lookahead_ms)  # fmt: skip
+        streaming_info["parity"] = streaming.check(model, tmp / streaming.FOLDER, waves, blank)
+        log.info("streaming export: look-ahead %d ms, chunk %d ms; parity vs conformer_stream_step max |Δ| %.2e",
+                 streaming_info["lookahead_ms"], streaming_info["chunk_ms"],
+                 streaming_info["parity"]["max_abs_step_logprob_diff"])  # fmt: skip
     info = {
         "format": "korasr-export/1",
         "source_model": str(model_path.resolve()),
@@ -370,6 +385,7 @@ def export(
         },
         "outputs": ["logprobs float32 [B, T', vocab_size]", "lengths int64 [B]"],
         "parity": parity,
+        "streaming": streaming_info,
         "opset": OPSET,
         "git_commit": git_commit(),
         "versions": versions(),
@@ -386,7 +402,7 @@ def export(
     )  # fmt: skip
     info["tensorrt"] = build_tensorrt(tmp, {"audio": audio, "audio_length": lengths})
     info["sha256"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*"))
-                      if p.is_file() and p.parent in (tmp, tmp / "lm")}  # fmt: skip
+                      if p.is_file() and p.parent in (tmp, tmp / "lm", tmp / "streaming")}  # fmt: skip
     write_json(tmp / "model.json", info)
     from korasr.triton import validate, write_repository
 
@@ -435,6 +451,20 @@ def readme(info: dict) -> str:
                          f"| pieces {entry['piece_error_rate_vs_fp32']:.2f}% off model.onnx, max \\|Δ\\| "
                          f"{entry['max_abs_logprob_diff']:.2f}; {entry['ms_per_batch']} ms for "
                          f"{entry['batch_audio_seconds']} s of audio |")  # fmt: skip
+    streaming = info.get("streaming")
+    if streaming:
+        sp = streaming["parity"]
+        lines += [
+            f"| streaming/encoder.onnx + tokens.txt | cache-aware encoder + CTC head for one chunk (look-ahead "
+            f"{streaming['lookahead_ms']} ms, chunk {streaming['chunk_ms']} ms: {streaming['window_size']} feature "
+            f"frames in, {streaming['chunk_shift']} new), caches in and out, sherpa-onnx's online metadata | each "
+            f"chunk vs NeMo's conformer_stream_step on {sp['utterances']} utterances: max \\|Δ log-prob\\| "
+            f"{sp['max_abs_step_logprob_diff']:.1e} (tolerance {sp['step_tolerance']:g}); korasr's streaming greedy "
+            "text identical to NeMo's streaming |",
+            f"| streaming/frontend.onnx, streaming.json | NeMo's mel front end on raw frames (the stream keeps the "
+            f"pre-emphasis sample and the last n_fft - hop samples); what korasr.runtime.streaming needs | chunked "
+            f"features vs NeMo's preprocessor on whole files: max \\|Δ\\| {sp['max_abs_feature_diff']:.1e} |",
+        ]
     lines += [
         "| tokenizer.model | the SentencePiece model (pieces over the unit) | |",
         "| model.json | everything above as JSON, versions and SHA-256 checksums | |",

@@ -1,0 +1,354 @@
+"""Streaming on CPU, one run, same export and audio: korasr's streaming runtime vs sherpa-onnx's online recognizer,
+then korasr serve's WebSocket under 1, 8 and 32 real-time clients and one long stream.
+
+1. In process (``--threads``, default 2): each eval utterance streamed alone in 100 ms pieces; compute per chunk
+   (one encoder call: p50 / p99), RTFx, CER; then N streams advanced together (korasr: one batched ``step``;
+   sherpa-onnx: ``decode_streams``) for N = 1, 2, 4, … : the largest N whose p99 compute per chunk stays below the
+   chunk's duration (N live streams in real time on this machine).
+2. Over the WebSocket (``korasr serve`` in a subprocess): C clients each stream an utterance in real time (100 ms
+   frames), then ``{"type": "end"}``: end of speech → final (p50 / p99), interval between partials, errors, the
+   server's RSS; then one long stream (``--long-minutes``, default 10, fed at ``--long-speed`` × real time) with the
+   RSS sampled along it (flat = bounded memory).
+
+Targets (issue 14): korasr ≥ 1.0× sherpa-onnx's concurrent streams; final p99 ≤ look-ahead + 200 ms at 8 clients;
+zero errors; flat memory.
+
+    python bench/streaming.py [--export exp/sample/<run>/export] [--limit 60] [--clients 1,8,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from serve_load import free_port, rss_mb  # noqa: E402
+
+PIECE_S = 0.1
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values) * 1000.0, q)) if values else float("nan")
+
+
+def newest_export() -> Path:
+    found = sorted(
+        ROOT.glob("exp/sample/*streaming*/*/export/streaming/streaming.json"), key=lambda p: p.stat().st_mtime
+    )
+    if not found:
+        raise SystemExit("no streaming export: make train STREAMING=1 && make export")
+    return found[-1].parent.parent
+
+
+def korasr_single(model, waves: list[np.ndarray]) -> dict:  # type: ignore[no-untyped-def]
+    chunks, texts, total = [], [], 0.0
+    piece = int(PIECE_S * 16000)
+    original = model.step
+
+    def timed(streams):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        out = original(streams)
+        if out:
+            chunks.append(time.perf_counter() - start)
+        return out
+
+    model.step = timed
+    try:
+        for wave in waves:
+            stream = model.stream(endpoint=None)
+            start = time.perf_counter()
+            for i in range(0, len(wave), piece):
+                stream.accept(wave[i : i + piece])
+                model.run([stream])
+            stream.finish()
+            model.run([stream])
+            total += time.perf_counter() - start
+            texts.append(stream.text())
+    finally:
+        model.step = original
+    return {"chunks": chunks, "total": total, "texts": texts}
+
+
+def sherpa_recognizer(export: Path, threads: int):  # type: ignore[no-untyped-def]
+    import sherpa_onnx
+
+    folder = export / "streaming"
+    return sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=str(folder / "tokens.txt"),
+                                                      model=str(folder / "encoder.onnx"), num_threads=threads)  # fmt: skip
+
+
+def sherpa_single(recognizer, waves: list[np.ndarray], unit: str) -> dict:  # type: ignore[no-untyped-def]
+    from korasr.text.codec import from_model_text
+
+    chunks, texts, total = [], [], 0.0
+    piece = int(PIECE_S * 16000)
+    for wave in waves:
+        stream = recognizer.create_stream()
+        start = time.perf_counter()
+        padded = np.concatenate([wave, np.zeros(int(0.8 * 16000), np.float32)])  # sherpa decodes whole windows
+        for i in range(0, len(padded), piece):
+            stream.accept_waveform(16000, padded[i : i + piece])
+            while recognizer.is_ready(stream):
+                t = time.perf_counter()
+                recognizer.decode_stream(stream)
+                chunks.append(time.perf_counter() - t)
+        stream.input_finished()
+        while recognizer.is_ready(stream):
+            t = time.perf_counter()
+            recognizer.decode_stream(stream)
+            chunks.append(time.perf_counter() - t)
+        total += time.perf_counter() - start
+        text = recognizer.get_result(stream).replace("▁", " ").strip()
+        texts.append(from_model_text(text, unit))
+    return {"chunks": chunks, "total": total, "texts": texts}
+
+
+def korasr_concurrent(model, wave: np.ndarray, n: int, steps: int = 12) -> list[float]:  # type: ignore[no-untyped-def]
+    """Compute per batched step with ``n`` streams, each given one chunk of audio per step."""
+    chunk = int(model.chunk_seconds * 16000)
+    streams = [model.stream(endpoint=None) for _ in range(n)]
+    times = []
+    for k in range(steps + 2):
+        piece = np.resize(wave, (k + 1) * chunk)[k * chunk :]
+        start = time.perf_counter()
+        for s in streams:
+            s.accept(piece)
+        model.step(streams)
+        if k >= 2:  # the first steps fill the buffers
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def sherpa_concurrent(recognizer, wave: np.ndarray, n: int, chunk_s: float, steps: int = 12) -> list[float]:  # type: ignore[no-untyped-def]
+    chunk = int(chunk_s * 16000)
+    streams = [recognizer.create_stream() for _ in range(n)]
+    times = []
+    for k in range(steps + 3):
+        piece = np.resize(wave, (k + 1) * chunk)[k * chunk :]
+        start = time.perf_counter()
+        for s in streams:
+            s.accept_waveform(16000, piece)
+        ready = [s for s in streams if recognizer.is_ready(s)]
+        if ready:
+            recognizer.decode_streams(ready)
+        if k >= 3:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def sustained(measure, chunk_s: float, limit: int = 256) -> tuple[int, dict[int, float]]:  # type: ignore[no-untyped-def]
+    best, table, n = 0, {}, 1
+    while n <= limit:
+        p99 = pct(measure(n), 99) / 1000
+        table[n] = p99
+        if p99 >= chunk_s:
+            break
+        best, n = n, n * 2
+    if best and best < limit:  # refine between best and 2 × best
+        lo, hi = best, min(2 * best, limit)
+        while hi - lo > max(1, lo // 8):
+            mid = (lo + hi) // 2
+            p99 = pct(measure(mid), 99) / 1000
+            table[mid] = p99
+            lo, hi = (mid, hi) if p99 < chunk_s else (lo, mid)
+        best = lo
+    return best, table
+
+
+def cer(refs: list[str], hyps: list[str]) -> float:
+    from korasr import metrics
+
+    return metrics.cer([unicodedata.normalize("NFC", r) for r in refs], hyps)
+
+
+# --- the WebSocket ---------------------------------------------------------------------------------------------
+
+
+async def client(url: str, wave: np.ndarray, stats: dict, speed: float = 1.0, index: int = 0) -> None:
+    import websockets
+
+    pcm = (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
+    frame = int(PIECE_S * 16000) * 2
+    partials: list[float] = []
+    try:
+        async with websockets.connect(url, max_size=None) as ws:
+
+            async def reader() -> tuple[float | None, str]:
+                last_partial, final_at, texts = None, None, []
+                async for message in ws:
+                    data = json.loads(message)
+                    now = time.perf_counter()
+                    if data["type"] == "partial":
+                        if last_partial is not None:
+                            partials.append(now - last_partial)
+                        last_partial = now
+                    elif data["type"] == "final":
+                        final_at = now
+                        texts.append(data["text"])
+                    elif data["type"] == "error":
+                        raise RuntimeError(data["error"])
+                return final_at, " ".join(t for t in texts if t)
+
+            task = asyncio.create_task(reader())
+            start = time.perf_counter()
+            for i in range(0, len(pcm), frame):
+                await asyncio.sleep(max(0.0, start + (i / 2 / 16000) / speed - time.perf_counter()))
+                await ws.send(pcm[i : i + frame])
+            end_of_speech = time.perf_counter()
+            await ws.send(json.dumps({"type": "end"}))
+            final_at, text = await task
+            stats["final"].append(final_at - end_of_speech)
+            stats["texts"][index] = text
+    except Exception as e:  # counted, not raised: the bench reports errors
+        stats["errors"].append(f"{type(e).__name__}: {e}"[:200])
+    stats["partials"] += partials
+
+
+class Server:
+    def __init__(self, export: Path, threads: int):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "korasr.cli", "serve", "--model", str(export), "--port", str(self.port),
+             "--threads", str(threads)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.url = f"ws://127.0.0.1:{self.port}/v1/stream?sample_rate=16000"
+
+    def ready(self) -> None:
+        import httpx
+
+        for _ in range(1200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+async def websocket_bench(export: Path, waves: list[np.ndarray], refs: list[str], args) -> dict:  # type: ignore[no-untyped-def]
+    server = Server(export, args.threads)
+    out = {}
+    try:
+        await asyncio.to_thread(server.ready)
+        for clients in args.clients:
+            stats: dict = {"final": [], "partials": [], "errors": [], "texts": {}}
+            chosen = [waves[i % len(waves)] for i in range(clients)]
+            peak = [rss_mb(server.proc.pid)]
+
+            async def sample(into: list[float]) -> None:
+                while True:
+                    into.append(rss_mb(server.proc.pid))
+                    await asyncio.sleep(0.2)
+
+            sampler = asyncio.create_task(sample(peak))
+            await asyncio.gather(*(client(server.url, w, stats, index=i) for i, w in enumerate(chosen)))
+            sampler.cancel()
+            done = sorted(stats["texts"])
+            texts = [stats["texts"][i] for i in done]
+            out[clients] = {
+                "final_p50_ms": pct(stats["final"], 50), "final_p99_ms": pct(stats["final"], 99),
+                "partial_interval_p50_ms": pct(stats["partials"], 50), "errors": len(stats["errors"]),
+                "rss_mb": max(peak), "cer": cer([refs[i % len(refs)] for i in done], texts) if texts else None,
+                "error_examples": stats["errors"][:3],
+            }  # fmt: skip
+            r = out[clients]
+            print(f"  {clients:3d} clients: end of speech → final p50 {r['final_p50_ms']:6.0f} ms, p99 "
+                  f"{r['final_p99_ms']:6.0f} ms; partial every {r['partial_interval_p50_ms']:5.0f} ms (p50); errors "
+                  f"{r['errors']}; server RSS {r['rss_mb']:.0f} MB; CER {r['cer']:.2f}%", flush=True)  # fmt: skip
+        # one long stream, RSS sampled along it
+        long_wave = np.concatenate([np.concatenate([w, np.zeros(8000, np.float32)]) for w in waves])
+        long_wave = np.resize(long_wave, int(args.long_minutes * 60 * 16000))
+        samples: list[float] = []
+        stats = {"final": [], "partials": [], "errors": [], "texts": {}}
+
+        async def sample_long() -> None:
+            while True:
+                samples.append(rss_mb(server.proc.pid))
+                await asyncio.sleep(1.0)
+
+        sampler = asyncio.create_task(sample_long())
+        await client(server.url, long_wave, stats, speed=args.long_speed)
+        sampler.cancel()
+        half = len(samples) // 2
+        out["long"] = {"minutes": args.long_minutes, "speed": args.long_speed, "errors": len(stats["errors"]),
+                       "rss_first_half_max": max(samples[:half] or [0]), "rss_second_half_max": max(samples[half:] or [0]),
+                       "rss_samples": [round(s) for s in samples[:: max(1, len(samples) // 12)]]}  # fmt: skip
+        r = out["long"]
+        print(f"  one {args.long_minutes:g}-minute stream at {args.long_speed:g}× real time: errors {r['errors']}, RSS "
+              f"max {r['rss_first_half_max']:.0f} MB (first half) vs {r['rss_second_half_max']:.0f} MB (second half); "
+              f"samples {r['rss_samples']}", flush=True)  # fmt: skip
+    finally:
+        server.stop()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--export", type=Path, default=None)
+    parser.add_argument("--manifest", type=Path, default=ROOT / "manifests/sample/eval_clean.jsonl")
+    parser.add_argument("--limit", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    parser.add_argument("--long-minutes", type=float, default=10.0)
+    parser.add_argument("--long-speed", type=float, default=10.0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args()
+
+    from korasr.runtime.streaming import StreamingModel
+
+    export = args.export or newest_export()
+    rows = [json.loads(line) for line in args.manifest.read_text(encoding="utf-8").splitlines()][: args.limit]
+    waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
+    refs = [r["text"] for r in rows]
+    audio_s = sum(len(w) for w in waves) / 16000
+    model = StreamingModel(export, threads=args.threads)
+    chunk_s = model.chunk_seconds
+    print(f"export {export}: look-ahead {model.lookahead_ms} ms, chunk {chunk_s * 1000:.0f} ms; {len(waves)} "
+          f"utterances, {audio_s:.1f} s; {args.threads} threads")  # fmt: skip
+    recognizer = sherpa_recognizer(export, args.threads)
+    ours = korasr_single(model, waves)
+    theirs = sherpa_single(recognizer, waves, model.unit)
+    result: dict = {"export": str(export), "lookahead_ms": model.lookahead_ms, "chunk_s": chunk_s}
+    for name, r in (("korasr", ours), ("sherpa-onnx", theirs)):
+        result[name] = {"chunk_p50_ms": pct(r["chunks"], 50), "chunk_p99_ms": pct(r["chunks"], 99),
+                        "rtfx": audio_s / r["total"], "cer": cer(refs, r["texts"])}  # fmt: skip
+        x = result[name]
+        print(f"  {name:12s} one stream: compute per chunk p50 {x['chunk_p50_ms']:.2f} ms, p99 {x['chunk_p99_ms']:.2f} "
+              f"ms; RTFx {x['rtfx']:.0f}; CER {x['cer']:.2f}%", flush=True)  # fmt: skip
+    wave = np.concatenate(waves[:5])
+    ours_n, ours_table = sustained(lambda n: korasr_concurrent(model, wave, n), chunk_s)
+    theirs_n, theirs_table = sustained(lambda n: sherpa_concurrent(recognizer, wave, n, chunk_s), chunk_s)
+    result["concurrent"] = {"korasr": ours_n, "sherpa-onnx": theirs_n, "korasr_p99_s": ours_table,
+                            "sherpa_p99_s": theirs_table}  # fmt: skip
+    print(f"  concurrent real-time streams (p99 compute per chunk < {chunk_s * 1000:.0f} ms): korasr {ours_n}, "
+          f"sherpa-onnx {theirs_n} → {ours_n / max(theirs_n, 1):.2f}× (target ≥ 1.0×)", flush=True)  # fmt: skip
+    print("WebSocket (korasr serve, real-time clients):", flush=True)
+    result["websocket"] = asyncio.run(websocket_bench(export, waves, refs, args))
+    eight = result["websocket"].get(8)
+    if eight:
+        target = model.lookahead_ms + 200
+        print(f"  final p99 at 8 clients {eight['final_p99_ms']:.0f} ms vs target look-ahead + 200 = {target} ms: "
+              f"{'met' if eight['final_p99_ms'] <= target else 'MISSED'}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,374 @@
+"""Streaming end to end on the test suite's streaming model: the export's parity gate, stream vs whole-file
+equivalence, endpointing, bounded memory, the WebSocket route and its limits, the live page, and sherpa-onnx's
+online recognizer as an independent client."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from korasr import metrics
+from korasr.runtime import Recognizer
+from korasr.runtime.onnx import read_tokens
+from korasr.runtime.streaming import Endpoint, StreamingModel
+from korasr.serve import ServeConfig, create_app
+from tests.conftest import eval_rows
+
+pytestmark = pytest.mark.slow
+
+N_UTTERANCES = 40
+
+
+@pytest.fixture(scope="module")
+def model(exported_streaming) -> StreamingModel:
+    return StreamingModel(exported_streaming)
+
+
+@pytest.fixture(scope="module")
+def rows(recipe) -> list[dict]:
+    rows = eval_rows(recipe, N_UTTERANCES)
+    for row in rows:
+        row["audio"] = sf.read(row["audio_filepath"], dtype="float32")[0]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def offline_texts(exported_streaming, rows) -> list[str]:
+    """The same model's whole-file graph (model.onnx: the same chunked attention, no caches)."""
+    return [r.text for r in Recognizer(exported_streaming).transcribe_arrays([r["audio"] for r in rows])]
+
+
+def cer(refs: list[str], hyps: list[str]) -> float:
+    return metrics.cer(refs, hyps)
+
+
+def test_export_carries_sherpa_metadata_and_passed_the_gate(exported_streaming):
+    info = json.loads((exported_streaming / "model.json").read_text())
+    streaming = info["streaming"]
+    assert streaming["lookahead_ms"] == 480 and streaming["lookaheads_ms"] == [480, 120, 40]
+    parity = streaming["parity"]
+    assert parity["greedy_identical"] == parity["utterances"] == 8
+    assert parity["max_abs_step_logprob_diff"] <= parity["step_tolerance"]
+    assert parity["max_abs_feature_diff"] <= parity["feature_tolerance"]
+    graph = onnx.load(str(exported_streaming / "streaming" / "encoder.onnx"))
+    meta = {p.key: p.value for p in graph.metadata_props}
+    layers, left, d_model = streaming["cache_last_channel"]
+    assert meta["window_size"] == str(streaming["window_size"]) and meta["chunk_shift"] == str(streaming["chunk_shift"])
+    assert (meta["cache_last_channel_dim1"], meta["cache_last_channel_dim2"], meta["cache_last_channel_dim3"]) == (
+        str(layers), str(left), str(d_model))  # fmt: skip
+    assert {f"cache_last_time_dim{i}" for i in (1, 2, 3)} <= meta.keys()
+    assert meta["subsampling_factor"] == "4" and meta["vocab_size"] == str(streaming["vocab_size"])
+    assert [i.name for i in graph.graph.input] == ["audio_signal", "length", "cache_last_channel", "cache_last_time",
+                                                   "cache_last_channel_len"]  # fmt: skip
+    tokens = read_tokens(exported_streaming / "streaming" / "tokens.txt")
+    assert tokens[-1] == "<blk>" and not {"<s>", "</s>", "<pad>"} & set(tokens)
+
+
+def test_the_gate_refuses_graphs_that_differ_from_nemo(trained_streaming, exported_streaming, rows, tmp_path):
+    """The parity gate is live: NeMo's weights nudged after the export, the same graphs no longer pass."""
+    import shutil
+
+    import torch
+    from nemo.collections.asr.models import ASRModel
+
+    from korasr.export import streaming as streaming_export
+
+    folder = tmp_path / "streaming"
+    shutil.copytree(exported_streaming / "streaming", folder)
+    nemo = ASRModel.restore_from(str(trained_streaming), map_location="cpu").eval()
+    waves = [r["audio"] for r in rows[:2]]
+    report = streaming_export.check(nemo, folder, waves, int(nemo.decoder.num_classes_with_blank - 1))
+    assert report["greedy_identical"] == 2
+    with torch.no_grad():
+        nemo.decoder.decoder_layers[0].bias += 0.05 * torch.randn_like(nemo.decoder.decoder_layers[0].bias)
+    with pytest.raises(streaming_export.StreamingExportError, match=r"conformer_stream_step|differ"):
+        streaming_export.check(nemo, folder, waves, int(nemo.decoder.num_classes_with_blank - 1))
+
+
+def test_stream_matches_whole_file_and_is_independent_of_piece_size_and_batch(model, rows, offline_texts):
+    refs = [r["text"] for r in rows]
+    whole = [" ".join(s.text for s in model.transcribe(r["audio"])) for r in rows]
+    # the streaming runtime is as accurate as the whole-file graph of the same model
+    assert cer(refs, whole) <= cer(refs, offline_texts) + 1.0, (cer(refs, whole), cer(refs, offline_texts))
+    # pieces of 37 ms or 1 s give the same features, hence the same pieces
+    for row, text in list(zip(rows, whole, strict=True))[:5]:
+        for piece in (0.037, 1.0):
+            assert " ".join(s.text for s in model.transcribe(row["audio"], piece_seconds=piece)) == text
+    # eight streams advanced in one batch decode as each alone
+    streams = [model.stream(endpoint=None) for _ in range(8)]
+    for stream, row in zip(streams, rows, strict=False):
+        stream.accept(row["audio"])
+        stream.finish()
+    model.run(streams)
+    assert [s.text() for s in streams] == whole[:8]
+
+
+def test_any_sample_rate_and_int16(model, rows):
+    import soxr
+
+    row = rows[0]
+    reference = " ".join(s.text for s in model.transcribe(row["audio"]))
+    for rate in (22050, 44100):
+        audio = soxr.resample(row["audio"], 16000, rate)
+        got = " ".join(s.text for s in model.transcribe(audio, sample_rate=rate, piece_seconds=0.1))
+        assert cer([reference], [got]) <= 20.0, (rate, got, reference)
+    pcm = (np.clip(row["audio"], -1, 1) * 32767).astype(np.int16)
+    assert " ".join(s.text for s in model.transcribe(pcm)) == reference
+
+
+def test_endpointing_splits_utterances_with_times(model, rows):
+    gap = np.zeros(int(1.5 * 16000), np.float32)
+    parts = [rows[i]["audio"] for i in range(3)]
+    audio = np.concatenate([gap, parts[0], gap, parts[1], gap, parts[2], gap])
+    segments = model.transcribe(audio, endpoint=Endpoint(silence_after_speech=0.8), piece_seconds=0.2)
+    assert len(segments) == 3, [s.text for s in segments]
+    starts = np.cumsum([0] + [len(gap) + len(p) for p in parts]) / 16000 + 1.5
+    for segment, part, start in zip(segments, parts, starts, strict=False):
+        alone = " ".join(s.text for s in model.transcribe(part))
+        assert cer([alone], [segment.text]) <= 15.0, (segment.text, alone)
+        assert start - 0.3 <= segment.start <= start + 1.0 and segment.end <= start + len(part) / 16000 + 0.5
+        assert segment.words and segment.words[0].start >= segment.start - 1e-6
+    assert all(a.end <= b.start for a, b in itertools.pairwise(segments))
+    # the maximum utterance length cuts a long utterance
+    cut = model.transcribe(parts[0], endpoint=Endpoint(max_utterance=1.0))
+    assert len(cut) >= 2 and all(s.end - s.start <= 1.05 for s in cut)
+
+
+def test_memory_of_a_long_stream_is_bounded(model, rows):
+    """Ten minutes of speech and silence: the stream's buffers stay within a chunk, finals are handed out."""
+    stream = model.stream(keep_segments=False)
+    speech = np.concatenate([rows[0]["audio"], np.zeros(16000, np.float32)])
+    cfg = model.cfg
+    finals = sizes = 0
+    fed = 0.0
+    while fed < 600:
+        for start in range(0, len(speech), 3200):
+            stream.accept(speech[start : start + 3200])
+            model.run([stream])
+        fed += len(speech) / 16000
+        finals += sum(e.type == "final" for e in stream.pop_events())
+        sizes = max(sizes, stream._samples.size, stream._features.shape[1])
+    assert sizes <= cfg["n_fft"] + cfg["pre_encode_cache"] + cfg["chunk_shift"] + 4 * cfg["hop_length"]
+    assert stream.segments == [] and len(stream._tokens) < 200 and finals >= 100
+
+
+# --- the WebSocket route -----------------------------------------------------------------------------------------
+
+
+def pcm_bytes(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def receive_all(ws) -> tuple[list[dict], int | None, str]:  # type: ignore[no-untyped-def]
+    messages = []
+    while True:
+        try:
+            messages.append(ws.receive_json())
+        except WebSocketDisconnect as e:
+            return messages, e.code, e.reason
+
+
+@pytest.fixture(scope="module")
+def app_client(exported_streaming):
+    config = ServeConfig(model=exported_streaming, api_key="k3y", max_streams=2, stream_idle_s=1.0,
+                         max_stream_seconds=6.0, max_frame_bytes=8192)  # fmt: skip
+    with TestClient(create_app(config)) as client:
+        yield client
+
+
+def test_websocket_streams_partials_and_finals(app_client, rows, model):
+    refs, hyps = [], []
+    for row in rows[:8]:
+        with app_client.websocket_connect("/v1/stream?sample_rate=16000", headers={"X-API-Key": "k3y"}) as ws:
+            data = pcm_bytes(row["audio"])
+            for start in range(0, len(data), 3200):
+                ws.send_bytes(data[start : start + 3200])
+            ws.send_text(json.dumps({"type": "end"}))
+            messages, code, _ = receive_all(ws)
+        assert code == 1000
+        finals = [m for m in messages if m["type"] == "final"]
+        assert finals and messages[-1]["type"] == "final"
+        assert all(m["type"] == "partial" for m in messages[: -len(finals)])
+        refs.append(" ".join(s.text for s in model.transcribe(row["audio"], endpoint=Endpoint())))
+        hyps.append(" ".join(f["text"] for f in finals if f["text"]))
+        assert all({"start", "end", "words"} <= f.keys() for f in finals)
+    assert hyps == refs
+    text = app_client.get("/metrics", headers={"X-API-Key": "k3y"}).text
+    assert "korasr_stream_finals_total" in text and 'korasr_stream_closes_total{code="1000"}' in text
+    assert "korasr_stream_chunk_seconds_count" in text and "korasr_streams_active 0.0" in text
+    assert "korasr_stream_partial_seconds_count" in text
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "send", "code", "reason"),
+    [
+        ("/v1/stream", {}, None, 1008, "API key"),
+        ("/v1/stream?api_key=wrong", {}, None, 1008, "API key"),
+        ("/v1/stream?api_key=k3y&sample_rate=1000", {}, None, 1008, "sample_rate"),
+        ("/v1/stream?api_key=k3y", {}, b"\x01\x02\x03", 1007, "even size"),
+        ("/v1/stream?api_key=k3y", {}, "hello", 1007, '{"type": "end"}'),
+        ("/v1/stream?api_key=k3y", {}, b"\x00" * 8194, 1009, "8192"),
+        ("/v1/stream?api_key=k3y", {}, "idle", 1008, "idle"),
+    ],
+)
+def test_websocket_limits_close_with_a_code_and_reason(app_client, path, headers, send, code, reason):
+    with app_client.websocket_connect(path, headers=headers) as ws:
+        if isinstance(send, bytes):
+            ws.send_bytes(send)
+        elif send not in (None, "idle"):
+            ws.send_text(send)
+        messages, got, why = receive_all(ws)
+    assert got == code and reason in why, (got, why)
+    assert messages and messages[-1]["type"] == "error" and reason in messages[-1]["error"]
+
+
+def test_websocket_stream_count_and_duration_limits(app_client, rows):
+    audio = pcm_bytes(np.concatenate([rows[0]["audio"], rows[1]["audio"], rows[2]["audio"]]))
+    with app_client.websocket_connect("/v1/stream?api_key=k3y") as one, \
+         app_client.websocket_connect("/v1/stream?api_key=k3y") as two:  # fmt: skip
+        one.send_bytes(b"\x00\x00" * 100)
+        two.send_bytes(b"\x00\x00" * 100)
+        with app_client.websocket_connect("/v1/stream?api_key=k3y") as three:
+            messages, code, reason = receive_all(three)
+        assert code == 1013 and "busy" in reason
+        one.send_text(json.dumps({"type": "end"}))
+        two.send_text(json.dumps({"type": "end"}))
+        assert receive_all(one)[1] == receive_all(two)[1] == 1000
+    # more audio than max_stream_seconds (6 s): its finals, then 1008
+    with app_client.websocket_connect("/v1/stream?api_key=k3y") as ws:
+        for start in range(0, len(audio), 8000):
+            ws.send_bytes(audio[start : start + 8000])
+        messages, code, reason = receive_all(ws)
+    assert code == 1008 and "maximum stream duration" in reason
+    assert any(m["type"] == "final" and m["text"] for m in messages)
+
+
+def test_an_export_without_streaming_graphs_says_so(exported):
+    with TestClient(create_app(ServeConfig(model=exported))) as client, client.websocket_connect("/v1/stream") as ws:
+        _, code, reason = receive_all(ws)
+    assert code == 1008 and "no streaming graphs" in reason
+
+
+def test_transcribe_streaming_cli(exported_streaming, rows, model):
+    from tests.conftest import korasr_cmd
+
+    path = rows[0]["audio_filepath"]
+    out = subprocess.run(korasr_cmd("transcribe", "--model", str(exported_streaming), "--streaming", "--json", path),
+                         check=True, capture_output=True, text=True)  # fmt: skip
+    record = json.loads(out.stdout)
+    assert record["text"] == " ".join(s.text for s in model.transcribe(rows[0]["audio"], endpoint=Endpoint()))
+    assert record["lookahead_ms"] == 480 and record["segments"][0]["words"]
+
+
+# --- sherpa-onnx's online recognizer: an independent client of streaming/ ---------------------------------------
+
+SHERPA = r"""
+import json, sys
+import numpy as np, sherpa_onnx, soundfile as sf
+folder, paths = sys.argv[1], sys.argv[2:]
+recognizer = sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=folder + "/tokens.txt", model=folder + "/encoder.onnx",
+                                                        num_threads=1)
+for path in paths:
+    audio, rate = sf.read(path, dtype="float32")
+    stream = recognizer.create_stream()
+    for start in range(0, len(audio), 1600):
+        stream.accept_waveform(rate, audio[start:start + 1600])
+        while recognizer.is_ready(stream):
+            recognizer.decode_stream(stream)
+    stream.accept_waveform(rate, np.zeros(int(0.8 * rate), np.float32))  # sherpa decodes whole windows only
+    stream.input_finished()
+    while recognizer.is_ready(stream):
+        recognizer.decode_stream(stream)
+    print(json.dumps(recognizer.get_result(stream), ensure_ascii=False))
+"""
+
+
+def test_sherpa_onnx_online_decodes_the_streaming_export(exported_streaming, rows, model):
+    """In a subprocess: sherpa-onnx exits the process on bad metadata."""
+    from korasr.text.codec import from_model_text
+
+    folder = exported_streaming / "streaming"
+    proc = subprocess.run([sys.executable, "-c", SHERPA, str(folder), *[r["audio_filepath"] for r in rows]],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sherpa = [
+        from_model_text(json.loads(line).replace("▁", " ").strip(), model.unit) for line in proc.stdout.splitlines()
+    ]
+    ours = [" ".join(s.text for s in model.transcribe(r["audio"])) for r in rows]
+    refs = [r["text"] for r in rows]
+    assert len(sherpa) == len(rows)
+    assert abs(cer(refs, sherpa) - cer(refs, ours)) <= 1.0, (cer(refs, sherpa), cer(refs, ours))
+
+
+# --- the page: the microphone, streamed ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live_streaming_server(exported_streaming):
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = ServeConfig(model=exported_streaming, api_key="page-key")
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_page_streams_the_microphone_in_headless_chromium(live_streaming_server, rows, model, tmp_path):
+    """Chromium's fake microphone plays a WAV (an eval utterance, then silence): the page streams it over the
+    WebSocket (API key as a query parameter), shows partials, and its transcript is the final text."""
+    import shutil
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.fail("Debian's chromium and chromium-driver are needed (make setup installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    audio = np.concatenate([np.zeros(8000, np.float32), rows[1]["audio"], np.zeros(3 * 16000, np.float32)])
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, audio, 16000, subtype="PCM_16")
+    expected = " ".join(s.text for s in model.transcribe(audio, endpoint=Endpoint()))
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+                 "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}%noloop",
+                 "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(live_streaming_server + "/")
+        driver.find_element(By.ID, "key").send_keys("page-key")
+        driver.find_element(By.ID, "live").click()
+        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "transcript").text.strip())
+        driver.find_element(By.ID, "live-stop").click()
+        WebDriverWait(driver, 30).until(lambda d: "stream" in d.find_element(By.ID, "status").text)
+        got = driver.find_element(By.ID, "transcript").text.strip()
+        assert driver.find_element(By.ID, "status").text == "stream finished"
+    finally:
+        driver.quit()
+    assert cer([expected], [got]) <= 10.0, (got, expected)
