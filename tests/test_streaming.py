@@ -252,6 +252,35 @@ def test_websocket_stream_count_and_duration_limits(app_client, rows):
     assert any(m["type"] == "final" and m["text"] for m in messages)
 
 
+def test_a_failing_stream_fails_alone(exported_streaming, rows, model):
+    """A stream whose decoding raises is closed with 1011 and the reason; the stream beside it, in the same batches,
+    gets its text."""
+    import time
+
+    audio = pcm_bytes(rows[2]["audio"])
+    with TestClient(create_app(ServeConfig(model=exported_streaming))) as client:
+        hub = client.app.state.korasr["hub"]
+        with client.websocket_connect("/v1/stream") as bad, client.websocket_connect("/v1/stream") as good:
+            deadline = time.monotonic() + 10
+            while len(hub.connections) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+            def fault(audio):  # type: ignore[no-untyped-def]
+                raise RuntimeError("decoder fault")
+
+            hub.connections[0].stream.accept = fault
+            for start in range(0, len(audio), 3200):
+                bad.send_bytes(audio[start : start + 3200])
+                good.send_bytes(audio[start : start + 3200])
+            good.send_text(json.dumps({"type": "end"}))
+            _, bad_code, bad_reason = receive_all(bad)
+            messages, good_code, _ = receive_all(good)
+    assert bad_code == 1011 and "decoder fault" in bad_reason
+    assert good_code == 1000
+    expected = " ".join(s.text for s in model.transcribe(rows[2]["audio"], endpoint=Endpoint()))
+    assert " ".join(m["text"] for m in messages if m["type"] == "final" and m["text"]) == expected
+
+
 def test_an_export_without_streaming_graphs_says_so(exported):
     with TestClient(create_app(ServeConfig(model=exported))) as client, client.websocket_connect("/v1/stream") as ws:
         _, code, reason = receive_all(ws)

@@ -307,6 +307,9 @@ async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metric
                 for event in events:
                     await ws.send_json(event.as_dict())
                     sent_final = sent_final or event.type == "final"
+            if done and conn.error is not None:
+                await close(1011, f"internal error: {conn.error}")
+                return
             if done:
                 if not sent_final:  # silence only: the client still gets its last final
                     end = round(conn.stream._frame * conn.stream.model.frame_shift, 3)

@@ -33,6 +33,7 @@ class Connection:
     room: asyncio.Event = field(default_factory=asyncio.Event)  # set while the inbox has room
     pending_samples: int = 0
     closed: bool = False
+    error: str | None = None  # set by the worker when this stream failed (the others go on)
 
     def __post_init__(self) -> None:
         self.room.set()
@@ -117,21 +118,31 @@ class StreamHub:
                 conn.loop.call_soon_threadsafe(conn.room.set)
         arrived = {}
         for conn, items, received_at in drained:
-            for pcm in items:
-                if pcm is None:
-                    conn.stream.finish()
-                elif not conn.stream.finished:
-                    conn.stream.accept(pcm)
+            try:
+                for pcm in items:
+                    if pcm is None:
+                        conn.stream.finish()
+                    elif not conn.stream.finished:
+                        conn.stream.accept(pcm)
+            except Exception as e:  # this stream fails alone
+                conn.error = f"{type(e).__name__}: {e}"[:200]
             if received_at is not None:
                 arrived[id(conn)] = received_at
         while True:
-            ready = [c.stream for c in live if c.stream.ready]
+            ready = [c for c in live if c.error is None and c.stream.ready]
             if not ready:
                 break
             for start in range(0, len(ready), self.max_batch):
                 batch = ready[start : start + self.max_batch]
                 began = time.perf_counter()
-                self.model.step(batch)
+                try:
+                    self.model.step([c.stream for c in batch])
+                except Exception:  # find the one that failed: the others are stepped alone
+                    for conn in batch:
+                        try:
+                            self.model.step([conn.stream])
+                        except Exception as e:
+                            conn.error = f"{type(e).__name__}: {e}"[:200]
                 took = time.perf_counter() - began
                 self.steps += 1
                 self.batch_sizes.append(len(batch))
@@ -140,6 +151,9 @@ class StreamHub:
                     self.metrics.stream_batch.observe(len(batch))
         now = time.perf_counter()
         for conn in live:
+            if conn.error is not None:
+                conn.loop.call_soon_threadsafe(conn.events.put_nowait, ([], True))
+                continue
             events = conn.stream.pop_events()
             done = conn.stream.done
             if not events and not done:
