@@ -121,7 +121,7 @@ def test_any_sample_rate_and_int16(model, rows):
         audio = soxr.resample(row["audio"], 16000, rate)
         got = " ".join(s.text for s in model.transcribe(audio, sample_rate=rate, piece_seconds=0.1))
         assert cer([reference], [got]) <= 20.0, (rate, got, reference)
-    pcm = (np.clip(row["audio"], -1, 1) * 32767).astype(np.int16)
+    pcm = np.clip(np.round(row["audio"] * 32768), -32768, 32767).astype(np.int16)  # the file's own samples
     assert " ".join(s.text for s in model.transcribe(pcm)) == reference
 
 
@@ -165,7 +165,8 @@ def test_memory_of_a_long_stream_is_bounded(model, rows):
 
 
 def pcm_bytes(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    """The 16-bit PCM the audio was read from (soundfile's float32 is int16 / 32768): the same samples exactly."""
+    return np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2").tobytes()
 
 
 def receive_all(ws) -> tuple[list[dict], int | None, str]:  # type: ignore[no-untyped-def]
