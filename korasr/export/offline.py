@@ -42,6 +42,17 @@ log = logging.getLogger(__name__)
 OPSET = 17
 # |log-prob| difference allowed between model.onnx and NeMo on the same audio (float32, different STFT route)
 LOGPROB_TOLERANCE = 1e-3
+# ... and for a model whose subsampling LayerNorms each stacked frame of raw log-mel (stacking_norm, the streaming
+# sample model): on digitally silent frames the stacked frame's std is ~1e-6, so LayerNorm (eps 1e-5) multiplies
+# the float rounding of two STFT routes (1e-4 in log-mel) by ~300: measured 5.9e-3 on one such frame, 5e-4 at most
+# elsewhere. Greedy transcripts must still be identical.
+LOGPROB_TOLERANCE_FRAME_NORM = 1e-2
+
+
+def logprob_tolerance(model) -> float:  # type: ignore[no-untyped-def]
+    """The parity tolerance for ``model``'s graphs (see LOGPROB_TOLERANCE_FRAME_NORM)."""
+    frame_norm = str(model.cfg.encoder.get("subsampling", "")) == "stacking_norm"
+    return LOGPROB_TOLERANCE_FRAME_NORM if frame_norm else LOGPROB_TOLERANCE
 
 
 class ExportError(KorasrError, RuntimeError):
@@ -349,6 +360,7 @@ def export(
             ),
         },
         blank,
+        logprob_tolerance(model),
     )
     parity["encoder.onnx"]["reference"] = "NeMo's encoder and decoder on the features cut to whole subsampling windows"
     streaming_info = None
@@ -356,7 +368,8 @@ def export(
         model.encoder.pos_enc = nemo_pe
         streaming_info = streaming.write(model, tmp / streaming.FOLDER, waveform_module.frontend, pieces, unit,
                                          lookahead_ms)  # fmt: skip
-        streaming_info["parity"] = streaming.check(model, tmp / streaming.FOLDER, waves, blank)
+        streaming_info["parity"] = streaming.check(model, tmp / streaming.FOLDER, waves, blank,
+                                                   step_tolerance=logprob_tolerance(model))  # fmt: skip
         log.info("streaming export: look-ahead %d ms, chunk %d ms; parity vs conformer_stream_step max |Δ| %.2e",
                  streaming_info["lookahead_ms"], streaming_info["chunk_ms"],
                  streaming_info["parity"]["max_abs_step_logprob_diff"])  # fmt: skip
@@ -633,12 +646,12 @@ def _run_engine(trt, logger, plan: bytes, feeds: dict, repeats: int = 20):  # ty
     )
 
 
-def _parity(tmp: Path, checks: dict, blank: int) -> dict:
+def _parity(tmp: Path, checks: dict, blank: int, tolerance: float = LOGPROB_TOLERANCE) -> dict:
     """Each graph against its NeMo reference on the same batch: lengths identical, log-probs within tolerance,
     greedy transcripts (token ids) identical. ``checks``: name → (feeds, reference log-probs, reference lengths)."""
     from korasr.precision import session
 
-    report: dict = {"tolerance": LOGPROB_TOLERANCE}
+    report: dict = {"tolerance": tolerance}
     for name, (feeds, reference, reference_len) in checks.items():
         got, got_len = session(tmp / name).run(None, feeds)
         entry = compare_outputs(reference, reference_len, got, got_len, blank)
@@ -648,8 +661,8 @@ def _parity(tmp: Path, checks: dict, blank: int) -> dict:
             raise ExportError(f"{name}: greedy transcripts differ from NeMo's "
                               f"({entry['piece_error_rate_vs_fp32']:.2f}% of the pieces)")  # fmt: skip
         worst = entry["max_abs_logprob_diff"]
-        if worst > LOGPROB_TOLERANCE:
-            raise ExportError(f"{name}: log-probs differ from NeMo's by {worst:.2e} > {LOGPROB_TOLERANCE}")
+        if worst > tolerance:
+            raise ExportError(f"{name}: log-probs differ from NeMo's by {worst:.2e} > {tolerance}")
         report[name] = {"max_abs_logprob_diff": worst, "greedy_identical": True}
         report["utterances"] = len(reference_len)
     report["max_abs_logprob_diff"] = max(report[name]["max_abs_logprob_diff"] for name in checks)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from korasr import SAMPLE_RATE
 from korasr.runtime.streaming import Endpoint, Event, Stream, StreamingModel
 
 
@@ -51,7 +52,7 @@ class StreamHub:
         self.task: asyncio.Task | None = None
         self.steps = 0
         self.batch_sizes: deque[int] = deque(maxlen=4096)
-        self.inbox_limit = int(2 * model.chunk_seconds * 16000)  # samples at 16 kHz-equivalent per connection
+        self.inbox_limit = int(2 * model.chunk_seconds * SAMPLE_RATE)  # samples at 16 kHz-equivalent per connection
 
     @property
     def active(self) -> int:
@@ -93,7 +94,7 @@ class StreamHub:
                 conn.received_at = time.perf_counter()
             if pcm is not None:
                 conn.pending_samples += len(pcm)
-                if conn.pending_samples * 16000 / conn.stream.sample_rate > self.inbox_limit:
+                if conn.pending_samples * SAMPLE_RATE / conn.stream.sample_rate > self.inbox_limit:
                     conn.room.clear()
         self.wake.set()
 
