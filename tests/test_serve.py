@@ -73,11 +73,13 @@ def test_openai_audio_api_shape(client, clip, expected):
 
 
 def test_segments_subtitles_and_the_official_openai_client(live_server, clip, expected, tmp_path):
-    """verbose_json, srt and vtt give one segment per utterance (the streaming endpoint rule on word times): two
-    utterances with 1.5 s of silence between them are two segments, through OpenAI's own client."""
+    """verbose_json, srt and vtt give one segment per utterance (the streaming endpoint rule: 0.8 s of blank frames
+    between pieces): two utterances with 1.5 s of silence between them are two segments, through OpenAI's client."""
     import re
 
     from openai import OpenAI
+
+    from korasr.metrics import cer
 
     gap = np.zeros(24000, np.float32)
     path = tmp_path / "two.wav"
@@ -87,13 +89,15 @@ def test_segments_subtitles_and_the_official_openai_client(live_server, clip, ex
     with open(path, "rb") as f:
         verbose = api.audio.transcriptions.create(model="korasr", file=f, response_format="verbose_json")
     segments = verbose.segments
-    assert [s.text for s in segments] == [expected, expected]
+    assert len(segments) == 2, [s.text for s in segments]
+    assert all(cer([expected], [s.text]) <= 20.0 for s in segments), ([s.text for s in segments], expected)
     assert segments[0].end <= first_end + 0.1 and segments[1].start >= first_end + 1.0
+    assert verbose.text.replace(" ", "") == "".join(s.text for s in segments).replace(" ", "")
     for kind, stamp in (("srt", r"\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}"),
                         ("vtt", r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}")):  # fmt: skip
         with open(path, "rb") as f:
             text = api.audio.transcriptions.create(model="korasr", file=f, response_format=kind)
-        assert len(re.findall(stamp, text)) == 2 and text.count(expected) == 2, text
+        assert len(re.findall(stamp, text)) == 2 and all(s.text in text for s in segments), text
         assert text.startswith("1\n") if kind == "srt" else text.startswith("WEBVTT")
 
 

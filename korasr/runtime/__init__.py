@@ -23,8 +23,17 @@ from korasr.runtime.offline import (
     chunk_bounds,
     join,
 )
-from korasr.runtime.results import WORD_BOUNDARY, Result, Word, subtitles, token_words, tokens_text, utterances
+from korasr.runtime.results import (
+    WORD_BOUNDARY,
+    Result,
+    Segment,
+    Word,
+    subtitles,
+    token_segments,
+    token_words,
+    tokens_text,
+)
 
 __all__ = ["BUNDLED_LM", "CHUNK_SECONDS", "DECODERS", "GRAPHS", "MIN_CHUNK_SECONDS", "SAMPLE_RATE", "WORD_BOUNDARY",
-           "Recognizer", "Result", "Word", "_quiet_cut", "check_chunk_seconds", "chunk_bounds", "join", "subtitles",
-           "token_words", "tokens_text", "utterances"]  # fmt: skip
+           "Recognizer", "Result", "Segment", "Word", "_quiet_cut", "check_chunk_seconds", "chunk_bounds", "join", "subtitles",
+           "token_segments", "token_words", "tokens_text"]  # fmt: skip

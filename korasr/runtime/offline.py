@@ -25,7 +25,7 @@ import soxr
 from korasr.runtime.audio import SAMPLE_RATE, AudioLimits, to_mono_16k
 from korasr.runtime.ctc import greedy
 from korasr.runtime.onnx import pad_batch, read_tokens, session
-from korasr.runtime.results import Result, Word, token_words, tokens_text
+from korasr.runtime.results import Result, Segment, Word, token_segments, token_words, tokens_text
 
 CHUNK_SECONDS = 30.0
 MIN_CHUNK_SECONDS = 4.0  # the quiet cut searches the last 2 s of a chunk
@@ -59,7 +59,8 @@ def join(results: list[Result]) -> Result:
     if len(results) == 1:
         return results[0]
     words = None if results[0].words is None else [w for r in results for w in r.words or []]
-    return Result(" ".join(r.text for r in results if r.text), words)
+    segments = None if results[0].segments is None else [s for r in results for s in r.segments or []]
+    return Result(" ".join(r.text for r in results if r.text), words, segments)
 
 
 class Recognizer:
@@ -91,6 +92,8 @@ class Recognizer:
         self.precision = precision
         self.session = session(graph, threads, providers)
         self._tokenizer = None
+        # utterance segments of results with timestamps: the streaming endpoint rule (korasr serve sets these)
+        self.endpoint_silence, self.max_utterance = 0.8, 20.0
         self.beam = None
         self.lm_dir: Path | None = None
         self.global_hotwords: list = []
@@ -177,6 +180,8 @@ class Recognizer:
         result = Result(tokens_text(self.pieces, [t for t, _ in tokens], self.unit))
         if timestamps:
             result.words = self._words(tokens, offset)
+            result.segments = token_segments(tokens, self.pieces, self.unit, self.frame_shift, offset,
+                                             self.endpoint_silence, self.max_utterance)  # fmt: skip
         return result
 
     def _words(self, tokens: list[tuple[int, int]], offset: float) -> list[Word]:
@@ -273,6 +278,7 @@ class Recognizer:
         beam = self._request_beam(hotwords)
         texts: list[str] = []
         words: list[Word] = []
+        segments: list[Segment] = []
         carry = np.zeros(0, dtype=np.float32)
         consumed = 0  # 16 kHz samples decoded so far
         with sf.SoundFile(str(path)) as f:
@@ -289,11 +295,12 @@ class Recognizer:
                     if result.text:
                         texts.append(result.text)
                     words += result.words or []
+                    segments += result.segments or []
                 consumed += cut
                 carry = audio[cut:]
                 if last:
                     break
-        return Result(" ".join(texts), words if timestamps else None)
+        return Result(" ".join(texts), words if timestamps else None, segments if timestamps else None)
 
 
 def _quiet_cut(audio: np.ndarray, search_seconds: float = 2.0, frame_seconds: float = 0.02) -> int:

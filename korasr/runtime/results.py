@@ -18,9 +18,24 @@ class Word:
 
 
 @dataclass
+class Segment:
+    """One utterance: text, its bounds and words with times, in seconds of the recording or stream."""
+
+    text: str
+    start: float
+    end: float
+    words: list[Word] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3),
+                "words": [{"word": w.text, "start": w.start, "end": w.end} for w in self.words]}  # fmt: skip
+
+
+@dataclass
 class Result:
     text: str
     words: list[Word] | None = field(default=None)
+    segments: list[Segment] | None = field(default=None)  # with timestamps: utterances (token_segments)
 
     def as_dict(self) -> dict:
         out: dict = {"text": self.text}
@@ -57,21 +72,29 @@ def token_words(tokens: list[tuple[int, int]], pieces: list[str], unit: str, fra
     return words
 
 
-def utterances(words: list[Word], silence: float = 0.8, max_seconds: float = 20.0) -> list[dict]:
-    """Utterance segments of a whole-file result, by the streaming endpoint rules on its word times: a pause of
-    ``silence`` seconds or more between words ends a segment, and none runs past ``max_seconds``."""
-    segments: list[list[Word]] = []
-    for word in words:
-        current = segments[-1] if segments else None
-        if current and word.start - current[-1].end < silence and word.end - current[0].start <= max_seconds:
-            current.append(word)
+def token_segments(tokens: list[tuple[int, int]], pieces: list[str], unit: str, frame_shift: float,
+                   offset: float = 0.0, silence: float = 0.8, max_seconds: float = 20.0) -> list[Segment]:  # fmt: skip
+    """Utterances of a decoded sequence by the streaming endpoint rule: a run of blank frames of ``silence``
+    seconds or more between two pieces ends one, and none runs past ``max_seconds`` (times from ``offset``)."""
+    groups: list[list[tuple[int, int]]] = []
+    for token in tokens:
+        last = groups[-1] if groups else None
+        if (last and (token[1] - last[-1][1] - 1) * frame_shift < silence
+                and (token[1] + 1 - last[0][1]) * frame_shift <= max_seconds):  # fmt: skip
+            last.append(token)
         else:
-            segments.append([word])
-    return [{"id": i, "start": s[0].start, "end": s[-1].end, "text": " ".join(w.text for w in s)}
-            for i, s in enumerate(segments)]  # fmt: skip
+            groups.append([token])
+    segments = []
+    for group in groups:
+        text = " ".join(tokens_text(pieces, [t for t, _ in group], unit).split())
+        if text:  # a word boundary alone is no utterance
+            start, end = offset + group[0][1] * frame_shift, offset + (group[-1][1] + 1) * frame_shift
+            words = token_words(group, pieces, unit, frame_shift, offset)
+            segments.append(Segment(text, round(start, 3), round(end, 3), words))
+    return segments
 
 
-def subtitles(segments: list[dict], kind: str) -> str:
+def subtitles(segments: list[Segment], kind: str) -> str:
     """SubRip (``srt``) or WebVTT (``vtt``) text of utterance segments."""
 
     def stamp(seconds: float) -> str:
@@ -81,7 +104,7 @@ def subtitles(segments: list[dict], kind: str) -> str:
         s, ms = divmod(rest, 1000)
         return f"{h:02d}:{m:02d}:{s:02d}{',' if kind == 'srt' else '.'}{ms:03d}"
 
-    blocks = [f"{stamp(seg['start'])} --> {stamp(seg['end'])}\n{seg['text']}\n" for seg in segments]
+    blocks = [f"{stamp(seg.start)} --> {stamp(seg.end)}\n{seg.text}\n" for seg in segments]
     if kind == "srt":
         return "\n".join(f"{i + 1}\n{block}" for i, block in enumerate(blocks))
     return "WEBVTT\n\n" + "\n".join(blocks)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ import soxr
 
 from korasr import SAMPLE_RATE
 from korasr.runtime.onnx import read_tokens, session
-from korasr.runtime.results import Word, token_words, tokens_text
+from korasr.runtime.results import Segment, token_words, tokens_text
 
 FOLDER = "streaming"
 
@@ -42,20 +42,6 @@ class Endpoint:
         for name in ("silence_after_speech", "silence_alone", "max_utterance"):
             if not 0 < getattr(self, name) <= 3600:
                 raise ValueError(f"endpoint {name} must be in (0, 3600] seconds, got {getattr(self, name)}")
-
-
-@dataclass
-class Segment:
-    """One utterance's final result: text, words with times and the utterance's bounds, in stream seconds."""
-
-    text: str
-    start: float
-    end: float
-    words: list[Word] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3),
-                "words": [{"word": w.text, "start": w.start, "end": w.end} for w in self.words]}  # fmt: skip
 
 
 @dataclass

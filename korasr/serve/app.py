@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from korasr.runtime import SAMPLE_RATE, Recognizer, Result, subtitles, utterances
+from korasr.runtime import SAMPLE_RATE, Recognizer, Result, subtitles
 from korasr.runtime.audio import AudioError, AudioLimits, read_audio, read_pcm_s16le
 from korasr.serve.batcher import Batcher
 from korasr.serve.config import ServeConfig
@@ -88,6 +88,7 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
         )
         decoder = config.decoder or ("beam" if recognizer.bundled_lm else "greedy")
         await asyncio.to_thread(recognizer.use_decoder, decoder)
+        recognizer.endpoint_silence, recognizer.max_utterance = config.endpoint_silence_s, config.max_utterance_s
         await asyncio.to_thread(recognizer.transcribe_arrays, [np.zeros(SAMPLE_RATE, dtype=np.float32)])  # warm-up
         batcher = Batcher(recognizer, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000,
                           chunk_seconds=config.chunk_seconds, batch_seconds=config.batch_seconds,
@@ -222,7 +223,7 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
             return PlainTextResponse(result.text)
         if response_format == "json":
             return {"text": result.text}
-        segments = utterances(result.words or [], config.endpoint_silence_s, config.max_utterance_s)
+        segments = result.segments or []
         if response_format in ("srt", "vtt"):
             return PlainTextResponse(subtitles(segments, response_format),
                                      media_type="application/x-subrip" if response_format == "srt" else "text/vtt")  # fmt: skip
@@ -232,7 +233,7 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
             "language": "korean",
             "duration": round(duration, 3),
             "text": result.text,
-            "segments": segments,
+            "segments": [{"id": i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(segments)],
             "words": words,
         }
 
