@@ -143,6 +143,14 @@ def test_endpointing_splits_utterances_with_times(model, rows):
     # the maximum utterance length cuts a long utterance
     cut = model.transcribe(parts[0], endpoint=Endpoint(max_utterance=1.0))
     assert len(cut) >= 2 and all(s.end - s.start <= 1.05 for s in cut)
+    ids = []
+    for endpoint in (None, Endpoint(max_utterance=1.0)):  # a cut loses and repeats no piece
+        stream = model.stream(endpoint=endpoint)
+        stream.accept(parts[0])
+        stream.finish()
+        model.run([stream])
+        ids.append(stream.token_ids())
+    assert ids[0] == ids[1]
 
 
 def test_memory_of_a_long_stream_is_bounded(model, rows):
@@ -209,6 +217,7 @@ def test_websocket_streams_partials_and_finals(app_client, rows, model):
     assert "korasr_stream_finals_total" in text and 'korasr_stream_closes_total{code="1000"}' in text
     assert "korasr_stream_chunk_seconds_count" in text and "korasr_streams_active 0.0" in text
     assert "korasr_stream_partial_seconds_count" in text
+    assert 'korasr_stream_closes_total{code="1008"}' not in text  # every stream above ended normally
 
 
 @pytest.mark.parametrize(
@@ -217,6 +226,7 @@ def test_websocket_streams_partials_and_finals(app_client, rows, model):
         ("/v1/stream", {}, None, 1008, "API key"),
         ("/v1/stream?api_key=wrong", {}, None, 1008, "API key"),
         ("/v1/stream?api_key=k3y&sample_rate=1000", {}, None, 1008, "sample_rate"),
+        ("/v1/stream?api_key=k3y&sample_rate=16000%C2%B2", {}, None, 1008, "sample_rate"),
         ("/v1/stream?api_key=k3y", {}, b"\x01\x02\x03", 1007, "even size"),
         ("/v1/stream?api_key=k3y", {}, "hello", 1007, '{"type": "end"}'),
         ("/v1/stream?api_key=k3y", {}, b"\x00" * 8194, 1009, "8192"),

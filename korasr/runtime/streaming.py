@@ -115,7 +115,10 @@ class StreamingModel:
             s._channel, s._time, s._channel_len = channel[i : i + 1], time_cache[i : i + 1], channel_len[i : i + 1]
             s._features = s._features[:, take:]
             s._new -= take
-            s._decode(logprobs[i, : int(lengths[i])])
+            try:
+                s._decode(logprobs[i, : int(lengths[i])])
+            except Exception as e:  # this stream fails alone (its state is past this chunk; it steps no more)
+                s.error = e
         return ready
 
     def run(self, streams: list[Stream]) -> None:
@@ -174,6 +177,7 @@ class Stream:
         self._partial = ""
         self.segments: list[Segment] = []
         self.events: list[Event] = []
+        self.error: Exception | None = None  # decoding failed: the stream is not stepped again
 
     # --- audio in ----------------------------------------------------------------------------------------------
 
@@ -235,6 +239,8 @@ class Stream:
     @property
     def ready(self) -> bool:
         """A whole chunk of new frames is waiting, or the stream is finished and some are."""
+        if self.error is not None:
+            return False
         return self._new >= self.model.cfg["chunk_shift"] or (self.finished and self._new > 0)
 
     @property
@@ -255,7 +261,8 @@ class Stream:
         for label in logprobs.argmax(axis=-1).tolist():
             if label != model.blank and label != self._previous_id:
                 self._tokens.append((label, self._frame))
-                self._all_ids.append(label)
+                if self.keep_segments:  # a served stream keeps nothing that grows with its length
+                    self._all_ids.append(label)
             self._trailing_blanks = self._trailing_blanks + 1 if label == model.blank else 0
             self._previous_id = label
             self._frame += 1
@@ -295,7 +302,6 @@ class Stream:
             self.events.append(Event("final", text, segment.start, segment.end, segment))
         self._tokens, self._partial = [], ""
         self._utterance_start, self._trailing_blanks = self._frame, 0
-        self._previous_id = model.blank
 
     def _text(self, tokens: list[tuple[int, int]]) -> str:
         """NFC text of tokens, spaces collapsed (a word-boundary piece alone changes nothing a reader sees)."""
@@ -310,7 +316,7 @@ class Stream:
         return self._partial
 
     def token_ids(self) -> list[int]:
-        """Every piece id decoded so far, in order (across utterances)."""
+        """Every piece id decoded so far, in order (across utterances; ``keep_segments`` streams only)."""
         return list(self._all_ids)
 
     def text(self) -> str:

@@ -290,6 +290,7 @@ async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metric
     hub, conn, sender = state.get("hub"), None, None
     send_lock = asyncio.Lock()
     code = 1000
+    closed_with = {"code": 1000}  # what the sender closed with
 
     async def close(code: int, reason: str, error: bool = True) -> None:
         async with send_lock:
@@ -309,7 +310,8 @@ async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metric
                     await ws.send_json(event.as_dict())
                     sent_final = sent_final or event.type == "final"
             if done and conn.error is not None:
-                await close(1011, f"internal error: {conn.error}")
+                closed_with["code"] = conn.error_code
+                await close(conn.error_code, conn.error if conn.error_code != 1011 else f"internal error: {conn.error}")
                 return
             if done:
                 if not sent_final:  # silence only: the client still gets its last final
@@ -317,7 +319,8 @@ async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metric
                     async with send_lock:
                         await ws.send_json({"type": "final", "text": "", "start": end, "end": end, "words": []})
                 reason = getattr(conn, "close_reason", None)
-                await close(1008 if reason else 1000, reason or "end of stream", error=bool(reason))
+                closed_with["code"] = 1008 if reason else 1000
+                await close(closed_with["code"], reason or "end of stream", error=bool(reason))
                 return
 
     try:
@@ -329,7 +332,9 @@ async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metric
             raise StreamClosed(1008, f"{config.model.name} has no streaming graphs: serve the export of a model "
                                "trained with --streaming (make train STREAMING=1)")  # fmt: skip
         rate_text = ws.query_params.get("sample_rate", str(SAMPLE_RATE))
-        if not rate_text.isdigit() or not 8000 <= int(rate_text) <= 48000:
+        if not (
+            rate_text.isascii() and rate_text.isdigit() and len(rate_text) <= 6 and 8000 <= int(rate_text) <= 48000
+        ):
             raise StreamClosed(1008, f"sample_rate {rate_text[:20]!r}: an integer from 8000 to 48000 (Hz)")
         if hub.active >= config.max_streams:
             raise StreamClosed(1013, f"server busy: {hub.active} streams open (at most {config.max_streams})")
@@ -343,6 +348,7 @@ async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metric
             except TimeoutError:
                 raise StreamClosed(1008, f"idle: no frame for {config.stream_idle_s:g} s") from None
             if message["type"] == "websocket.disconnect":
+                code = int(message.get("code") or 1005)
                 return
             data, text = message.get("bytes"), message.get("text")
             if data is not None:
@@ -367,6 +373,7 @@ async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metric
                 await hub.feed(conn, None)
                 break
         await sender  # the finals, then the close
+        code = closed_with["code"]
     except StreamClosed as e:
         code = e.code
         await close(e.code, e.reason)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -22,6 +23,9 @@ import numpy as np
 
 from korasr import SAMPLE_RATE
 from korasr.runtime.streaming import Endpoint, Event, Stream, StreamingModel
+
+log = logging.getLogger(__name__)
+MAX_QUEUED = 256  # result batches waiting for a client that does not read them; then it is closed (1008)
 
 
 @dataclass
@@ -35,6 +39,9 @@ class Connection:
     pending_samples: int = 0
     closed: bool = False
     error: str | None = None  # set by the worker when this stream failed (the others go on)
+    error_code: int = 1011
+    error_sent: bool = False
+    done_sent: bool = False
 
     def __post_init__(self) -> None:
         self.room.set()
@@ -103,7 +110,16 @@ class StreamHub:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            await loop.run_in_executor(self.executor, self._tick)
+            try:
+                await loop.run_in_executor(self.executor, self._tick)
+            except Exception as e:  # never a dead hub: the streams of this tick fail with the reason, others go on
+                log.exception("streaming tick failed")
+                with self.lock:
+                    for conn in self.connections:
+                        if conn.error is None:
+                            conn.error = f"{type(e).__name__}: {e}"[:200]
+                            conn.events.put_nowait(([], True))
+                            conn.error_sent = True
 
     def _tick(self) -> None:
         """Drain the inboxes, then step until no stream has a chunk ready (worker thread)."""
@@ -119,6 +135,8 @@ class StreamHub:
                 conn.loop.call_soon_threadsafe(conn.room.set)
         arrived = {}
         for conn, items, received_at in drained:
+            if conn.error is not None:
+                continue
             try:
                 for pcm in items:
                     if pcm is None:
@@ -136,14 +154,17 @@ class StreamHub:
             for start in range(0, len(ready), self.max_batch):
                 batch = ready[start : start + self.max_batch]
                 began = time.perf_counter()
-                try:
+                try:  # a stream whose decoding fails is marked by step (stream.error); the others go on
                     self.model.step([c.stream for c in batch])
-                except Exception:  # find the one that failed: the others are stepped alone
+                except Exception:  # the encoder call failed before any stream changed: each alone
                     for conn in batch:
                         try:
                             self.model.step([conn.stream])
                         except Exception as e:
                             conn.error = f"{type(e).__name__}: {e}"[:200]
+                for conn in batch:
+                    if conn.stream.error is not None and conn.error is None:
+                        conn.error = f"{type(conn.stream.error).__name__}: {conn.stream.error}"[:200]
                 took = time.perf_counter() - began
                 self.steps += 1
                 self.batch_sizes.append(len(batch))
@@ -152,13 +173,18 @@ class StreamHub:
                     self.metrics.stream_batch.observe(len(batch))
         now = time.perf_counter()
         for conn in live:
+            if conn.error is None and conn.events.qsize() > MAX_QUEUED:
+                conn.error, conn.error_code = f"the client read no results for {MAX_QUEUED} steps", 1008
             if conn.error is not None:
-                conn.loop.call_soon_threadsafe(conn.events.put_nowait, ([], True))
+                if not conn.error_sent:  # what the stream produced before it failed, then the failure, once
+                    conn.error_sent = True
+                    conn.loop.call_soon_threadsafe(conn.events.put_nowait, (conn.stream.pop_events(), True))
                 continue
             events = conn.stream.pop_events()
-            done = conn.stream.done
+            done = conn.stream.done and not conn.done_sent
             if not events and not done:
                 continue
+            conn.done_sent = conn.done_sent or done
             if self.metrics:
                 for event in events:
                     if event.type == "partial" and id(conn) in arrived:
