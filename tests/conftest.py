@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -195,3 +196,31 @@ def exported(trained, recipe):
 def eval_rows(recipe, n: int | None = None) -> list[dict]:
     lines = (recipe["manifests"] / "eval_clean.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines[:n]]
+
+
+@contextlib.contextmanager
+def serving(config):  # type: ignore[no-untyped-def]
+    """``korasr serve``'s app for ``config`` on a free loopback port, in a thread of this process: yields its URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from korasr.serve import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

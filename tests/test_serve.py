@@ -14,7 +14,7 @@ import soxr
 from fastapi.testclient import TestClient
 
 from korasr.serve import ServeConfig, create_app
-from tests.conftest import eval_rows
+from tests.conftest import eval_rows, serving
 
 pytestmark = pytest.mark.slow
 
@@ -412,26 +412,8 @@ def test_concurrent_requests_are_batched_and_a_full_queue_says_503(exported, rec
 @pytest.fixture(scope="module")
 def live_server(exported):
     """The service on a free loopback port, in a thread of this process."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(model=exported, api_key="page-key")), host="127.0.0.1", port=port,
-                                           log_level="warning"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(ServeConfig(model=exported, api_key="page-key")) as url:
+        yield url
 
 
 def test_page_uploads_a_file_in_headless_chromium(live_server, clip, expected, tmp_path):

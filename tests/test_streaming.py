@@ -21,7 +21,7 @@ from korasr.runtime import Recognizer
 from korasr.runtime.onnx import read_tokens
 from korasr.runtime.streaming import Endpoint, StreamingModel
 from korasr.serve import ServeConfig, create_app
-from tests.conftest import eval_rows
+from tests.conftest import eval_rows, serving
 
 pytestmark = pytest.mark.slow
 
@@ -356,26 +356,8 @@ def test_sherpa_onnx_online_decodes_the_streaming_export(exported_streaming, row
 
 @pytest.fixture(scope="module")
 def live_streaming_server(exported_streaming):
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = ServeConfig(model=exported_streaming, api_key="page-key")
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(ServeConfig(model=exported_streaming, api_key="page-key")) as url:
+        yield url
 
 
 def test_page_streams_the_microphone_in_headless_chromium(live_streaming_server, rows, model, tmp_path):

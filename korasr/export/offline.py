@@ -196,6 +196,17 @@ def _test_audio(manifest: str | os.PathLike[str] | None, count: int) -> list[np.
     ]
 
 
+def add_metadata(path: Path, meta: dict[str, str]) -> None:
+    """Write ``meta`` into the ONNX graph at ``path`` as metadata_props (what sherpa-onnx reads)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    for key, value in meta.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(path))
+
+
 def tokens_txt(pieces: list[str]) -> str:
     """sherpa-onnx's tokens.txt: ``piece id`` per line, the CTC blank ``<blk>`` last."""
     return "".join(f"{p} {i}\n" for i, p in enumerate([*pieces, "<blk>"]))
@@ -333,11 +344,7 @@ def export(
         "model_type": "EncDecCTCModelBPE",
         "korasr_text_unit": unit,
     }
-    encoder_onnx = onnx.load(str(tmp / "encoder.onnx"))
-    for key, value in meta.items():
-        entry = encoder_onnx.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(encoder_onnx, str(tmp / "encoder.onnx"))
+    add_metadata(tmp / "encoder.onnx", meta)
     for name in ("model.onnx", "encoder.onnx"):
         onnx.checker.check_model(str(tmp / name))
 

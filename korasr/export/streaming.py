@@ -152,7 +152,7 @@ def write(model, folder: Path, mel_frontend, pieces: list[str], unit: str, looka
     import torch
     from nemo.core.classes.common import typecheck
 
-    from korasr.export.offline import tokens_txt
+    from korasr.export.offline import add_metadata, tokens_txt
 
     if str(model.cfg.preprocessor.get("normalize", "NA")) not in ("NA", "None", "none", ""):
         raise StreamingExportError(f"preprocessor normalize={model.cfg.preprocessor.normalize}: per-utterance "
@@ -203,11 +203,7 @@ def write(model, folder: Path, mel_frontend, pieces: list[str], unit: str, looka
         **{f"cache_last_time_dim{i + 1}": str(v) for i, v in enumerate(cfg["cache_last_time"])},
         "korasr_lookahead_ms": str(cfg["lookahead_ms"]),
     }
-    graph = onnx.load(str(folder / "encoder.onnx"))
-    for key, value in meta.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(graph, str(folder / "encoder.onnx"))
+    add_metadata(folder / "encoder.onnx", meta)
     for name in ("frontend.onnx", "encoder.onnx"):
         onnx.checker.check_model(str(folder / name))
     (folder / "tokens.txt").write_text(tokens_txt(pieces), encoding="utf-8")
