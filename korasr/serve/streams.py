@@ -57,7 +57,6 @@ class StreamHub:
         self.wake = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="korasr-stream")
         self.task: asyncio.Task | None = None
-        self.steps = 0
         self.batch_sizes: deque[int] = deque(maxlen=4096)
         self.inbox_limit = int(2 * model.chunk_seconds * SAMPLE_RATE)  # samples at 16 kHz-equivalent per connection
 
@@ -166,7 +165,6 @@ class StreamHub:
                     if conn.stream.error is not None and conn.error is None:
                         conn.error = f"{type(conn.stream.error).__name__}: {conn.stream.error}"[:200]
                 took = time.perf_counter() - began
-                self.steps += 1
                 self.batch_sizes.append(len(batch))
                 if self.metrics:
                     self.metrics.chunk_seconds.observe(took)
