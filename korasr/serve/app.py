@@ -280,7 +280,7 @@ class StreamClosed(Exception):
 
 async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metrics: Metrics) -> None:
     """One WebSocket stream: checks, then audio in and results out until the end, a limit or a disconnect.
-    Close codes: 1000 after the last final; 1008 wrong key, bad parameter, idle or too long; 1009 frame too large;
+    Close codes: 1000 after the last final; 1008 wrong key, bad parameter, idle, too long or results unread; 1009 frame too large;
     1007 a frame that is not 16-bit PCM or ``{"type": "end"}``; 1013 busy or loading; 1011 server error."""
     from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -414,5 +414,5 @@ Live streaming (an export of a model trained with `--streaming`): WebSocket `GET
 add `words` with times; utterances end at a pause) and closes with 1000 after the last final. The API key goes in
 the `Authorization` or `X-API-Key` header at the handshake, or as `?api_key=` (browsers). Every refusal sends
 `{"type": "error", "error": reason}` and closes: 1008 wrong key, bad sample_rate, idle too long or the stream's
-maximum duration reached (after its finals); 1009 a frame too large; 1007 a frame that is not PCM or the end
-message; 1013 too many streams open; 1011 an internal error."""
+maximum duration reached (after its finals) or results left unread; 1009 a frame too large; 1007 a frame that is
+not PCM or the end message; 1013 too many streams open; 1011 an internal error."""
