@@ -100,7 +100,7 @@ def _tokenizer_build(args: argparse.Namespace) -> int:
     options = TokenizerOptions(
         unit=args.unit, type=args.type, vocab=args.vocab, character_coverage=args.character_coverage
     )
-    out = build_tokenizer(args.manifest, args.out, options)
+    out = build_tokenizer(args.manifest, args.out, options, force=args.force)
     report = json.loads((Path(out) / "report.json").read_text(encoding="utf-8"))
     for sub in report.values():
         print(format_report(sub), file=sys.stderr)
@@ -211,6 +211,7 @@ def _export(args: argparse.Namespace) -> int:
             triton_device=args.triton_device,
             lm=args.lm,
             lookahead_ms=args.lookahead,
+            force=args.force,
         )
     )
     return 0
@@ -290,7 +291,8 @@ def _transcribe(args: argparse.Namespace) -> int:
 def _lm_build(args: argparse.Namespace) -> int:
     from korasr.lm.build import build_lm
 
-    print(build_lm(args.tokenizer, args.out, manifests=args.manifest, texts=args.text, order=args.order))
+    print(build_lm(args.tokenizer, args.out, manifests=args.manifest, texts=args.text, order=args.order,
+                   force=args.force))  # fmt: skip
     return 0
 
 
@@ -325,6 +327,11 @@ def _serve(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         max_streams=args.max_streams,
         stream_idle_s=args.stream_idle,
+        min_stream_rate=args.min_stream_rate,
+        stream_rate_window_s=args.stream_rate_window,
+        send_timeout_s=args.send_timeout,
+        send_buffer_bytes=int(args.send_buffer_kb * 1024),
+        max_unsent_results=args.max_unsent,
         max_stream_seconds=args.max_stream_seconds,
         max_frame_bytes=int(args.max_frame_kb * 1024),
         stream_batch=args.stream_batch,
@@ -358,6 +365,12 @@ def _add_decoder(p: argparse.ArgumentParser, repeatable: bool = False) -> None:
     p.add_argument("--beam", type=bounded(int, 1, 256), default=None, help="beam size (default: the LM's tuned, or 8)")
     p.add_argument("--alpha", type=bounded(float, 0, 100), default=None, help="LM weight (default: the LM's tuned)")
     p.add_argument("--beta", type=bounded(float, -100, 100), default=None, help="bonus per piece (default: tuned)")
+
+
+def _add_force(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"replace --out whole even when it is not {what} folder korasr wrote (default: refuse a "
+                   "folder holding anything else, naming what it holds)")  # fmt: skip
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
@@ -451,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default=None, help="default: tokenizers/<recipe>/<unit>_<type>_v<vocab> (char units: <unit>)"
     )
+    _add_force(p, "a tokenizer")
     p.set_defaults(func=_tokenizer_build)
     p = tok_sub.add_parser("report", help="tokens per second and CTC-infeasible utterances per manifest")
     p.add_argument("--tokenizer", required=True, help="a tokenizer directory written by `korasr tokenizer build`")
@@ -524,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="streaming models: the look-ahead streaming/ runs at (one trained; default: the first)")  # fmt: skip
     p.add_argument("--lm", default=None, metavar="DIR",
                    help="bundle this LM directory (korasr lm build/tune) as lm/: beam search with it by default")  # fmt: skip
+    _add_force(p, "an export")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("transcribe", help="transcribe audio files with an export folder (onnxruntime only)")
@@ -556,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--text", action="append", default=None,
                    help="extra text, one normalized sentence per line (repeatable)")  # fmt: skip
     q.add_argument("--order", type=bounded(int, 2, 10), default=6, help="n-gram order (default: 6)")
+    _add_force(q, "an LM")
     q.set_defaults(func=_lm_build)
     q = lm_sub.add_parser("tune", help="grid-search alpha and beta on a dev manifest; records them in the LM")
     q.add_argument("--model", required=True, help="an export folder or a .nemo")
@@ -594,6 +610,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WebSocket streams open at once (/v1/stream; more: closed with 1013)")  # fmt: skip
     p.add_argument("--stream-idle", type=bounded(float, 0.1, 3600), default=10.0, metavar="S",
                    help="close a stream that sent no frame for S seconds (1008)")  # fmt: skip
+    p.add_argument("--min-stream-rate", type=bounded(float, 0, 10), default=0.5, metavar="X",
+                   help="a stream must send at least X × real time of audio over every window (1008 below; 0: off; "
+                   "default: 0.5)")  # fmt: skip
+    p.add_argument("--stream-rate-window", type=bounded(float, 1, 3600), default=15.0, metavar="S",
+                   help="the window of --min-stream-rate, and its grace period after the stream opens (default: 15)")  # fmt: skip
+    p.add_argument("--send-timeout", type=bounded(float, 0.1, 600), default=10.0, metavar="S",
+                   help="every send to a client (response, result, close) completes within S s or the connection is "
+                   "aborted and released (default: 10)")  # fmt: skip
+    p.add_argument("--send-buffer-kb", type=bounded(float, 1, 64 * 1024), default=64.0, metavar="KB",
+                   help="what the server buffers for a client that does not read, per connection (default: 64)")  # fmt: skip
+    p.add_argument("--max-unsent", type=bounded(int, 1, 65536), default=256, metavar="N",
+                   help="results waiting for a stream's client; beyond, it is taken to read nothing and aborted "
+                   "(default: 256)")  # fmt: skip
     p.add_argument("--max-stream-seconds", type=bounded(float, 1, 7 * 24 * 3600), default=4 * 3600.0,
                    help="audio seconds per stream; then its finals and a close with 1008")  # fmt: skip
     p.add_argument("--max-frame-kb", type=bounded(float, 1, 16 * 1024), default=64.0,

@@ -20,9 +20,12 @@ import os
 import shutil
 from pathlib import Path
 
+from korasr.fsutil import ArtifactKind, staged_dir
 from korasr.text import codec
 
 CTC, DECODE, ENSEMBLE = "korasr_ctc", "korasr_decode", "korasr_asr"
+# Triton reads only the model folders of a repository: the marker file beside them is not a model.
+TRITON_FOLDER = ArtifactKind("triton", (f"{ENSEMBLE}/config.pbtxt", f'name: "{ENSEMBLE}"'), (CTC, DECODE, ENSEMBLE))
 ONNX_TO_TRITON = {1: "TYPE_FP32", 7: "TYPE_INT64", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32"}
 
 
@@ -139,16 +142,17 @@ def write_repository(
     device: str = "cpu",
     instances: int = 1,
     max_batch: int = 16,
+    force: bool = False,
 ) -> Path:
-    """Write ``triton/`` (default: inside ``export_dir``) for ``device`` cpu or gpu instance groups."""
+    """Write ``triton/`` (default: inside ``export_dir``) for ``device`` cpu or gpu instance groups. An existing
+    ``out_dir`` is replaced only when it is a repository korasr wrote (:func:`korasr.fsutil.staged_dir`), or with
+    ``force``."""
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be cpu or gpu, not {device!r}")
     export = Path(export_dir)
     info = json.loads((export / "model.json").read_text(encoding="utf-8"))
     vocab = int(info["vocab_size"])
     out = Path(out_dir) if out_dir else export / "triton"
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     kind = "KIND_GPU" if device == "gpu" else "KIND_CPU"
     files = {
         f"{CTC}/config.pbtxt": _ctc_config(vocab, max_batch, kind, instances),
@@ -158,17 +162,15 @@ def write_repository(
         f"{DECODE}/1/decode.json": json.dumps({"unit": info["unit"], "blank_id": info["blank_id"]}),
         f"{ENSEMBLE}/config.pbtxt": _ensemble_config(max_batch),
     }
-    for rel, text in files.items():
-        path = tmp / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    (tmp / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
-    (tmp / CTC / "1").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(export / "model.onnx", tmp / CTC / "1" / "model.onnx")
-    shutil.copyfile(export / "tokens.txt", tmp / DECODE / "1" / "tokens.txt")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with staged_dir(out, TRITON_FOLDER, force=force) as tmp:
+        for rel, text in files.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        (tmp / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
+        (tmp / CTC / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(export / "model.onnx", tmp / CTC / "1" / "model.onnx")
+        shutil.copyfile(export / "tokens.txt", tmp / DECODE / "1" / "tokens.txt")
     return out
 
 

@@ -199,8 +199,10 @@ def eval_rows(recipe, n: int | None = None) -> list[dict]:
 
 
 @contextlib.contextmanager
-def serving(config):  # type: ignore[no-untyped-def]
-    """``korasr serve``'s app for ``config`` on a free loopback port, in a thread of this process: yields its URL."""
+def serving(config, app=None, send_buffer: int | None = None, **uvicorn_options):  # type: ignore[no-untyped-def]
+    """``korasr serve``'s app for ``config`` (or ``app``) on a free loopback port, in a thread of this process: yields
+    its URL. ``send_buffer``: the kernel's send buffer of every accepted connection, in bytes (a small one lets a
+    client that stops reading fill the server's buffers in a test's time)."""
     import socket
     import threading
     import time
@@ -209,11 +211,13 @@ def serving(config):  # type: ignore[no-untyped-def]
 
     from korasr.serve import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    sock = socket.socket()
+    if send_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # accepted sockets inherit it
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app or create_app(config), log_level="warning", **uvicorn_options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started and time.monotonic() < deadline:
@@ -224,3 +228,41 @@ def serving(config):  # type: ignore[no-untyped-def]
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
+
+
+@contextlib.contextmanager
+def serve_process(model: Path, log: Path, *args: str, key: str | None = None):  # type: ignore[no-untyped-def]
+    """``korasr serve`` as its own process on a free loopback port, everything it prints (uvicorn's access log at
+    INFO included) going to ``log``: yields its URL."""
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "KORASR_API_KEY": key or ""}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(korasr_cmd("serve", "--model", str(model), "--port", str(port), *args), cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

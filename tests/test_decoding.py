@@ -158,6 +158,14 @@ def test_the_service_decodes_with_the_bundled_lm_and_per_request_hotwords(export
         files = {"file": ("a.wav", wav, "audio/wav")}
         r = client.post("/v1/audio/transcriptions", files=files, data={"prompt": "헬싱키, 리스본"})
         assert r.status_code == 200 and r.json()["text"] == expected
+        # ... and a prompt is a hint: what the model cannot use is left out and counted, never a 400
+        hint = "GPU 서버, 3시에 헬싱키!, 漢字 리스본 ((ok)), " + ", ".join(["가"] * 120)
+        r = client.post("/v1/audio/transcriptions", files=files, data={"prompt": hint})
+        assert r.status_code == 200 and r.json()["text"] == expected
+        text = client.get("/metrics").text
+        dropped = {reason: metric_value(text, f'korasr_prompt_words_dropped_total{{reason="{reason}"}}')
+                   for reason in ("latin", "digits", "punctuation", "unspellable", "too_many")}  # fmt: skip
+        assert dropped == {"latin": 2, "digits": 1, "punctuation": 2, "unspellable": 1, "too_many": 120 + 3 - 100}
     # a greedy server refuses hotwords but ignores OpenAI's prompt
     with TestClient(create_app(ServeConfig(model=exported, api_key=None))) as client:
         r = client.post("/v1/transcribe", files={"audio": ("a.wav", wav)}, data={"hotwords": "헬싱키"})
@@ -166,3 +174,7 @@ def test_the_service_decodes_with_the_bundled_lm_and_per_request_hotwords(export
             "/v1/audio/transcriptions", files={"file": ("a.wav", wav, "audio/wav")}, data={"prompt": "헬싱키"}
         )
         assert r.status_code == 200
+
+
+def metric_value(text: str, series: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(series))

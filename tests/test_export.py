@@ -39,6 +39,22 @@ def test_export_directory_is_complete_and_parity_checked(exported):
     onnx.checker.check_model(str(exported / "model.onnx"))
 
 
+def test_a_real_export_is_marked_and_would_be_replaced_by_the_next(exported):
+    """The export and its triton/ carry their markers (korasr.fsutil.staged_dir), listing every entry written, so
+    a rerun of `korasr export` into the folder replaces it without --force."""
+    from korasr.export.offline import EXPORT_FOLDER
+    from korasr.fsutil import MARKER, check_replaceable
+    from korasr.triton import TRITON_FOLDER
+
+    for folder, kind in ((exported, EXPORT_FOLDER), (exported / "triton", TRITON_FOLDER)):
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        assert marker["kind"] == kind.name
+        assert set(marker["entries"]) == {p.name for p in folder.iterdir()} - {MARKER}
+        check_replaceable(folder, kind)
+        assert all(kind.wrote(name) for name in marker["entries"]), marker  # and so would an unmarked one
+    assert MARKER not in json.loads((exported / "model.json").read_text(encoding="utf-8"))["sha256"]
+
+
 def test_runtime_scores_as_nemo_on_the_sample_eval_set(exported, trained, recipe):
     manifest = str(recipe["manifests"] / "eval_clean.jsonl")
     run("evaluate", "--model", str(exported), "--manifest", manifest, "--out", str(recipe["tmp"] / "eval_onnx"),

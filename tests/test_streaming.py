@@ -8,6 +8,7 @@ import itertools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,7 +22,7 @@ from korasr.runtime import Recognizer
 from korasr.runtime.onnx import read_tokens
 from korasr.runtime.streaming import Endpoint, StreamingModel
 from korasr.serve import ServeConfig, create_app
-from tests.conftest import eval_rows, serving
+from tests.conftest import eval_rows, serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -220,17 +221,19 @@ def test_websocket_streams_partials_and_finals(app_client, rows, model):
     assert 'korasr_stream_closes_total{code="1008"}' not in text  # every stream above ended normally
 
 
+KEY = {"X-API-Key": "k3y"}
+
+
 @pytest.mark.parametrize(
     ("path", "headers", "send", "code", "reason"),
     [
-        ("/v1/stream", {}, None, 1008, "API key"),
-        ("/v1/stream?api_key=wrong", {}, None, 1008, "API key"),
-        ("/v1/stream?api_key=k3y&sample_rate=1000", {}, None, 1008, "sample_rate"),
-        ("/v1/stream?api_key=k3y&sample_rate=16000%C2%B2", {}, None, 1008, "sample_rate"),
-        ("/v1/stream?api_key=k3y", {}, b"\x01\x02\x03", 1007, "even size"),
-        ("/v1/stream?api_key=k3y", {}, "hello", 1007, '{"type": "end"}'),
-        ("/v1/stream?api_key=k3y", {}, b"\x00" * 8194, 1009, "8192"),
-        ("/v1/stream?api_key=k3y", {}, "idle", 1008, "idle"),
+        ("/v1/stream?sample_rate=1000", KEY, None, 1008, "sample_rate"),
+        ("/v1/stream?sample_rate=16000%C2%B2", KEY, None, 1008, "sample_rate"),
+        ("/v1/stream", KEY, b"\x01\x02\x03", 1007, "even size"),
+        ("/v1/stream", KEY, "hello", 1007, '{"type": "end"}'),
+        ("/v1/stream", KEY, "[" * 5000 + "]" * 5000, 1007, '{"type": "end"}'),  # RecursionError in json
+        ("/v1/stream", KEY, b"\x00" * 8194, 1009, "8192"),
+        ("/v1/stream", KEY, "idle", 1008, "idle"),
     ],
 )
 def test_websocket_limits_close_with_a_code_and_reason(app_client, path, headers, send, code, reason):
@@ -244,20 +247,49 @@ def test_websocket_limits_close_with_a_code_and_reason(app_client, path, headers
     assert messages and messages[-1]["type"] == "error" and reason in messages[-1]["error"]
 
 
+@pytest.mark.parametrize(
+    ("path", "headers", "subprotocols"),
+    [
+        ("/v1/stream", {}, None),
+        ("/v1/stream", {"X-API-Key": "wrong"}, None),
+        ("/v1/stream?api_key=k3y", {}, None),  # the URL is never read: it reaches access logs
+        ("/v1/stream", {}, ["korasr", "korasr.key." + "wrong"]),
+        ("/v1/stream", {}, ["korasr", "korasr.key.%%%"]),
+    ],
+)
+def test_a_wrong_or_missing_key_is_refused_before_the_upgrade(app_client, path, headers, subprotocols):
+    from starlette.testclient import WebSocketDenialResponse
+
+    with pytest.raises(WebSocketDenialResponse) as refused:
+        app_client.websocket_connect(path, headers=headers, subprotocols=subprotocols).__enter__()
+    assert refused.value.status_code == 403 and "API key" in refused.value.json()["error"]
+
+
+def test_a_browser_sends_the_key_as_a_subprotocol(app_client, rows):
+    import base64
+
+    offered = ["korasr", "korasr.key." + base64.urlsafe_b64encode(b"k3y").decode().rstrip("=")]
+    with app_client.websocket_connect("/v1/stream", subprotocols=offered) as ws:
+        assert ws.accepted_subprotocol == "korasr"  # the key's own subprotocol is never echoed
+        ws.send_bytes(pcm_bytes(rows[0]["audio"])[:8000])  # within the fixture's max_frame_bytes
+        ws.send_text(json.dumps({"type": "end"}))
+        assert receive_all(ws)[1] == 1000
+
+
 def test_websocket_stream_count_and_duration_limits(app_client, rows):
     audio = pcm_bytes(np.concatenate([rows[0]["audio"], rows[1]["audio"], rows[2]["audio"]]))
-    with app_client.websocket_connect("/v1/stream?api_key=k3y") as one, \
-         app_client.websocket_connect("/v1/stream?api_key=k3y") as two:  # fmt: skip
+    with app_client.websocket_connect("/v1/stream", headers=KEY) as one, \
+         app_client.websocket_connect("/v1/stream", headers=KEY) as two:  # fmt: skip
         one.send_bytes(b"\x00\x00" * 100)
         two.send_bytes(b"\x00\x00" * 100)
-        with app_client.websocket_connect("/v1/stream?api_key=k3y") as three:
+        with app_client.websocket_connect("/v1/stream", headers=KEY) as three:
             messages, code, reason = receive_all(three)
         assert code == 1013 and "busy" in reason
         one.send_text(json.dumps({"type": "end"}))
         two.send_text(json.dumps({"type": "end"}))
         assert receive_all(one)[1] == receive_all(two)[1] == 1000
     # more audio than max_stream_seconds (6 s): its finals, then 1008
-    with app_client.websocket_connect("/v1/stream?api_key=k3y") as ws:
+    with app_client.websocket_connect("/v1/stream", headers=KEY) as ws:
         for start in range(0, len(audio), 8000):
             ws.send_bytes(audio[start : start + 8000])
         messages, code, reason = receive_all(ws)
@@ -354,16 +386,20 @@ def test_sherpa_onnx_online_decodes_the_streaming_export(exported_streaming, row
 # --- the page: the microphone, streamed ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def live_streaming_server(exported_streaming):
-    with serving(ServeConfig(model=exported_streaming, api_key="page-key")) as url:
-        yield url
+PAGE_KEY = "page-key-7f3a9c1e"
 
 
-def test_page_streams_the_microphone_in_headless_chromium(live_streaming_server, rows, model, tmp_path):
-    """Chromium's fake microphone plays a WAV (an eval utterance, then silence): the page streams it over the
-    WebSocket (API key as a query parameter), shows partials, and its transcript is the final text."""
+def test_page_streams_the_microphone_and_the_key_never_reaches_a_log(exported_streaming, rows, model, tmp_path):
+    """``korasr serve`` in its own process with an API key, uvicorn's access log on. Chromium's fake microphone plays
+    a WAV (an eval utterance, then silence): the page streams it over the WebSocket (the key as a subprotocol),
+    shows partials, and its transcript is the final text. Then every route, with the key where it belongs and where
+    it does not (a URL): nowhere in everything the server printed does the key appear."""
+    import base64
     import shutil
+
+    import httpx
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
 
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.fail("Debian's chromium and chromium-driver are needed (make setup installs them)")
@@ -383,18 +419,54 @@ def test_page_streams_the_microphone_in_headless_chromium(live_streaming_server,
                  "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}%noloop",
                  "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    try:
-        driver.get(live_streaming_server + "/")
-        driver.find_element(By.ID, "key").send_keys("page-key")
-        driver.find_element(By.ID, "live").click()
-        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "transcript").text.strip())
-        driver.find_element(By.ID, "live-stop").click()
-        WebDriverWait(driver, 30).until(lambda d: "stream" in d.find_element(By.ID, "status").text)
-        got = driver.find_element(By.ID, "transcript").text.strip()
-        assert driver.find_element(By.ID, "status").text == "stream finished"
-    finally:
-        driver.quit()
+    log = tmp_path / "serve.log"
+    with serve_process(exported_streaming, log, key=PAGE_KEY) as url:
+        driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+        try:
+            driver.get(url + "/")
+            driver.find_element(By.ID, "key").send_keys(PAGE_KEY)
+            driver.find_element(By.ID, "live").click()
+            WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "transcript").text.strip())
+            driver.find_element(By.ID, "live-stop").click()
+            WebDriverWait(driver, 30).until(lambda d: "stream" in d.find_element(By.ID, "status").text)
+            got = driver.find_element(By.ID, "transcript").text.strip()
+            assert driver.find_element(By.ID, "status").text == "stream finished"
+            driver.find_element(By.ID, "file").send_keys(rows[0]["audio_filepath"])  # the page's upload too
+            driver.find_element(By.ID, "send").click()
+            WebDriverWait(driver, 60).until(lambda d: "ms" in d.find_element(By.ID, "status").text)
+        finally:
+            driver.quit()
+        wav_bytes = Path(rows[0]["audio_filepath"]).read_bytes()
+        header = {"X-API-Key": PAGE_KEY}
+        with httpx.Client(base_url=url, timeout=60) as http:
+            for path in ("/health", "/", "/metrics", "/docs", "/redoc", "/openapi.json", "/nowhere"):
+                assert http.get(path, headers=header).status_code in (200, 404), path
+            assert http.get("/metrics?api_key=" + PAGE_KEY).status_code == 401  # a key in a URL is never read
+            assert http.get("/health", params={"token": PAGE_KEY}).status_code == 200
+            bearer = {"Authorization": "Bearer " + PAGE_KEY}
+            assert http.post("/v1/transcribe", headers=bearer, files={"audio": ("a.wav", wav_bytes)}).status_code == 200
+            assert http.post("/v1/audio/transcriptions", headers=header, files={"file": ("a.wav", wav_bytes)},
+                             data={"response_format": "verbose_json"}).status_code == 200  # fmt: skip
+        ws_url = url.replace("http", "ws") + "/v1/stream"
+        with connect(ws_url, additional_headers=header) as ws:
+            for start in range(0, len(data := pcm_bytes(rows[0]["audio"])), 32000):
+                ws.send(data[start : start + 32000])
+            ws.send(json.dumps({"type": "end"}))
+            assert any(json.loads(m)["type"] == "final" for m in ws)
+        offered = ["korasr", "korasr.key." + base64.urlsafe_b64encode(PAGE_KEY.encode()).decode().rstrip("=")]
+        with connect(ws_url + "?sample_rate=8000", subprotocols=offered) as ws:
+            assert ws.subprotocol == "korasr"
+            ws.send(json.dumps({"type": "end"}))
+            assert [json.loads(m)["type"] for m in ws] == ["final"]
+        for refused in (f"?api_key={PAGE_KEY}", f"?sample_rate=16000&api_key={PAGE_KEY}&x=1"):
+            with pytest.raises(InvalidStatus) as e:
+                connect(ws_url + refused)
+            assert e.value.response.status_code == 403
+    printed = log.read_text(encoding="utf-8", errors="replace")
+    assert '"WebSocket /v1/stream?sample_rate=' in printed and "POST /v1/audio/transcriptions" in printed
+    assert "api_key=[redacted]" in printed and "token=[redacted]" in printed  # the URLs were logged, keys taken out
+    assert PAGE_KEY not in printed, [line for line in printed.splitlines() if PAGE_KEY in line]
+    assert base64.urlsafe_b64encode(PAGE_KEY.encode()).decode().rstrip("=") not in printed
     # Chromium resamples the file to its device rate and the server back to 16 kHz: the suite's small model then
     # differs from its own transcript of the file by a jamo or two (one CI run: 16.7% CER on 18 syllables)
     assert cer([expected], [got]) <= 25.0, (got, expected)

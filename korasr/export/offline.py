@@ -28,14 +28,18 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from korasr import SAMPLE_RATE
 from korasr.errors import KorasrError
-from korasr.fsutil import sha256_file, write_json
+from korasr.fsutil import ArtifactKind, sha256_file, staged_dir, write_json
 from korasr.provenance import git_commit, versions
 from korasr.runtime.onnx import pad_batch
+
+if TYPE_CHECKING:
+    from korasr.lm import LMInfo
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,11 @@ LOGPROB_TOLERANCE = 1e-3
 # the float rounding of two STFT routes (1e-4 in log-mel) by ~300: measured 5.9e-3 on one such frame, 5e-4 at most
 # elsewhere. Greedy transcripts must still be identical.
 LOGPROB_TOLERANCE_FRAME_NORM = 1e-2
+# An export folder, as every korasr version wrote it: model.json, the graphs (fp32, fp16, int8 and TensorRT plans),
+# tokens, the tokenizer, README.md, and the lm/, streaming/ and triton/ folders.
+EXPORT_FOLDER = ArtifactKind("export", ("model.json", '"format": "korasr-export/1"'),
+                             ("model.json", "README.md", "tokens.txt", "tokenizer.model", "*.onnx", "*.plan", "lm",
+                              "streaming", "triton"))  # fmt: skip
 
 
 def logprob_tolerance(model) -> float:  # type: ignore[no-untyped-def]
@@ -229,6 +238,7 @@ def export(
     triton_device: str = "cpu",
     lm: str | os.PathLike[str] | None = None,
     lookahead_ms: int | None = None,
+    force: bool = False,
 ) -> Path:
     """Export ``model_path`` into ``out_dir`` (default: ``export/`` beside the model); returns the directory.
 
@@ -238,15 +248,11 @@ def export(
     A cache-aware streaming model (``korasr train --streaming``) also gets ``streaming/`` (korasr.export.streaming)
     at its default look-ahead, or ``lookahead_ms`` (one it was trained with).
 
-    Writes into a temporary sibling and renames it into place only after every check passed. With
-    ``int8_manifest``, also ``model.int8.onnx`` calibrated on its first ``int8_utterances`` utterances.
+    Writes into a temporary sibling and renames it into place only after every check passed; an existing
+    ``out_dir`` is replaced only when it is an export korasr wrote (:func:`korasr.fsutil.staged_dir`), or with
+    ``force``. With ``int8_manifest``, also ``model.int8.onnx`` calibrated on its first ``int8_utterances``
+    utterances.
     """
-    import onnx
-    import torch
-    from nemo.core.classes.common import typecheck
-
-    from korasr.evaluate import load_model
-
     started = time.time()
     lm_info = None
     if lm is not None:
@@ -255,9 +261,35 @@ def export(
         lm_info = read_lm(lm)  # a missing or corrupt LM fails before the long export
     model_path = Path(model_path)
     out = Path(out_dir) if out_dir else model_path.parent / "export"
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with staged_dir(out, EXPORT_FOLDER, force=force) as tmp:
+        parity = _write_export(tmp, model_path, lm_info, parity_manifest=parity_manifest,
+                               parity_utterances=parity_utterances, int8_manifest=int8_manifest,
+                               int8_utterances=int8_utterances, triton_device=triton_device,
+                               lookahead_ms=lookahead_ms, started=started)  # fmt: skip
+    log.info("exported %s → %s (parity: max |Δ log-prob| %.2e, transcripts identical)", model_path, out,
+             parity["max_abs_logprob_diff"])  # fmt: skip
+    return out
+
+
+def _write_export(
+    tmp: Path,
+    model_path: Path,
+    lm_info: LMInfo | None,
+    *,
+    parity_manifest: str | os.PathLike[str] | None,
+    parity_utterances: int,
+    int8_manifest: str | os.PathLike[str] | None,
+    int8_utterances: int,
+    triton_device: str,
+    lookahead_ms: int | None,
+    started: float,
+) -> dict:
+    """Every file of the export folder, written into ``tmp`` and gated; returns the parity summary."""
+    import onnx
+    import torch
+    from nemo.core.classes.common import typecheck
+
+    from korasr.evaluate import load_model
 
     model = load_model(model_path).cpu().eval()
     unit = str(model.cfg.get("korasr_text_unit", "jamo"))
@@ -429,12 +461,7 @@ def export(
     info["triton"] = validate(write_repository(tmp, tmp / "triton", device=triton_device))
     write_json(tmp / "model.json", info)
     (tmp / "README.md").write_text(readme(info), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    log.info("exported %s → %s (parity: max |Δ log-prob| %.2e, transcripts identical)", model_path, out,
-             parity["max_abs_logprob_diff"])  # fmt: skip
-    return out
+    return parity
 
 
 def readme(info: dict) -> str:

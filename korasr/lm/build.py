@@ -25,13 +25,15 @@ from pathlib import Path
 import yaml
 
 from korasr import __version__
-from korasr.fsutil import sha256_file, staged_dir
+from korasr.fsutil import ArtifactKind, sha256_file, staged_dir
 from korasr.lm import ARPA, BINARY, FORMAT, META, TOKEN_OFFSET, LMError, token_symbol, vocabulary_sha256
 from korasr.text.codec import to_model_text
 
 log = logging.getLogger(__name__)
 
 MIN_ORDER, MAX_ORDER = 2, 10
+# An LM folder: lm.json (korasr lm tune rewrites it in place), the ARPA and its KenLM binary.
+LM_FOLDER = ArtifactKind("lm", (META, f'"format": "{FORMAT}"'), (META, ARPA, BINARY))
 
 
 @dataclass(frozen=True)
@@ -114,10 +116,12 @@ def build_lm(
     texts: list[str | os.PathLike[str]] | None = None,
     order: int = 6,
     memory: str = "20%",
+    force: bool = False,
 ) -> Path:
     """Write the LM directory ``out``; skip when its ``lm.json`` records the same tokenizer, sources and order.
 
-    ``manifests`` default to the tokenizer's own train manifest (from its ``tokenizer.yaml``)."""
+    ``manifests`` default to the tokenizer's own train manifest (from its ``tokenizer.yaml``). An existing ``out``
+    is replaced only when it is an LM folder korasr wrote (:func:`korasr.fsutil.staged_dir`), or with ``force``."""
     if not MIN_ORDER <= order <= MAX_ORDER:
         raise LMError(f"--order must be between {MIN_ORDER} and {MAX_ORDER}, got {order}")
     started = time.perf_counter()
@@ -152,7 +156,7 @@ def build_lm(
         pass
 
     lmplz, build_binary = find_tool("lmplz"), find_tool("build_binary")
-    with staged_dir(out) as staging:
+    with staged_dir(out, LM_FOLDER, force=force) as staging:
         corpus = staging / "corpus.txt"
         lines_total = 0
         with open(corpus, "w", encoding="utf-8", newline="\n") as f:

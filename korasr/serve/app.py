@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Annotated
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
+from fastapi import File, Form, Request, UploadFile, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from korasr.runtime import SAMPLE_RATE, Recognizer, Result, subtitles
 from korasr.runtime.audio import AudioError, AudioLimits, read_audio, read_pcm_s16le
 from korasr.serve.batcher import Batcher
 from korasr.serve.config import ServeConfig
-from korasr.serve.gate import Gate
+from korasr.serve.deadline import Service
+from korasr.serve.gate import Gate, redact_logs
 
+log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("page.html")
 STATUS = {"too_long": 413, "unsupported": 415}  # every other AudioError is a 400
 
@@ -42,6 +44,87 @@ def decode_upload(file: IO[bytes], name: str, raw: dict | None, limits: AudioLim
     except AudioError as e:
         hint = " (WAV, FLAC, OGG or MP3; raw PCM needs sample_rate and channels)" if e.kind == "unsupported" else ""
         raise ClientError(STATUS.get(e.kind, 400), f"{e}{hint}") from None
+
+
+def parse_hotwords(recognizer, text: str | None, field: str, max_phrases: int):  # type: ignore[no-untyped-def]
+    """Hotwords from a form field: one phrase per line (``phrase<TAB>boost``), bounded before anything is encoded;
+    a phrase the model cannot spell, or hotwords on a greedy server, are a 400 naming them."""
+    from korasr.runtime.beam import HotwordError
+
+    if not text or not text.strip():
+        return None
+    if recognizer is not None and recognizer.beam is None:
+        raise ClientError(400, f"{field}: this server decodes greedily; hotwords need beam search (serve an "
+                          "export with a bundled LM, or korasr serve --decoder beam)")  # fmt: skip
+    if len(text) > max_phrases * 101:
+        raise ClientError(400, f"{field}: {len(text)} characters (at most {max_phrases * 101})")
+    lines = text.split("\n")
+    if sum(1 for line in lines if line.strip() and not line.strip().startswith("#")) > max_phrases:
+        raise ClientError(400, f"{field}: more than {max_phrases} phrases")
+    try:
+        return recognizer.hotwords(lines, field)
+    except HotwordError as e:
+        raise ClientError(400, str(e)) from None
+
+
+def prompt_hotwords(recognizer, text: str | None, max_phrases: int, metrics):  # type: ignore[no-untyped-def]
+    """OpenAI's ``prompt`` is a hint, never a reason for a 400: its phrases (commas or lines) become hotwords with
+    what the model cannot use left out (:func:`prompt_words`), counted by reason and logged. Ignored by a greedy
+    server."""
+    from korasr.runtime.beam import HotwordError
+
+    if not text or not text.strip() or recognizer is None or recognizer.beam is None:
+        return None
+    limit = max_phrases * 101
+    found = prompt_words(text[:limit], recognizer.piece_variants, max_phrases)
+    phrases = found.pop("phrases")
+    if len(text) > limit:
+        found["too_long"] = 1
+    for reason, n in found.items():
+        metrics.prompt_dropped.labels(reason).inc(n)
+    if found:
+        log.info("prompt: left out %s", ", ".join(f"{n} × {r}" for r, n in sorted(found.items())))
+    try:
+        return recognizer.hotwords(phrases, "prompt") if phrases else None
+    except HotwordError as e:  # not expected after the filtering above; still a hint, not a 400
+        metrics.prompt_dropped.labels("unspellable").inc()
+        log.info("prompt: left out: %s", e)
+        return None
+
+
+def prompt_words(text: str, spell, max_phrases: int) -> dict:  # type: ignore[no-untyped-def]
+    """The usable phrases of an OpenAI ``prompt`` (``"phrases"``) and the counts of what was left out, by reason.
+    ``spell(word)`` gives the word's piece sequences (0: a piece the tokenizer lacks)."""
+    import unicodedata
+
+    out: dict = {"phrases": []}
+
+    def drop(reason: str) -> None:
+        out[reason] = out.get(reason, 0) + 1
+
+    for raw in text.replace(",", "\n").split("\n"):
+        kept = []
+        for word in unicodedata.normalize("NFC", raw).split():
+            bare = "".join(c for c in word if unicodedata.category(c)[0] not in "PSC")
+            if bare != word:
+                drop("punctuation")
+            if not bare:
+                continue
+            if any(c.isdigit() for c in bare):
+                drop("digits")
+            elif any(c.isascii() and c.isalpha() for c in bare):
+                drop("latin")
+            elif len(bare) > 100 or not (variants := spell(bare)) or any(0 in v for v in variants):
+                drop("unspellable")
+            else:
+                kept.append(bare)
+        phrase = " ".join(kept)[:100].strip()
+        if phrase:
+            if len(out["phrases"]) < max_phrases:
+                out["phrases"].append(phrase)
+            else:
+                drop("too_many")
+    return out
 
 
 class Metrics:
@@ -70,8 +153,13 @@ class Metrics:
                                          "produced", registry=r,
                                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2))  # fmt: skip
         self.finals = Counter("korasr_stream_finals", "final results sent on streams", registry=r)
-        self.stream_closes = Counter("korasr_stream_closes", "streams closed, by WebSocket close code", ["code"],
+        self.stream_closes = Counter("korasr_stream_closes", "streams ended, by the server's close code (403: "
+                                     "upgrade refused; client: the client closed; aborted: it read nothing)",
+                                     ["code"], registry=r)  # fmt: skip
+        self.send_timeouts = Counter("korasr_send_timeouts", "connections aborted at the send deadline", ["kind"],
                                      registry=r)  # fmt: skip
+        self.prompt_dropped = Counter("korasr_prompt_words_dropped", "words of OpenAI prompts left out of the "
+                                      "hotwords, by reason", ["reason"], registry=r)  # fmt: skip
 
 
 def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
@@ -83,6 +171,7 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):  # type: ignore[no-untyped-def]
+        redact_logs(config.api_key)  # after the server configured its logging
         recognizer = await asyncio.to_thread(
             Recognizer, config.model, threads=config.threads, precision=config.precision
         )
@@ -112,7 +201,9 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
         decoders.shutdown(wait=False, cancel_futures=True)
 
     # max_body_size: FastAPI/Starlette count the body as it streams (chunked uploads too) and answer 413
-    app = FastAPI(title="korasr", description=DESCRIPTION, lifespan=lifespan, max_body_size=config.max_upload_bytes)
+    app = Service(title="korasr", description=DESCRIPTION, lifespan=lifespan, max_body_size=config.max_upload_bytes)
+    app.send_timeout_s, app.send_buffer_bytes = config.send_timeout_s, config.send_buffer_bytes
+    app.on_send_timeout = lambda kind: metrics.send_timeouts.labels(kind).inc()
     app.add_middleware(Gate, config=config, routes=app.router.routes, metrics=metrics)
 
     @app.exception_handler(ClientError)
@@ -134,29 +225,6 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
-
-    def parse_hotwords(text: str | None, field: str, strict: bool = True):  # type: ignore[no-untyped-def]
-        """Hotwords from a form field: one phrase per line (``phrase<TAB>boost``); for OpenAI's ``prompt`` also
-        commas. Bounded before anything is encoded. Without a beam decoder: 400 for ``hotwords``, ignored for
-        ``prompt`` (OpenAI's prompt is a hint, not a requirement)."""
-        from korasr.runtime.beam import HotwordError
-
-        if not text or not text.strip():
-            return None
-        if state["recognizer"] is not None and state["recognizer"].beam is None:
-            if strict:
-                raise ClientError(400, f"{field}: this server decodes greedily; hotwords need beam search (serve an "
-                                  "export with a bundled LM, or korasr serve --decoder beam)")  # fmt: skip
-            return None
-        if len(text) > config.max_hotwords * 101:
-            raise ClientError(400, f"{field}: {len(text)} characters (at most {config.max_hotwords * 101})")
-        lines = text.split("\n") if strict else [p for line in text.split("\n") for p in line.split(",")]
-        if sum(1 for line in lines if line.strip() and not line.strip().startswith("#")) > config.max_hotwords:
-            raise ClientError(400, f"{field}: more than {config.max_hotwords} phrases")
-        try:
-            return state["recognizer"].hotwords(lines, field)
-        except HotwordError as e:
-            raise ClientError(400, str(e)) from None
 
     async def transcribe(upload: UploadFile, raw: dict | None, hotwords=None) -> tuple[Result, float, float]:  # type: ignore[no-untyped-def]
         if not state["ready"]:
@@ -193,7 +261,7 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
     ) -> dict:
         if not state["ready"]:
             raise ClientError(503, "model loading", {"Retry-After": "1"})
-        words = parse_hotwords(hotwords, "hotwords")
+        words = parse_hotwords(state["recognizer"], hotwords, "hotwords", config.max_hotwords)
         result, duration, elapsed = await transcribe(audio, raw_params(sample_rate, channels, encoding), words)
         body = {"text": result.text, "duration_s": round(duration, 3), "processing_ms": round(elapsed * 1000, 1),
                 "model": config.model.name}  # fmt: skip
@@ -218,7 +286,9 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
             raise ClientError(400, f"language {language[:40]!r}: this model transcribes Korean (ko)")
         if not state["ready"]:
             raise ClientError(503, "model loading", {"Retry-After": "1"})
-        result, duration, _ = await transcribe(file, None, parse_hotwords(prompt, "prompt", strict=False))
+        result, duration, _ = await transcribe(
+            file, None, prompt_hotwords(state["recognizer"], prompt, config.max_hotwords, metrics)
+        )
         if response_format == "text":
             return PlainTextResponse(result.text)
         if response_format == "json":
@@ -239,6 +309,8 @@ def create_app(config: ServeConfig):  # type: ignore[no-untyped-def]
 
     @app.websocket("/v1/stream")
     async def v1_stream(ws: WebSocket):  # type: ignore[no-untyped-def]
+        from korasr.serve.sessions import stream_session
+
         await stream_session(ws, config, state, metrics)
 
     @app.get("/health")
@@ -269,125 +341,8 @@ def _stream_hub(config: ServeConfig, metrics: Metrics):  # type: ignore[no-untyp
     stream.accept(np.zeros(SAMPLE_RATE, np.float32))
     stream.finish()
     model.run([stream])
-    return StreamHub(model, max_batch=config.stream_batch, endpoint=endpoint, metrics=metrics)
-
-
-class StreamClosed(Exception):
-    def __init__(self, code: int, reason: str):
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
-async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metrics: Metrics) -> None:
-    """One WebSocket stream: checks, then audio in and results out until the end, a limit or a disconnect.
-    Close codes: 1000 after the last final; 1008 wrong key, bad parameter, idle, too long or results unread; 1009 frame too large;
-    1007 a frame that is not 16-bit PCM or ``{"type": "end"}``; 1013 busy or loading; 1011 server error."""
-    from starlette.websockets import WebSocketDisconnect, WebSocketState
-
-    from korasr.serve.gate import key_matches
-
-    await ws.accept()
-    hub, conn, sender = state.get("hub"), None, None
-    send_lock = asyncio.Lock()
-    code = 1000
-    closed_with = {"code": 1000}  # what the sender closed with
-
-    async def close(code: int, reason: str, error: bool = True) -> None:
-        async with send_lock:
-            if ws.client_state != WebSocketState.CONNECTED:
-                return
-            with contextlib.suppress(Exception):
-                if error:
-                    await ws.send_json({"type": "error", "error": reason})
-                await ws.close(code=code, reason=reason[:120])
-
-    async def send_results() -> None:
-        sent_final = False
-        while True:
-            events, done = await conn.events.get()
-            async with send_lock:
-                for event in events:
-                    await ws.send_json(event.as_dict())
-                    sent_final = sent_final or event.type == "final"
-            if done and conn.error is not None:
-                closed_with["code"] = conn.error_code
-                await close(conn.error_code, conn.error if conn.error_code != 1011 else f"internal error: {conn.error}")
-                return
-            if done:
-                if not sent_final:  # silence only: the client still gets its last final
-                    end = round(conn.stream._frame * conn.stream.model.frame_shift, 3)
-                    async with send_lock:
-                        await ws.send_json({"type": "final", "text": "", "start": end, "end": end, "words": []})
-                reason = getattr(conn, "close_reason", None)
-                closed_with["code"] = 1008 if reason else 1000
-                await close(closed_with["code"], reason or "end of stream", error=bool(reason))
-                return
-
-    try:
-        if config.api_key and not key_matches(ws.headers, config.api_key, ws.query_params.get("api_key")):
-            raise StreamClosed(1008, "missing or wrong API key (Authorization: Bearer KEY, X-API-Key, or ?api_key=)")
-        if not state["ready"]:
-            raise StreamClosed(1013, "model loading")
-        if hub is None:
-            raise StreamClosed(1008, f"{config.model.name} has no streaming graphs: serve the export of a model "
-                               "trained with --streaming (make train STREAMING=1)")  # fmt: skip
-        rate_text = ws.query_params.get("sample_rate", str(SAMPLE_RATE))
-        if not (
-            rate_text.isascii() and rate_text.isdigit() and len(rate_text) <= 6 and 8000 <= int(rate_text) <= 48000
-        ):
-            raise StreamClosed(1008, f"sample_rate {rate_text[:20]!r}: an integer from 8000 to 48000 (Hz)")
-        if hub.active >= config.max_streams:
-            raise StreamClosed(1013, f"server busy: {hub.active} streams open (at most {config.max_streams})")
-        rate = int(rate_text)
-        conn = hub.open(rate)
-        sender = asyncio.get_running_loop().create_task(send_results())
-        samples = 0
-        while True:
-            try:
-                message = await asyncio.wait_for(ws.receive(), config.stream_idle_s)
-            except TimeoutError:
-                raise StreamClosed(1008, f"idle: no frame for {config.stream_idle_s:g} s") from None
-            if message["type"] == "websocket.disconnect":
-                code = int(message.get("code") or 1005)
-                return
-            data, text = message.get("bytes"), message.get("text")
-            if data is not None:
-                if len(data) > config.max_frame_bytes:
-                    raise StreamClosed(1009, f"frame of {len(data)} bytes (at most {config.max_frame_bytes})")
-                if len(data) % 2:
-                    raise StreamClosed(1007, f"frame of {len(data)} bytes: 16-bit PCM frames have an even size")
-                pcm = np.frombuffer(data, dtype="<i2")
-                samples += len(pcm)
-                if samples > config.max_stream_seconds * rate:
-                    conn.close_reason = f"maximum stream duration {config.max_stream_seconds:g} s reached"
-                    await hub.feed(conn, None)
-                    break
-                await hub.feed(conn, pcm)
-            elif text is not None:
-                try:
-                    parsed = json.loads(text)
-                except ValueError:
-                    parsed = None
-                if not isinstance(parsed, dict) or parsed.get("type") != "end":
-                    raise StreamClosed(1007, 'text frames must be {"type": "end"}')
-                await hub.feed(conn, None)
-                break
-        await sender  # the finals, then the close
-        code = closed_with["code"]
-    except StreamClosed as e:
-        code = e.code
-        await close(e.code, e.reason)
-    except WebSocketDisconnect:
-        code = 1001
-    except Exception as e:  # never a crash: the client gets a reason
-        code = 1011
-        await close(1011, f"internal error: {type(e).__name__}")
-    finally:
-        if sender is not None and not sender.done():
-            sender.cancel()
-        if conn is not None:
-            hub.close(conn)
-        metrics.stream_closes.labels(str(code)).inc()
+    return StreamHub(model, max_batch=config.stream_batch, endpoint=endpoint, max_unsent=config.max_unsent_results,
+                     metrics=metrics)  # fmt: skip
 
 
 HOTWORDS_HELP = "beam search only: one phrase per line, optionally a TAB and a boost per piece (default 2)"
@@ -412,7 +367,12 @@ Live streaming (an export of a model trained with `--streaming`): WebSocket `GET
 (8000–48000 Hz). Send binary frames of 16-bit little-endian mono PCM at that rate, then the text frame
 `{"type": "end"}`. The server sends JSON text frames `{"type": "partial" | "final", "text", "start", "end"}` (finals
 add `words` with times; utterances end at a pause) and closes with 1000 after the last final. The API key goes in
-the `Authorization` or `X-API-Key` header at the handshake, or as `?api_key=` (browsers). Every refusal sends
-`{"type": "error", "error": reason}` and closes: 1008 wrong key, bad sample_rate, idle too long or the stream's
-maximum duration reached (after its finals) or results left unread; 1009 a frame too large; 1007 a frame that is
-not PCM or the end message; 1013 too many streams open; 1011 an internal error."""
+the `Authorization` or `X-API-Key` header at the handshake or, from a browser, as the subprotocol
+`korasr.key.<base64url(KEY)>` beside `korasr` (never in the URL: URLs reach logs); a missing or wrong key is
+refused before the upgrade (HTTP 403). Every refusal after it sends `{"type": "error", "error": reason}` and
+closes: 1008 bad sample_rate, idle too long, audio arriving slower than `--min-stream-rate` × real time over a
+window, or the stream's maximum duration reached (after its finals); 1009 a frame too large; 1007 a frame that is
+not PCM or the end message; 1013 too many streams open; 1011 an internal error. Every send has a deadline
+(`--send-timeout`): a client that stops reading is aborted (no close frame can reach it) and its stream released,
+as is one with more than `--max-unsent` results waiting for it. A stream that sends faster than the decoder
+takes it is read no further until the decoder catches up, and the decoder serves streams in turn."""

@@ -37,6 +37,17 @@ class ServeConfig:
     # live streams (GET /v1/stream, a WebSocket; the export needs streaming/ graphs)
     max_streams: int = 32  # open at once; one more is closed with 1013
     stream_idle_s: float = 10.0  # no frame for this long: closed with 1008
+    # A stream must deliver audio at no less than min_stream_rate × real time over every window of
+    # stream_rate_window_s seconds spent waiting for the client (the first window is the grace period); else 1008.
+    # Time the server itself holds the client back (its stream has undecoded audio) does not count.
+    min_stream_rate: float = 0.5
+    stream_rate_window_s: float = 15.0
+    # Every send to a client (a response, a result, a close) completes within send_timeout_s or the connection is
+    # aborted and what it held is released; a client that reads nothing makes the server buffer at most
+    # send_buffer_bytes for it (the transport's high-water mark).
+    send_timeout_s: float = 10.0
+    send_buffer_bytes: int = 64 * 1024
+    max_unsent_results: int = 256  # results queued for a stream and not yet written; then it is aborted
     max_stream_seconds: float = 4 * 3600.0  # audio seconds per stream; then its finals and a close with 1008
     max_frame_bytes: int = 64 * 1024  # per binary frame (2 s of 16 kHz PCM); larger: 1009
     stream_batch: int = 32  # streams per encoder call
@@ -74,6 +85,13 @@ class ServeConfig:
         need(0 <= self.max_hotwords <= 10_000, f"max_hotwords {self.max_hotwords}: 0 to 10000")
         need(0 <= self.max_streams <= 4096, f"max_streams {self.max_streams}: 0 to 4096")
         need(0 < self.stream_idle_s <= 3600, f"stream_idle_s {self.stream_idle_s}: (0, 3600]")
+        need(0 <= self.min_stream_rate <= 10, f"min_stream_rate {self.min_stream_rate}: 0 to 10 (× real time)")
+        need(1 <= self.stream_rate_window_s <= 3600, f"stream_rate_window_s {self.stream_rate_window_s}: 1 to 3600")
+        need(0 < self.send_timeout_s <= 600, f"send_timeout_s {self.send_timeout_s}: (0, 600]")
+        need(
+            1024 <= self.send_buffer_bytes <= 64 * 2**20, f"send_buffer_bytes {self.send_buffer_bytes}: 1 KiB to 64 MiB"
+        )
+        need(1 <= self.max_unsent_results <= 65536, f"max_unsent_results {self.max_unsent_results}: 1 to 65536")
         need(0 < self.max_stream_seconds <= 7 * 24 * 3600, f"max_stream_seconds {self.max_stream_seconds}: (0, 1 week]")
         need(1024 <= self.max_frame_bytes <= 16 * 2**20, f"max_frame_bytes {self.max_frame_bytes}: 1 KiB to 16 MiB")
         need(1 <= self.stream_batch <= 256, f"stream_batch {self.stream_batch}: 1 to 256")

@@ -1,7 +1,8 @@
 """The gate in front of the routes (a pure ASGI middleware): what must be decided before a request body is read.
 
 - the API key, checked from the headers before any body byte is read (every path but ``/health`` and the page
-  at ``/``; the docs too unless ``public_docs``);
+  at ``/``; the docs too unless ``public_docs``), and before a WebSocket is accepted (a refused upgrade is an HTTP
+  403); never from the URL, which reaches access logs;
 - admission: at most ``queue_size`` transcription requests at once; up to ``max_waiting`` more wait for a slot
   in arrival order (so a client that retries in a tight loop cannot starve one that waits its turn), and beyond
   that, or with no slot before the upload deadline, 503 with Retry-After;
@@ -14,7 +15,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
+import logging
+import re
 import secrets
 import time
 from collections import deque
@@ -36,12 +41,70 @@ async def reply(send: Any, status: int, message: str, headers: dict[str, str] | 
     await send({"type": "http.response.body", "body": body})
 
 
-def key_matches(headers: Any, api_key: str, query_key: str | None = None) -> bool:
-    """``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (lower-case header names), or, for browsers' WebSockets
-    (which cannot set headers), the ``api_key`` query parameter; compared in constant time."""
+async def refuse_upgrade(scope: dict, send: Any, status: int, message: str) -> None:
+    """Answer a WebSocket upgrade with an HTTP error and a JSON reason (the ASGI denial-response extension), or a
+    bare 403 where the server lacks it; either way the WebSocket is never accepted."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "websocket.http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+
+
+KEY_SUBPROTOCOL = "korasr.key."  # browsers' WebSockets cannot set headers: the key rides in a subprotocol
+STREAM_SUBPROTOCOL = "korasr"  # the subprotocol the server accepts; the key's own is never echoed
+KEY_HELP = "Authorization: Bearer KEY or X-API-Key: KEY; WebSockets also the subprotocol korasr.key.<base64url(KEY)>"
+
+
+def subprotocol_key(protocols: list[str]) -> str:
+    """The API key a browser offered as the WebSocket subprotocol ``korasr.key.<base64url(KEY)>`` ('' if none)."""
+    for protocol in protocols:
+        if protocol.startswith(KEY_SUBPROTOCOL) and len(protocol) <= 2048:
+            encoded = protocol[len(KEY_SUBPROTOCOL) :]
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+    return ""
+
+
+def key_matches(headers: Any, api_key: str, subprotocols: list[str] | None = None) -> bool:
+    """``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (lower-case header names), or for a WebSocket the
+    subprotocol ``korasr.key.<base64url(KEY)>``; compared in constant time. The URL is never read: it reaches logs."""
     auth = headers.get("authorization", "")
-    given = auth[7:].strip() if auth.startswith("Bearer ") else headers.get("x-api-key", "") or (query_key or "")
+    given = auth[7:].strip() if auth.startswith("Bearer ") else headers.get("x-api-key", "")
+    given = given or subprotocol_key(subprotocols or [])
     return secrets.compare_digest(given.encode(), api_key.encode())
+
+
+_SECRET_QUERY = re.compile(r"([?&](?:api_key|apikey|key|token|access_token)=)[^&\s\"']*", re.IGNORECASE)
+
+
+class Redact(logging.Filter):
+    """Takes the API key (and any ``api_key=``/``token=`` query value) out of a log record before it is written:
+    uvicorn logs every path with its query (the access log, and WebSocket handshakes on ``uvicorn.error``)."""
+
+    def __init__(self, secret: str | None):
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = _SECRET_QUERY.sub(r"\1[redacted]", message)
+        if self.secret:
+            cleaned = cleaned.replace(self.secret, "[redacted]")
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+def redact_logs(secret: str | None, loggers: tuple[str, ...] = ("uvicorn.access", "uvicorn.error", "uvicorn")) -> None:
+    """Install :class:`Redact` on uvicorn's loggers (replacing one installed before, so the newest key counts)."""
+    for name in loggers:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, Redact)]:
+            logger.removeFilter(old)
+        logger.addFilter(Redact(secret))
 
 
 class Gate:
@@ -60,9 +123,18 @@ class Gate:
 
     def key_ok(self, scope: dict) -> bool:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        return key_matches(headers, self.config.api_key)
+        return key_matches(
+            headers, self.config.api_key, scope.get("subprotocols") if scope["type"] == "websocket" else None
+        )
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            if self.config.api_key and not self.key_ok(scope):  # refused before the upgrade is accepted: HTTP 403
+                self.metrics.stream_closes.labels("403").inc()
+                await refuse_upgrade(scope, send, 403, f"missing or wrong API key ({KEY_HELP})")
+                return
+            await self.app(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -79,7 +151,7 @@ class Gate:
         self.metrics.in_flight.inc()
         try:
             if self.config.api_key and route not in self.open_routes and not self.key_ok(scope):
-                await reply(observed, 401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
+                await reply(observed, 401, f"missing or wrong API key ({KEY_HELP})")
             elif route in UPLOAD_ROUTES and scope.get("method") == "POST":
                 await self._admit(scope, receive, observed)
             else:

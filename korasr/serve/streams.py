@@ -1,11 +1,16 @@
 """Live streams of `korasr serve` (``GET /v1/stream``, a WebSocket): every connection's stream is advanced by one
 shared, batched decoder.
 
-Each connection puts its audio into an inbox; one worker thread (the only one that touches streams) drains the
-inboxes, makes features, and steps every stream with a chunk ready in batches of at most ``max_batch`` streams,
-one encoder call per batch. The events a step produced (partials, finals) go back to each connection's queue on
-the event loop. Memory per stream: its caches, less than a chunk of audio, and at most ``max_frame_bytes`` of
-undecoded audio per queued frame (the connection stops reading while its inbox holds more than two chunks).
+Each connection puts its audio into an inbox; one worker thread (the only one that touches streams) serves the
+streams in rounds: a round moves inbox audio into every stream that holds less than a chunk, then steps each
+stream with a chunk ready once (batches of at most ``max_batch`` streams, one encoder call per batch), so a client
+that sends faster than real time gets one chunk per round like everyone else. The events a round produced
+(partials, finals) go back to each connection's queue on the event loop.
+
+Bounded per stream: its caches; at most about two chunks of undecoded audio in the stream and two more in its
+inbox (the connection stops reading from its socket while the inbox is full: TCP backpressure on a flooding
+client); and ``max_unsent`` results queued for the client and not yet written (then ``on_unread`` aborts it, before
+anything blocks on a client that does not read).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from korasr import SAMPLE_RATE
 from korasr.runtime.streaming import Endpoint, Event, Stream, StreamingModel
 
 log = logging.getLogger(__name__)
-MAX_QUEUED = 256  # result batches waiting for a client that does not read them; then it is closed (1008)
 
 
 @dataclass
@@ -39,9 +43,11 @@ class Connection:
     pending_samples: int = 0
     closed: bool = False
     error: str | None = None  # set by the worker when this stream failed (the others go on)
-    error_code: int = 1011
     error_sent: bool = False
     done_sent: bool = False
+    unsent: int = 0  # results queued for the client and not yet written (the writer counts them down)
+    unread: asyncio.Event = field(default_factory=asyncio.Event)  # set when unsent passed the hub's max_unsent
+    close_reason: str | None = None  # a limit ended the stream after its finals (1008)
 
     def __post_init__(self) -> None:
         self.room.set()
@@ -49,8 +55,8 @@ class Connection:
 
 class StreamHub:
     def __init__(self, model: StreamingModel, *, max_batch: int = 32, endpoint: Endpoint | None = None,
-                 metrics=None):  # type: ignore[no-untyped-def]  # fmt: skip
-        self.model, self.max_batch, self.metrics = model, max_batch, metrics
+                 max_unsent: int = 256, metrics=None):  # type: ignore[no-untyped-def]  # fmt: skip
+        self.model, self.max_batch, self.max_unsent, self.metrics = model, max_batch, max_unsent, metrics
         self.endpoint = endpoint or Endpoint()
         self.connections: list[Connection] = []
         self.lock = threading.Lock()  # guards inboxes and the connection list between the loop and the worker
@@ -84,16 +90,24 @@ class StreamHub:
         return conn
 
     def close(self, conn: Connection) -> None:
+        """Release the stream now: its slot, decoder state, inbox and queued results (idempotent)."""
         with self.lock:
             conn.closed = True
             if conn in self.connections:
                 self.connections.remove(conn)
+            conn.inbox.clear()
+        conn.room.set()  # a feed waiting for room returns (and sees the stream closed)
+        while not conn.events.empty():
+            conn.events.get_nowait()
         if self.metrics:
             self.metrics.streams.set(self.active)
 
     async def feed(self, conn: Connection, pcm: np.ndarray | None) -> None:
-        """Queue int16 samples (``None``: the end) for the worker; waits while the inbox is full."""
+        """Queue int16 samples (``None``: the end) for the worker; waits while the inbox is full (the caller then
+        reads nothing from its socket)."""
         await conn.room.wait()
+        if conn.closed:
+            return
         with self.lock:
             conn.inbox.append(pcm)
             if conn.received_at is None:
@@ -110,9 +124,10 @@ class StreamHub:
             await self.wake.wait()
             self.wake.clear()
             try:
-                await loop.run_in_executor(self.executor, self._tick)
-            except Exception as e:  # never a dead hub: the streams of this tick fail with the reason, others go on
-                log.exception("streaming tick failed")
+                if await loop.run_in_executor(self.executor, self._round):
+                    self.wake.set()  # streams still hold chunks: another round, after the loop has read sockets
+            except Exception as e:  # never a dead hub: the streams of this round fail with the reason, others go on
+                log.exception("streaming round failed")
                 with self.lock:
                     for conn in self.connections:
                         if conn.error is None:
@@ -120,15 +135,16 @@ class StreamHub:
                             conn.events.put_nowait(([], True))
                             conn.error_sent = True
 
-    def _tick(self) -> None:
-        """Drain the inboxes, then step until no stream has a chunk ready (worker thread)."""
+    def _take_audio(self, live: list[Connection]) -> dict[int, float]:
+        """Move each inbox into its stream unless the stream still holds a chunk (worker thread); the arrival time
+        of the oldest audio moved, per connection."""
         with self.lock:
-            live = [c for c in self.connections if not c.closed]
             drained = []
             for conn in live:
-                items = list(conn.inbox)
+                if conn.stream.ready or not conn.inbox:
+                    continue
+                drained.append((conn, list(conn.inbox), conn.received_at))
                 conn.inbox.clear()
-                drained.append((conn, items, conn.received_at))
                 conn.received_at = None
                 conn.pending_samples = 0
                 conn.loop.call_soon_threadsafe(conn.room.set)
@@ -146,37 +162,44 @@ class StreamHub:
                 conn.error = f"{type(e).__name__}: {e}"[:200]
             if received_at is not None:
                 arrived[id(conn)] = received_at
-        while True:
-            ready = [c for c in live if c.error is None and c.stream.ready]
-            if not ready:
-                break
-            for start in range(0, len(ready), self.max_batch):
-                batch = ready[start : start + self.max_batch]
-                began = time.perf_counter()
-                try:  # a stream whose decoding fails is marked by step (stream.error); the others go on
-                    self.model.step([c.stream for c in batch])
-                except Exception:  # the encoder call failed before any stream changed: each alone
-                    for conn in batch:
-                        try:
-                            self.model.step([conn.stream])
-                        except Exception as e:
-                            conn.error = f"{type(e).__name__}: {e}"[:200]
+        return arrived
+
+    def _round(self) -> bool:
+        """One round (worker thread): take audio, step every stream with a chunk ready once, hand out the events.
+        True when a stream still has a chunk ready or audio waiting."""
+        with self.lock:
+            live = [c for c in self.connections if not c.closed]
+        arrived = self._take_audio(live)
+        ready = [c for c in live if c.error is None and c.stream.ready]
+        for start in range(0, len(ready), self.max_batch):
+            batch = ready[start : start + self.max_batch]
+            began = time.perf_counter()
+            try:  # a stream whose decoding fails is marked by step (stream.error); the others go on
+                self.model.step([c.stream for c in batch])
+            except Exception:  # the encoder call failed before any stream changed: each alone
                 for conn in batch:
-                    if conn.stream.error is not None and conn.error is None:
-                        conn.error = f"{type(conn.stream.error).__name__}: {conn.stream.error}"[:200]
-                took = time.perf_counter() - began
-                self.batch_sizes.append(len(batch))
-                if self.metrics:
-                    self.metrics.chunk_seconds.observe(took)
-                    self.metrics.stream_batch.observe(len(batch))
+                    try:
+                        self.model.step([conn.stream])
+                    except Exception as e:
+                        conn.error = f"{type(e).__name__}: {e}"[:200]
+            for conn in batch:
+                if conn.stream.error is not None and conn.error is None:
+                    conn.error = f"{type(conn.stream.error).__name__}: {conn.stream.error}"[:200]
+            self.batch_sizes.append(len(batch))
+            if self.metrics:
+                self.metrics.chunk_seconds.observe(time.perf_counter() - began)
+                self.metrics.stream_batch.observe(len(batch))
+        self._hand_out(live, arrived)
+        with self.lock:
+            return any(c.error is None and not c.closed and (c.stream.ready or c.inbox) for c in live)
+
+    def _hand_out(self, live: list[Connection], arrived: dict[int, float]) -> None:
         now = time.perf_counter()
         for conn in live:
-            if conn.error is None and conn.events.qsize() > MAX_QUEUED:
-                conn.error, conn.error_code = f"the client read no results for {MAX_QUEUED} steps", 1008
             if conn.error is not None:
                 if not conn.error_sent:  # what the stream produced before it failed, then the failure, once
                     conn.error_sent = True
-                    conn.loop.call_soon_threadsafe(conn.events.put_nowait, (conn.stream.pop_events(), True))
+                    conn.loop.call_soon_threadsafe(self._deliver, conn, conn.stream.pop_events(), True)
                 continue
             events = conn.stream.pop_events()
             done = conn.stream.done and not conn.done_sent
@@ -189,5 +212,15 @@ class StreamHub:
                         self.metrics.partial_latency.observe(now - arrived[id(conn)])
                     elif event.type == "final":
                         self.metrics.finals.inc()
-            item: tuple[list[Event], bool] = (events, done)
-            conn.loop.call_soon_threadsafe(conn.events.put_nowait, item)
+            conn.loop.call_soon_threadsafe(self._deliver, conn, events, done)
+
+    def _deliver(self, conn: Connection, events: list[Event], done: bool) -> None:
+        """On the event loop: queue results for the connection's writer, counting what it has not yet written;
+        past ``max_unsent`` the client is taken to read nothing (``conn.unread`` is set)."""
+        if conn.closed:
+            return
+        conn.unsent += len(events)
+        if conn.unsent > self.max_unsent:
+            conn.unread.set()
+            return
+        conn.events.put_nowait((events, done))

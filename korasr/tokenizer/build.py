@@ -25,7 +25,7 @@ import yaml
 
 from korasr import __version__
 from korasr.errors import KorasrError
-from korasr.fsutil import sha256_file, staged_dir
+from korasr.fsutil import ArtifactKind, sha256_file, staged_dir
 from korasr.text.codec import JAMO_UNITS, MODERN_JAMO, UNITS, to_model_text
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ TYPES = ("unigram", "bpe")
 CHAR_UNITS = frozenset({"char-jamo", "char-syllable"})
 NORMALIZATION_RULE = "identity"
 FILES = ("tokenizer.model", "tokenizer.vocab", "vocab.txt", "tokenizer.yaml")
+TOKENIZER_FOLDER = ArtifactKind("tokenizer", ("tokenizer.yaml", "normalization_rule_name:"), (*FILES, "report.json"))
 _SPECIALS = ("<s>", "</s>", "<pad>", "<unk>")
 
 
@@ -86,12 +87,14 @@ def build_tokenizer(
     options: TokenizerOptions | None = None,
     *,
     report_manifests: list[Path] | None = None,
+    force: bool = False,
 ) -> Path:
     """Train a tokenizer on ``manifest`` (a train split) and write its directory; return the directory.
 
     Skips the work when ``tokenizer.yaml`` there records the same manifest hash and options. Writes
     ``report.json`` (see :mod:`korasr.tokenizer.report`) over ``report_manifests`` (default: the manifest and
-    its sibling dev/eval manifests).
+    its sibling dev/eval manifests). An existing directory is replaced only when it is a tokenizer korasr wrote
+    (:func:`korasr.fsutil.staged_dir`), or with ``force``.
     """
     import sentencepiece as spm
 
@@ -132,7 +135,7 @@ def build_tokenizer(
     log.info("training %s tokenizer (%s) on %d sentences of %s", options.unit, options.model_type, len(texts),
              manifest)  # fmt: skip
 
-    with staged_dir(out_dir) as staging:
+    with staged_dir(out_dir, TOKENIZER_FOLDER, force=force) as staging:
         corpus = staging / "train_text.txt"
         lines = list(texts)
         if options.unit in JAMO_UNITS:
