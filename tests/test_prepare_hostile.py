@@ -1,6 +1,7 @@
 """`prepare_kspon` against a hostile or broken corpus: paths that escape, NUL bytes, special files, PCM too big
-for WAV, temporaries of killed runs, a worker killed mid-run. Every line still ends in a manifest or a reject,
-and nothing is written outside the output folders."""
+for WAV, paths that convert onto one file, temporaries of killed runs, a second run on folders in use, a worker
+killed mid-run. Every line still ends in a manifest or a reject, and nothing is written outside the output
+folders."""
 
 from __future__ import annotations
 
@@ -8,14 +9,22 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from korasr.data.kspon import CorpusError, PrepareOptions, prepare_kspon
+from korasr.data.kspon import (
+    CorpusError,
+    FolderInUseError,
+    PrepareOptions,
+    _lexical,
+    _split_suffix,
+    prepare_kspon,
+)
 from tests.conftest import QuirkyCorpus, korasr_cmd, pcm_bytes, train_rel
 
 SPLITS = ("train", "dev", "eval_clean", "eval_other")
@@ -107,6 +116,116 @@ def test_temporaries_of_a_killed_run_are_swept(tmp_path):
     keep.write_bytes(b"x")
     prepare(c, tmp_path)
     assert not stale.exists() and keep.exists()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_paths_that_differ_only_in_extension_never_share_converted_audio(tmp_path, jobs):
+    """x.pcm and x.wav both convert to x.wav: the first line in the order eval_clean, eval_other, dev, train (then
+    line order) keeps it and every other is rejected before a worker writes, so no eval row plays train audio."""
+    c = minimal(tmp_path / "K")
+    eval_audio, train_audio = pcm_bytes(1.0, seed=5), pcm_bytes(2.0, seed=6)  # sizes differ: a rewrite shows
+    c.add("train", "shared/KsponSpeech_000001.pcm", "학습 문장", ("reject", "audio path collision"), audio=train_audio)
+    c.add("eval_clean", "shared/KsponSpeech_000001.wav", "평가 문장", ("row", "평가 문장"), audio=eval_audio)
+    first, second = pcm_bytes(1.0, seed=7), pcm_bytes(3.0, seed=8)
+    c.add("train", "shared/KsponSpeech_000002.pcm", "먼저 온 줄", ("row", "먼저 온 줄"), audio=first)
+    c.add("train", "shared/./KsponSpeech_000002.raw", "나중 줄", ("reject", "audio path collision"), audio=second)
+    # the very same file listed again converts to the same bytes: a duplicate id, not a collision
+    c.add_raw_line(
+        "train", "shared/KsponSpeech_000002.pcm :: 또 나온 줄\n".encode(), ("reject", "duplicate utterance id")
+    )
+    c.write_scripts()
+    rejects = prepare(c, tmp_path, jobs=jobs)
+    assert {line: r["reason"] for line, r in rejects.items()} == {
+        2: "audio path collision",
+        4: "audio path collision",
+        5: "duplicate utterance id",
+    }
+    wav = tmp_path / "audio" / "shared" / "KsponSpeech_000001.wav"
+    assert str(wav) in rejects[2]["detail"] and "eval_clean.trn line 2" in rejects[2]["detail"]
+    assert "eval_clean, eval_other, dev, train" in rejects[2]["detail"]
+    assert rejects[2]["path"] == "shared/KsponSpeech_000001.pcm"
+    assert "train.trn line 3" in rejects[4]["detail"]
+    rows = {r["utt_id"]: r for s in SPLITS for r in read_jsonl(tmp_path / "manifests" / f"{s}.jsonl")}
+    assert rows["KsponSpeech_000001"]["audio_filepath"] == str(wav)
+    assert wav.read_bytes()[44:] == eval_audio  # the eval row's audio is the eval file, not the train one
+    assert Path(rows["KsponSpeech_000002"]["audio_filepath"]).read_bytes()[44:] == first
+
+
+@given(st.lists(st.text(st.sampled_from("a.b/"), max_size=6), min_size=1, max_size=3).map("/".join))
+def test_the_audio_name_is_pathlibs_with_suffix(rel):
+    """The string rule behind every destination (the pass over all lines cannot afford pathlib) agrees with it."""
+    normal, refused = _lexical(rel)
+    if not refused:
+        assert f"{_split_suffix(normal)[0]}.wav" == str(PurePosixPath(normal).with_suffix(".wav"))
+
+
+def test_one_folder_for_manifests_and_audio_is_locked_once(tmp_path):
+    c = minimal(tmp_path / "K")
+    c.write_scripts()
+    same = tmp_path / "both"
+    prepare_kspon(c.root, same, audio_dir=same, jobs=1, progress=False)
+    assert len(read_jsonl(same / "train.jsonl")) == 1
+
+
+HOLD = """
+import sys
+from pathlib import Path
+from korasr.data.kspon import folder_lock
+with folder_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("held", ["manifests", "audio"])
+def test_a_second_run_on_a_folder_in_use_is_refused_and_removes_nothing(tmp_path, held):
+    """Another live run holds the manifest or the audio folder: prepare stops at once, naming the folder and the
+    holder's PID, and leaves the holder's temporaries alone; once the holder is gone, its temporaries are swept."""
+    c = minimal(tmp_path / "K")
+    c.write_scripts()
+    (tmp_path / held).mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / held)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        theirs = [tmp_path / "audio" / "KsponSpeech_01" / "KsponSpeech_0001" / f".ok_train.wav.{holder.pid}.tmp",
+                  tmp_path / "manifests" / f".train.jsonl.{holder.pid}.tmp"]  # fmt: skip
+        for path in theirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"being written by the other run")
+        out = tmp_path / ("manifests" if held == "manifests" else "other_manifests")
+        with pytest.raises(FolderInUseError) as refused:
+            prepare_kspon(c.root, out, audio_dir=tmp_path / "audio", jobs=1, progress=False)
+        assert str(tmp_path / held) in str(refused.value) and f"PID {holder.pid}" in str(refused.value)
+        assert all(path.read_bytes() == b"being written by the other run" for path in theirs)
+        assert not (out / "train.jsonl").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    prepare(c, tmp_path)  # the holder has exited: what it left is stale and the next run sweeps it
+    assert not any(path.exists() for path in theirs)
+
+
+def test_a_folder_in_use_below_the_audio_folder_is_not_swept(tmp_path):
+    """--audio-dir a for one run and a/inner for another: the outer run's sweep leaves the inner run's files."""
+    c = minimal(tmp_path / "K")
+    c.write_scripts()
+    inner = tmp_path / "audio" / "inner"
+    inner.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(inner)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        theirs = inner / "KsponSpeech_01" / f".x.wav.{holder.pid}.tmp"
+        theirs.parent.mkdir()
+        theirs.write_bytes(b"being written by the other run")
+        stale = tmp_path / "audio" / f".y.wav.{holder.pid + 1}.tmp"
+        stale.write_bytes(b"left by a killed run")
+        prepare(c, tmp_path)
+        assert theirs.exists() and not stale.exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
 
 
 def test_a_killed_worker_ends_the_run_with_a_clear_error(tmp_path):

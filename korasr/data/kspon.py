@@ -7,6 +7,7 @@ its reason. The corpus is only read; audio is converted under ``audio_dir``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -20,15 +21,15 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
-from itertools import islice
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
-from korasr.errors import KorasrError
 from korasr import __version__
 from korasr.data.audio import AUDIO_FORMATS, MAX_PCM_BYTES, SAMPLE_RATE, convert_pcm
+from korasr.errors import KorasrError
 from korasr.fsutil import atomic_open, write_json
 from korasr.text.normalize import DISFLUENCIES, FORMS, normalize
 
@@ -50,6 +51,10 @@ expected a KsponSpeech tree (AIHub, https://aihub.or.kr, dataset "한국어 음�
 
 class CorpusError(KorasrError, RuntimeError):
     """The corpus tree or its scripts cannot be prepared; the message says which file and why."""
+
+
+class FolderInUseError(KorasrError, RuntimeError):
+    """Another live run holds an output folder's lock; the message names the folder and that run's PID."""
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,10 @@ def _init_worker(root: str, audio_dir: str, options: PrepareOptions) -> None:
     _CTX.update(root=Path(root), audio_dir=Path(audio_dir), options=options)
 
 
-def _process(item: tuple[str, int, bytes]) -> dict:
-    """One script line → ``{"split", "line", "row" | "reject", ...}``."""
-    split, number, raw_line = item
+def _process(item: tuple[str, int, bytes, str | None]) -> dict:
+    """One script line → ``{"split", "line", "row" | "reject", ...}``. ``clash`` says why the line's audio
+    destination belongs to another line (``_claim_destinations``): it is rejected before anything is written."""
+    split, number, raw_line, clash = item
     root: Path = _CTX["root"]  # type: ignore[assignment]
     audio_dir: Path = _CTX["audio_dir"]  # type: ignore[assignment]
     opts: PrepareOptions = _CTX["options"]  # type: ignore[assignment]
@@ -148,6 +154,8 @@ def _process(item: tuple[str, int, bytes]) -> dict:
     if not sep or not rel:
         return reject(f"{split}:{number}", "malformed script line", f"no {SEPARATOR!r} after a path", raw=text)
     utt_id = Path(rel).stem
+    if clash:
+        return reject(utt_id, "audio path collision", clash, path=rel)
     norm = normalize(raw, opts.form, opts.disfluency, opts.unk)  # type: ignore[arg-type]
     if not norm.ok:
         return reject(utt_id, "malformed markup", norm.error, raw=raw)
@@ -191,13 +199,9 @@ def confine(root: Path, audio_dir: Path, rel: str, audio_format: str) -> tuple[P
     """The source under ``root`` and the destination under ``audio_dir`` of a script's audio path, or why it is
     refused: a NUL byte, an absolute path, ``..`` out of the root, or a path that resolves (through symlinks)
     outside it. ``root`` and ``audio_dir`` are resolved already; the output is confined lexically (it is ours)."""
-    if "\0" in rel:
-        return "NUL byte in the path"
-    if os.path.isabs(rel) or rel[1:2] == ":":  # /x, or a Windows drive (C:\\x)
-        return "absolute path (paths in the scripts are relative to the corpus root)"
-    normal = os.path.normpath(rel)
-    if normal == ".." or normal.startswith("../") or normal in (".", ""):
-        return "path leaves the corpus root (..)" if normal != "." else "no file name"
+    normal, refused = _lexical(rel)
+    if refused:
+        return refused
     src = root / normal
     try:
         # the folder resolved once per folder (a corpus has hundreds, not hundreds of thousands), the file itself
@@ -208,10 +212,35 @@ def confine(root: Path, audio_dir: Path, rel: str, audio_format: str) -> tuple[P
         if not real.startswith(os.path.join(root, "")):
             return f"path resolves outside the corpus root ({real}): symlinks out of the corpus are refused"
         # lexically inside --audio-dir: no absolute part and no .. left after normpath
-        dst = (audio_dir / normal).with_suffix("." + audio_format)
-    except (OSError, ValueError, RuntimeError) as e:  # a name too long, no file name, a symlink loop
+        dst = audio_dir / f"{_split_suffix(normal)[0]}.{audio_format}"
+    except (OSError, ValueError, RuntimeError) as e:  # a name too long, a symlink loop
         return f"unusable path: {e}"
     return src, dst
+
+
+def _lexical(rel: str) -> tuple[str, str]:
+    """``rel`` normalized, and why it is refused ("" when it is not): a NUL byte, an absolute path, ``..`` out of
+    the root. Reads no file."""
+    if "\0" in rel:
+        return "", "NUL byte in the path"
+    if os.path.isabs(rel) or rel[1:2] == ":":  # /x, or a Windows drive (C:\\x)
+        return "", "absolute path (paths in the scripts are relative to the corpus root)"
+    normal = os.path.normpath(rel)
+    if normal == ".." or normal.startswith("../") or normal in (".", ""):
+        return "", "path leaves the corpus root (..)" if normal != "." else "no file name"
+    return normal, ""
+
+
+def _split_suffix(normal: str) -> tuple[str, str]:
+    """A normalized relative path cut before its suffix as ``PurePath.suffix`` sees it (from the last dot of the
+    name, unless that dot starts or ends it): ``a/x.pcm`` → ``("a/x", ".pcm")``. Where a path's audio goes, in
+    string operations: pathlib's ``with_suffix`` cost 14 µs a line, too slow for a pass over every script line."""
+    name = normal[normal.rfind("/") + 1 :]
+    dot = name.rfind(".")
+    if 0 < dot < len(name) - 1:
+        cut = len(normal) - len(name) + dot
+        return normal[:cut], normal[cut:]
+    return normal, ""
 
 
 @functools.lru_cache(maxsize=65536)
@@ -219,7 +248,7 @@ def _real_folder(path: str) -> str:
     return os.path.realpath(path)
 
 
-def _process_chunk(items: list[tuple[str, int, bytes]]) -> list[dict]:
+def _process_chunk(items: list[tuple[str, int, bytes, str | None]]) -> list[dict]:
     return [_process(item) for item in items]
 
 
@@ -229,7 +258,9 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _run(items: Iterator[tuple[str, int, bytes]], jobs: int, init_args: tuple, chunk: int = 256) -> Iterator[dict]:
+def _run(
+    items: Iterator[tuple[str, int, bytes, str | None]], jobs: int, init_args: tuple, chunk: int = 256
+) -> Iterator[dict]:
     """Process items in order with a bounded number of chunks in flight (memory stays flat)."""
     if jobs <= 1:
         _init_worker(*init_args)
@@ -268,6 +299,42 @@ def _fingerprint(options: PrepareOptions, root: Path, audio_dir: Path, script_ha
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
+def _claim_destinations(audio_dir: Path, scripts: dict[str, Path], audio_format: str) -> dict[int, str]:
+    """The script lines whose audio would land on a destination an earlier line owns, packed as split index << 32 |
+    line number, each with the reason naming that line. ``x.pcm`` and ``x.wav`` in one folder both convert to
+    ``x.wav``: without this, the later one's conversion replaced the earlier one's audio under its row.
+
+    Read over every script before any worker converts a file. Lines claim destinations in ``_PRIORITY`` order
+    (eval_clean, eval_other, dev, train), then line order, as duplicate ids do, so an eval line always keeps its
+    audio. A line claims by its path alone, whatever its transcript or whether its file exists. A path refused on
+    its face (NUL, absolute, ``..``: ``_lexical``) claims nothing; one that ``confine`` refuses later, for a symlink
+    out of the corpus, may have claimed (that check reads the disk, 40 µs a line). The same source file listed twice
+    is no collision: it converts to the same bytes, and the second line is rejected as a duplicate id.
+    """
+    suffixes: dict[str, int] = {}  # a source's suffix → a small number; same base + same suffix = same file
+    owners: dict[str, int] = {}  # path without suffix → suffix number << 40 | split index << 32 | line number
+    clashes: dict[int, str] = {}
+    for split in _PRIORITY:
+        index = SPLITS.index(split) << 32
+        for number, raw_line in _read_script(scripts[split]):
+            text, _ = decode_line(raw_line)
+            rel, sep, _ = (text or "").partition(SEPARATOR)
+            normal, refused = _lexical(rel.strip()) if sep and rel.strip() else ("", "no path")
+            if refused:
+                continue
+            base, suffix = _split_suffix(normal)
+            suffix_id = suffixes.setdefault(suffix, len(suffixes))
+            owner = owners.setdefault(base, suffix_id << 40 | index | number)
+            if owner >> 40 != suffix_id:
+                dst = audio_dir / f"{base}.{audio_format}"
+                clashes[index | number] = (
+                    f"{dst} is already the audio of {SPLITS[owner >> 32 & 0xFF]}.trn line {owner & 0xFFFFFFFF} (the "
+                    f"paths differ only in extension): the first line in the order {', '.join(_PRIORITY)}, then "
+                    "line order, keeps it"
+                )
+    return clashes
+
+
 def prepare_kspon(
     root: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -278,9 +345,12 @@ def prepare_kspon(
     progress: bool = True,
 ) -> PrepareResult:
     """Prepare KsponSpeech: write ``<out_dir>/{train,dev,eval_clean,eval_other}.jsonl``, ``rejects.jsonl`` and
-    ``prepare.json``. Skips the work when ``prepare.json`` records the same scripts, options and paths."""
-    from tqdm import tqdm
+    ``prepare.json``. Skips the work when ``prepare.json`` records the same scripts, options and paths.
 
+    The writing holds the locks of ``out_dir`` and ``audio_dir`` (``folder_lock``): while another live run writes
+    into either folder this one stops at once with ``FolderInUseError``, before writing any output. The check that
+    skips the work only reads, and takes no lock: it sees the last finished run's ``prepare.json`` or none, since a
+    run removes that file before rewriting anything and writes it last."""
     started = time.perf_counter()
     options = options or PrepareOptions()
     options.validate()
@@ -304,14 +374,23 @@ def prepare_kspon(
     if _up_to_date(result, fingerprint):
         log.info("%s is up to date (same scripts, options and paths): nothing to do", out_dir)
         return PrepareResult(**{**asdict(result), "skipped": True})
+    with folder_lock(out_dir, audio_dir):
+        return _write(root, audio_dir, scripts, scanned, fingerprint, result, options, jobs, progress, started)
 
+
+def _write(root: Path, audio_dir: Path, scripts: dict[str, Path], scanned: dict[str, tuple[str, int]],
+           fingerprint: str, result: PrepareResult, options: PrepareOptions, jobs: int, progress: bool,
+           started: float) -> PrepareResult:  # fmt: skip
+    """The writing half of ``prepare_kspon``; the caller holds the locks of ``result.out_dir`` and ``audio_dir``."""
+    from tqdm import tqdm
+
+    out_dir, manifests = result.out_dir, result.manifests
     total_lines = sum(n for _, n in scanned.values())
     log.info(
         "preparing KsponSpeech from %s → %s (audio: %s as %s), %d script lines, %d jobs, options %s",
         root, out_dir, audio_dir, options.audio_format, total_lines, jobs, asdict(options),
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    audio_dir.mkdir(parents=True, exist_ok=True)
+    )  # fmt: skip
+    # With both locks held no other run writes here: every temporary present is a dead run's (sweep_temporaries).
     swept = sweep_temporaries(audio_dir)
     if swept:
         log.info("removed %d temporary audio file(s) left by an interrupted run under %s", swept, audio_dir)
@@ -330,10 +409,15 @@ def prepare_kspon(
     odd_count = 0
     encodings: dict[str, Counter] = {split: Counter() for split in SPLITS}
 
-    def items() -> Iterator[tuple[str, int, bytes]]:
+    clashes = _claim_destinations(audio_dir, scripts, options.audio_format)
+    if clashes:
+        log.warning("%d script line(s) would convert onto audio another line owns: rejected", len(clashes))
+
+    def items() -> Iterator[tuple[str, int, bytes, str | None]]:
         for split in _PRIORITY:
+            index = SPLITS.index(split) << 32
             for number, line in _read_script(scripts[split]):
-                yield split, number, line
+                yield split, number, line, clashes.get(index | number)
 
     for split in SPLITS:
         counts[split] = {"lines": scanned[split][1], "utterances": 0, "seconds": 0.0, "rejects": Counter()}
@@ -351,7 +435,7 @@ def prepare_kspon(
                 out = {"split": split, "encoding": out["encoding"], "reject": {
                     "utt_id": out["row"]["utt_id"], "split": split, "line": out["line"],
                     "reason": "duplicate utterance id", "detail": f"first in {first_split}.trn line {first_line}",
-                }}
+                }}  # fmt: skip
             if "row" in out:
                 row = out["row"]
                 seen[row["utt_id"]] = SPLITS.index(split) << 32 | out["line"]
@@ -412,18 +496,62 @@ def _check(counts: dict[str, dict], scripts: dict[str, Path]) -> None:
             raise CorpusError(f"{scripts[split]}: {c['lines']} lines but {accounted} rows + rejects")
         if c["lines"] and c["utterances"] == 0 and c["rejects"].get("missing audio") == c["lines"]:
             raise CorpusError(
-                f"{scripts[split]}: none of its {c['lines']} audio files exists under the corpus root\n"
-                + EXPECTED_TREE
+                f"{scripts[split]}: none of its {c['lines']} audio files exists under the corpus root\n" + EXPECTED_TREE
             )
+
+
+LOCK_NAME = ".prepare.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(*folders: Path) -> Iterator[None]:
+    """Hold the lock of each folder (``LOCK_NAME`` inside it; the folder is created) until the block ends, or raise
+    ``FolderInUseError`` at once, naming the folder and the holder's PID, while another process holds one.
+
+    An flock on the file, not the file's existence: the kernel drops it when its holder exits however it exits
+    (kill -9, the OOM killer), so no stale lock outlives a run and none is ever removed by hand; the file stays.
+    Forked workers share their parent's lock. The PID written inside is for the message only."""
+    with contextlib.ExitStack() as held:
+        for folder in dict.fromkeys(Path(f) for f in folders):  # one folder given twice is locked once
+            held.enter_context(_lock_one(folder))
+        yield
+
+
+@contextlib.contextmanager
+def _lock_one(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "not yet recorded"
+            raise FolderInUseError(
+                f"{folder} is in use by another run (PID {pid} holds {path}): wait for it to finish, or use another "
+                "folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 _TEMPORARY = re.compile(r"^\..+\.\d+\.tmp$")  # fsutil.tmp_name: .NAME.PID.tmp
 
 
 def sweep_temporaries(folder: Path) -> int:
-    """Remove the temporary files (``fsutil.tmp_name``) that a killed run left under ``folder``; how many."""
+    """Remove every temporary file (``fsutil.tmp_name``) under ``folder``; how many. Call it only while holding
+    ``folder_lock(folder)``, before writing anything: every run that writes into ``folder`` holds that lock, so any
+    temporary present then was left by a run that is gone (killed, crashed), whatever PID its name carries. A PID
+    is no test of that (PIDs are reused, and differ between containers sharing the folder); the lock is. A folder
+    below with a lock file of its own is another run's folder, not covered by this lock: it is left to that run."""
     removed = 0
-    for parent, _, names in os.walk(folder):
+    for parent, folders, names in os.walk(folder):
+        if LOCK_NAME in names and Path(parent) != Path(folder):
+            folders.clear()
+            continue
         for name in names:
             if _TEMPORARY.match(name):
                 Path(parent, name).unlink(missing_ok=True)
