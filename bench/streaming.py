@@ -9,11 +9,17 @@ then korasr serve's WebSocket under 1, 8 and 32 real-time clients and one long s
    frames), then ``{"type": "end"}``: end of speech → final (p50 / p99), interval between partials, errors, the
    server's RSS; then one long stream (``--long-minutes``, default 10, fed at ``--long-speed`` × real time) with the
    RSS sampled along it (flat = bounded memory).
+3. Flooding (``--flood``, on by default; before the long stream): ``--flood-clients`` (8) real-time clients, each
+   streaming ``--flood-rounds`` utterances one after another, alone; then the same beside ``--flooders`` (4)
+   clients that each push a ``--long-minutes`` file of eval speech as fast as the server reads it (and read their
+   results), from before the first real-time client starts until the last is done. End of speech → final p99 of
+   both runs and their ratio.
 
 Targets (issue 14): korasr ≥ 1.0× sherpa-onnx's concurrent streams; final p99 ≤ look-ahead + 200 ms at 8 clients;
-zero errors; flat memory.
+zero errors; flat memory. Issue 22: the final p99 beside 4 flooders within 2× of the same clients alone.
 
-    python bench/streaming.py [--export exp/sample/<run>/export] [--limit 60] [--clients 1,8,32]
+    python bench/streaming.py [--export exp/sample/<run>/export] [--limit 60] [--clients 1,8,32] [--no-flood]
+        [--no-in-process] [--long-minutes 10]
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import time
 import unicodedata
@@ -32,13 +37,8 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from serve_load import free_port, rss_mb  # noqa: E402
-
-PIECE_S = 0.1
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.array(values) * 1000.0, q)) if values else float("nan")
+from serve_load import rss_mb  # noqa: E402
+from stream_clients import PIECE_S, HostileClients, Server, client, cpu_seconds, encoder_calls, long_wave, pcm16, pct  # noqa: E402
 
 
 def newest_export() -> Path:
@@ -170,6 +170,10 @@ def sustained(measure, chunk_s: float, limit: int = 2048) -> tuple[int, dict[int
     return best, table
 
 
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}%"
+
+
 def cer(refs: list[str], hyps: list[str]) -> float:
     from korasr import metrics
 
@@ -179,75 +183,101 @@ def cer(refs: list[str], hyps: list[str]) -> float:
 # --- the WebSocket ---------------------------------------------------------------------------------------------
 
 
-async def client(url: str, wave: np.ndarray, stats: dict, speed: float = 1.0, index: int = 0) -> None:
-    import websockets
+async def realtime_clients(url: str, waves: list[np.ndarray], clients: int, rounds: int) -> dict:
+    """``clients`` real-time clients at once, each streaming ``rounds`` utterances one after another (a connection
+    each): the stats of :func:`client`, texts by utterance index."""
+    stats: dict = {"final": [], "partials": [], "errors": [], "texts": {}}
 
-    pcm = (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
-    frame = int(PIECE_S * 16000) * 2
-    partials: list[float] = []
-    try:
-        async with websockets.connect(url, max_size=None) as ws:
+    async def one(i: int) -> None:
+        for r in range(rounds):
+            k = i * rounds + r
+            await client(url, waves[k % len(waves)], stats, index=k)
 
-            async def reader() -> tuple[float | None, str]:
-                last_partial, final_at, texts = None, None, []
-                async for message in ws:
-                    data = json.loads(message)
-                    now = time.perf_counter()
-                    if data["type"] == "partial":
-                        if last_partial is not None:
-                            partials.append(now - last_partial)
-                        last_partial = now
-                    elif data["type"] == "final":
-                        final_at = now
-                        texts.append(data["text"])
-                    elif data["type"] == "error":
-                        raise RuntimeError(data["error"])
-                return final_at, " ".join(t for t in texts if t)
-
-            task = asyncio.create_task(reader())
-            start = time.perf_counter()
-            for i in range(0, len(pcm), frame):
-                await asyncio.sleep(max(0.0, start + (i / 2 / 16000) / speed - time.perf_counter()))
-                await ws.send(pcm[i : i + frame])
-            end_of_speech = time.perf_counter()
-            await ws.send(json.dumps({"type": "end"}))
-            final_at, text = await task
-            stats["final"].append(final_at - end_of_speech)
-            stats["texts"][index] = text
-    except Exception as e:  # counted, not raised: the bench reports errors
-        stats["errors"].append(f"{type(e).__name__}: {e}"[:200])
-    stats["partials"] += partials
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    return stats
 
 
-class Server:
-    def __init__(self, export: Path, threads: int):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "korasr.cli", "serve", "--model", str(export), "--port", str(self.port),
-             "--threads", str(threads)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.url = f"ws://127.0.0.1:{self.port}/v1/stream?sample_rate=16000"
+async def flood_bench(server: Server, waves: list[np.ndarray], refs: list[str], args) -> dict:  # type: ignore[no-untyped-def]
+    """Issue 22: the real-time clients' end of speech → final p99 beside flooding clients within 2× of the same
+    clients alone. Alone first, then with ``--flooders`` clients each pushing a ``--long-minutes`` file (looped)
+    as fast as the server reads it from before the first real-time client starts until the last one is done."""
 
-    def ready(self) -> None:
-        import httpx
+    def summary(stats: dict) -> dict:
+        done = sorted(stats["texts"])
+        return {"finals": len(stats["final"]), "final_p50_ms": pct(stats["final"], 50),
+                "final_p99_ms": pct(stats["final"], 99), "errors": len(stats["errors"]),
+                "cer": cer([refs[i % len(refs)] for i in done], [stats["texts"][i] for i in done]) if done else None,
+                "error_examples": stats["errors"][:3]}  # fmt: skip
 
-        for _ in range(1200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not become ready")
+    async def measured(job) -> dict:  # type: ignore[no-untyped-def]
+        """``job``'s summary with what the server did meanwhile: its CPU (cores), encoder calls, their mean time
+        and mean batch."""
+        before, cpu, started = encoder_calls(await server.metrics()), cpu_seconds(server.proc.pid), time.monotonic()
+        out = summary(await job)
+        wall = time.monotonic() - started
+        after = encoder_calls(await server.metrics())
+        calls, seconds, streams = (a - b for a, b in zip(after, before, strict=True))
+        out.update(server_cores=(cpu_seconds(server.proc.pid) - cpu) / wall, encoder_calls=calls,
+                   encoder_ms=1000 * seconds / max(calls, 1), batch=streams / max(calls, 1))  # fmt: skip
+        return out
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+    def server_side(r: dict) -> str:
+        return (f"server: {r['server_cores']:.2f} cores busy, {r['encoder_calls']:.0f} encoder calls of "
+                f"{r['encoder_ms']:.0f} ms and {r['batch']:.1f} streams on average")  # fmt: skip
+
+    n, rounds = args.flood_clients, args.flood_rounds
+    alone = await measured(realtime_clients(server.url, waves, n, rounds))
+    print(f"  {n} real-time clients × {rounds} utterances, alone: end of speech → final p50 "
+          f"{alone['final_p50_ms']:.0f} ms, p99 {alone['final_p99_ms']:.0f} ms ({alone['finals']} finals); errors "
+          f"{alone['errors']}; CER {percent(alone['cer'])}; {server_side(alone)}", flush=True)  # fmt: skip
+    audio = pcm16(long_wave(waves, args.long_minutes * 60))
+    flooders = HostileClients("flooding", server.port, args.flooders, audio, end=True)
+    waited = time.monotonic() + 60
+    while time.monotonic() < waited:  # every flooder under way
+        report = await flooders.ask("report")
+        if len(report["each"]) == args.flooders and min(f["sent_s"] for f in report["each"]) >= 4:
+            break
+        await asyncio.sleep(0.2)
+    decoded = sum(f["decoded_s"] for f in report["each"])
+    flooders_cpu = cpu_seconds(flooders.proc.pid)
+    started = time.perf_counter()
+    peak = [rss_mb(server.proc.pid)]
+
+    async def sample() -> None:
+        while True:
+            peak.append(rss_mb(server.proc.pid))
+            await asyncio.sleep(0.2)
+
+    sampler = asyncio.create_task(sample())
+    beside = await measured(realtime_clients(server.url, waves, n, rounds))
+    wall = time.perf_counter() - started
+    flooders_cpu = (cpu_seconds(flooders.proc.pid) - flooders_cpu) / wall
+    sampler.cancel()
+    report = await flooders.ask("stop")
+    decoded = sum(f["decoded_s"] for f in report["each"]) - decoded
+    still_flooding = report["connected"] - sum(report["closes"].values())
+    flooded = await flooders.ask("close")
+    ratio = beside["final_p99_ms"] / alone["final_p99_ms"]
+    out = {"clients": n, "rounds": rounds, "flooders": args.flooders, "flood_file_s": len(audio) / 32000,
+           "flood_x_real_time": decoded / wall, "flooders_cores": flooders_cpu, "flooders_throughout": still_flooding, "flooder_closes": flooded["closes"],
+           "flooder_errors": flooded["errors"][:3], "alone": alone, "beside_flooders": beside, "p99_ratio": ratio,
+           "rss_mb": max(peak), "met": ratio <= 2.0}  # fmt: skip
+    print(f"  the same beside {args.flooders} flooders (a {args.long_minutes:g}-minute file each, looped; "
+          f"decoded at {out['flood_x_real_time']:.0f}× real time together, {still_flooding} still flooding at the end; "
+          f"their process {flooders_cpu:.2f} cores): "
+          f"final "
+          f"p50 {beside['final_p50_ms']:.0f} ms, p99 {beside['final_p99_ms']:.0f} ms ({beside['finals']} finals); "
+          f"errors {beside['errors']}; CER {percent(beside['cer'])}; flooders closed {flooded['closes']}, errors "
+          f"{len(flooded['errors'])}; server RSS {out['rss_mb']:.0f} MB; {server_side(beside)}", flush=True)  # fmt: skip
+    print(
+        f"  final p99 beside flooders / alone: {ratio:.2f}× (target ≤ 2×): {'PASS' if out['met'] else 'FAIL'}",
+        flush=True,
+    )
+    return out
 
 
 async def websocket_bench(export: Path, waves: list[np.ndarray], refs: list[str], args) -> dict:  # type: ignore[no-untyped-def]
-    server = Server(export, args.threads)
+    server = Server(export, "--threads", str(args.threads))
     out = {}
     try:
         await asyncio.to_thread(server.ready)
@@ -276,9 +306,10 @@ async def websocket_bench(export: Path, waves: list[np.ndarray], refs: list[str]
             print(f"  {clients:3d} clients: end of speech → final p50 {r['final_p50_ms']:6.0f} ms, p99 "
                   f"{r['final_p99_ms']:6.0f} ms; partial every {r['partial_interval_p50_ms']:5.0f} ms (p50); errors "
                   f"{r['errors']}; server RSS {r['rss_mb']:.0f} MB; CER {r['cer']:.2f}%", flush=True)  # fmt: skip
+        if args.flood:
+            out["flood"] = await flood_bench(server, waves, refs, args)
         # one long stream, RSS sampled along it
-        long_wave = np.concatenate([np.concatenate([w, np.zeros(8000, np.float32)]) for w in waves])
-        long_wave = np.resize(long_wave, int(args.long_minutes * 60 * 16000))
+        long_audio = long_wave(waves, args.long_minutes * 60)
         samples: list[float] = []
         stats = {"final": [], "partials": [], "errors": [], "texts": {}}
 
@@ -288,7 +319,7 @@ async def websocket_bench(export: Path, waves: list[np.ndarray], refs: list[str]
                 await asyncio.sleep(1.0)
 
         sampler = asyncio.create_task(sample_long())
-        await client(server.url, long_wave, stats, speed=args.long_speed)
+        await client(server.url, long_audio, stats, speed=args.long_speed)
         sampler.cancel()
         half = len(samples) // 2
         out["long"] = {"minutes": args.long_minutes, "speed": args.long_speed, "errors": len(stats["errors"]),
@@ -303,6 +334,29 @@ async def websocket_bench(export: Path, waves: list[np.ndarray], refs: list[str]
     return out
 
 
+def in_process(export: Path, model, waves: list[np.ndarray], refs: list[str], audio_s: float, threads: int) -> dict:  # type: ignore[no-untyped-def]
+    """Part 1: korasr's runtime vs sherpa-onnx in this process, one stream and N streams."""
+    chunk_s = model.chunk_seconds
+    recognizer = sherpa_recognizer(export, threads)
+    ours = korasr_single(model, waves)
+    theirs = sherpa_single(recognizer, waves, model.unit)
+    result: dict = {}
+    for name, r in (("korasr", ours), ("sherpa-onnx", theirs)):
+        result[name] = {"chunk_p50_ms": pct(r["chunks"], 50), "chunk_p99_ms": pct(r["chunks"], 99),
+                        "rtfx": audio_s / r["total"], "cer": cer(refs, r["texts"])}  # fmt: skip
+        x = result[name]
+        print(f"  {name:12s} one stream: compute per chunk p50 {x['chunk_p50_ms']:.2f} ms, p99 {x['chunk_p99_ms']:.2f} "
+              f"ms; RTFx {x['rtfx']:.0f}; CER {x['cer']:.2f}%", flush=True)  # fmt: skip
+    wave = np.concatenate(waves[:5])
+    ours_n, ours_table = sustained(lambda n: korasr_concurrent(model, wave, n), chunk_s)
+    theirs_n, theirs_table = sustained(lambda n: sherpa_concurrent(recognizer, wave, n, chunk_s), chunk_s)
+    result["concurrent"] = {"korasr": ours_n, "sherpa-onnx": theirs_n, "korasr_p99_s": ours_table,
+                            "sherpa_p99_s": theirs_table}  # fmt: skip
+    print(f"  concurrent real-time streams (p99 compute per chunk < {chunk_s * 1000:.0f} ms): korasr {ours_n}, "
+          f"sherpa-onnx {theirs_n} → {ours_n / max(theirs_n, 1):.2f}× (target ≥ 1.0×)", flush=True)  # fmt: skip
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, default=None)
@@ -312,6 +366,21 @@ def main() -> int:
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
     parser.add_argument("--long-minutes", type=float, default=10.0)
     parser.add_argument("--long-speed", type=float, default=10.0)
+    parser.add_argument(
+        "--in-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="part 1, korasr's runtime vs sherpa-onnx in this process (default: on)",
+    )
+    parser.add_argument(
+        "--flood",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="real-time clients alone, then beside flooding clients (final p99 ratio; default: on)",
+    )
+    parser.add_argument("--flood-clients", type=int, default=8, help="real-time clients in the flood test")
+    parser.add_argument("--flood-rounds", type=int, default=5, help="utterances each of them streams, one by one")
+    parser.add_argument("--flooders", type=int, default=4, help="flooding clients (each a --long-minutes file)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
 
@@ -326,23 +395,9 @@ def main() -> int:
     chunk_s = model.chunk_seconds
     print(f"export {export}: look-ahead {model.lookahead_ms} ms, chunk {chunk_s * 1000:.0f} ms; {len(waves)} "
           f"utterances, {audio_s:.1f} s; {args.threads} threads")  # fmt: skip
-    recognizer = sherpa_recognizer(export, args.threads)
-    ours = korasr_single(model, waves)
-    theirs = sherpa_single(recognizer, waves, model.unit)
     result: dict = {"export": str(export), "lookahead_ms": model.lookahead_ms, "chunk_s": chunk_s}
-    for name, r in (("korasr", ours), ("sherpa-onnx", theirs)):
-        result[name] = {"chunk_p50_ms": pct(r["chunks"], 50), "chunk_p99_ms": pct(r["chunks"], 99),
-                        "rtfx": audio_s / r["total"], "cer": cer(refs, r["texts"])}  # fmt: skip
-        x = result[name]
-        print(f"  {name:12s} one stream: compute per chunk p50 {x['chunk_p50_ms']:.2f} ms, p99 {x['chunk_p99_ms']:.2f} "
-              f"ms; RTFx {x['rtfx']:.0f}; CER {x['cer']:.2f}%", flush=True)  # fmt: skip
-    wave = np.concatenate(waves[:5])
-    ours_n, ours_table = sustained(lambda n: korasr_concurrent(model, wave, n), chunk_s)
-    theirs_n, theirs_table = sustained(lambda n: sherpa_concurrent(recognizer, wave, n, chunk_s), chunk_s)
-    result["concurrent"] = {"korasr": ours_n, "sherpa-onnx": theirs_n, "korasr_p99_s": ours_table,
-                            "sherpa_p99_s": theirs_table}  # fmt: skip
-    print(f"  concurrent real-time streams (p99 compute per chunk < {chunk_s * 1000:.0f} ms): korasr {ours_n}, "
-          f"sherpa-onnx {theirs_n} → {ours_n / max(theirs_n, 1):.2f}× (target ≥ 1.0×)", flush=True)  # fmt: skip
+    if args.in_process:
+        result.update(in_process(export, model, waves, refs, audio_s, args.threads))
     print("WebSocket (korasr serve, real-time clients):", flush=True)
     result["websocket"] = asyncio.run(websocket_bench(export, waves, refs, args))
     eight = result["websocket"].get(8)
@@ -350,9 +405,10 @@ def main() -> int:
         target = model.lookahead_ms + 200
         print(f"  final p99 at 8 clients {eight['final_p99_ms']:.0f} ms vs target look-ahead + 200 = {target} ms: "
               f"{'met' if eight['final_p99_ms'] <= target else 'MISSED'}")  # fmt: skip
+    flooded = result["websocket"].get("flood")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
-    return 0
+    return 0 if flooded is None or flooded["met"] else 1
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def test_the_service_decodes_with_the_bundled_lm_and_per_request_hotwords(export
     expected = beam.transcribe([row["audio_filepath"]])[0].text
     app = create_app(ServeConfig(model=exported_lm, api_key=None))
     with TestClient(app) as client:
-        assert app.state.korasr["recognizer"].beam is not None  # beam by default with a bundled LM
+        assert app.state.korasr.recognizer.beam is not None  # beam by default with a bundled LM
         r = client.post("/v1/transcribe", files={"audio": ("a.wav", wav)})
         assert r.status_code == 200 and r.json()["text"] == expected
         # a hotword for a word the audio does not say does not change clear speech; one it cannot spell is a 400

@@ -106,7 +106,7 @@ def test_websocket_clients_that_stop_reading_are_aborted_and_release_their_strea
     app = create_app(config)
     speech = pcm(np.concatenate([r["audio"] for r in rows] * 3))  # ~ 100 s
     with serving(config, app=app, send_buffer=2048, ws_ping_interval=None) as url:
-        hub = app.state.korasr["hub"]
+        hub = app.state.korasr.hub
         before = rss_mb()
         clients = [SilentClient(url, speech) for _ in range(40)]
         assert sum(c.accepted for c in clients) == 40  # the upgrade is accepted; 8 then get 1013 (busy)
@@ -136,7 +136,9 @@ def test_websocket_clients_that_stop_reading_are_aborted_and_release_their_strea
               if line.startswith("korasr_stream_closes_total{")}  # fmt: skip
     assert closes == {"aborted": 32, "1013": 8, "1000": 1}, closes
     endings = Counter(c.ending() for c in clients)
-    assert endings == {"reset": 32, "closed": 8}, endings  # the 8 refused with 1013 (busy) read nothing either
+    # every connection ended by the server: the 32 streams reset; the 8 refused with 1013 (busy), which read neither
+    # the refusal nor the close, closed or reset once their close handshake had its send_timeout_s
+    assert endings["reset"] >= 32 and endings["reset"] + endings["closed"] == 40, endings
     assert grown < 300, f"RSS grew {grown:.0f} MB"
     assert honest_s < 30, honest_s
 
@@ -286,7 +288,7 @@ def test_close_codes_are_the_servers_own_and_client_frames_are_client_errors(exp
             _, code, _ = _receive_all(ws)
         assert code == 1007
         deadline = time.monotonic() + 10
-        while client.app.state.korasr["hub"].active and time.monotonic() < deadline:
+        while client.app.state.korasr.hub.active and time.monotonic() < deadline:
             time.sleep(0.05)
         text = client.get("/metrics").text
     codes = {line.split('"')[1] for line in text.splitlines() if line.startswith("korasr_stream_closes_total{")}

@@ -263,7 +263,7 @@ def test_a_failing_request_fails_alone(exported, clip):
 def test_a_server_error_is_json_and_counted(exported, clip):
     """Fault injection: the decoder breaks after start-up. The request gets a JSON 500, the metrics count it."""
     with TestClient(create_app(ServeConfig(model=exported)), raise_server_exceptions=False) as c:
-        c.app.state.korasr["batcher"].recognizer = None
+        c.app.state.korasr.batcher.recognizer = None
         r = c.post("/v1/transcribe", files={"audio": ("a.wav", clip["wav"])})
         assert r.status_code == 500 and r.json()["error"] == "internal error: AttributeError"
         assert 'korasr_requests_total{route="/v1/transcribe",status="500"} 1.0' in c.get("/metrics").text
@@ -386,7 +386,7 @@ def test_concurrent_requests_are_batched_and_a_full_queue_says_503(exported, rec
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
                 responses = await asyncio.gather(*[c.post("/v1/transcribe", files={"audio": ("a.wav", b)})
                                                    for b in bodies])  # fmt: skip
-                return responses, list(app.state.korasr["batcher"].batch_sizes)
+                return responses, list(app.state.korasr.batcher.batch_sizes)
 
     responses, sizes = asyncio.run(scenario())
     assert all(r.status_code == 200 for r in responses)

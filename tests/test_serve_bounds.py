@@ -98,3 +98,32 @@ def test_log_lines_lose_the_key_and_any_secret_query_value():
     assert "api_key=[redacted]&x=1&token=[redacted]" in line
     plain = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "started %s", ("ok",), None)
     assert redact.filter(plain) and plain.getMessage() == "started ok" and plain.args == ("ok",)
+
+
+def test_a_websocket_client_whose_results_stay_unread_is_aborted_before_any_send_blocks():
+    """Small results to a client that reads nothing (a small receive buffer): the kernel takes each send at once,
+    but once more than the buffer's worth stays unread for the deadline, the connection is aborted (counted as a
+    send timeout) before the sends themselves would block."""
+    import socket
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+        server = await asyncio.start_server(lambda r, w: accepted.set_result(w), "127.0.0.1", 0)
+        client = socket.socket()  # never read from
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        client.connect(server.sockets[0].getsockname())
+        connection = Connection(await accepted)
+        timed_out: list[str] = []
+        send = bounded_send(connection.send, 0.3, 8192, {"type": "websocket"}, timed_out.append)
+        sent = 0
+        with pytest.raises(SendTimeout, match="stayed unread"):
+            for _ in range(10_000):
+                await send({"body": b"r" * 1024})  # 20 kB/s: the sends would block only after about 1.5 s
+                sent += 1
+                await asyncio.sleep(0.05)
+        client.close()
+        server.close()
+        return sent, timed_out, connection.transport.is_closing()
+
+    sent, timed_out, closing = asyncio.run(scenario())
+    assert timed_out == ["websocket"] and closing and sent < 100

@@ -304,7 +304,7 @@ def test_a_failing_stream_fails_alone(exported_streaming, rows, model):
 
     audio = pcm_bytes(rows[2]["audio"])
     with TestClient(create_app(ServeConfig(model=exported_streaming))) as client:
-        hub = client.app.state.korasr["hub"]
+        hub = client.app.state.korasr.hub
         with client.websocket_connect("/v1/stream") as bad, client.websocket_connect("/v1/stream") as good:
             deadline = time.monotonic() + 10
             while len(hub.connections) < 2 and time.monotonic() < deadline:

@@ -244,6 +244,11 @@ class Stream:
         return self._new >= self.model.cfg["chunk_shift"] or (self.finished and self._new > 0)
 
     @property
+    def backlog(self) -> float:
+        """Chunks of features waiting to be decoded (a stream fed faster than real time holds more than one)."""
+        return self._new / self.model.cfg["chunk_shift"]
+
+    @property
     def done(self) -> bool:
         """Finished and every frame decoded (the last final, if any, is in ``events``)."""
         return self.finished and self._new == 0

@@ -31,9 +31,13 @@ def app_from_env():  # type: ignore[no-untyped-def]
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     import uvicorn
 
+    # ws_max_size: a larger WebSocket frame is refused (1009) before it is buffered. No keepalive pings: a client's
+    # pong waits behind the audio the server is not reading yet (backpressure), so a client sending a file faster
+    # than real time would be closed (1011) at the ping timeout; the idle, pace and send-deadline rules bound what
+    # pings would catch (a dead peer, a client that stops reading).
+    options = {"host": host, "port": port, "ws_max_size": config.max_frame_bytes, "ws_ping_interval": None}
     if workers > 1:
         os.environ[ENV] = config.to_env()  # every field, so no worker runs with a default the user overrode
-        uvicorn.run("korasr.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    ws_max_size=config.max_frame_bytes)  # fmt: skip
-    else:  # ws_max_size: a larger WebSocket frame is refused (1009) before it is buffered
-        uvicorn.run(create_app(config), host=host, port=port, ws_max_size=config.max_frame_bytes)
+        uvicorn.run("korasr.serve:app_from_env", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(create_app(config), **options)

@@ -7,24 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from korasr.runtime import Recognizer, Result
+from korasr.serve.worker import Worker
 
 
-class Batcher:
+class Batcher(Worker):
+    thread_name = "korasr-decode"
+
     def __init__(self, recognizer: Recognizer, *, max_batch: int, max_wait_s: float, chunk_seconds: float,
                  batch_seconds: float, on_batch: Callable[[int], None] | None = None):  # fmt: skip
+        super().__init__(on_batch)
         self.recognizer, self.max_batch, self.max_wait_s = recognizer, max_batch, max_wait_s
-        self.chunk_seconds, self.batch_seconds, self.on_batch = chunk_seconds, batch_seconds, on_batch
+        self.chunk_seconds, self.batch_seconds = chunk_seconds, batch_seconds
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="korasr-decode")
-        self.task: asyncio.Task | None = None
-        self.batch_sizes: deque[int] = deque(maxlen=4096)  # the most recent batches (tests)
         self.arriving = 0  # requests admitted but not yet queued
 
     @contextlib.contextmanager
@@ -34,16 +33,6 @@ class Batcher:
             yield
         finally:
             self.arriving -= 1
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, audio: np.ndarray, hotwords=None) -> Result:  # type: ignore[no-untyped-def]
         future = asyncio.get_running_loop().create_future()
@@ -70,19 +59,17 @@ class Batcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), timeout))
                 except TimeoutError:
                     break
-            self.batch_sizes.append(len(batch))
-            if self.on_batch:
-                self.on_batch(len(batch))
+            self.count_batch(len(batch))
             waves = [audio for audio, _, _ in batch]
             hotwords = [words for _, words, _ in batch]
             outcomes: list[Result | BaseException]
             try:
-                outcomes = list(await loop.run_in_executor(self.executor, self._decode, waves, hotwords))
+                outcomes = list(await self.in_thread(self._decode, waves, hotwords))
             except Exception:
                 outcomes = []
                 for wave, words in zip(waves, hotwords, strict=True):  # the one that failed; the others get text
                     try:
-                        outcomes.append((await loop.run_in_executor(self.executor, self._decode, [wave], [words]))[0])
+                        outcomes.append((await self.in_thread(self._decode, [wave], [words]))[0])
                     except Exception as e:
                         outcomes.append(e)
             for (_, _, future), outcome in zip(batch, outcomes, strict=True):

@@ -10,12 +10,16 @@ import contextlib
 import json
 import logging
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import WebSocket
 
 from korasr import SAMPLE_RATE
 from korasr.serve.config import ServeConfig
+
+if TYPE_CHECKING:
+    from korasr.serve.state import ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +71,10 @@ class Pace:
                                f"(at least {self.min_rate:g}× real time)")  # fmt: skip
 
 
-def stream_request(ws: WebSocket, config: ServeConfig, state: dict) -> int:
+def stream_request(ws: WebSocket, config: ServeConfig, state: ServiceState) -> int:
     """The checks before a stream opens; its sample rate, or StreamClosed with the reason."""
-    hub = state.get("hub")
-    if not state["ready"]:
+    hub = state.hub
+    if not state.ready:
         raise StreamClosed(1013, "model loading")
     if hub is None:
         raise StreamClosed(1008, f"{config.model.name} has no streaming graphs: serve the export of a model "
@@ -95,7 +99,7 @@ async def close_stream(ws: WebSocket, code: int, reason: str, error: bool = True
         await ws.close(code=code, reason=reason[:120])
 
 
-async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metrics) -> None:  # type: ignore[no-untyped-def]
+async def stream_session(ws: WebSocket, state: ServiceState) -> None:
     """One WebSocket stream: checks, then audio in and results out until the end, a limit or a disconnect.
     The API key was checked before the upgrade (the gate: 403). Close codes: 1000 after the last final; 1008 bad
     parameter, idle, too slow, or too long (after its finals); 1009 frame too large; 1007 a frame that is not 16-bit
@@ -104,7 +108,8 @@ async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metric
     from korasr.serve.deadline import SendTimeout
     from korasr.serve.gate import STREAM_SUBPROTOCOL
 
-    hub, conn, outcome = state.get("hub"), None, "1000"
+    config, metrics = state.config, state.metrics
+    hub, conn, outcome = state.hub, None, "1000"
     try:
         await ws.accept(
             subprotocol=STREAM_SUBPROTOCOL if STREAM_SUBPROTOCOL in ws.scope.get("subprotocols", []) else None
@@ -128,6 +133,9 @@ async def stream_session(ws: WebSocket, config: ServeConfig, state: dict, metric
         if conn is not None:
             hub.close(conn)
         metrics.stream_closes.labels(outcome).inc()
+        # The close handshake gets send_timeout_s; then the connection is aborted if still there (a polite close to
+        # a client that reads nothing would wait on its full buffer for ever). A no-op on a connection already gone.
+        asyncio.get_running_loop().call_later(config.send_timeout_s, ws.scope.get("korasr.abort", lambda: None))
 
 
 async def run_stream(ws: WebSocket, conn, config: ServeConfig, hub) -> str:  # type: ignore[no-untyped-def]

@@ -16,18 +16,17 @@ anything blocks on a client that does not read).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from korasr import SAMPLE_RATE
 from korasr.runtime.streaming import Endpoint, Event, Stream, StreamingModel
+from korasr.serve.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +52,22 @@ class Connection:
         self.room.set()
 
 
-class StreamHub:
+class StreamHub(Worker):
+    thread_name = "korasr-stream"
+
     def __init__(self, model: StreamingModel, *, max_batch: int = 32, endpoint: Endpoint | None = None,
                  max_unsent: int = 256, metrics=None):  # type: ignore[no-untyped-def]  # fmt: skip
+        super().__init__(metrics.stream_batch.observe if metrics else None)
         self.model, self.max_batch, self.max_unsent, self.metrics = model, max_batch, max_unsent, metrics
         self.endpoint = endpoint or Endpoint()
         self.connections: list[Connection] = []
         self.lock = threading.Lock()  # guards inboxes and the connection list between the loop and the worker
         self.wake = asyncio.Event()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="korasr-stream")
-        self.task: asyncio.Task | None = None
-        self.batch_sizes: deque[int] = deque(maxlen=4096)
         self.inbox_limit = int(2 * model.chunk_seconds * SAMPLE_RATE)  # samples at 16 kHz-equivalent per connection
 
     @property
     def active(self) -> int:
         return len(self.connections)
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def open(self, sample_rate: int) -> Connection:
         conn = Connection(self.model.stream(sample_rate, self.endpoint, keep_segments=False),
@@ -119,12 +108,11 @@ class StreamHub:
         self.wake.set()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self.wake.wait()
             self.wake.clear()
             try:
-                if await loop.run_in_executor(self.executor, self._round):
+                if await self.in_thread(self._round):
                     self.wake.set()  # streams still hold chunks: another round, after the loop has read sockets
             except Exception as e:  # never a dead hub: the streams of this round fail with the reason, others go on
                 log.exception("streaming round failed")
@@ -166,32 +154,41 @@ class StreamHub:
 
     def _round(self) -> bool:
         """One round (worker thread): take audio, step every stream with a chunk ready once, hand out the events.
-        True when a stream still has a chunk ready or audio waiting."""
+        Streams keeping pace (no more audio waiting than their next chunk) are stepped first, in calls of their own,
+        and their events handed out before the streams that are behind (a client sending faster than real time) are
+        stepped: a flooding client adds no encoder work before a real-time client's result. True when a stream
+        still has a chunk ready or audio waiting."""
         with self.lock:
             live = [c for c in self.connections if not c.closed]
         arrived = self._take_audio(live)
         ready = [c for c in live if c.error is None and c.stream.ready]
-        for start in range(0, len(ready), self.max_batch):
-            batch = ready[start : start + self.max_batch]
-            began = time.perf_counter()
-            try:  # a stream whose decoding fails is marked by step (stream.error); the others go on
-                self.model.step([c.stream for c in batch])
-            except Exception:  # the encoder call failed before any stream changed: each alone
-                for conn in batch:
-                    try:
-                        self.model.step([conn.stream])
-                    except Exception as e:
-                        conn.error = f"{type(e).__name__}: {e}"[:200]
-            for conn in batch:
-                if conn.stream.error is not None and conn.error is None:
-                    conn.error = f"{type(conn.stream.error).__name__}: {conn.stream.error}"[:200]
-            self.batch_sizes.append(len(batch))
-            if self.metrics:
-                self.metrics.chunk_seconds.observe(time.perf_counter() - began)
-                self.metrics.stream_batch.observe(len(batch))
-        self._hand_out(live, arrived)
+        with self.lock:
+            behind = {id(c) for c in ready if c.inbox or c.stream.backlog > 1}
+        for group in ([c for c in ready if id(c) not in behind], [c for c in ready if id(c) in behind]):
+            for start in range(0, len(group), self.max_batch):
+                batch = group[start : start + self.max_batch]
+                self._step(batch)
+                self._hand_out(batch, arrived)
+        self._hand_out(live, arrived)  # failures, and streams that finished without a step
         with self.lock:
             return any(c.error is None and not c.closed and (c.stream.ready or c.inbox) for c in live)
+
+    def _step(self, batch: list[Connection]) -> None:
+        began = time.perf_counter()
+        try:  # a stream whose decoding fails is marked by step (stream.error); the others go on
+            self.model.step([c.stream for c in batch])
+        except Exception:  # the encoder call failed before any stream changed: each alone
+            for conn in batch:
+                try:
+                    self.model.step([conn.stream])
+                except Exception as e:
+                    conn.error = f"{type(e).__name__}: {e}"[:200]
+        for conn in batch:
+            if conn.stream.error is not None and conn.error is None:
+                conn.error = f"{type(conn.stream.error).__name__}: {conn.stream.error}"[:200]
+        self.count_batch(len(batch))
+        if self.metrics:
+            self.metrics.chunk_seconds.observe(time.perf_counter() - began)
 
     def _hand_out(self, live: list[Connection], arrived: dict[int, float]) -> None:
         now = time.perf_counter()
