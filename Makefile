@@ -51,7 +51,7 @@ MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
-.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory clean
+.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -200,17 +200,20 @@ bench-inference: setup ## CPU inference: korasr runtime vs sherpa-onnx vs NeMo t
 bench-serve: setup ## loopback load on korasr serve, batched vs unbatched, 1/8/32 clients, RSS (needs make export)
 	$(BIN)/python bench/serve_load.py
 
-bench-streaming: setup ## korasr streaming runtime vs sherpa-onnx online (chunk compute, concurrent streams), WebSocket at 1/8/32 clients, a 10-min stream (needs a streaming export)
+bench-streaming: setup ## korasr streaming runtime vs sherpa-onnx online (chunk compute, concurrent streams), WebSocket at 1/8/32 clients, 8 real-time clients beside 4 flooders, a 10-min stream (needs a streaming export)
 	$(BIN)/python bench/streaming.py
 
 bench-decoding: setup ## greedy vs beam vs beam + LM, korasr vs NeMo beam_batch: CER, RTFx, hotword recall (needs make train, make lm, make export)
 	$(BIN)/python bench/decoding.py
 
-bench-hostile: setup ## korasr serve under 32 hostile clients: peak RSS per request and under attack, 5xx, legit clients served (needs make export)
+bench-hostile: setup ## korasr serve under 32 hostile clients (RSS per request and under attack, 5xx, legit clients served), then non-reading, trickling and flooding WebSocket clients (needs make export; streaming export for the last)
 	$(BIN)/python bench/serve_hostile.py
 
 bench-memory: setup ## peak memory of data prep on 10k and 100k utterances
 	$(BIN)/python bench/prepare_memory.py --jobs $(JOBS)
+
+docs: setup ## the documentation site (MkDocs, Material) → site/; strict: a broken link, missing page or anchor fails
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean: ## remove generated data, manifests and tokenizers (keeps .venv)
 	rm -rf data exp bench/out

@@ -34,316 +34,6 @@ def bounded(kind: type, low: float | None = None, high: float | None = None):  #
     return parse
 
 
-def _normalize(args: argparse.Namespace) -> int:
-    from korasr.text.normalize import normalize
-
-    malformed = 0
-    out = sys.stdout
-    for number, line in enumerate(sys.stdin, start=1):
-        result = normalize(line.rstrip("\r\n"), args.form, args.disfluency, args.unk)
-        if result.error:
-            malformed += 1
-            print(f"line {number}: {result.error}", file=sys.stderr)
-        out.write(result.text + "\n")
-    if malformed:
-        print(f"{malformed} malformed line(s) written as empty lines", file=sys.stderr)
-    return 0
-
-
-def _prepare_kspon(args: argparse.Namespace) -> int:
-    from korasr.data.kspon import PrepareOptions, prepare_kspon
-
-    options = PrepareOptions(
-        form=args.form,
-        disfluency=args.disfluency,
-        unk=args.unk,
-        audio_format=args.audio_format,
-        min_duration=args.min_duration,
-        max_duration=args.max_duration,
-    )
-    result = prepare_kspon(
-        args.root, args.out, audio_dir=args.audio_dir, options=options, jobs=args.jobs, progress=not args.quiet
-    )
-    print(result.out_dir)
-    return 0
-
-
-def _prepare_noise(args: argparse.Namespace) -> int:
-    from korasr.data.noise import prepare_noise
-
-    print(prepare_noise(args.root, args.out).manifest)
-    return 0
-
-
-def _sample_noise(args: argparse.Namespace) -> int:
-    from korasr.data.noise import make_sample_noise
-
-    print(make_sample_noise(args.out, files_per_kind=args.files_per_kind, seconds=args.seconds, seed=args.seed,
-                            synth=args.synth))  # fmt: skip
-    return 0
-
-
-def _sample_corpus(args: argparse.Namespace) -> int:
-    from korasr.data.sample_corpus import SampleOptions, make_sample_corpus
-
-    options = SampleOptions(utterances=args.utterances, seed=args.seed, synth=args.synth, variety=args.variety)
-    print(make_sample_corpus(args.out, options, jobs=args.jobs, progress=not args.quiet))
-    return 0
-
-
-def _tokenizer_build(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from korasr.tokenizer.build import TokenizerOptions, build_tokenizer
-    from korasr.tokenizer.report import format_report
-
-    options = TokenizerOptions(
-        unit=args.unit, type=args.type, vocab=args.vocab, character_coverage=args.character_coverage
-    )
-    out = build_tokenizer(args.manifest, args.out, options, force=args.force)
-    report = json.loads((Path(out) / "report.json").read_text(encoding="utf-8"))
-    for sub in report.values():
-        print(format_report(sub), file=sys.stderr)
-    print(out)
-    return 0
-
-
-def _tokenizer_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import sentencepiece as spm
-    import yaml
-
-    from korasr.tokenizer.report import feasibility_report, format_report
-
-    directory = Path(args.tokenizer)
-    meta = directory / "tokenizer.yaml"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{directory}: not a korasr tokenizer directory (no tokenizer.yaml)")
-    unit = yaml.safe_load(meta.read_text(encoding="utf-8"))["unit"]
-    processor = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
-    report = feasibility_report(processor, unit, [Path(m) for m in args.manifest], subsampling=args.subsampling)
-    print(format_report(report))
-    if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from korasr.train import compose, dry_run, recipe_configs, train
-
-    configs = recipe_configs(args.recipe, args.size, args.streaming) + list(args.config)
-    overrides = [*args.overrides, *(["korasr.drop_infeasible=true"] if args.drop_infeasible else [])]
-    if args.dry_run:
-        print(dry_run(compose(configs, overrides)))
-        return 0
-    model = train(compose(configs, overrides))
-    if args.evaluate:
-        from korasr.evaluate import evaluate
-        from korasr.report import format_table
-
-        print(format_table(evaluate(model, args.evaluate, results_md=args.results, progress=True)), file=sys.stderr)
-    print(model)
-    return 0
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from korasr.evaluate import Decoding, GateFailed, evaluate
-    from korasr.report import format_table
-
-    decodings = []
-    for d in args.decoder or ["greedy"]:
-        beam = d != "greedy"
-        lm, hotwords = (args.lm, args.hotwords) if beam else (None, None)
-        decodings.append(Decoding(d, lm, hotwords, args.beam, args.alpha, args.beta))
-    if (args.lm or args.hotwords) and all(d.decoder == "greedy" for d in decodings):
-        raise ValueError("--lm and --hotwords need a beam decoder: add --decoder beam")
-    try:
-        report = evaluate(
-            args.model,
-            args.manifest,
-            args.out,
-            batch_size=args.batch_size,
-            max_cer=args.max_cer,
-            results_md=args.results,
-            progress=not args.quiet,
-            precision=args.precision,
-            decodings=decodings,
-        )
-    except GateFailed as e:
-        print(f"korasr evaluate: gate failed: {e}", file=sys.stderr)
-        return 1
-    print(format_table(report))
-    return 0
-
-
-def _score(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from korasr.evaluate import GateFailed, gate, score_files
-    from korasr.report import format_table, normalization_of
-
-    files = {Path(p).name.removesuffix(".jsonl").removesuffix(".hyp"): Path(p) for p in args.hyps}
-    if len(files) != len(args.hyps):
-        raise ValueError(f"two hypothesis files share a split name: {args.hyps}")
-    normalization = normalization_of(args.manifest) if args.manifest else None
-    out = args.out or Path(args.hyps[0]).parent
-    report = score_files(files, out, model=args.model, normalization=normalization, results_md=args.results)
-    print(format_table(report))
-    try:
-        gate(report, args.max_cer)
-    except GateFailed as e:
-        print(f"korasr score: gate failed: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from korasr.export import export
-
-    print(
-        export(
-            args.model,
-            args.out,
-            parity_manifest=args.parity_manifest,
-            int8_manifest=args.int8_calibration,
-            int8_utterances=args.int8_utterances,
-            triton_device=args.triton_device,
-            lm=args.lm,
-            lookahead_ms=args.lookahead,
-            force=args.force,
-        )
-    )
-    return 0
-
-
-def _transcribe_streaming(args: argparse.Namespace) -> int:
-    """Each file through a live stream (korasr.runtime.streaming), in 100 ms pieces; ``--realtime`` paces them at
-    the audio's speed and shows the partial text as it changes (stderr), each final as a line."""
-    import time
-
-    import soundfile as sf
-
-    from korasr.runtime.streaming import Endpoint, StreamingModel
-
-    if args.decoder == "beam" or args.lm or args.hotwords:
-        raise ValueError("--streaming decodes greedily (beam search and hotwords are for whole files)")
-    model = StreamingModel(args.model, threads=args.threads)
-    endpoint = Endpoint(silence_after_speech=args.endpoint_silence)
-    for path in args.audio:
-        info = sf.info(path)
-        stream = model.stream(info.samplerate, endpoint)
-        piece = max(1, info.samplerate // 10)
-        started, fed = time.monotonic(), 0
-        for block in sf.blocks(path, blocksize=piece, dtype="float32", always_2d=True):
-            if args.realtime:
-                time.sleep(max(0.0, started + fed / info.samplerate - time.monotonic()))
-            stream.accept(block)
-            fed += len(block)
-            model.run([stream])
-            if args.realtime:
-                _show(stream.pop_events())
-        stream.finish()
-        model.run([stream])
-        if args.realtime:
-            _show(stream.pop_events())
-        if args.json or args.timestamps:
-            print(json.dumps({"audio": str(path), "text": stream.text(), "lookahead_ms": model.lookahead_ms,
-                              "segments": [s.as_dict() for s in stream.segments]}, ensure_ascii=False))  # fmt: skip
-        elif not args.realtime:
-            print(stream.text())
-    return 0
-
-
-def _show(events) -> None:  # type: ignore[no-untyped-def]
-    for event in events:
-        if event.type == "partial":
-            print(f"\r\033[K… {event.text}", end="", file=sys.stderr, flush=True)
-        else:
-            print("\r\033[K", end="", file=sys.stderr, flush=True)
-            print(f"[{event.start:7.2f} – {event.end:7.2f}] {event.text}", flush=True)
-
-
-def _transcribe(args: argparse.Namespace) -> int:
-    from korasr.evaluate import Decoding, _lines, _lm, with_bundled_lm
-    from korasr.runtime import Recognizer
-
-    if args.streaming or args.realtime:
-        return _transcribe_streaming(args)
-
-    recognizer = Recognizer(args.model, threads=args.threads, precision=args.precision)
-    decoder = args.decoder or ("beam" if recognizer.bundled_lm or args.lm or args.hotwords else "greedy")
-    decoding = with_bundled_lm(Decoding(decoder, args.lm, args.hotwords, args.beam, args.alpha, args.beta), recognizer)
-    if decoder == "beam":
-        hotwords = recognizer.hotwords(_lines(args.hotwords), args.hotwords) if args.hotwords else None
-        recognizer.use_decoder("beam", lm=decoding.lm, beam_options=decoding.options(_lm(decoding)), hotwords=hotwords)
-    results = recognizer.transcribe(
-        args.audio, batch_size=args.batch_size, timestamps=args.timestamps, chunk_seconds=args.chunk_seconds
-    )
-    for path, result in zip(args.audio, results, strict=True):
-        if args.json or args.timestamps:
-            print(json.dumps({"audio": str(path), **result.as_dict()}, ensure_ascii=False))
-        else:
-            print(result.text)
-    return 0
-
-
-def _lm_build(args: argparse.Namespace) -> int:
-    from korasr.lm.build import build_lm
-
-    print(build_lm(args.tokenizer, args.out, manifests=args.manifest, texts=args.text, order=args.order,
-                   force=args.force))  # fmt: skip
-    return 0
-
-
-def _lm_tune(args: argparse.Namespace) -> int:
-    from korasr.lm.tune import tune
-
-    result = tune(args.model, args.lm, args.manifest, alphas=args.alphas, betas=args.betas, beam=args.beam,
-                  progress=not args.quiet)  # fmt: skip
-    print(json.dumps(result, ensure_ascii=False))
-    return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from korasr.serve import ServeConfig, serve
-
-    config = ServeConfig(
-        model=Path(args.model),
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-        max_audio_seconds=args.max_audio_seconds,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        queue_size=args.queue_size,
-        max_waiting=args.max_waiting,
-        chunk_seconds=args.chunk_seconds,
-        batch_seconds=args.batch_seconds,
-        upload_timeout_s=args.upload_timeout,
-        public_docs=args.public_docs,
-        threads=args.threads,
-        precision=args.precision,
-        decoder=args.decoder,
-        max_streams=args.max_streams,
-        stream_idle_s=args.stream_idle,
-        min_stream_rate=args.min_stream_rate,
-        stream_rate_window_s=args.stream_rate_window,
-        send_timeout_s=args.send_timeout,
-        send_buffer_bytes=int(args.send_buffer_kb * 1024),
-        max_unsent_results=args.max_unsent,
-        max_stream_seconds=args.max_stream_seconds,
-        max_frame_bytes=int(args.max_frame_kb * 1024),
-        stream_batch=args.stream_batch,
-        endpoint_silence_s=args.endpoint_silence,
-        max_utterance_s=args.max_utterance,
-    )
-    if not (config.model / "model.json").is_file():
-        raise FileNotFoundError(f"{config.model}: not a korasr export directory (run `make export`)")
-    serve(config, host=args.host, port=args.port, workers=args.workers)
-    return 0
-
-
 def _floats(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -415,15 +105,29 @@ def _add_text_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="korasr", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"korasr {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _normalize_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("normalize", help="normalize raw KsponSpeech transcripts: stdin → stdout, line by line")
     _add_text_options(p)
     p.set_defaults(func=_normalize)
 
+
+def _normalize(args: argparse.Namespace) -> int:
+    from korasr.text.normalize import normalize
+
+    malformed = 0
+    out = sys.stdout
+    for number, line in enumerate(sys.stdin, start=1):
+        result = normalize(line.rstrip("\r\n"), args.form, args.disfluency, args.unk)
+        if result.error:
+            malformed += 1
+            print(f"line {number}: {result.error}", file=sys.stderr)
+        out.write(result.text + "\n")
+    if malformed:
+        print(f"{malformed} malformed line(s) written as empty lines", file=sys.stderr)
+    return 0
+
+
+def _prepare_parser(sub: argparse._SubParsersAction) -> None:
     prepare = sub.add_parser("prepare", help="raw corpus → NeMo JSONL manifests")
     corpora = prepare.add_subparsers(dest="corpus", required=True)
     p = corpora.add_parser("kspon", help="KsponSpeech (the four .trn scripts and raw PCM)")
@@ -451,6 +155,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: noise_cuts.jsonl.gz, rejects.jsonl, noise.json")
     p.set_defaults(func=_prepare_noise)
 
+
+def _prepare_kspon(args: argparse.Namespace) -> int:
+    from korasr.data.kspon import PrepareOptions, prepare_kspon
+
+    options = PrepareOptions(
+        form=args.form,
+        disfluency=args.disfluency,
+        unk=args.unk,
+        audio_format=args.audio_format,
+        min_duration=args.min_duration,
+        max_duration=args.max_duration,
+    )
+    result = prepare_kspon(
+        args.root, args.out, audio_dir=args.audio_dir, options=options, jobs=args.jobs, progress=not args.quiet
+    )
+    print(result.out_dir)
+    return 0
+
+
+def _prepare_noise(args: argparse.Namespace) -> int:
+    from korasr.data.noise import prepare_noise
+
+    print(prepare_noise(args.root, args.out).manifest)
+    return 0
+
+
+def _tokenizer_parser(sub: argparse._SubParsersAction) -> None:
     tok = sub.add_parser("tokenizer", help="build tokenizers; report their CTC feasibility")
     tok_sub = tok.add_subparsers(dest="action", required=True)
     p = tok_sub.add_parser("build", help="train a tokenizer directory on a train manifest")
@@ -473,6 +204,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
     p.set_defaults(func=_tokenizer_report)
 
+
+def _tokenizer_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from korasr.tokenizer.build import TokenizerOptions, build_tokenizer
+    from korasr.tokenizer.report import format_report
+
+    options = TokenizerOptions(
+        unit=args.unit, type=args.type, vocab=args.vocab, character_coverage=args.character_coverage
+    )
+    out = build_tokenizer(args.manifest, args.out, options, force=args.force)
+    report = json.loads((Path(out) / "report.json").read_text(encoding="utf-8"))
+    for sub in report.values():
+        print(format_report(sub), file=sys.stderr)
+    print(out)
+    return 0
+
+
+def _tokenizer_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import sentencepiece as spm
+    import yaml
+
+    from korasr.tokenizer.report import feasibility_report, format_report
+
+    directory = Path(args.tokenizer)
+    meta = directory / "tokenizer.yaml"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{directory}: not a korasr tokenizer directory (no tokenizer.yaml)")
+    unit = yaml.safe_load(meta.read_text(encoding="utf-8"))["unit"]
+    processor = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+    report = feasibility_report(processor, unit, [Path(m) for m in args.manifest], subsampling=args.subsampling)
+    print(format_report(report))
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a FastConformer-CTC (stock NeMo) from a recipe's train.yaml")
     p.add_argument("--recipe", required=True, help="a recipe folder (its train.yaml) or a train.yaml")
     p.add_argument(
@@ -501,6 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dotted overrides, anywhere on the line: model.optim.lr=1e-3 trainer.devices=8 ...")  # fmt: skip
     p.set_defaults(func=_train)
 
+
+def _train(args: argparse.Namespace) -> int:
+    from korasr.train import compose, dry_run, recipe_configs, train
+
+    configs = recipe_configs(args.recipe, args.size, args.streaming) + list(args.config)
+    overrides = [*args.overrides, *(["korasr.drop_infeasible=true"] if args.drop_infeasible else [])]
+    if args.dry_run:
+        print(dry_run(compose(configs, overrides)))
+        return 0
+    model = train(compose(configs, overrides))
+    if args.evaluate:
+        from korasr.evaluate import evaluate
+        from korasr.report import format_table
+
+        print(format_table(evaluate(model, args.evaluate, results_md=args.results, progress=True)), file=sys.stderr)
+    print(model)
+    return 0
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="transcribe manifests with a model; CER, CER+space, WER, sWER, jamo slots; report + chart"
     )
@@ -514,6 +305,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoder(p, repeatable=True)
     p.set_defaults(func=_evaluate)
 
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from korasr.evaluate import Decoding, GateFailed, evaluate
+    from korasr.report import format_table
+
+    decodings = []
+    for d in args.decoder or ["greedy"]:
+        beam = d != "greedy"
+        lm, hotwords = (args.lm, args.hotwords) if beam else (None, None)
+        decodings.append(Decoding(d, lm, hotwords, args.beam, args.alpha, args.beta))
+    if (args.lm or args.hotwords) and all(d.decoder == "greedy" for d in decodings):
+        raise ValueError("--lm and --hotwords need a beam decoder: add --decoder beam")
+    try:
+        report = evaluate(
+            args.model,
+            args.manifest,
+            args.out,
+            batch_size=args.batch_size,
+            max_cer=args.max_cer,
+            results_md=args.results,
+            progress=not args.quiet,
+            precision=args.precision,
+            decodings=decodings,
+        )
+    except GateFailed as e:
+        print(f"korasr evaluate: gate failed: {e}", file=sys.stderr)
+        return 1
+    print(format_table(report))
+    return 0
+
+
+def _score_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="recompute the evaluation report from <split>.hyp.jsonl files (no model)")
     p.add_argument("hyps", nargs="+", help="hypothesis files (utt_id, ref, hyp per line); split = name before .hyp")
     p.add_argument("--out", default=None, help="output folder (default: the first file's folder)")
@@ -522,6 +345,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_options(p)
     p.set_defaults(func=_score)
 
+
+def _score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from korasr.evaluate import GateFailed, gate, score_files
+    from korasr.report import format_table, normalization_of
+
+    files = {Path(p).name.removesuffix(".jsonl").removesuffix(".hyp"): Path(p) for p in args.hyps}
+    if len(files) != len(args.hyps):
+        raise ValueError(f"two hypothesis files share a split name: {args.hyps}")
+    normalization = normalization_of(args.manifest) if args.manifest else None
+    out = args.out or Path(args.hyps[0]).parent
+    report = score_files(files, out, model=args.model, normalization=normalization, results_md=args.results)
+    print(format_table(report))
+    try:
+        gate(report, args.max_cer)
+    except GateFailed as e:
+        print(f"korasr score: gate failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="a .nemo → ONNX (waveform in, and NeMo's features in), tokens, model.json")
     p.add_argument("--model", required=True, help="a .nemo written by `korasr train`")
     p.add_argument("--out", default=None, help="export folder (default: export/ beside the model)")
@@ -541,6 +387,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_force(p, "an export")
     p.set_defaults(func=_export)
 
+
+def _export(args: argparse.Namespace) -> int:
+    from korasr.export import export
+
+    print(
+        export(
+            args.model,
+            args.out,
+            parity_manifest=args.parity_manifest,
+            int8_manifest=args.int8_calibration,
+            int8_utterances=args.int8_utterances,
+            triton_device=args.triton_device,
+            lm=args.lm,
+            lookahead_ms=args.lookahead,
+            force=args.force,
+        )
+    )
+    return 0
+
+
+def _transcribe_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files with an export folder (onnxruntime only)")
     p.add_argument("--model", required=True, help="an export folder (model.onnx, tokens.txt, model.json)")
     p.add_argument("audio", nargs="+", help="audio files, any sample rate and channel count")
@@ -561,6 +428,78 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoder(p)
     p.set_defaults(func=_transcribe)
 
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from korasr.evaluate import Decoding, use_decoding, with_bundled_lm
+    from korasr.runtime import Recognizer
+
+    if args.streaming or args.realtime:
+        return _transcribe_streaming(args)
+
+    recognizer = Recognizer(args.model, threads=args.threads, precision=args.precision)
+    decoder = args.decoder or ("beam" if recognizer.bundled_lm or args.lm or args.hotwords else "greedy")
+    decoding = with_bundled_lm(Decoding(decoder, args.lm, args.hotwords, args.beam, args.alpha, args.beta), recognizer)
+    if decoder == "beam":
+        use_decoding(recognizer, decoding)
+    results = recognizer.transcribe(
+        args.audio, batch_size=args.batch_size, timestamps=args.timestamps, chunk_seconds=args.chunk_seconds
+    )
+    for path, result in zip(args.audio, results, strict=True):
+        if args.json or args.timestamps:
+            print(json.dumps({"audio": str(path), **result.as_dict()}, ensure_ascii=False))
+        else:
+            print(result.text)
+    return 0
+
+
+def _transcribe_streaming(args: argparse.Namespace) -> int:
+    """Each file through a live stream (korasr.runtime.streaming), in 100 ms pieces; ``--realtime`` paces them at
+    the audio's speed and shows the partial text as it changes (stderr), each final as a line."""
+    import time
+
+    import soundfile as sf
+
+    from korasr.runtime.streaming import Endpoint, StreamingModel
+
+    if args.decoder == "beam" or args.lm or args.hotwords:
+        raise ValueError("--streaming decodes greedily (beam search and hotwords are for whole files)")
+    model = StreamingModel(args.model, threads=args.threads)
+    endpoint = Endpoint(silence_after_speech=args.endpoint_silence)
+    for path in args.audio:
+        info = sf.info(path)
+        stream = model.stream(info.samplerate, endpoint)
+        piece = max(1, info.samplerate // 10)
+        started, fed = time.monotonic(), 0
+        for block in sf.blocks(path, blocksize=piece, dtype="float32", always_2d=True):
+            if args.realtime:
+                time.sleep(max(0.0, started + fed / info.samplerate - time.monotonic()))
+            stream.accept(block)
+            fed += len(block)
+            model.run([stream])
+            if args.realtime:
+                _show(stream.pop_events())
+        stream.finish()
+        model.run([stream])
+        if args.realtime:
+            _show(stream.pop_events())
+        if args.json or args.timestamps:
+            print(json.dumps({"audio": str(path), "text": stream.text(), "lookahead_ms": model.lookahead_ms,
+                              "segments": [s.as_dict() for s in stream.segments]}, ensure_ascii=False))  # fmt: skip
+        elif not args.realtime:
+            print(stream.text())
+    return 0
+
+
+def _show(events) -> None:  # type: ignore[no-untyped-def]
+    for event in events:
+        if event.type == "partial":
+            print(f"\r\033[K… {event.text}", end="", file=sys.stderr, flush=True)
+        else:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            print(f"[{event.start:7.2f} – {event.end:7.2f}] {event.text}", flush=True)
+
+
+def _lm_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lm", help="token n-gram LMs for beam search: build (KenLM), tune alpha/beta on dev")
     lm_sub = p.add_subparsers(dest="action", required=True)
     q = lm_sub.add_parser("build", help="an LM directory (ARPA, KenLM binary, lm.json) over a tokenizer's pieces")
@@ -583,6 +522,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_lm_tune)
 
+
+def _lm_build(args: argparse.Namespace) -> int:
+    from korasr.lm.build import build_lm
+
+    print(build_lm(args.tokenizer, args.out, manifests=args.manifest, texts=args.text, order=args.order,
+                   force=args.force))  # fmt: skip
+    return 0
+
+
+def _lm_tune(args: argparse.Namespace) -> int:
+    from korasr.lm.tune import tune
+
+    result = tune(args.model, args.lm, args.manifest, alphas=args.alphas, betas=args.betas, beam=args.beam,
+                  progress=not args.quiet)  # fmt: skip
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the FastAPI transcription service over an export folder")
     p.add_argument("--model", required=True, help="an export folder (make export)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
@@ -638,6 +596,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: beam when the export bundles an LM (korasr export --lm), else greedy")  # fmt: skip
     p.set_defaults(func=_serve)
 
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from korasr.serve import ServeConfig, serve
+
+    config = ServeConfig(
+        model=Path(args.model),
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_audio_seconds=args.max_audio_seconds,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        max_waiting=args.max_waiting,
+        chunk_seconds=args.chunk_seconds,
+        batch_seconds=args.batch_seconds,
+        upload_timeout_s=args.upload_timeout,
+        public_docs=args.public_docs,
+        threads=args.threads,
+        precision=args.precision,
+        decoder=args.decoder,
+        max_streams=args.max_streams,
+        stream_idle_s=args.stream_idle,
+        min_stream_rate=args.min_stream_rate,
+        stream_rate_window_s=args.stream_rate_window,
+        send_timeout_s=args.send_timeout,
+        send_buffer_bytes=int(args.send_buffer_kb * 1024),
+        max_unsent_results=args.max_unsent,
+        max_stream_seconds=args.max_stream_seconds,
+        max_frame_bytes=int(args.max_frame_kb * 1024),
+        stream_batch=args.stream_batch,
+        endpoint_silence_s=args.endpoint_silence,
+        max_utterance_s=args.max_utterance,
+    )
+    if not (config.model / "model.json").is_file():
+        raise FileNotFoundError(f"{config.model}: not a korasr export directory (run `make export`)")
+    serve(config, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def _sample_corpus_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample-corpus", help="write the synthetic sample corpus in KsponSpeech's layout")
     p.add_argument("out", help="output folder (the corpus root)")
     p.add_argument(
@@ -657,6 +656,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample_corpus)
 
+
+def _sample_corpus(args: argparse.Namespace) -> int:
+    from korasr.data.sample_corpus import SampleOptions, make_sample_corpus
+
+    options = SampleOptions(utterances=args.utterances, seed=args.seed, synth=args.synth, variety=args.variety)
+    print(make_sample_corpus(args.out, options, jobs=args.jobs, progress=not args.quiet))
+    return 0
+
+
+def _sample_noise_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample-noise", help="write the sample recipe's noise set (babble, coloured noise, hum, tones)")
     p.add_argument("out", help="output folder")
     p.add_argument("--files-per-kind", type=bounded(int, 1, 1000), default=8)
@@ -665,6 +674,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synth", choices=("espeak", "tone"), default="espeak",
                    help="tone: chords instead of eSpeak babble (quick tests)")  # fmt: skip
     p.set_defaults(func=_sample_noise)
+
+
+def _sample_noise(args: argparse.Namespace) -> int:
+    from korasr.data.noise import make_sample_noise
+
+    print(make_sample_noise(args.out, files_per_kind=args.files_per_kind, seconds=args.seconds, seed=args.seed,
+                            synth=args.synth))  # fmt: skip
+    return 0
+
+
+# the subcommands in the order `korasr --help` lists them
+SUBCOMMANDS = (
+    _normalize_parser,
+    _prepare_parser,
+    _tokenizer_parser,
+    _train_parser,
+    _evaluate_parser,
+    _score_parser,
+    _export_parser,
+    _transcribe_parser,
+    _lm_parser,
+    _serve_parser,
+    _sample_corpus_parser,
+    _sample_noise_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="korasr", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"korasr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_subcommand in SUBCOMMANDS:
+        add_subcommand(sub)
     return parser
 
 

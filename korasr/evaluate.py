@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from korasr.fsutil import atomic_open, sha256_file
+from korasr.lookahead import is_streaming, lookahead_label, lookaheads
+from korasr.model import load_model, nemo_logprobs, nemo_pieces, nemo_tokenizer_sha256
 from korasr.provenance import command_line, git_commit, versions
 from korasr.report import (
     DEFINITIONS,
@@ -69,6 +71,12 @@ class Decoding:
             **{k: v if v is not None else tuned.get(k, getattr(BeamOptions, k)) for k, v in chosen.items()}
         )
 
+    def lm_info(self):  # type: ignore[no-untyped-def]
+        """The LM directory's metadata, checked (None without ``lm``): a missing or corrupt LM is an error."""
+        from korasr.runtime.lm_artifact import read_lm
+
+        return read_lm(self.lm) if self.lm else None
+
     def label(self, lm_info=None) -> str:  # type: ignore[no-untyped-def]
         if self.decoder == "greedy":
             return "greedy"
@@ -87,22 +95,6 @@ def read_manifest(path: str | os.PathLike[str]) -> list[dict]:
     return read_jsonl(path)
 
 
-def load_model(path: str | os.PathLike[str], precision: str = "fp32"):  # type: ignore[no-untyped-def]
-    """A NeMo model from a ``.nemo``, or a :class:`korasr.runtime.Recognizer` from an export directory."""
-    if Path(path).is_dir():
-        from korasr.runtime import Recognizer
-
-        return Recognizer(path, precision=precision)
-    if precision != "fp32":
-        raise ValueError(f"{path}: --precision {precision} needs an export directory (a .nemo runs in float32)")
-    import torch
-    from nemo.collections.asr.models import ASRModel
-
-    model = ASRModel.restore_from(str(path), map_location="cuda" if torch.cuda.is_available() else "cpu")
-    model.eval()
-    return model
-
-
 def transcribe(model, rows: list[dict], batch_size: int = 32, progress: bool = True,  # type: ignore[no-untyped-def]
                decoding: Decoding | None = None) -> list[str]:  # fmt: skip
     """NFC transcripts of the manifest rows' audio, in order, with ``decoding`` (default: greedy)."""
@@ -113,12 +105,7 @@ def transcribe(model, rows: list[dict], batch_size: int = 32, progress: bool = T
 
         if decoding.decoder == "nemo-beam":
             raise ValueError("--decoder nemo-beam runs NeMo's beam search: it needs a .nemo, not an export folder")
-        lm_info = _lm(decoding)
-        if decoding.decoder == "beam":
-            hotwords = model.hotwords(_lines(decoding.hotwords), decoding.hotwords) if decoding.hotwords else None
-            model.use_decoder("beam", lm=decoding.lm, beam_options=decoding.options(lm_info), hotwords=hotwords)
-        else:
-            model.use_decoder("greedy")
+        use_decoding(model, decoding)
         texts: list[str] = []
         for start in tqdm(range(0, len(paths), batch_size), desc="transcribing", unit="batch", disable=not progress):
             texts += [r.text for r in model.transcribe(paths[start : start + batch_size], batch_size=batch_size)]
@@ -134,13 +121,18 @@ def transcribe(model, rows: list[dict], batch_size: int = 32, progress: bool = T
     return [from_model_text(o.text if hasattr(o, "text") else str(o), unit) for o in outputs]
 
 
-def _lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such hotwords file") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+def use_decoding(recognizer, decoding: Decoding) -> None:  # type: ignore[no-untyped-def]
+    """Set an export's :class:`korasr.runtime.Recognizer` to decode as ``decoding`` says (its LM, its hotwords file,
+    its beam options; greedy otherwise)."""
+    if decoding.decoder != "beam":
+        recognizer.use_decoder("greedy")
+        return
+    from korasr.runtime.beam import hotword_file_lines
+
+    options = decoding.options(decoding.lm_info())
+    lines = hotword_file_lines(decoding.hotwords) if decoding.hotwords else None
+    hotwords = recognizer.hotwords(lines, decoding.hotwords) if lines is not None else None
+    recognizer.use_decoder("beam", lm=decoding.lm, beam_options=options, hotwords=hotwords)
 
 
 def with_bundled_lm(decoding: Decoding, model) -> Decoding:  # type: ignore[no-untyped-def]
@@ -153,69 +145,34 @@ def with_bundled_lm(decoding: Decoding, model) -> Decoding:  # type: ignore[no-u
     return decoding
 
 
-def _lm(decoding: Decoding):  # type: ignore[no-untyped-def]
-    from korasr.lm import read_lm
-
-    return read_lm(decoding.lm) if decoding.lm else None
-
-
-def nemo_logprobs(model, paths: list[str], batch_size: int = 16, progress: bool = False) -> list:  # type: ignore[no-untyped-def]
-    """CTC log-probabilities ``[frames, vocab + 1]`` (numpy) of audio files through a NeMo model, in order."""
-    import numpy as np
-    import soundfile as sf
-    import torch
-    from tqdm import tqdm
-
-    from korasr.runtime.audio import to_mono_16k
-
-    out = []
-    device = next(model.parameters()).device
-    for start in tqdm(range(0, len(paths), batch_size), desc="log-probs", unit="batch", disable=not progress):
-        waves = []
-        for path in paths[start : start + batch_size]:
-            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-            waves.append(to_mono_16k(audio, rate))
-        lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-        batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
-        for i, w in enumerate(waves):
-            batch[i, : len(w)] = torch.from_numpy(np.ascontiguousarray(w))
-        with torch.inference_mode():
-            logprobs, frames, _ = model.forward(input_signal=batch.to(device), input_signal_length=lengths.to(device))
-        out += [logprobs[i, : int(n)].float().cpu().numpy() for i, n in enumerate(frames)]
-    return out
-
-
-def _nemo_pieces(model) -> list[str]:  # type: ignore[no-untyped-def]
-    return [model.tokenizer.ids_to_tokens([i])[0] for i in range(model.tokenizer.vocab_size)]
-
-
 def _check_lm_for_nemo(model, info) -> None:  # type: ignore[no-untyped-def]
-    from korasr.lm import check_tokenizer, vocabulary_sha256
+    from korasr.runtime.lm_artifact import check_tokenizer
 
-    check_tokenizer(info, vocabulary_sha256(model.tokenizer.tokenizer), model.tokenizer.vocab_size, "the .nemo's")
+    check_tokenizer(info, nemo_tokenizer_sha256(model), model.tokenizer.vocab_size, "the .nemo's")
 
 
 def _nemo_hotwords(model, decoding: Decoding, unit: str):  # type: ignore[no-untyped-def]
     """The decoding's hotword file over the .nemo's own tokenizer (None without one)."""
     if not decoding.hotwords:
         return None
-    from korasr.runtime.beam import hotwords_from_lines, piece_variants
+    from korasr.runtime.beam import hotword_file_lines, hotwords_from_lines, piece_variants
 
     sp = model.tokenizer.tokenizer
-    return hotwords_from_lines(_lines(decoding.hotwords), lambda p: piece_variants(sp, unit, p), decoding.hotwords)
+    lines = hotword_file_lines(decoding.hotwords)
+    return hotwords_from_lines(lines, lambda p: piece_variants(sp, unit, p), decoding.hotwords)
 
 
 def _korasr_beam_on_nemo(model, paths, batch_size, decoding, unit, progress) -> list[str]:  # type: ignore[no-untyped-def]
     from korasr.runtime import tokens_text
     from korasr.runtime.beam import BeamDecoder
 
-    info = _lm(decoding)
+    info = decoding.lm_info()
     if info is not None:
         _check_lm_for_nemo(model, info)
     hotwords = _nemo_hotwords(model, decoding, unit)
     vocab = model.tokenizer.vocab_size
     decoder = BeamDecoder(vocab, decoding.options(info), info.binary if info else None, hotwords)
-    pieces = _nemo_pieces(model)
+    pieces = nemo_pieces(model)
     return [tokens_text(pieces, [t for t, _ in decoder.decode(lp)], unit)
             for lp in nemo_logprobs(model, paths, batch_size, progress)]  # fmt: skip
 
@@ -229,7 +186,7 @@ def _use_nemo_beam(model, decoding: Decoding) -> None:  # type: ignore[no-untype
 
     from korasr.text.codec import to_model_text
 
-    info = _lm(decoding)
+    info = decoding.lm_info()
     if info is not None:
         _check_lm_for_nemo(model, info)
     options = decoding.options(info)
@@ -316,18 +273,15 @@ def evaluate(
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest}: no such manifest")
     decodings = decodings or [Decoding()]
-    infos = [_lm(d) for d in decodings]  # a missing or corrupt LM fails before any model loads
+    infos = [d.lm_info() for d in decodings]  # a missing or corrupt LM fails before any model loads
     model = load_model(model_path, precision)
     decodings = [with_bundled_lm(d, model) for d in decodings]
-    infos = [_lm(d) for d in decodings]
+    infos = [d.lm_info() for d in decodings]
     out = Path(out_dir) if out_dir else Path(model_path).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     contexts: list = [None]
-    if not hasattr(model, "session"):
-        from korasr.export.streaming import is_streaming, lookahead_label, lookaheads
-
-        if is_streaming(model):
-            contexts = lookaheads(model)
+    if not hasattr(model, "session") and is_streaming(model):
+        contexts = lookaheads(model)
     plain = decodings == [Decoding()]
     hyp_files: dict[str, Path] = {}
     for context in contexts:

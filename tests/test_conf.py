@@ -126,7 +126,7 @@ def test_streaming_variant_is_nemos_cache_aware_model(recipe, size, lookaheads_m
     import lightning.pytorch as pl
     from nemo.collections.asr.models import EncDecCTCModelBPE
 
-    from korasr.export.streaming import is_streaming, lookaheads
+    from korasr.lookahead import is_streaming, lookaheads
 
     configs = recipe_configs(ROOT / "recipes" / recipe, size, streaming=True)
     assert CONF / "streaming.yaml" in configs

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from korasr.data.sample_text import sentence
-from korasr.lm import LMError, check_tokenizer, read_lm, token_symbol
 from korasr.lm.build import build_lm, load_tokenizer
 from korasr.runtime.beam import BeamDecoder, BeamOptions, HotwordError, HotwordTrie, hotwords_from_lines, piece_variants
 from korasr.runtime.ctc import greedy
+from korasr.runtime.lm_artifact import LMError, check_tokenizer, read_lm, token_symbol
 from korasr.text.normalize import normalize
 from korasr.tokenizer.build import TokenizerOptions, build_tokenizer
 

@@ -85,7 +85,8 @@ def test_nemo_restores_without_korasr_and_transcribes_the_same(trained, recipe):
                           text=True, check=True, cwd="/", env=env)  # fmt: skip
     stock = json.loads(proc.stdout.strip().splitlines()[-1])
 
-    from korasr.evaluate import load_model, transcribe
+    from korasr.evaluate import transcribe
+    from korasr.model import load_model
 
     ours = transcribe(load_model(trained), rows, batch_size=4, progress=False)
     for raw, mine in zip(stock, ours, strict=True):

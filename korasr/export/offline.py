@@ -27,19 +27,21 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from korasr import SAMPLE_RATE
 from korasr.errors import KorasrError
+from korasr.export.sherpa import add_metadata, tokens_txt
 from korasr.fsutil import ArtifactKind, sha256_file, staged_dir, write_json
+from korasr.lookahead import is_streaming
+from korasr.model import load_model, nemo_pieces, nemo_tokenizer_sha256
 from korasr.provenance import git_commit, versions
+from korasr.runtime.lm_artifact import LMInfo, check_tokenizer, read_lm
 from korasr.runtime.onnx import pad_batch
-
-if TYPE_CHECKING:
-    from korasr.lm import LMInfo
 
 log = logging.getLogger(__name__)
 
@@ -205,22 +207,6 @@ def _test_audio(manifest: str | os.PathLike[str] | None, count: int) -> list[np.
     ]
 
 
-def add_metadata(path: Path, meta: dict[str, str]) -> None:
-    """Write ``meta`` into the ONNX graph at ``path`` as metadata_props (what sherpa-onnx reads)."""
-    import onnx
-
-    graph = onnx.load(str(path))
-    for key, value in meta.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(graph, str(path))
-
-
-def tokens_txt(pieces: list[str]) -> str:
-    """sherpa-onnx's tokens.txt: ``piece id`` per line, the CTC blank ``<blk>`` last."""
-    return "".join(f"{p} {i}\n" for i, p in enumerate([*pieces, "<blk>"]))
-
-
 def greedy_ids(logprobs: np.ndarray, length: int, blank: int) -> list[int]:
     from korasr.runtime.ctc import greedy
 
@@ -256,8 +242,6 @@ def export(
     started = time.time()
     lm_info = None
     if lm is not None:
-        from korasr.lm import read_lm
-
         lm_info = read_lm(lm)  # a missing or corrupt LM fails before the long export
     model_path = Path(model_path)
     out = Path(out_dir) if out_dir else model_path.parent / "export"
@@ -284,25 +268,64 @@ def _write_export(
     lookahead_ms: int | None,
     started: float,
 ) -> dict:
-    """Every file of the export folder, written into ``tmp`` and gated; returns the parity summary."""
-    import onnx
-    import torch
-    from nemo.core.classes.common import typecheck
-
-    from korasr.evaluate import load_model
-
-    model = load_model(model_path).cpu().eval()
+    """Every file of the export folder, written into ``tmp`` and gated; returns the parity summary. The stages:
+    load, NeMo's references, build the graphs, gate them, streaming, reduced precision, write model.json, Triton
+    and the README."""
+    model, pieces = _load(model_path)
     unit = str(model.cfg.get("korasr_text_unit", "jamo"))
+    refs = _nemo_references(model, _test_audio(parity_manifest, parity_utterances))
+    streaming_model = _check_lookahead(model, model_path, lookahead_ms)
+    frontend = _build_graphs(tmp, model, refs)
+    _write_vocabulary(tmp, model, pieces, unit)
+    if lm_info is not None:
+        _bundle_lm(tmp, model, lm_info, model_path)
+    parity = _gate(tmp, model, refs, len(pieces))
+    streaming_info = None
+    if streaming_model:
+        streaming_info = _write_streaming(tmp, model, frontend, pieces, unit, lookahead_ms, refs.waves)
+    info = _model_info(model_path, model, unit, len(pieces), parity, streaming_info, started)
+    if lm_info is not None:
+        info["lm"] = _lm_info(lm_info)
+    feeds = {"audio": refs.audio, "audio_length": refs.lengths}
+    calibration = _test_audio(int8_manifest, int8_utterances) if int8_manifest else None
+    info["precisions"] = _reduced_precision(tmp, feeds, len(pieces), calibration)
+    info["tensorrt"] = build_tensorrt(tmp, feeds)
+    _write_info(tmp, info, triton_device)
+    return parity
+
+
+def _load(model_path: Path):  # type: ignore[no-untyped-def]
+    """The .nemo on the CPU in eval mode and its pieces, refused when a client could not use its graphs."""
+    model = load_model(model_path).cpu().eval()
     featurizer = model.preprocessor.featurizer
     if int(featurizer.sample_rate) != SAMPLE_RATE:
         raise ExportError(f"{model_path}: sample rate {featurizer.sample_rate}, expected {SAMPLE_RATE}")
-    pieces = [model.tokenizer.ids_to_tokens([i])[0] for i in range(model.tokenizer.vocab_size)]
-    blank = len(pieces)
+    pieces = nemo_pieces(model)
     controls = [p for p in pieces if p in ("<s>", "</s>", "<pad>")]
     if controls:
         raise ExportError(f"{model_path}: the vocabulary holds control pieces a client would print: {controls}")
+    return model, pieces
 
-    waves = _test_audio(parity_manifest, parity_utterances)
+
+@dataclass
+class _References:
+    """The parity batch and NeMo's outputs on it: what model.onnx (waveform in) and encoder.onnx (features in, cut
+    to whole subsampling windows) must compute."""
+
+    waves: list[np.ndarray]
+    audio: np.ndarray
+    lengths: np.ndarray
+    logprobs: np.ndarray
+    logprobs_len: np.ndarray
+    features: Any  # torch tensors: the encoder graph is traced on them
+    features_len: Any
+    whole: np.ndarray
+    whole_len: np.ndarray
+
+
+def _nemo_references(model, waves: list[np.ndarray]) -> _References:  # type: ignore[no-untyped-def]
+    import torch
+
     audio, lengths = pad_batch(waves)
     with torch.inference_mode():
         reference, reference_len = model.forward(
@@ -311,7 +334,6 @@ def _write_export(
         features, features_len = model.preprocessor(
             input_signal=torch.from_numpy(audio), length=torch.from_numpy(lengths)
         )
-    reference, reference_len = reference.numpy(), reference_len.numpy()
     subsampling = int(model.cfg.encoder.get("subsampling_factor", 8))
     with torch.inference_mode():  # what encoder.onnx must compute: NeMo's modules on whole subsampling windows
         whole_len = torch.div(features_len, subsampling, rounding_mode="floor") * subsampling
@@ -320,15 +342,28 @@ def _write_export(
             audio_signal=features.masked_fill(~valid.unsqueeze(1), 0.0), length=whole_len
         )
         whole_ref = model.decoder(encoder_output=encoded)
-    whole_ref, whole_ref_len = whole_ref.numpy(), whole_ref_len.numpy()
+    return _References(waves, audio, lengths, reference.numpy(), reference_len.numpy(), features, features_len,
+                       whole_ref.numpy(), whole_ref_len.numpy())  # fmt: skip
 
+
+def _check_lookahead(model, model_path: Path, lookahead_ms: int | None) -> bool:  # type: ignore[no-untyped-def]
+    """Whether ``model`` streams; its look-ahead is set (and checked) before any graph is built."""
     from korasr.export import streaming
 
-    streaming_model = streaming.is_streaming(model)
-    if streaming_model:
+    if is_streaming(model):
         streaming.pick_lookahead(model, lookahead_ms)  # fails early on a look-ahead the model was not trained with
-    elif lookahead_ms is not None:
+        return True
+    if lookahead_ms is not None:
         raise ExportError(f"{model_path}: --lookahead needs a streaming model (korasr train --streaming)")
+    return False
+
+
+def _build_graphs(tmp: Path, model, refs: _References):  # type: ignore[no-untyped-def]
+    """model.onnx and encoder.onnx, traced with a positional encoding computed from the length (NeMo's own is put
+    back afterwards: the streaming graphs are NeMo's modules as they are); returns model.onnx's mel front end."""
+    import torch
+    from nemo.core.classes.common import typecheck
+
     dynamic_pe, waveform_ctc, features_ctc = _modules()
     nemo_pe = model.encoder.pos_enc
     model.encoder.pos_enc = dynamic_pe(nemo_pe)
@@ -338,7 +373,7 @@ def _write_export(
         with torch.no_grad():
             torch.onnx.export(
                 waveform_module,
-                (torch.from_numpy(audio), torch.from_numpy(lengths)),
+                (torch.from_numpy(refs.audio), torch.from_numpy(refs.lengths)),
                 str(tmp / "model.onnx"),
                 input_names=["audio", "audio_length"],
                 output_names=["logprobs", "logprobs_length"],
@@ -353,7 +388,7 @@ def _write_export(
             )
             torch.onnx.export(
                 features_ctc(model, whole_windows=True).eval(),
-                (features, features_len),
+                (refs.features, refs.features_len),
                 str(tmp / "encoder.onnx"),
                 input_names=["audio_signal", "length"],
                 output_names=["logprobs", "encoded_lengths"],
@@ -368,10 +403,18 @@ def _write_export(
             )
     finally:
         typecheck.set_typecheck_enabled(enabled=True)
+        model.encoder.pos_enc = nemo_pe
+    return waveform_module.frontend
 
+
+def _write_vocabulary(tmp: Path, model, pieces: list[str], unit: str) -> None:  # type: ignore[no-untyped-def]
+    """encoder.onnx's sherpa-onnx metadata, both graphs checked, tokens.txt and tokenizer.model."""
+    import onnx
+
+    featurizer = model.preprocessor.featurizer
     meta = {
-        "vocab_size": str(blank + 1),
-        "subsampling_factor": str(subsampling),
+        "vocab_size": str(len(pieces) + 1),
+        "subsampling_factor": str(int(model.cfg.encoder.get("subsampling_factor", 8))),
         "normalize_type": str(featurizer.normalize or ""),
         "model_type": "EncDecCTCModelBPE",
         "korasr_text_unit": unit,
@@ -379,40 +422,51 @@ def _write_export(
     add_metadata(tmp / "encoder.onnx", meta)
     for name in ("model.onnx", "encoder.onnx"):
         onnx.checker.check_model(str(tmp / name))
-
     (tmp / "tokens.txt").write_text(tokens_txt(pieces), encoding="utf-8")
     (tmp / "tokenizer.model").write_bytes(model.tokenizer.tokenizer.serialized_model_proto())
-    if lm_info is not None:
-        from korasr.lm import check_tokenizer, vocabulary_sha256
 
-        check_tokenizer(lm_info, vocabulary_sha256(model.tokenizer.tokenizer), blank, str(model_path))
-        shutil.copytree(lm_info.dir, tmp / "lm", ignore=shutil.ignore_patterns(".*"))
 
-    parity = _parity(
-        tmp,
-        {
-            "model.onnx": ({"audio": audio, "audio_length": lengths}, reference, reference_len),
-            "encoder.onnx": (
-                {"audio_signal": features.numpy(), "length": features_len.numpy()},
-                whole_ref,
-                whole_ref_len,
-            ),
-        },
-        blank,
-        logprob_tolerance(model),
-    )
+def _bundle_lm(tmp: Path, model, lm_info: LMInfo, model_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``lm/``: the LM directory, refused when it was built for another tokenizer."""
+    check_tokenizer(lm_info, nemo_tokenizer_sha256(model), model.tokenizer.vocab_size, str(model_path))
+    shutil.copytree(lm_info.dir, tmp / "lm", ignore=shutil.ignore_patterns(".*"))
+
+
+def _gate(tmp: Path, model, refs: _References, blank: int) -> dict:  # type: ignore[no-untyped-def]
+    """Both graphs against NeMo on the parity batch (:func:`_parity`)."""
+    checks = {
+        "model.onnx": ({"audio": refs.audio, "audio_length": refs.lengths}, refs.logprobs, refs.logprobs_len),
+        "encoder.onnx": (
+            {"audio_signal": refs.features.numpy(), "length": refs.features_len.numpy()},
+            refs.whole,
+            refs.whole_len,
+        ),
+    }
+    parity = _parity(tmp, checks, blank, logprob_tolerance(model))
     parity["encoder.onnx"]["reference"] = "NeMo's encoder and decoder on the features cut to whole subsampling windows"
-    streaming_info = None
-    if streaming_model:  # NeMo's own positional table again: the chunk graph is NeMo's modules as they are
-        model.encoder.pos_enc = nemo_pe
-        streaming_info = streaming.write(model, tmp / streaming.FOLDER, waveform_module.frontend, pieces, unit,
-                                         lookahead_ms)  # fmt: skip
-        streaming_info["parity"] = streaming.check(model, tmp / streaming.FOLDER, waves, blank,
-                                                   step_tolerance=logprob_tolerance(model))  # fmt: skip
-        log.info("streaming export: look-ahead %d ms, chunk %d ms; parity vs conformer_stream_step max |Δ| %.2e",
-                 streaming_info["lookahead_ms"], streaming_info["chunk_ms"],
-                 streaming_info["parity"]["max_abs_step_logprob_diff"])  # fmt: skip
-    info = {
+    return parity
+
+
+def _write_streaming(tmp: Path, model, frontend, pieces: list[str], unit: str, lookahead_ms: int | None,  # type: ignore[no-untyped-def]
+                     waves: list[np.ndarray]) -> dict:  # fmt: skip
+    """``streaming/`` (korasr.export.streaming), gated against NeMo's cache-aware streaming; its model.json entry."""
+    from korasr.export import streaming
+
+    streaming_info = streaming.write(model, tmp / streaming.FOLDER, frontend, pieces, unit, lookahead_ms)
+    streaming_info["parity"] = streaming.check(model, tmp / streaming.FOLDER, waves, len(pieces),
+                                               step_tolerance=logprob_tolerance(model))  # fmt: skip
+    log.info("streaming export: look-ahead %d ms, chunk %d ms; parity vs conformer_stream_step max |Δ| %.2e",
+             streaming_info["lookahead_ms"], streaming_info["chunk_ms"],
+             streaming_info["parity"]["max_abs_step_logprob_diff"])  # fmt: skip
+    return streaming_info
+
+
+def _model_info(model_path: Path, model, unit: str, blank: int, parity: dict, streaming_info: dict | None,  # type: ignore[no-untyped-def]
+                started: float) -> dict:  # fmt: skip
+    """model.json: what a client needs to run the graphs, what the gates measured, and how the export was made."""
+    featurizer = model.preprocessor.featurizer
+    subsampling = int(model.cfg.encoder.get("subsampling_factor", 8))
+    return {
         "format": "korasr-export/1",
         "source_model": str(model_path.resolve()),
         "source_sha256": sha256_file(model_path),
@@ -443,25 +497,26 @@ def _write_export(
         "versions": versions(),
         "seconds_taken": round(time.time() - started, 1),
     }
-    if lm_info is not None:
-        tuned = lm_info.tuned or {}
-        info["lm"] = {"dir": "lm", "source": str(lm_info.dir), "order": lm_info.meta["order"],
-                      "ngrams": lm_info.meta["ngrams"], "tuned": {k: tuned.get(k) for k in ("alpha", "beta", "beam")},
-                      "tuned_cer": tuned.get("cer"), "greedy_cer": tuned.get("greedy_cer")}  # fmt: skip
-    info["precisions"] = _reduced_precision(
-        tmp, {"audio": audio, "audio_length": lengths}, blank,
-        _test_audio(int8_manifest, int8_utterances) if int8_manifest else None,
-    )  # fmt: skip
-    info["tensorrt"] = build_tensorrt(tmp, {"audio": audio, "audio_length": lengths})
+
+
+def _lm_info(lm_info: LMInfo) -> dict:
+    """model.json's ``lm``: the bundled LM's order, size and tuning."""
+    tuned = lm_info.tuned or {}
+    return {"dir": "lm", "source": str(lm_info.dir), "order": lm_info.meta["order"],
+            "ngrams": lm_info.meta["ngrams"], "tuned": {k: tuned.get(k) for k in ("alpha", "beta", "beam")},
+            "tuned_cer": tuned.get("cer"), "greedy_cer": tuned.get("greedy_cer")}  # fmt: skip
+
+
+def _write_info(tmp: Path, info: dict, triton_device: str) -> None:
+    """model.json with every file's checksum, the Triton repository (recorded in model.json), the README."""
+    from korasr.triton import validate, write_repository
+
     info["sha256"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*"))
                       if p.is_file() and p.parent in (tmp, tmp / "lm", tmp / "streaming")}  # fmt: skip
     write_json(tmp / "model.json", info)
-    from korasr.triton import validate, write_repository
-
     info["triton"] = validate(write_repository(tmp, tmp / "triton", device=triton_device))
     write_json(tmp / "model.json", info)
     (tmp / "README.md").write_text(readme(info), encoding="utf-8")
-    return parity
 
 
 def readme(info: dict) -> str:

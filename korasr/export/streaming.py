@@ -28,7 +28,9 @@ import numpy as np
 
 from korasr import SAMPLE_RATE
 from korasr.errors import KorasrError
+from korasr.export.sherpa import add_metadata, tokens_txt
 from korasr.fsutil import write_json
+from korasr.lookahead import is_streaming, lookahead_label, lookaheads  # noqa: F401  (is_streaming, lookahead_label: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +44,6 @@ FEATURE_TOLERANCE = 1e-3
 
 class StreamingExportError(KorasrError, RuntimeError):
     pass
-
-
-def is_streaming(model) -> bool:  # type: ignore[no-untyped-def]
-    """A cache-aware model: chunked attention (``korasr train --streaming``)."""
-    return str(model.cfg.encoder.get("att_context_style", "regular")) == "chunked_limited"
-
-
-def lookaheads(model) -> list[dict]:  # type: ignore[no-untyped-def]
-    """The look-aheads a streaming model was trained with, the default first: ``att_context_size``, look-ahead
-    frames and milliseconds, chunk milliseconds."""
-    encoder = model.encoder
-    frame_ms = 1000 * int(model.cfg.encoder.subsampling_factor) * float(model.cfg.preprocessor.window_stride)
-    out = []
-    for left, right in encoder.att_context_size_all:
-        out.append({"att_context_size": [int(left), int(right)], "lookahead_frames": int(right),
-                    "lookahead_ms": round(right * frame_ms), "chunk_ms": round((right + 1) * frame_ms),
-                    "left_context_ms": round(left * frame_ms) if left >= 0 else None})  # fmt: skip
-    return out
-
-
-def lookahead_label(entry: dict) -> str:
-    return f"look-ahead {entry['lookahead_ms']} ms"
 
 
 def pick_lookahead(model, lookahead_ms: int | None) -> dict:  # type: ignore[no-untyped-def]
@@ -151,8 +131,6 @@ def write(model, folder: Path, mel_frontend, pieces: list[str], unit: str, looka
     import onnx
     import torch
     from nemo.core.classes.common import typecheck
-
-    from korasr.export.offline import add_metadata, tokens_txt
 
     if str(model.cfg.preprocessor.get("normalize", "NA")) not in ("NA", "None", "none", ""):
         raise StreamingExportError(f"preprocessor normalize={model.cfg.preprocessor.normalize}: per-utterance "

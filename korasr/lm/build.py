@@ -26,7 +26,16 @@ import yaml
 
 from korasr import __version__
 from korasr.fsutil import ArtifactKind, sha256_file, staged_dir
-from korasr.lm import ARPA, BINARY, FORMAT, META, TOKEN_OFFSET, LMError, token_symbol, vocabulary_sha256
+from korasr.runtime.lm_artifact import (
+    ARPA,
+    BINARY,
+    FORMAT,
+    META,
+    TOKEN_OFFSET,
+    LMError,
+    token_symbol,
+    vocabulary_sha256,
+)
 from korasr.text.codec import to_model_text
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from korasr.fsutil import atomic_open, sha256_file
-from korasr.lm import META, LMError, read_lm
+from korasr.runtime.lm_artifact import META, LMError, check_tokenizer, read_lm
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,6 @@ def check_dev_manifest(path: Path) -> None:
 
 def _acoustics(model_path: str | os.PathLike[str], paths: list[str], progress: bool):  # type: ignore[no-untyped-def]
     """(log-probabilities per utterance, pieces, unit, tokenizer hash, vocab size) of an export or a .nemo."""
-    from korasr.lm import vocabulary_sha256
-
     if Path(model_path).is_dir():
         import soundfile as sf
 
@@ -46,12 +44,12 @@ def _acoustics(model_path: str | os.PathLike[str], paths: list[str], progress: b
                 waves.append(to_mono_16k(audio, rate))
             logprobs += rec.logprobs(waves)
         return logprobs, rec.pieces[: rec.blank], rec.unit, rec.tokenizer_sha256(), rec.blank
-    from korasr.evaluate import _nemo_pieces, load_model, nemo_logprobs
+    from korasr.model import load_model, nemo_logprobs, nemo_pieces, nemo_tokenizer_sha256
 
     model = load_model(model_path)
     unit = str(model.cfg.get("korasr_text_unit", "jamo"))
     logprobs = nemo_logprobs(model, paths, progress=progress)
-    return logprobs, _nemo_pieces(model), unit, vocabulary_sha256(model.tokenizer.tokenizer), model.tokenizer.vocab_size
+    return logprobs, nemo_pieces(model), unit, nemo_tokenizer_sha256(model), model.tokenizer.vocab_size
 
 
 def tune(
@@ -68,7 +66,6 @@ def tune(
     from tqdm import tqdm
 
     from korasr.evaluate import read_manifest
-    from korasr.lm import check_tokenizer
     from korasr.metrics import cer
     from korasr.runtime import tokens_text
     from korasr.runtime.beam import BeamDecoder, BeamOptions

@@ -4,7 +4,8 @@
   (:mod:`korasr.runtime.beam`), long audio in chunks;
 - :mod:`korasr.runtime.streaming`: live streams chunk by chunk with caches (``streaming/``), endpointing;
 - :mod:`korasr.runtime.results`: words, results, segments; :mod:`korasr.runtime.audio`: reading audio under limits;
-  :mod:`korasr.runtime.onnx`: sessions, tokens.txt, batch padding; :mod:`korasr.runtime.ctc`: CTC's collapse rule.
+  :mod:`korasr.runtime.onnx`: sessions, tokens.txt, batch padding; :mod:`korasr.runtime.ctc`: CTC's collapse rule;
+  :mod:`korasr.runtime.lm_artifact`: the reader of LM directories (``korasr lm build``), below all who read them.
 
 >>> from korasr.runtime import Recognizer
 >>> Recognizer("exp/sample/.../export").transcribe(["a.wav", "b.flac"])     # any sample rate or channel count

@@ -23,8 +23,8 @@ import numpy as np
 from flashlight.lib.text.decoder import LM, CriterionType, LexiconFreeDecoder, LexiconFreeDecoderOptions, LMState
 
 from korasr.errors import KorasrError
-from korasr.lm import token_symbol
 from korasr.runtime.ctc import collapse
+from korasr.runtime.lm_artifact import token_symbol
 
 LN10 = math.log(10.0)
 DEFAULT_BEAM = 8
@@ -172,6 +172,16 @@ def hotwords_from_lines(lines: list[str], encode, source: str = "hotwords") -> l
                                f"{' '.join(bad) or '?'}")  # fmt: skip
         words.append(Hotword(phrase, boost, tuple(tuple(v) for v in variants)))
     return words
+
+
+def hotword_file_lines(path: str | os.PathLike[str]) -> list[str]:
+    """The lines of a hotwords file (for :func:`hotwords_from_lines`); a missing or non-UTF-8 file is a clear error."""
+    try:
+        return Path(path).read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such hotwords file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
 
 
 class FusionLM(LM):

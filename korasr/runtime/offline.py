@@ -114,7 +114,7 @@ class Recognizer:
         return self._tokenizer
 
     def tokenizer_sha256(self) -> str:
-        from korasr.lm import vocabulary_sha256
+        from korasr.runtime.lm_artifact import vocabulary_sha256
 
         return vocabulary_sha256(self.tokenizer())
 
@@ -123,8 +123,8 @@ class Recognizer:
         """Decode with ``greedy`` or ``beam``. ``beam`` fuses ``lm`` (an LM directory; default: the export's bundled
         LM, none if it has none) with the LM's tuned alpha/beta unless ``beam_options`` says otherwise, and
         ``hotwords`` (from :meth:`hotwords`) in every request. A missing, corrupt or foreign LM is an error."""
-        from korasr.lm import check_tokenizer, read_lm
         from korasr.runtime.beam import BeamDecoder, BeamOptions
+        from korasr.runtime.lm_artifact import check_tokenizer, read_lm
 
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
