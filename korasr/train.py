@@ -192,6 +192,9 @@ def to_model_unit(cfg: DictConfig, out_dir: Path) -> DictConfig:
 MAX_INFEASIBLE = 0.005  # the share of train utterances CTC may be unable to emit before training is refused
 
 
+FASTEST_PERTURBATION = 1.1  # NeMo's lhotse loader perturbs speed by 0.9 and 1.1
+
+
 def check_feasibility(cfg: DictConfig, out_dir: Path) -> DictConfig:
     """CTC emits at most one token per encoder frame (plus a blank between repeats): refuse to train when more
     than ``korasr.max_infeasible`` of the train utterances cannot be emitted at the encoder's subsampling, or,
@@ -210,6 +213,8 @@ def check_feasibility(cfg: DictConfig, out_dir: Path) -> DictConfig:
     limit = float(options.get("max_infeasible", MAX_INFEASIBLE))
     drop = bool(options.get("drop_infeasible", False))
     subsampling = int(cfg.model.encoder.subsampling_factor)
+    # speed perturbation (NeMo's lhotse loader: 0.9 and 1.1) shortens audio by up to 1.1×: check at the fastest
+    fastest = FASTEST_PERTURBATION if cfg.model.train_ds.get("perturb_speed") else 1.0
     unit = tokenizer_unit(cfg.model.tokenizer.dir)
     processor = spm.SentencePieceProcessor(model_file=str(Path(cfg.model.tokenizer.dir) / "tokenizer.model"))
     paths = cfg.model.train_ds.manifest_filepath
@@ -218,7 +223,9 @@ def check_feasibility(cfg: DictConfig, out_dir: Path) -> DictConfig:
         rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
         ids = processor.encode([to_model_text(r["text"], unit) for r in rows])
         bad = [
-            i for i, (r, t) in enumerate(zip(rows, ids, strict=True)) if not emittable(t, r["duration"], subsampling)
+            i
+            for i, (r, t) in enumerate(zip(rows, ids, strict=True))
+            if not emittable(t, r["duration"] / fastest, subsampling)
         ]
         total, infeasible = total + len(rows), infeasible + len(bad)
         examples += [
@@ -233,18 +240,20 @@ def check_feasibility(cfg: DictConfig, out_dir: Path) -> DictConfig:
             path = str(target)
         kept_paths.append(str(path))
     share = infeasible / max(total, 1)
-    log.info("CTC feasibility at %d× subsampling: %d of %d train utterances (%.2f%%) cannot be emitted%s",
-             subsampling, infeasible, total, 100 * share, " (dropped)" if drop and infeasible else "")  # fmt: skip
+    speed = f" and {fastest:g}× speed perturbation" if fastest != 1.0 else ""
+    log.info("CTC feasibility at %d× subsampling%s: %d of %d train utterances (%.2f%%) cannot be emitted%s",
+             subsampling, speed, infeasible, total, 100 * share, " (dropped)" if drop and infeasible else "")  # fmt: skip
     if share > limit and not drop:
         raise TrainConfigError(
             f"{infeasible} of {total} train utterances ({share:.2%}, more than korasr.max_infeasible={limit:.2%}) "
-            f"have more tokens than the encoder has frames at {subsampling}× subsampling, so CTC cannot emit "
+            f"have more tokens than the encoder has frames at {subsampling}× subsampling{speed}, so CTC cannot emit "
             f"them (e.g. {', '.join(examples)}). Ways out: 4× subsampling (model.encoder.subsampling_factor=4), "
-            "a larger piece vocabulary (make tokenizer VOCAB=...: fewer tokens per second), --drop-infeasible "
+            + ("no speed perturbation (model.train_ds.perturb_speed=false), " if fastest != 1.0 else "")
+            + "a larger piece vocabulary (make tokenizer VOCAB=...: fewer tokens per second), --drop-infeasible "
             "(train without them; they are counted), or korasr.max_infeasible=1 to train anyway"
         )
     cfg.model.train_ds.manifest_filepath = kept_paths[0] if isinstance(paths, str) else kept_paths
-    OmegaConf.update(cfg, "korasr.feasibility", {"subsampling": subsampling, "utterances": total,
+    OmegaConf.update(cfg, "korasr.feasibility", {"subsampling": subsampling, "speed": fastest, "utterances": total,
                      "infeasible": infeasible, "share": round(share, 5), "dropped": infeasible if drop else 0},
                      force_add=True)  # fmt: skip
     return cfg

@@ -266,3 +266,22 @@ def serve_process(model: Path, log: Path, *args: str, key: str | None = None):  
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def int16_bytes(audio) -> bytes:  # type: ignore[no-untyped-def]
+    """The 16-bit PCM the audio was read from (soundfile's float32 is int16 / 32768): the same samples exactly."""
+    import numpy as np
+
+    return np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2").tobytes()
+
+
+def receive_all(ws) -> tuple[list[dict], int | None, str]:  # type: ignore[no-untyped-def]
+    """Every JSON message of a test client's WebSocket, then its close code and reason."""
+    from starlette.websockets import WebSocketDisconnect
+
+    messages = []
+    while True:
+        try:
+            messages.append(ws.receive_json())
+        except WebSocketDisconnect as e:
+            return messages, e.code, e.reason

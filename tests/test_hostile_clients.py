@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from korasr.runtime.streaming import Endpoint, StreamingModel
 from korasr.serve import ServeConfig, create_app
-from tests.conftest import eval_rows, serving
+from tests.conftest import eval_rows, int16_bytes, receive_all, serving
 
 pytestmark = pytest.mark.slow
 KEY = "k3y"
@@ -29,10 +29,6 @@ def rows(recipe) -> list[dict]:
     for row in rows:
         row["audio"] = sf.read(row["audio_filepath"], dtype="float32")[0]
     return rows
-
-
-def pcm(audio: np.ndarray) -> bytes:
-    return np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2").tobytes()
 
 
 def rss_mb() -> float:
@@ -104,7 +100,7 @@ def test_websocket_clients_that_stop_reading_are_aborted_and_release_their_strea
     config = ServeConfig(model=exported_streaming, api_key=KEY, max_streams=32, send_timeout_s=2.0,
                          send_buffer_bytes=1024, stream_idle_s=60, min_stream_rate=0, max_utterance_s=1)  # fmt: skip
     app = create_app(config)
-    speech = pcm(np.concatenate([r["audio"] for r in rows] * 3))  # ~ 100 s
+    speech = int16_bytes(np.concatenate([r["audio"] for r in rows] * 3))  # ~ 100 s
     with serving(config, app=app, send_buffer=2048, ws_ping_interval=None) as url:
         hub = app.state.korasr.hub
         before = rss_mb()
@@ -121,7 +117,7 @@ def test_websocket_clients_that_stop_reading_are_aborted_and_release_their_strea
         from websockets.sync.client import connect
 
         with connect(url.replace("http", "ws") + "/v1/stream", additional_headers={"X-API-Key": KEY}) as ws:
-            honest = pcm(rows[0]["audio"])
+            honest = int16_bytes(rows[0]["audio"])
             for start in range(0, len(honest), 3200):
                 ws.send(honest[start : start + 3200])
             ws.send(json.dumps({"type": "end"}))
@@ -202,29 +198,18 @@ def test_a_trickling_stream_is_closed_and_a_real_time_one_is_not(exported_stream
             for _ in range(15):  # 1 ms of audio every 0.2 s, for 3 s (the idle rule alone would never fire)
                 ws.send_bytes(b"\x00\x00" * 16)
                 time.sleep(0.2)
-            messages, code, reason = _receive_all(ws)
+            messages, code, reason = receive_all(ws)
         assert code == 1008 and "too slowly" in reason and "in the last 1.5 s" in reason, (code, reason)
         assert messages[-1] == {"type": "error", "error": reason}
-        audio = pcm(rows[0]["audio"])
+        audio = int16_bytes(rows[0]["audio"])
         step = 1600 * 2  # 0.1 s
         with client.websocket_connect("/v1/stream") as ws:
             for start in range(0, len(audio), step):
                 ws.send_bytes(audio[start : start + step])
                 time.sleep(0.1)
             ws.send_text(json.dumps({"type": "end"}))
-            messages, code, _ = _receive_all(ws)
+            messages, code, _ = receive_all(ws)
         assert code == 1000 and messages[-1]["type"] == "final"
-
-
-def _receive_all(ws):  # type: ignore[no-untyped-def]
-    from starlette.websockets import WebSocketDisconnect
-
-    messages = []
-    while True:
-        try:
-            messages.append(ws.receive_json())
-        except WebSocketDisconnect as e:
-            return messages, e.code, e.reason
 
 
 def test_a_flooding_stream_is_held_back_and_the_stream_beside_it_is_served(exported_streaming, rows):
@@ -285,7 +270,7 @@ def test_close_codes_are_the_servers_own_and_client_frames_are_client_errors(exp
                 ws.close(code=code)
         with client.websocket_connect("/v1/stream") as ws:
             ws.send_text('{"type": ' * 50_000)
-            _, code, _ = _receive_all(ws)
+            _, code, _ = receive_all(ws)
         assert code == 1007
         deadline = time.monotonic() + 10
         while client.app.state.korasr.hub.active and time.monotonic() < deadline:

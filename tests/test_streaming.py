@@ -15,14 +15,13 @@ import onnx
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from starlette.websockets import WebSocketDisconnect
 
 from korasr import metrics
 from korasr.runtime import Recognizer
 from korasr.runtime.onnx import read_tokens
 from korasr.runtime.streaming import Endpoint, StreamingModel
 from korasr.serve import ServeConfig, create_app
-from tests.conftest import eval_rows, serve_process
+from tests.conftest import eval_rows, int16_bytes, receive_all, serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -175,20 +174,6 @@ def test_memory_of_a_long_stream_is_bounded(model, rows):
 # --- the WebSocket route -----------------------------------------------------------------------------------------
 
 
-def pcm_bytes(audio: np.ndarray) -> bytes:
-    """The 16-bit PCM the audio was read from (soundfile's float32 is int16 / 32768): the same samples exactly."""
-    return np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2").tobytes()
-
-
-def receive_all(ws) -> tuple[list[dict], int | None, str]:  # type: ignore[no-untyped-def]
-    messages = []
-    while True:
-        try:
-            messages.append(ws.receive_json())
-        except WebSocketDisconnect as e:
-            return messages, e.code, e.reason
-
-
 @pytest.fixture(scope="module")
 def app_client(exported_streaming):
     config = ServeConfig(model=exported_streaming, api_key="k3y", max_streams=2, stream_idle_s=1.0,
@@ -201,7 +186,7 @@ def test_websocket_streams_partials_and_finals(app_client, rows, model):
     refs, hyps = [], []
     for row in rows[:8]:
         with app_client.websocket_connect("/v1/stream?sample_rate=16000", headers={"X-API-Key": "k3y"}) as ws:
-            data = pcm_bytes(row["audio"])
+            data = int16_bytes(row["audio"])
             for start in range(0, len(data), 3200):
                 ws.send_bytes(data[start : start + 3200])
             ws.send_text(json.dumps({"type": "end"}))
@@ -271,13 +256,13 @@ def test_a_browser_sends_the_key_as_a_subprotocol(app_client, rows):
     offered = ["korasr", "korasr.key." + base64.urlsafe_b64encode(b"k3y").decode().rstrip("=")]
     with app_client.websocket_connect("/v1/stream", subprotocols=offered) as ws:
         assert ws.accepted_subprotocol == "korasr"  # the key's own subprotocol is never echoed
-        ws.send_bytes(pcm_bytes(rows[0]["audio"])[:8000])  # within the fixture's max_frame_bytes
+        ws.send_bytes(int16_bytes(rows[0]["audio"])[:8000])  # within the fixture's max_frame_bytes
         ws.send_text(json.dumps({"type": "end"}))
         assert receive_all(ws)[1] == 1000
 
 
 def test_websocket_stream_count_and_duration_limits(app_client, rows):
-    audio = pcm_bytes(np.concatenate([rows[0]["audio"], rows[1]["audio"], rows[2]["audio"]]))
+    audio = int16_bytes(np.concatenate([rows[0]["audio"], rows[1]["audio"], rows[2]["audio"]]))
     with app_client.websocket_connect("/v1/stream", headers=KEY) as one, \
          app_client.websocket_connect("/v1/stream", headers=KEY) as two:  # fmt: skip
         one.send_bytes(b"\x00\x00" * 100)
@@ -302,7 +287,7 @@ def test_a_failing_stream_fails_alone(exported_streaming, rows, model):
     gets its text."""
     import time
 
-    audio = pcm_bytes(rows[2]["audio"])
+    audio = int16_bytes(rows[2]["audio"])
     with TestClient(create_app(ServeConfig(model=exported_streaming))) as client:
         hub = client.app.state.korasr.hub
         with client.websocket_connect("/v1/stream") as bad, client.websocket_connect("/v1/stream") as good:
@@ -449,7 +434,7 @@ def test_page_streams_the_microphone_and_the_key_never_reaches_a_log(exported_st
                              data={"response_format": "verbose_json"}).status_code == 200  # fmt: skip
         ws_url = url.replace("http", "ws") + "/v1/stream"
         with connect(ws_url, additional_headers=header) as ws:
-            for start in range(0, len(data := pcm_bytes(rows[0]["audio"])), 32000):
+            for start in range(0, len(data := int16_bytes(rows[0]["audio"])), 32000):
                 ws.send(data[start : start + 32000])
             ws.send(json.dumps({"type": "end"}))
             assert any(json.loads(m)["type"] == "final" for m in ws)

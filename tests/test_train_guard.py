@@ -75,3 +75,31 @@ def test_training_ctc_cannot_emit_is_refused_or_filtered(recipe, tmp_path):
 
     anyway = subprocess.run(korasr_cmd(*base, "korasr.max_infeasible=1"), cwd=ROOT, capture_output=True, text=True)
     assert anyway.returncode == 0 and resolved(anyway.stdout)["korasr"]["feasibility"]["dropped"] == 0
+
+
+def test_the_guard_checks_at_the_fastest_speed_perturbation(recipe, tmp_path):
+    """NeMo's loader plays each utterance at 0.9 and 1.1× too: one that CTC can just emit at its own speed cannot
+    at 1.1×, so with perturb_speed the guard counts it (and says how to get out)."""
+    import sentencepiece as spm
+    from omegaconf import OmegaConf
+
+    from korasr.text.codec import to_model_text
+    from korasr.tokenizer.report import emittable
+    from korasr.train import FASTEST_PERTURBATION, TrainConfigError, check_feasibility, tokenizer_unit
+
+    row = json.loads((recipe["manifests"] / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    processor = spm.SentencePieceProcessor(model_file=str(recipe["tokenizer"] / "tokenizer.model"))
+    ids = processor.encode(to_model_text(row["text"], tokenizer_unit(recipe["tokenizer"])))
+    shortest = next(n / 100 for n in range(1, 100_000) if emittable(ids, n / 100, 8))  # just emittable at 8×
+    assert not emittable(ids, shortest / FASTEST_PERTURBATION, 8)
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text(json.dumps({**row, "duration": shortest}, ensure_ascii=False) + "\n", encoding="utf-8")
+    cfg = OmegaConf.create({"model": {"encoder": {"subsampling_factor": 8}, "tokenizer": {"dir": str(recipe["tokenizer"])},
+                                      "train_ds": {"manifest_filepath": str(manifest), "perturb_speed": False}}})  # fmt: skip
+    plain = check_feasibility(cfg, tmp_path)
+    assert plain.korasr.feasibility.infeasible == 0 and plain.korasr.feasibility.speed == 1.0
+    cfg.model.train_ds.perturb_speed = True
+    with pytest.raises(TrainConfigError, match=r"1\.1× speed perturbation.*perturb_speed=false"):
+        check_feasibility(cfg, tmp_path)
+    OmegaConf.update(cfg, "korasr.max_infeasible", 1.0, force_add=True)
+    assert check_feasibility(cfg, tmp_path).korasr.feasibility.infeasible == 1
