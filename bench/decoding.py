@@ -15,14 +15,16 @@ bench/out/decoding.json.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, ROOT, audio_seconds, newest, read_utterances, write_json
+from peers import nemo_transcribe
+
 SPLITS = ("eval_clean", "eval_other")
 
 
@@ -35,11 +37,6 @@ def logprobs_of(rec, waves: list[np.ndarray], batch: int = 16) -> list[np.ndarra
 
 def _read(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")
-
-
-def newest(pattern: str) -> Path | None:
-    found = sorted(ROOT.glob(pattern), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
 
 
 def main() -> int:
@@ -63,7 +60,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from korasr.evaluate import Decoding, _use_nemo_beam, _use_nemo_greedy, load_model, read_manifest
+    from korasr.evaluate import Decoding, _use_nemo_beam, _use_nemo_greedy, load_model
     from korasr.lm import read_lm
     from korasr.metrics import cer
     from korasr.runtime import Recognizer, tokens_text
@@ -79,10 +76,9 @@ def main() -> int:
 
     data = {}
     for split in SPLITS:
-        rows = read_manifest(args.manifests / f"{split}.jsonl")
-        waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
+        rows, waves = read_utterances(args.manifests / f"{split}.jsonl")
         data[split] = {"rows": rows, "refs": [r["text"] for r in rows], "waves": waves,
-                       "seconds": sum(len(w) for w in waves) / 16000}  # fmt: skip
+                       "seconds": audio_seconds(waves)}  # fmt: skip
 
     results: dict[str, dict] = {}
     rec = Recognizer(export, threads=args.threads)
@@ -110,9 +106,8 @@ def main() -> int:
     # hotwords: a set of sentences with terms the corpus never says, and an unrelated list on eval_clean
     from korasr.data.hotword_set import make_hotword_set, term_recall
 
-    hot_manifest = make_hotword_set(ROOT / "bench" / "out" / "hotword_set")
-    hot_rows = read_manifest(hot_manifest)
-    hot_waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in hot_rows]
+    hot_manifest = make_hotword_set(OUT / "hotword_set")
+    hot_rows, hot_waves = read_utterances(hot_manifest)
     hot_lp = logprobs_of(rec, hot_waves)
     clean_lp = data["eval_clean"]["logprobs"]
 
@@ -145,9 +140,9 @@ def main() -> int:
             _use_nemo_beam(model, decoding)
         for split, d in data.items():
             paths = [r["audio_filepath"] for r in d["rows"]]
-            model.transcribe(paths[:4], batch_size=4, verbose=False)  # warm-up
+            nemo_transcribe(model, paths[:4], 4)  # warm-up
             start = time.perf_counter()
-            outputs = model.transcribe(paths, batch_size=16, verbose=False)
+            outputs = nemo_transcribe(model, paths, 16)
             wall = time.perf_counter() - start
             hyps = [from_model_text(o.text, unit) for o in outputs]
             results.setdefault(name, {})[split] = {"cer": cer(d["refs"], hyps), "rtfx": d["seconds"] / wall}
@@ -177,11 +172,9 @@ def main() -> int:
     print(f"recall with hotwords {hotword_rows['beam + LM + hotwords']['recall']:.1f}% vs {base:.1f}% (target: at least "
           f"double); eval_clean CER with {len(unrelated)} unrelated hotwords {false_boost:.2f} vs "
           f"{lm_row['eval_clean']['cer']:.2f} (target: within 0.2 points)")  # fmt: skip
-    out = ROOT / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
     record = {"lm": str(lm_dir), "alpha": options.alpha, "beta": options.beta, "beam": options.beam,
               "results": results, "hotwords": hotword_rows, "eval_clean_cer_unrelated_hotwords": false_boost}  # fmt: skip
-    (out / "decoding.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    write_json(OUT / "decoding.json", record)
     return 0
 
 

@@ -20,30 +20,19 @@ set), for their CER and CPU speed.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import tempfile
 import time
 import unicodedata
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, audio_seconds, newest, pct, read_utterances, time_calls, timed
+from peers import nemo_transcribe, sherpa_offline
+
 BATCH = 16
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.array(values) * 1000.0, q))
-
-
-def time_calls(fn, items: list) -> list[float]:  # type: ignore[no-untyped-def]
-    out = []
-    for item in items:
-        start = time.perf_counter()
-        fn(item)
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def bench_korasr(export_dir: Path, waves: list[np.ndarray], threads: int, precision: str = "fp32") -> dict:
@@ -58,11 +47,7 @@ def bench_korasr(export_dir: Path, waves: list[np.ndarray], threads: int, precis
 
 
 def bench_sherpa(export_dir: Path, waves: list[np.ndarray], threads: int) -> dict:
-    import sherpa_onnx
-
-    rec = sherpa_onnx.OfflineRecognizer.from_nemo_ctc(
-        model=str(export_dir / "encoder.onnx"), tokens=str(export_dir / "tokens.txt"), num_threads=threads
-    )
+    rec = sherpa_offline(export_dir, threads)
 
     def one(wave: np.ndarray) -> str:
         stream = rec.create_stream()
@@ -86,14 +71,10 @@ def bench_sherpa(export_dir: Path, waves: list[np.ndarray], threads: int) -> dic
 
 
 def bench_nemo(model, waves: list[np.ndarray]) -> dict:  # type: ignore[no-untyped-def]
-    model.transcribe([waves[0]], batch_size=1, verbose=False)
-    single = time_calls(lambda w: model.transcribe([w], batch_size=1, verbose=False), waves)
-    start = time.perf_counter()
-    model.transcribe(waves, batch_size=1, verbose=False)
-    amortized = time.perf_counter() - start
-    start = time.perf_counter()
-    model.transcribe(waves, batch_size=BATCH, verbose=False)
-    return {"single": single, "single_amortized_s": amortized, "batched_s": time.perf_counter() - start}
+    nemo_transcribe(model, [waves[0]], 1)
+    single = time_calls(lambda w: nemo_transcribe(model, [w], 1), waves)
+    amortized = timed(nemo_transcribe, model, waves, 1)
+    return {"single": single, "single_amortized_s": amortized, "batched_s": timed(nemo_transcribe, model, waves, BATCH)}
 
 
 def untrained_small(tokenizer_dir: Path, out: Path) -> Path:
@@ -133,14 +114,12 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.model is None:
-        found = sorted((ROOT / "exp" / "sample").glob("*/*/*.nemo"), key=lambda p: p.stat().st_mtime)
-        if not found:
+        args.model = newest("exp/sample/*/*/*.nemo")
+        if args.model is None:
             raise SystemExit("no model: run `make train` first or pass --model")
-        args.model = found[-1]
-    rows = [json.loads(line) for line in args.manifest.read_text(encoding="utf-8").splitlines()][: args.limit]
-    waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
+    rows, waves = read_utterances(args.manifest, args.limit)
     refs = [r["text"] for r in rows]
-    audio_s = sum(len(w) for w in waves) / 16000
+    audio_s = audio_seconds(waves)
     print(f"{len(waves)} utterances, {audio_s:.1f} s of audio, {args.threads} threads")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,8 +129,8 @@ def main() -> int:
         for label, nemo_path in models:
             export_dir = export(nemo_path, Path(tmp) / f"export_{len(label)}", parity_manifest=args.manifest,
                                 int8_manifest=args.calibration)  # fmt: skip
-            params = sum(p.numel() for p in load_model(nemo_path).parameters()) / 1e6
             nemo = load_model(nemo_path).cpu().eval()
+            params = sum(p.numel() for p in nemo.parameters()) / 1e6
             results = {
                 "korasr runtime": bench_korasr(export_dir, waves, args.threads),
                 "korasr fp16": bench_korasr(export_dir, waves, args.threads, "fp16"),
@@ -165,8 +144,8 @@ def main() -> int:
                 rtf1 = audio_s / sum(r["single"])
                 rtf16 = audio_s / r["batched_s"]
                 score = f"{cer(refs, r['texts']):.2f}%" if "texts" in r else "—"
-                print(f"{name:<17} {rtf1:>8.1f} {percentile(r['single'], 50):>7.1f} "
-                      f"{percentile(r['single'], 99):>7.1f} {rtf16:>9.1f}  {score}")  # fmt: skip
+                print(f"{name:<17} {rtf1:>8.1f} {pct(r['single'], 50):>7.1f} "
+                      f"{pct(r['single'], 99):>7.1f} {rtf16:>9.1f}  {score}")  # fmt: skip
             nemo_amortized = audio_s / results["NeMo transcribe"]["single_amortized_s"]
             print(f"NeMo transcribe(batch_size=1) over all utterances in one call: RTFx {nemo_amortized:.1f}")
             ours = results["korasr runtime"]

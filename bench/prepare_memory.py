@@ -12,15 +12,14 @@ utterance ids grows: about 170 bytes per utterance, about 106 MB of index at 622
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, write_json
 
 MEASURE = """
 import resource, sys
@@ -62,7 +61,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", type=Path, default=HERE / "out" / "memory")
+    parser.add_argument("--out", type=Path, default=OUT / "memory")
     args = parser.parse_args()
 
     results = []
@@ -87,7 +86,7 @@ def main() -> int:
         f"{last['utterances'] / first['utterances']:.0f}× the utterances → main process peak ×{growth:.2f}, "
         f"worker peak ×{last['worker_peak_mb'] / first['worker_peak_mb']:.2f}"
     )
-    (args.out / "prepare_memory.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out / "prepare_memory.json", results)
     return 0
 
 

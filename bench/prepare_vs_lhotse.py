@@ -11,60 +11,23 @@ second and the ratios; writes bench/out/prepare_vs_lhotse.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, timed, write_json
+from peers import lhotse_command, lhotse_tree, raw_copy_command
+
 BIN = Path(sys.executable).parent
 
-RAW_COPY = """
-import os, shutil, sys
-from multiprocessing import Pool
-src, dst, jobs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-pairs = []
-for dirpath, _, names in os.walk(src):
-    for name in names:
-        if name.endswith(".pcm"):
-            s = os.path.join(dirpath, name)
-            pairs.append((s, os.path.join(dst, os.path.relpath(s, src))))
-for d in {os.path.dirname(t) for _, t in pairs}:
-    os.makedirs(d, exist_ok=True)
-def copy(pair):
-    shutil.copyfile(*pair)
-with Pool(jobs) as pool:
-    pool.map(copy, pairs, chunksize=256)
-"""
 
-LHOTSE = """
-import sys
-from lhotse.recipes.ksponspeech import prepare_ksponspeech
-prepare_ksponspeech(sys.argv[1], output_dir=sys.argv[2], num_jobs=int(sys.argv[3]))
-"""
-
-
-def timed(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
-def lhotse_tree(corpus: Path, dst: Path) -> Path:
-    """lhotse reads `<root>/<split>.trn` and eval audio at `<root>/eval_*`, and writes FLAC beside each PCM:
-    give it a tree of hard links to the same PCM files, arranged as it expects."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(corpus, dst, copy_function=os.link, ignore=shutil.ignore_patterns("*.flac"))
-    for trn in (dst / "KsponSpeech_scripts").iterdir():
-        shutil.copy(trn, dst / trn.name)
-    for split in ("eval_clean", "eval_other"):
-        (dst / split).symlink_to(dst / "KsponSpeech_eval" / split)
-    return dst
+def run_quiet(cmd: list[str]) -> float:
+    """Wall seconds of a command run to completion, its output discarded."""
+    return timed(subprocess.run, cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main() -> int:
@@ -72,7 +35,7 @@ def main() -> int:
     parser.add_argument("--utterances", type=int, default=3000, help="train utterances of the generated corpus")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=3, help="runs per tool; the best is reported")
-    parser.add_argument("--out", type=Path, default=HERE / "out")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
     out: Path = args.out.resolve()
@@ -103,11 +66,9 @@ def main() -> int:
     runs: dict[str, list[float]] = {"raw copy": [], "korasr": [], "lhotse": []}
     for _ in range(args.repeats):
         shutil.rmtree(work, ignore_errors=True)
-        runs["raw copy"].append(
-            timed([sys.executable, "-c", RAW_COPY, str(corpus), str(work / "copy"), str(args.jobs)])
-        )
+        runs["raw copy"].append(run_quiet(raw_copy_command(corpus, work / "copy", args.jobs)))
         runs["korasr"].append(
-            timed(
+            run_quiet(
                 [
                     str(BIN / "korasr"),
                     "prepare",
@@ -126,9 +87,7 @@ def main() -> int:
         )
         for flac in lhotse_root.rglob("*.flac"):
             flac.unlink()
-        runs["lhotse"].append(
-            timed([sys.executable, "-c", LHOTSE, str(lhotse_root), str(work / "lhotse"), str(args.jobs)])
-        )
+        runs["lhotse"].append(run_quiet(lhotse_command(lhotse_root, work / "lhotse", args.jobs)))
     shutil.rmtree(work, ignore_errors=True)
 
     best = {name: min(times) for name, times in runs.items()}
@@ -145,8 +104,7 @@ def main() -> int:
         "korasr_vs_lhotse": round(rate["korasr"] / rate["lhotse"], 2),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prepare_vs_lhotse.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "prepare_vs_lhotse.json", result)
 
     print(f"{n_utts} utterances, {n_bytes / 1e6:.0f} MB of PCM, {args.jobs} jobs, best of {args.repeats}")
     print(f"{'':<10} {'seconds':>8} {'utt/s':>9}")

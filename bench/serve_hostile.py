@@ -36,11 +36,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import random
 import struct
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -49,17 +47,28 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import rss_mb
-from stream_clients import HostileClients, Server, grew, labelled, long_wave, pcm16, pct
+from common import (
+    OUT,
+    ROOT,
+    RSSSampler,
+    Server,
+    audio_seconds,
+    encode,
+    grew,
+    joined_utterances,
+    labelled,
+    long_wave,
+    newest,
+    pcm16,
+    pct,
+    read_utterances,
+    rss_mb,
+    write_json,
+)
+from stream_clients import HostileClients, client_stats
 from stream_clients import client as realtime_client
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def encode(audio: np.ndarray, rate: int, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, rate, format=fmt, **kwargs)
-    return buffer.getvalue()
+GAP_S = 0.25  # silence between the eval utterances joined into long files
 
 
 def hour_of_flac_silence() -> bytes:
@@ -71,20 +80,6 @@ def hour_of_flac_silence() -> bytes:
     return buffer.getvalue()
 
 
-def eval_audio(manifest: Path, seconds: float, skip: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Eval utterances joined with 0.25 s of silence up to ``seconds``: audio and the references."""
-    waves, texts, total = [], [], 0
-    for line in manifest.read_text(encoding="utf-8").splitlines()[skip:]:
-        row = json.loads(line)
-        audio = sf.read(row["audio_filepath"], dtype="float32")[0]
-        waves += [audio, np.zeros(4000, np.float32)]
-        texts.append(row["text"])
-        total += len(audio) + 4000
-        if total >= seconds * 16000:
-            break
-    return np.concatenate(waves), texts
-
-
 def payloads(clip: np.ndarray) -> dict[str, dict]:
     """name → request (multipart file, form fields) for every hostile case."""
     from korasr.data.audio import wav_header
@@ -94,7 +89,7 @@ def payloads(clip: np.ndarray) -> dict[str, dict]:
     hidden = bytearray(encode(np.tile(clip, 320), 16000, "FLAC"))  # STREAMINFO total samples 0: "unknown"
     hidden[18:26] = (int.from_bytes(hidden[18:26], "big") & ~((1 << 36) - 1)).to_bytes(8, "big")
     ogg, mp3 = encode(clip, 16000, "OGG"), encode(clip, 16000, "MP3")
-    pcm = (clip * 32767).astype("<i2").tobytes()
+    pcm = pcm16(clip)
     raw = {"channels": "1", "encoding": "s16le"}
     return {
         "wav declaring 1 Hz": {"file": wav_header(40_000, sample_rate=1) + b"\0" * 40_000},
@@ -109,26 +104,6 @@ def payloads(clip: np.ndarray) -> dict[str, dict]:
         "9-channel WAV": {"file": encode(np.zeros((16000, 9), np.float32), 16000, "WAV")},
         "garbage": {"file": bytes(random.Random(0).randbytes(200_000))},
     }
-
-
-class Peak:
-    """Samples a process's RSS every 5 ms in a thread; ``peak`` since the last ``reset``."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self.stop = pid, 0.0, False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop:
-            try:
-                self.peak = max(self.peak, rss_mb(self.pid))
-            except OSError:
-                return
-            time.sleep(0.005)
-
-    def reset(self) -> None:
-        self.peak = rss_mb(self.pid)
 
 
 async def slow_upload(port: int) -> int:
@@ -166,13 +141,13 @@ def chunk_accuracy(export: Path, manifest: Path) -> list[dict]:
     from korasr.runtime import Recognizer
 
     recognizer = Recognizer(export)
-    files = [eval_audio(manifest, 90, skip=n * 25) for n in range(4)]
+    files = [joined_utterances(manifest, 90, gap_s=GAP_S, skip=n * 25) for n in range(4)]
     rows = []
     for label, chunk in (("whole", 3600), ("30 s chunks", 30), ("15 s chunks", 15)):
         hyps = [recognizer.transcribe_arrays([audio], chunk_seconds=chunk)[0].text for audio, _ in files]
         refs = [" ".join(texts) for _, texts in files]
         rows.append({"decoding": label, "cer": round(cer(refs, hyps), 2), "files": len(files),
-                     "seconds": round(sum(len(a) for a, _ in files) / 16000, 1)})  # fmt: skip
+                     "seconds": round(audio_seconds([a for a, _ in files]), 1)})  # fmt: skip
     return rows
 
 
@@ -181,9 +156,9 @@ async def http_sections(args: argparse.Namespace, report: dict) -> dict[str, boo
     import httpx
 
     manifest = Path(args.manifest)
-    clip5 = eval_audio(manifest, 5)[0][: 5 * 16000]
+    clip5 = joined_utterances(manifest, 5, gap_s=GAP_S)[0][: 5 * 16000]
     legit_wav = encode(clip5, 16000, "WAV", subtype="PCM_16")
-    speech300 = encode(eval_audio(manifest, 300)[0][: 300 * 16000], 16000, "FLAC")
+    speech300 = encode(joined_utterances(manifest, 300, gap_s=GAP_S)[0][: 300 * 16000], 16000, "FLAC")
     silence300 = encode(np.zeros(300 * 16000, np.float32), 16000, "FLAC")
     hostile = payloads(clip5[:16000])
     targets: dict[str, bool] = {}
@@ -196,7 +171,7 @@ async def http_sections(args: argparse.Namespace, report: dict) -> dict[str, boo
             await send(client, url, {"file": legit_wav})
             await asyncio.sleep(1)
             idle = rss_mb(proc.pid)
-            peak = Peak(proc.pid)
+            peak = RSSSampler(proc.pid)
             print(f"1. idle RSS {idle:.0f} MB", flush=True)
             report.update(idle_rss_mb=round(idle, 1))
 
@@ -312,7 +287,7 @@ async def http_sections(args: argparse.Namespace, report: dict) -> dict[str, boo
                     "/health ready throughout": health["not_ready"] == 0,
                     "server never restarted": c["same_process"],
                 })  # fmt: skip
-            peak.stop = True
+            peak.stop()
     finally:
         server.stop()
     return targets
@@ -338,15 +313,15 @@ def streaming_export(args: argparse.Namespace) -> tuple[Path | None, str]:
         return None, f"{args.streaming_export} has no streaming/ graphs (export a model trained with --streaming)"
     if args.export and has_streams(args.export):
         return Path(args.export), ""
-    found = sorted(ROOT.glob("exp/sample/*/*/export/streaming/streaming.json"), key=lambda p: p.stat().st_mtime)
+    found = newest("exp/sample/*/*/export/streaming/streaming.json")
     if found:
-        return found[-1].parent.parent, ""
+        return found.parent.parent, ""
     return None, (f"{args.export} has no streaming/ graphs and exp/sample holds no streaming export: make train "
                   "STREAMING=1 && make export, or pass --streaming-export DIR")  # fmt: skip
 
 
 async def stream_phase(server: Server, kind: str, args: argparse.Namespace, waves: list[np.ndarray],
-                       peak: Peak, idle: float) -> dict:  # fmt: skip
+                       peak: RSSSampler, idle: float) -> dict:  # fmt: skip
     """``args.ws_clients`` hostile clients of one kind (in a process of their own) open first and go on as they are,
     while ``args.ws_honest`` real-time clients stream utterances one after another until ``args.ws_duration`` has
     passed and the hostile clients' deadline too. The deadline: non-reading, uvicorn's keepalive (40 s after they
@@ -371,7 +346,7 @@ async def stream_phase(server: Server, kind: str, args: argparse.Namespace, wave
             break
         await asyncio.sleep(0.1)
     deadline = {"non-reading": opened + UVICORN_PING_S, "trickling": opened + max(idle_s, window_s)}.get(kind, 0.0)
-    honest: dict = {"final": [], "partials": [], "errors": [], "texts": {}, "attempts": 0}
+    honest = {**client_stats(), "attempts": 0}
     stop = max(time.monotonic() + args.ws_duration, deadline)
 
     async def user(i: int) -> None:
@@ -430,18 +405,17 @@ async def stream_section(args: argparse.Namespace, report: dict) -> dict[str, bo
         print(f"4. hostile WebSocket clients: skipped ({why})", flush=True)
         report["streams"] = {"skipped": why}
         return {}
-    rows = [json.loads(line) for line in Path(args.manifest).read_text(encoding="utf-8").splitlines()][: args.limit]
-    waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
+    waves = read_utterances(Path(args.manifest), args.limit)[1]
     options = [str(x) for pair in STREAM_OPTIONS.items() for x in pair]
     server = Server(export, *options)
     phases = []
     try:
         await asyncio.to_thread(server.ready)
-        warm: dict = {"final": [], "partials": [], "errors": [], "texts": {}}
+        warm = client_stats()
         await realtime_client(server.url, waves[0], warm, speed=4)
         await asyncio.sleep(1)
         idle = rss_mb(server.proc.pid)
-        peak = Peak(server.proc.pid)
+        peak = RSSSampler(server.proc.pid)
         print(f"4. hostile WebSocket clients ({export}); server {' '.join(options)}, the rest at its defaults; "
               f"{args.ws_clients} hostile clients of each kind beside {args.ws_honest} honest real-time clients for "
               f"{args.ws_duration:g} s; idle RSS {idle:.0f} MB", flush=True)  # fmt: skip
@@ -462,7 +436,7 @@ async def stream_section(args: argparse.Namespace, report: dict) -> dict[str, bo
                   flush=True)  # fmt: skip
             for error in phase["honest_errors"] + phase["hostile_errors"]:
                 print(f"      error: {error}")
-        peak.stop = True
+        peak.stop()
     finally:
         server.stop()
     report["streams"] = {"export": str(export), "server_options": STREAM_OPTIONS, "idle_rss_mb": round(idle, 1),
@@ -504,8 +478,8 @@ async def main_async(args: argparse.Namespace) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    exports = sorted(ROOT.glob("exp/sample/*/*/export/model.json"), key=lambda p: p.stat().st_mtime)
-    parser.add_argument("--export", default=str(exports[-1].parent) if exports else None,
+    export = newest("exp/sample/*/*/export/model.json")
+    parser.add_argument("--export", default=str(export.parent) if export else None,
                         help="any export (a streaming one too: it has model.onnx)")  # fmt: skip
     parser.add_argument("--manifest", default=str(ROOT / "manifests/sample/eval_clean.jsonl"))
     parser.add_argument("--sections", type=lambda s: {int(x) for x in s.split(",")}, default={0, 1, 2, 3, 4},
@@ -525,9 +499,8 @@ def main() -> int:
     if not args.export and args.sections & {0, 1, 2, 3}:
         parser.error("no export: run make train && make export, or pass --export")
     report = asyncio.run(main_async(args))
-    out = ROOT / "bench/out/serve_hostile.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    out = OUT / "serve_hostile.json"
+    write_json(out, report)
     print(f"wrote {out}")
     return 0 if all(report["targets"].values()) else 1
 

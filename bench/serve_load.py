@@ -14,71 +14,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, Server, encode, joined_utterances, newest, pct, read_wave, rss_mb
 
 
 def clip_5s(manifest: Path) -> bytes:
-    waves = []
-    for line in manifest.read_text(encoding="utf-8").splitlines():
-        waves.append(sf.read(json.loads(line)["audio_filepath"], dtype="float32")[0])
-        if sum(len(w) for w in waves) >= 5 * 16000:
-            break
-    buffer = io.BytesIO()
-    sf.write(buffer, np.concatenate(waves)[: 5 * 16000], 16000, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
-class Server:
-    def __init__(self, export: Path, max_batch: int):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "korasr.cli", "serve", "--model", str(export), "--port", str(self.port),
-             "--max-batch", str(max_batch), "--queue-size", "256"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    async def ready(self) -> None:
-        import httpx
-
-        async with httpx.AsyncClient() as c:
-            for _ in range(600):
-                try:
-                    if (await c.get(self.url + "/health")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError("server did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+    """Eval utterances joined up to 5 s, as a 16-bit WAV file."""
+    return encode(joined_utterances(manifest, 5)[0][: 5 * 16000], 16000, "WAV", subtype="PCM_16")
 
 
 async def load(url: str, body: bytes, clients: int, requests: int) -> dict:
@@ -105,9 +51,7 @@ async def load(url: str, body: bytes, clients: int, requests: int) -> dict:
         start = time.perf_counter()
         await asyncio.gather(*[client(c) for _ in range(clients)])
         wall = time.perf_counter() - start
-    ms = np.array(latencies) * 1000
-    return {"rps": requests / wall, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
-            "errors": errors}  # fmt: skip
+    return {"rps": requests / wall, "p50": pct(latencies, 50), "p99": pct(latencies, 99), "errors": errors}
 
 
 def model_only(export: Path, body: bytes) -> dict[int, float]:
@@ -116,7 +60,7 @@ def model_only(export: Path, body: bytes) -> dict[int, float]:
     from korasr.runtime import Recognizer
 
     rec = Recognizer(export)
-    wave = sf.read(io.BytesIO(body), dtype="float32")[0]
+    wave = read_wave(io.BytesIO(body))
     out = {}
     for batch in (1, 8):
         rec.logprobs([wave] * batch)
@@ -134,13 +78,13 @@ async def main_async(args: argparse.Namespace) -> int:
           f"(at most {1000 / ceiling[8]:.0f} req/s batched)")  # fmt: skip
     results: dict[str, dict[int, dict]] = {}
     for label, max_batch in (("unbatched", 1), ("batched", 8)):
-        server = Server(args.export, max_batch)
+        server = Server(args.export, "--max-batch", str(max_batch), "--queue-size", "256")
         try:
-            await server.ready()
-            await load(server.url, body, 4, 8)  # warm-up
+            await asyncio.to_thread(server.ready)
+            await load(server.http, body, 4, 8)  # warm-up
             results[label] = {}
             for clients in (1, 8, 32):
-                r = await load(server.url, body, clients, args.requests)
+                r = await load(server.http, body, clients, args.requests)
                 r["rss"] = rss_mb(server.proc.pid)
                 results[label][clients] = r
                 print(f"{label:<10} {clients:>3} clients: {r['rps']:6.1f} req/s  p50 {r['p50']:7.1f} ms  "
@@ -148,7 +92,7 @@ async def main_async(args: argparse.Namespace) -> int:
             if label == "batched":
                 samples = [rss_mb(server.proc.pid)]
                 for _ in range(args.soak // 200):
-                    r = await load(server.url, body, 32, 200)
+                    r = await load(server.http, body, 32, 200)
                     samples.append(rss_mb(server.proc.pid))
                     if r["errors"]:
                         print(f"soak: {r['errors']} errors")
@@ -174,10 +118,10 @@ def main() -> int:
     parser.add_argument("--soak", type=int, default=2000)
     args = parser.parse_args()
     if args.export is None:
-        found = sorted((ROOT / "exp" / "sample").glob("*/*/export/model.json"), key=os.path.getmtime)
-        if not found:
+        found = newest("exp/sample/*/*/export/model.json")
+        if found is None:
             raise SystemExit("no export: run `make train` and `make export` first, or pass --export")
-        args.export = found[-1].parent
+        args.export = found.parent
     return asyncio.run(main_async(args))
 
 

@@ -1,16 +1,14 @@
-"""What the serving benches share (bench/streaming.py, bench/serve_hostile.py): `korasr serve` as its own process,
-its /metrics, and the clients of its WebSocket (``/v1/stream``): an honest real-time client, a flooder, and two
-hostile clients on raw sockets that the ``websockets`` package will not be (one that never reads, one that
-trickles). Not a script: nothing runs at import."""
+"""The clients of `korasr serve`'s WebSocket (``/v1/stream``) that bench/streaming.py and bench/serve_hostile.py
+share: an honest real-time client, a flooder, and two hostile clients on raw sockets that the ``websockets`` package
+will not be (one that never reads, one that trickles), and a process of their own for the hostile ones. The server
+process and its /metrics are in common.py. Not a script: nothing runs at import."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,96 +16,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import free_port
+from common import pcm16
 
 PIECE_S = 0.1  # the real-time clients' frame: 100 ms of audio
 
 
-def pct(values: list[float], q: float) -> float:
-    """The ``q``-th percentile of durations in seconds, in milliseconds (nan for none)."""
-    return float(np.percentile(np.array(values) * 1000.0, q)) if values else float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used (its threads included)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def encoder_calls(metrics: dict[str, float]) -> tuple[float, float, float]:
-    """From /metrics: streaming encoder calls so far, the seconds they took, and the streams they stepped."""
-    return (metrics.get("korasr_stream_chunk_seconds_count", 0.0), metrics.get("korasr_stream_chunk_seconds_sum", 0.0),
-            metrics.get("korasr_stream_batch_size_sum", 0.0))  # fmt: skip
-
-
-def pcm16(wave: np.ndarray) -> bytes:
-    return (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
-
-
-def long_wave(waves: list[np.ndarray], seconds: float) -> np.ndarray:
-    """The utterances joined with 0.5 s of silence, repeated or cut to ``seconds`` (a long file of speech)."""
-    joined = np.concatenate([np.concatenate([w, np.zeros(8000, np.float32)]) for w in waves])
-    return np.resize(joined, int(seconds * 16000))
-
-
-class Server:
-    """``korasr serve --model EXPORT *options`` on a free loopback port, its output discarded, with no API key (the
-    clients here send none)."""
-
-    def __init__(self, export: Path, *options: str):
-        self.port = free_port()
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.url = f"ws://127.0.0.1:{self.port}/v1/stream?sample_rate=16000"
-        env = {k: v for k, v in os.environ.items() if k != "KORASR_API_KEY"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "korasr.cli", "serve", "--model", str(export), "--port", str(self.port), *options],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
-
-    def ready(self) -> None:
-        import httpx
-
-        for _ in range(1200):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"korasr serve exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.http + "/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not become ready")
-
-    async def metrics(self) -> dict[str, float]:
-        """/metrics as ``{'name{labels}': value}``."""
-        import httpx
-
-        async with httpx.AsyncClient(timeout=30) as c:
-            text = (await c.get(self.http + "/metrics")).text
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                if line and not line.startswith("#")}  # fmt: skip
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def labelled(metrics: dict[str, float], name: str) -> dict[str, float]:
-    """The series of one labelled metric by their (single) label's value: ``{'1000': 12.0, 'aborted': 3.0}``."""
-    return {key.split('"')[1]: value for key, value in metrics.items() if key.startswith(name + "{")}
-
-
-def grew(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
-    """Per label, how much a counter grew between two reads (labels that did not grow left out)."""
-    return {k: round(v - before.get(k, 0.0)) for k, v in sorted(after.items()) if v - before.get(k, 0.0) > 0}
-
-
 # --- the websockets package: clients that read what the server sends ---------------------------------------------
+
+
+def client_stats() -> dict:
+    """What :func:`client` fills, empty: finals' delays, partials' intervals, errors, texts by utterance index."""
+    return {"final": [], "partials": [], "errors": [], "texts": {}}
 
 
 async def client(url: str, wave: np.ndarray, stats: dict, speed: float = 1.0, index: int = 0) -> None:

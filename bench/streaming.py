@@ -26,28 +26,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 import unicodedata
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-from serve_load import rss_mb  # noqa: E402
-from stream_clients import PIECE_S, HostileClients, Server, client, cpu_seconds, encoder_calls, long_wave, pcm16, pct  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    ROOT,
+    RSSSampler,
+    Server,
+    audio_seconds,
+    cpu_seconds,
+    long_wave,
+    newest,
+    pcm16,
+    pct,
+    read_utterances,
+    write_json,
+)
+from peers import sherpa_online
+from stream_clients import PIECE_S, HostileClients, client, client_stats
 
 
 def newest_export() -> Path:
-    found = sorted(
-        ROOT.glob("exp/sample/*streaming*/*/export/streaming/streaming.json"), key=lambda p: p.stat().st_mtime
-    )
-    if not found:
+    found = newest("exp/sample/*streaming*/*/export/streaming/streaming.json")
+    if found is None:
         raise SystemExit("no streaming export: make train STREAMING=1 && make export")
-    return found[-1].parent.parent
+    return found.parent.parent
+
+
+def encoder_calls(metrics: dict[str, float]) -> tuple[float, float, float]:
+    """From /metrics: streaming encoder calls so far, the seconds they took, and the streams they stepped."""
+    return (metrics.get("korasr_stream_chunk_seconds_count", 0.0), metrics.get("korasr_stream_chunk_seconds_sum", 0.0),
+            metrics.get("korasr_stream_batch_size_sum", 0.0))  # fmt: skip
 
 
 def korasr_single(model, waves: list[np.ndarray]) -> dict:  # type: ignore[no-untyped-def]
@@ -80,19 +94,19 @@ def korasr_single(model, waves: list[np.ndarray]) -> dict:  # type: ignore[no-un
     return {"chunks": chunks, "total": total, "texts": texts}
 
 
-def sherpa_recognizer(export: Path, threads: int):  # type: ignore[no-untyped-def]
-    import sherpa_onnx
-
-    folder = export / "streaming"
-    return sherpa_onnx.OnlineRecognizer.from_nemo_ctc(tokens=str(folder / "tokens.txt"),
-                                                      model=str(folder / "encoder.onnx"), num_threads=threads)  # fmt: skip
-
-
 def sherpa_single(recognizer, waves: list[np.ndarray], unit: str) -> dict:  # type: ignore[no-untyped-def]
     from korasr.text.codec import from_model_text
 
     chunks, texts, total = [], [], 0.0
     piece = int(PIECE_S * 16000)
+
+    def decode_ready(stream) -> None:  # type: ignore[no-untyped-def]
+        """Every window the stream has ready, each call timed."""
+        while recognizer.is_ready(stream):
+            t = time.perf_counter()
+            recognizer.decode_stream(stream)
+            chunks.append(time.perf_counter() - t)
+
     warm = recognizer.create_stream()  # warm-up, untimed
     warm.accept_waveform(16000, np.concatenate([waves[0], np.zeros(16000, np.float32)]))
     while recognizer.is_ready(warm):
@@ -103,15 +117,9 @@ def sherpa_single(recognizer, waves: list[np.ndarray], unit: str) -> dict:  # ty
         padded = np.concatenate([wave, np.zeros(int(0.8 * 16000), np.float32)])  # sherpa decodes whole windows
         for i in range(0, len(padded), piece):
             stream.accept_waveform(16000, padded[i : i + piece])
-            while recognizer.is_ready(stream):
-                t = time.perf_counter()
-                recognizer.decode_stream(stream)
-                chunks.append(time.perf_counter() - t)
+            decode_ready(stream)
         stream.input_finished()
-        while recognizer.is_ready(stream):
-            t = time.perf_counter()
-            recognizer.decode_stream(stream)
-            chunks.append(time.perf_counter() - t)
+        decode_ready(stream)
         total += time.perf_counter() - start
         text = recognizer.get_result(stream).replace("▁", " ").strip()
         texts.append(from_model_text(text, unit))
@@ -186,7 +194,7 @@ def cer(refs: list[str], hyps: list[str]) -> float:
 async def realtime_clients(url: str, waves: list[np.ndarray], clients: int, rounds: int) -> dict:
     """``clients`` real-time clients at once, each streaming ``rounds`` utterances one after another (a connection
     each): the stats of :func:`client`, texts by utterance index."""
-    stats: dict = {"final": [], "partials": [], "errors": [], "texts": {}}
+    stats = client_stats()
 
     async def one(i: int) -> None:
         for r in range(rounds):
@@ -241,18 +249,11 @@ async def flood_bench(server: Server, waves: list[np.ndarray], refs: list[str], 
     decoded = sum(f["decoded_s"] for f in report["each"])
     flooders_cpu = cpu_seconds(flooders.proc.pid)
     started = time.perf_counter()
-    peak = [rss_mb(server.proc.pid)]
-
-    async def sample() -> None:
-        while True:
-            peak.append(rss_mb(server.proc.pid))
-            await asyncio.sleep(0.2)
-
-    sampler = asyncio.create_task(sample())
+    rss = RSSSampler(server.proc.pid, 0.2)
     beside = await measured(realtime_clients(server.url, waves, n, rounds))
     wall = time.perf_counter() - started
     flooders_cpu = (cpu_seconds(flooders.proc.pid) - flooders_cpu) / wall
-    sampler.cancel()
+    rss.stop()
     report = await flooders.ask("stop")
     decoded = sum(f["decoded_s"] for f in report["each"]) - decoded
     still_flooding = report["connected"] - sum(report["closes"].values())
@@ -261,7 +262,7 @@ async def flood_bench(server: Server, waves: list[np.ndarray], refs: list[str], 
     out = {"clients": n, "rounds": rounds, "flooders": args.flooders, "flood_file_s": len(audio) / 32000,
            "flood_x_real_time": decoded / wall, "flooders_cores": flooders_cpu, "flooders_throughout": still_flooding, "flooder_closes": flooded["closes"],
            "flooder_errors": flooded["errors"][:3], "alone": alone, "beside_flooders": beside, "p99_ratio": ratio,
-           "rss_mb": max(peak), "met": ratio <= 2.0}  # fmt: skip
+           "rss_mb": rss.peak, "met": ratio <= 2.0}  # fmt: skip
     print(f"  the same beside {args.flooders} flooders (a {args.long_minutes:g}-minute file each, looped; "
           f"decoded at {out['flood_x_real_time']:.0f}× real time together, {still_flooding} still flooding at the end; "
           f"their process {flooders_cpu:.2f} cores): "
@@ -282,24 +283,17 @@ async def websocket_bench(export: Path, waves: list[np.ndarray], refs: list[str]
     try:
         await asyncio.to_thread(server.ready)
         for clients in args.clients:
-            stats: dict = {"final": [], "partials": [], "errors": [], "texts": {}}
+            stats = client_stats()
             chosen = [waves[i % len(waves)] for i in range(clients)]
-            peak = [rss_mb(server.proc.pid)]
-
-            async def sample(into: list[float]) -> None:
-                while True:
-                    into.append(rss_mb(server.proc.pid))
-                    await asyncio.sleep(0.2)
-
-            sampler = asyncio.create_task(sample(peak))
+            rss = RSSSampler(server.proc.pid, 0.2)
             await asyncio.gather(*(client(server.url, w, stats, index=i) for i, w in enumerate(chosen)))
-            sampler.cancel()
+            rss.stop()
             done = sorted(stats["texts"])
             texts = [stats["texts"][i] for i in done]
             out[clients] = {
                 "final_p50_ms": pct(stats["final"], 50), "final_p99_ms": pct(stats["final"], 99),
                 "partial_interval_p50_ms": pct(stats["partials"], 50), "errors": len(stats["errors"]),
-                "rss_mb": max(peak), "cer": cer([refs[i % len(refs)] for i in done], texts) if texts else None,
+                "rss_mb": rss.peak, "cer": cer([refs[i % len(refs)] for i in done], texts) if texts else None,
                 "error_examples": stats["errors"][:3],
             }  # fmt: skip
             r = out[clients]
@@ -310,17 +304,11 @@ async def websocket_bench(export: Path, waves: list[np.ndarray], refs: list[str]
             out["flood"] = await flood_bench(server, waves, refs, args)
         # one long stream, RSS sampled along it
         long_audio = long_wave(waves, args.long_minutes * 60)
-        samples: list[float] = []
-        stats = {"final": [], "partials": [], "errors": [], "texts": {}}
-
-        async def sample_long() -> None:
-            while True:
-                samples.append(rss_mb(server.proc.pid))
-                await asyncio.sleep(1.0)
-
-        sampler = asyncio.create_task(sample_long())
+        stats = client_stats()
+        rss = RSSSampler(server.proc.pid, 1.0, keep=True)
         await client(server.url, long_audio, stats, speed=args.long_speed)
-        sampler.cancel()
+        rss.stop()
+        samples = rss.samples
         half = len(samples) // 2
         out["long"] = {"minutes": args.long_minutes, "speed": args.long_speed, "errors": len(stats["errors"]),
                        "rss_first_half_max": max(samples[:half] or [0]), "rss_second_half_max": max(samples[half:] or [0]),
@@ -337,7 +325,7 @@ async def websocket_bench(export: Path, waves: list[np.ndarray], refs: list[str]
 def in_process(export: Path, model, waves: list[np.ndarray], refs: list[str], audio_s: float, threads: int) -> dict:  # type: ignore[no-untyped-def]
     """Part 1: korasr's runtime vs sherpa-onnx in this process, one stream and N streams."""
     chunk_s = model.chunk_seconds
-    recognizer = sherpa_recognizer(export, threads)
+    recognizer = sherpa_online(export, threads)
     ours = korasr_single(model, waves)
     theirs = sherpa_single(recognizer, waves, model.unit)
     result: dict = {}
@@ -387,10 +375,9 @@ def main() -> int:
     from korasr.runtime.streaming import StreamingModel
 
     export = args.export or newest_export()
-    rows = [json.loads(line) for line in args.manifest.read_text(encoding="utf-8").splitlines()][: args.limit]
-    waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
+    rows, waves = read_utterances(args.manifest, args.limit)
     refs = [r["text"] for r in rows]
-    audio_s = sum(len(w) for w in waves) / 16000
+    audio_s = audio_seconds(waves)
     model = StreamingModel(export, threads=args.threads)
     chunk_s = model.chunk_seconds
     print(f"export {export}: look-ahead {model.lookahead_ms} ms, chunk {chunk_s * 1000:.0f} ms; {len(waves)} "
@@ -407,7 +394,7 @@ def main() -> int:
               f"{'met' if eight['final_p99_ms'] <= target else 'MISSED'}")  # fmt: skip
     flooded = result["websocket"].get("flood")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+        write_json(args.json, result)
     return 0 if flooded is None or flooded["met"] else 1
 
 

@@ -20,28 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-# The variant: 18 layers (NeMo's example YAML) instead of our 17 (its model table); nothing else differs.
-NEMO_PUBLISHED = ["model.encoder.n_layers=18"]
-
-
-def tokenizer_dir(tmp: Path) -> Path:
-    """A jamo unigram tokenizer with 1024 pieces at most, from generated text (no audio needed)."""
-    import json as _json
-    import random
-
-    from korasr.data.sample_text import sentence
-    from korasr.text.normalize import normalize_text
-    from korasr.tokenizer.build import TokenizerOptions, build_tokenizer
-
-    r = random.Random(0)
-    manifest = tmp / "train.jsonl"
-    rows = (normalize_text(sentence(r)) for _ in range(20000))
-    manifest.write_text(
-        "".join(_json.dumps({"text": t, "duration": 1.0}, ensure_ascii=False) + "\n" for t in rows if t)
-    )
-    return build_tokenizer(manifest, tmp / "tok", TokenizerOptions(unit="jamo", vocab=1024), report_manifests=[])
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, ROOT, jamo_tokenizer, sample_sentences, write_json
+from peers import NEMO_PUBLISHED  # the variant: 18 layers instead of our 17; nothing else differs
 
 
 def measure(overrides: list[str], tok: Path, args: argparse.Namespace) -> dict:
@@ -105,7 +86,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--size", default="large", choices=("large", "medium", "small", "tiny"))
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke test of this script")
-    parser.add_argument("--out", type=Path, default=HERE / "out")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     try:
         import torch
@@ -122,7 +103,7 @@ def main() -> int:
         return 0
     sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory() as tmp:
-        tok = tokenizer_dir(Path(tmp))
+        tok = jamo_tokenizer(sample_sentences(20000), Path(tmp), 1024)  # generated text, no audio needed
         ours = measure([], tok, args)
         nemo = measure(NEMO_PUBLISHED, tok, args)
     result = {
@@ -135,8 +116,7 @@ def main() -> int:
         "nemo_published": nemo,
         "ratio": round(ours["audio_seconds_per_second"] / nemo["audio_seconds_per_second"], 3),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out / "train_throughput.json", result)
     print(json.dumps(result, indent=2))
     return 0
 
