@@ -60,9 +60,9 @@ def bounded_send(send: Send, timeout_s: float, buffer_bytes: int, scope: dict,
     left unread).
 
     On a WebSocket the deadline also holds when the sends themselves still return: the kernel and the client's
-    receive buffer can swallow minutes of small results before a send blocks, so once more than ``buffer_bytes``
-    written for the client stay unread (:func:`unread_bytes`) for ``timeout_s``, it is treated as a send past its
-    deadline."""
+    receive buffer can swallow minutes of small results before a send blocks, so once more than a quarter of
+    ``buffer_bytes`` written for the client stays unread (:func:`unread_bytes`) for ``timeout_s``, it is treated as a
+    send past its deadline."""
     transport = transport_of(send)
     if isinstance(transport, asyncio.WriteTransport):
         transport.set_write_buffer_limits(high=buffer_bytes)
@@ -72,6 +72,7 @@ def bounded_send(send: Send, timeout_s: float, buffer_bytes: int, scope: dict,
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_bytes)
     loop = asyncio.get_running_loop()
     behind_since: float | None = None
+    unread_limit = buffer_bytes // 4  # a reading client's unacknowledged bytes stay far below (results are ~kB/s)
 
     def abort() -> None:  # also after a polite close, which would wait for the same full buffer
         if transport is not None:
@@ -91,12 +92,12 @@ def bounded_send(send: Send, timeout_s: float, buffer_bytes: int, scope: dict,
             raise timed_out("the client read nothing") from None
         if scope["type"] != "websocket":
             return
-        if unread_bytes(transport) <= buffer_bytes:
+        if unread_bytes(transport) <= unread_limit:
             behind_since = None
         elif behind_since is None:
             behind_since = loop.time()
         elif loop.time() - behind_since > timeout_s:
-            raise timed_out(f"more than {buffer_bytes} bytes stayed unread")
+            raise timed_out(f"more than {unread_limit} bytes stayed unread")
 
     scope["korasr.abort"] = abort
     return send_by_deadline
