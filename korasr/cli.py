@@ -577,7 +577,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="every send to a client (response, result, close) completes within S s or the connection is "
                    "aborted and released (default: 10)")  # fmt: skip
     p.add_argument("--send-buffer-kb", type=bounded(float, 1, 64 * 1024), default=64.0, metavar="KB",
-                   help="what the server buffers for a client that does not read, per connection (default: 64)")  # fmt: skip
+                   help="what the server buffers for a client that does not read, per connection, in the transport and the kernel each; a quarter of it unread for --send-timeout aborts a stream (default: 64)")  # fmt: skip
     p.add_argument("--max-unsent", type=bounded(int, 1, 65536), default=256, metavar="N",
                    help="results waiting for a stream's client; beyond, it is taken to read nothing and aborted "
                    "(default: 256)")  # fmt: skip
