@@ -37,7 +37,9 @@ endif
 DEVICES ?=
 NODES ?=
 TRAIN_ARGS = $(if $(STREAMING),--streaming) model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES)) $(if $(NOISE_MANIFEST),model.train_ds.noise_path=$(NOISE_MANIFEST))
-EVAL_ARGS := --evaluate manifests/$(RECIPE)/eval_clean.jsonl --evaluate manifests/$(RECIPE)/eval_other.jsonl --results recipes/$(RECIPE)/RESULTS.md
+# The fixed evaluation splits: KsponSpeech's two; the sample corpus adds eval_novel (templates and words train never uses).
+EVAL_SPLITS ?= eval_clean eval_other $(if $(filter sample,$(RECIPE)),eval_novel)
+EVAL_ARGS := $(foreach s,$(EVAL_SPLITS),--evaluate manifests/$(RECIPE)/$(s).jsonl) --results recipes/$(RECIPE)/RESULTS.md
 # The export folder `make serve` serves, and where.
 EXPORT ?= $(if $(MODEL),$(dir $(MODEL))export)
 HOST ?= 127.0.0.1
@@ -179,7 +181,7 @@ lm: tokenizer ## token n-gram LM (KenLM) over the tokenizer's pieces → LM_DIR;
 
 evaluate: setup ## CER, CER+space, WER, sWER, jamo slots of MODEL (default: newest exp/RECIPE .nemo) → report + RESULTS.md rows (MAX_CER=gate)
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
-	$(BIN)/korasr evaluate --model $(MODEL) --manifest manifests/$(RECIPE)/eval_clean.jsonl --manifest manifests/$(RECIPE)/eval_other.jsonl --results recipes/$(RECIPE)/RESULTS.md $(if $(MAX_CER),--max-cer $(MAX_CER))
+	$(BIN)/korasr evaluate --model $(MODEL) $(foreach s,$(EVAL_SPLITS),--manifest manifests/$(RECIPE)/$(s).jsonl) --results recipes/$(RECIPE)/RESULTS.md $(if $(MAX_CER),--max-cer $(MAX_CER))
 
 export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .nemo), parity-checked, fp16 too (INT8=1: + INT8 calibrated on dev; LM=DIR: bundles an LM; a streaming model: + streaming/); prints its path last
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi

@@ -1,13 +1,14 @@
 """Decoding on CPU, one run: greedy vs beam vs beam + LM, korasr's runtime vs NeMo's own beam_batch + NGPU-LM.
 
 Same model, same token 6-gram LM (`make lm`: ARPA for NeMo, KenLM binary for korasr), same alpha/beta/beam (the
-LM's dev-tuned values, `korasr lm tune`). For each decoder: CER on eval_clean and eval_other and RTFx (audio
+LM's dev-tuned values, `korasr lm tune`). For each decoder: CER on eval_clean, eval_other and (the sample corpus)
+eval_novel, whose sentences come from templates and words the LM's text never uses, and RTFx (audio
 seconds / wall seconds, acoustic model included: onnxruntime for korasr, NeMo eager for NeMo; audio already in
 memory for korasr, NeMo reads its files), plus decode-only RTFx for korasr's search. Candidates for the runtime's
 search, and why flashlight-text: it is the only maintained lexicon-free CTC beam search with shallow fusion of
 a token LM that installs as a wheel here (pyctcdecode scores a word-level KenLM at word boundaries, sherpa-onnx
-offers CTC LMs only as Kaldi HLG graphs, NeMo's needs torch). Prints a table, the targets, and writes
-bench/out/decoding.json.
+offers CTC LMs only as Kaldi HLG graphs, NeMo's needs torch). Prints a table, the targets, how much of each split's
+text the LM has read (`korasr lm overlap`), and writes bench/out/decoding.json.
 
     python bench/decoding.py [--model exp/sample/.../x.nemo] [--export DIR] [--lm DIR] [--threads 2]
 """
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, ROOT, audio_seconds, newest, read_utterances, write_json
 from peers import nemo_transcribe
 
-SPLITS = ("eval_clean", "eval_other")
+SPLITS = ("eval_clean", "eval_other", "eval_novel")  # those whose manifest exists
 
 
 def logprobs_of(rec, waves: list[np.ndarray], batch: int = 16) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
@@ -74,8 +75,9 @@ def main() -> int:
     print(f"model {args.model}\nLM {lm_dir} (order {info.meta['order']}, tuned: {bool(tuned)}); "
           f"alpha {options.alpha:g}, beta {options.beta:g}, beam {options.beam}")  # fmt: skip
 
+    splits = [s for s in SPLITS if (args.manifests / f"{s}.jsonl").is_file()]
     data = {}
-    for split in SPLITS:
+    for split in splits:
         rows, waves = read_utterances(args.manifests / f"{split}.jsonl")
         data[split] = {"rows": rows, "refs": [r["text"] for r in rows], "waves": waves,
                        "seconds": audio_seconds(waves)}  # fmt: skip
@@ -147,13 +149,13 @@ def main() -> int:
             hyps = [from_model_text(o.text, unit) for o in outputs]
             results.setdefault(name, {})[split] = {"cer": cer(d["refs"], hyps), "rtfx": d["seconds"] / wall}
 
-    print(
-        "\n| decoder | eval_clean CER | eval_other CER | RTFx clean / other | search-only RTFx |\n|---|---:|---:|---:|---:|"
-    )
+    print(f"\n| decoder | {' | '.join(f'{s} CER' for s in splits)} | RTFx {' / '.join(splits)} | search-only RTFx |")
+    print(f"|---|{'---:|' * len(splits)}---:|---:|")
     for name, r in results.items():
-        search = " / ".join(f"{r[s]['search_rtfx']:.0f}" for s in SPLITS) if "search_rtfx" in r["eval_clean"] else "—"
-        print(f"| {name} | {r['eval_clean']['cer']:.2f} | {r['eval_other']['cer']:.2f} | "
-              f"{r['eval_clean']['rtfx']:.0f} / {r['eval_other']['rtfx']:.0f} | {search} |")  # fmt: skip
+        search = " / ".join(f"{r[s]['search_rtfx']:.0f}" for s in splits) if "search_rtfx" in r["eval_clean"] else "—"
+        cers = " | ".join(f"{r[s]['cer']:.2f}" for s in splits)
+        rtfx = " / ".join(f"{r[s]['rtfx']:.0f}" for s in splits)
+        print(f"| {name} | {cers} | {rtfx} | {search} |")
     greedy_row, lm_row = results["korasr greedy"], results[f"korasr beam {options.beam} + LM"]
     nemo_row = results[f"NeMo beam_batch {options.beam} + NGPU-LM"]
     other_gain = 100 * (1 - lm_row["eval_other"]["cer"] / max(greedy_row["eval_other"]["cer"], 1e-9))
@@ -161,9 +163,23 @@ def main() -> int:
         f"\nbeam + LM vs greedy: eval_other CER {other_gain:+.1f}% relative lower (target ≥ 10%), eval_clean "
         f"{lm_row['eval_clean']['cer']:.2f} vs {greedy_row['eval_clean']['cer']:.2f} (target: no worse)"
     )
-    print("korasr beam + LM RTFx: " + " / ".join(f"{lm_row[s]['rtfx']:.0f}" for s in SPLITS) + " (target ≥ 100)")
+    print("korasr beam + LM RTFx: " + " / ".join(f"{lm_row[s]['rtfx']:.0f}" for s in splits) + " (target ≥ 100)")
     print("parity with NeMo (|Δ CER|, target ≤ 0.3): " + ", ".join(
-        f"{s} {abs(lm_row[s]['cer'] - nemo_row[s]['cer']):.2f}" for s in SPLITS))  # fmt: skip
+        f"{s} {abs(lm_row[s]['cer'] - nemo_row[s]['cer']):.2f}" for s in splits))  # fmt: skip
+    if "eval_novel" in splits:
+        novel_gain = 100 * (1 - lm_row["eval_novel"]["cer"] / max(greedy_row["eval_novel"]["cer"], 1e-9))
+        print(f"beam + LM vs greedy on eval_novel (text the LM never read): {novel_gain:+.1f}% relative lower")
+
+    from korasr.lm.overlap import text_overlap
+
+    orders = tuple(sorted({3, int(info.meta["order"])}))
+    overlap = text_overlap(lm_dir, [args.manifests / f"{s}.jsonl" for s in splits], orders)
+    print(f"\nwhat the LM has read of each split (`korasr lm overlap --lm {lm_dir} --manifest …`):\n"
+          f"| split | sentences in LM text | {' | '.join(f'{n}-gram overlap' for n in orders)} |\n"
+          f"|---|---:|{'---:|' * len(orders)}")  # fmt: skip
+    for split, r in zip(splits, overlap.values(), strict=True):
+        cells = " | ".join(f"{r[f'{n}-gram overlap']:.2f}%" for n in orders)
+        print(f"| {split} | {r['sentences_in_lm_text']:.2f}% | {cells} |")
     print(f"\nhotwords ({len(hot_rows)} utterances, {len(hot_words)} terms the corpus never says):\n"
           "| decoder | term recall | CER |\n|---|---:|---:|")  # fmt: skip
     for name, r in hotword_rows.items():
@@ -173,7 +189,8 @@ def main() -> int:
           f"double); eval_clean CER with {len(unrelated)} unrelated hotwords {false_boost:.2f} vs "
           f"{lm_row['eval_clean']['cer']:.2f} (target: within 0.2 points)")  # fmt: skip
     record = {"lm": str(lm_dir), "alpha": options.alpha, "beta": options.beta, "beam": options.beam,
-              "results": results, "hotwords": hotword_rows, "eval_clean_cer_unrelated_hotwords": false_boost}  # fmt: skip
+              "results": results, "hotwords": hotword_rows, "eval_clean_cer_unrelated_hotwords": false_boost,
+              "overlap": dict(zip(splits, overlap.values(), strict=True))}  # fmt: skip
     write_json(OUT / "decoding.json", record)
     return 0
 

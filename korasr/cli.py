@@ -500,7 +500,7 @@ def _show(events) -> None:  # type: ignore[no-untyped-def]
 
 
 def _lm_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lm", help="token n-gram LMs for beam search: build (KenLM), tune alpha/beta on dev")
+    p = sub.add_parser("lm", help="token n-gram LMs for beam search: build (KenLM), tune alpha/beta on dev, overlap")
     lm_sub = p.add_subparsers(dest="action", required=True)
     q = lm_sub.add_parser("build", help="an LM directory (ARPA, KenLM binary, lm.json) over a tokenizer's pieces")
     q.add_argument("--tokenizer", required=True, help="a tokenizer directory (korasr tokenizer build)")
@@ -521,6 +521,26 @@ def _lm_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--beam", type=bounded(int, 1, 256), default=8)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_lm_tune)
+    q = lm_sub.add_parser("overlap", help="how much of each manifest's text the LM has read (token n-grams)")
+    q.add_argument("--lm", required=True, help="the LM directory (korasr lm build)")
+    q.add_argument("--manifest", action="append", required=True, help="a manifest to measure (repeatable)")
+    q.add_argument("--order", type=bounded(int, 1, 10), action="append", default=None,
+                   help="n-gram order (repeatable; default: 3 and the LM's own order)")  # fmt: skip
+    q.set_defaults(func=_lm_overlap)
+
+
+def _lm_overlap(args: argparse.Namespace) -> int:
+    from korasr.lm import read_lm
+    from korasr.lm.overlap import text_overlap
+
+    orders = tuple(args.order or sorted({3, int(read_lm(args.lm).meta["order"])}))
+    report = text_overlap(args.lm, args.manifest, orders)
+    print(f"| manifest | utts | sentences in LM text | {' | '.join(f'{n}-gram overlap' for n in orders)} |")
+    print(f"|---|---:|---:|{'---:|' * len(orders)}")
+    for path, r in report.items():
+        cells = " | ".join(f"{r[f'{n}-gram overlap']:.2f}%" for n in orders)
+        print(f"| {path} | {r['utterances']} | {r['sentences_in_lm_text']:.2f}% | {cells} |")
+    return 0
 
 
 def _lm_build(args: argparse.Namespace) -> int:

@@ -40,6 +40,8 @@ class QuirkyCorpus:
 
     def add(self, split: str, rel: str, raw: str, expect: tuple[str, str], audio: bytes | str | None = "auto",
             encoding: str = "utf-8", eol: bytes = b"\n") -> None:  # fmt: skip
+        self.lines.setdefault(split, [])  # an extra evaluation split (eval_NAME.trn)
+        self.expected.setdefault(split, [])
         if audio == "auto":
             audio = pcm_bytes(1.0 + len(self.audio) % 3, seed=len(self.audio))
         if audio is not None:
@@ -51,6 +53,8 @@ class QuirkyCorpus:
         self.expected[split].append(expect)
 
     def add_raw_line(self, split: str, line: bytes, expect: tuple[str, str]) -> None:
+        self.lines.setdefault(split, [])
+        self.expected.setdefault(split, [])
         self.lines[split].append(line)
         self.expected[split].append(expect)
 

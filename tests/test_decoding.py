@@ -59,6 +59,36 @@ def test_export_beam_scores_as_beam_on_the_nemos_log_probabilities(exported, tra
     assert abs(onnx_cer - nemo_cer) <= 0.2
 
 
+def test_lm_overlap_says_how_much_of_each_split_the_lm_has_read(recipe, lm, tmp_path):
+    """`korasr lm overlap`: the LM's own train text is all known; eval_clean shares the train templates (high token
+    n-gram overlap, no sentence verbatim); eval_novel's templates and words are new (far lower overlap at the LM's
+    order). A source changed since the build is an error naming it."""
+    import shutil
+
+    from korasr.lm import LMError
+    from korasr.lm.overlap import text_overlap
+
+    m = recipe["manifests"]
+    report = text_overlap(lm, [m / "train.jsonl", m / "eval_clean.jsonl", m / "eval_novel.jsonl"], (3, 6))
+    train, clean, novel = report.values()
+    assert train["sentences_in_lm_text"] == 100.0 and train["6-gram overlap"] == 100.0
+    assert clean["sentences_in_lm_text"] == 0.0 and novel["sentences_in_lm_text"] == 0.0
+    assert clean["6-gram overlap"] > 80.0 > 60.0 > novel["6-gram overlap"]
+    assert clean["3-gram overlap"] >= clean["6-gram overlap"] and novel["3-gram overlap"] >= novel["6-gram overlap"]
+    proc = run("lm", "overlap", "--lm", str(lm), "--manifest", str(m / "eval_novel.jsonl"))
+    assert f"{novel['6-gram overlap']:.2f}%" in proc.stdout.splitlines()[-1]
+
+    moved = tmp_path / "lm"
+    shutil.copytree(lm, moved)
+    meta = json.loads((moved / "lm.json").read_text(encoding="utf-8"))
+    changed = tmp_path / "train.jsonl"
+    changed.write_text((m / "train.jsonl").read_text(encoding="utf-8")[:-200], encoding="utf-8")
+    meta["sources"][0]["path"] = str(changed)
+    (moved / "lm.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(LMError, match=f"{changed}: changed since"):
+        text_overlap(moved, [m / "eval_novel.jsonl"])
+
+
 def test_lm_tune_chooses_on_dev_records_it_and_refuses_eval(exported, recipe, lm, tmp_path):
     import shutil
 

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from korasr.data.kspon import CorpusError, PrepareOptions, prepare_kspon
-from tests.conftest import QuirkyCorpus, korasr_cmd, tree_state
+from tests.conftest import QuirkyCorpus, eval_rel, korasr_cmd, pcm_bytes, tree_state
 
 SPLITS = ("train", "dev", "eval_clean", "eval_other")
 
@@ -125,6 +125,33 @@ def test_scripts_folder_may_be_named_scripts(tmp_path):
     c.write_scripts()
     out, _info = run(c, tmp_path)
     assert [r["text"] for r in read_jsonl(out / "dev.jsonl")] == ["dev 문장"]
+
+
+def test_extra_eval_scripts_become_eval_splits_that_outrank_training(quirky_corpus, tmp_path):
+    """Any further eval_NAME.trn (the sample corpus's eval_novel, a team's domain set) is prepared into its own
+    manifest like eval_clean: no duration filter, and an id it shares with train stays with it. Other names and
+    names that are not eval_* are not read."""
+    c = quirky_corpus
+    c.add("eval_domain", eval_rel("eval_domain", 20), "도메인 평가 문장", ("row", "도메인 평가 문장"),
+          audio=pcm_bytes(12.0, seed=8))  # fmt: skip
+    c.add("eval_domain", eval_rel("eval_domain", 21), "짧은 평가 문장", ("row", "짧은 평가 문장"))
+    c.add_raw_line(
+        "train", f"{eval_rel('eval_domain', 21)} :: 학습에 다시\n".encode(), ("reject", "duplicate utterance id")
+    )
+    c.write_scripts()
+    (c.scripts_dir / "notes.trn").write_text("x.pcm :: 읽지 않는 줄\n", encoding="utf-8")
+    (c.scripts_dir / "eval_Bad Name.trn").write_text("x.pcm :: 읽지 않는 줄\n", encoding="utf-8")
+    out, info = run(c, tmp_path, max_duration=10.0)
+    assert [r["text"] for r in read_jsonl(out / "eval_domain.jsonl")] == [
+        "도메인 평가 문장",
+        "짧은 평가 문장",
+    ]  # 12 s kept
+    assert sorted(info["summary"]["counts"]) == sorted([*SPLITS, "eval_domain"])
+    dup = [r for r in read_jsonl(out / "rejects.jsonl") if r["reason"] == "duplicate utterance id"]
+    assert any(r["split"] == "train" and "first in eval_domain.trn line 2" in r["detail"] for r in dup), dup
+    assert sorted(p.name for p in out.glob("*.jsonl")) == sorted(
+        [f"{s}.jsonl" for s in (*SPLITS, "eval_domain")] + ["rejects.jsonl"]
+    )
 
 
 def test_not_a_corpus_is_a_clear_error(tmp_path):

@@ -74,7 +74,7 @@ def test_plan_splits_are_disjoint_and_cover_every_marker():
     for u in utts:
         by_split.setdefault(u.split, set()).add(normalize(u.raw).text)
     train = by_split["train"]
-    for split in ("dev", "eval_clean", "eval_other"):
+    for split in ("dev", "eval_clean", "eval_other", "eval_novel"):
         assert not by_split[split] & train, split
     assert not by_split["eval_clean"] & by_split["eval_other"]
     raws = [u.raw for u in utts if u.split == "train"]
@@ -98,6 +98,38 @@ def test_plan_splits_are_disjoint_and_cover_every_marker():
         assert sum(bool(re.search(pattern, r)) for r in raws) >= 5, name
     words = {w for r in raws for w in normalize(r).text.split()}
     assert len(words) >= 300
+
+
+@pytest.mark.parametrize(("variety", "seed"), [("wide", 0), ("narrow", 11), ("wide", 5)])
+def test_eval_novel_says_no_word_the_other_splits_say(variety, seed):
+    """eval_novel measures text nobody trained on: not one of its words (after normalization, either form) occurs
+    in train, dev, eval_clean or eval_other, while its voices and prosody are eval_clean's."""
+    utts = plan(SampleOptions(utterances=2500, seed=seed, variety=variety))
+
+    def words(us) -> set[str]:  # type: ignore[no-untyped-def]
+        forms = (("spelling", "df"), ("phonetic", "df"))
+        return {w for u in us for form, df in forms for w in normalize(u.raw, form, df).text.split()}
+
+    novel = [u for u in utts if u.split == "eval_novel"]
+    assert len(novel) == 125 and len({u.raw for u in novel}) == 125
+    assert len(words(novel)) >= 150
+    assert not words(novel) & words(u for u in utts if u.split != "eval_novel")
+    assert {u.voice for u in novel} <= set(VARIETIES[variety].voices) and all(u.snr_db is None for u in novel)
+
+
+def test_eval_novel_leaves_the_other_splits_as_they_were():
+    """eval_novel draws from a generator of its own after the four splits: the splits without it are the plan of a
+    corpus whose eval_novel is removed, whatever its size (the ablation and the published rows stay comparable)."""
+    import korasr.data.sample_corpus as sc
+
+    full = [u for u in plan(SampleOptions(utterances=300, seed=4)) if u.split != "eval_novel"]
+    original = sc.novel_sentence
+    try:
+        sc.novel_sentence = lambda r: f"{r.random()} 다른 문장"  # any other eval_novel text
+        other = [u for u in plan(SampleOptions(utterances=300, seed=4)) if u.split != "eval_novel"]
+    finally:
+        sc.novel_sentence = original
+    assert full == other
 
 
 @pytest.mark.parametrize("variety", sorted(VARIETIES))
@@ -138,10 +170,11 @@ def test_layout_and_encodings_match_ksponspeech(tone_corpus):
     assert sorted(p.name for p in (root / "KsponSpeech_scripts").iterdir()) == [
         "dev.trn",
         "eval_clean.trn",
+        "eval_novel.trn",
         "eval_other.trn",
         "train.trn",
     ]
-    for split in ("train", "dev", "eval_clean", "eval_other"):
+    for split in ("train", "dev", "eval_clean", "eval_other", "eval_novel"):
         lines = (root / "KsponSpeech_scripts" / f"{split}.trn").read_text(encoding="utf-8").splitlines()
         for line in lines:
             rel, raw = line.split(" :: ", 1)
@@ -153,7 +186,7 @@ def test_layout_and_encodings_match_ksponspeech(tone_corpus):
             assert pcm.stat().st_size > 16000
             assert pcm.with_suffix(".txt").read_bytes().decode("cp949") == raw
     record = json.loads((root / "sample.json").read_text())
-    assert record["utterances"] == {"train": 120, "dev": 10, "eval_clean": 10, "eval_other": 10}
+    assert record["utterances"] == {"train": 120, "dev": 10, "eval_clean": 10, "eval_other": 10, "eval_novel": 10}
 
 
 def test_same_seed_same_bytes_and_rerun_skips(tone_corpus, tmp_path):

@@ -36,9 +36,9 @@ from korasr.text.normalize import DISFLUENCIES, FORMS, normalize
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "eval_clean", "eval_other")
-# Duplicate ids keep their first occurrence; the eval splits go first so that a corpus error can never
-# move an eval utterance into training.
-_PRIORITY = ("eval_clean", "eval_other", "dev", "train")
+# Further evaluation splits beside KsponSpeech's own: any other ``eval_NAME.trn`` in the scripts folder (the sample
+# corpus's eval_novel, a team's domain test set) is prepared like eval_clean into ``eval_NAME.jsonl``.
+EXTRA_EVAL = re.compile(r"eval_[a-z0-9][a-z0-9_]{0,31}")
 SCRIPT_DIRS = ("KsponSpeech_scripts", "scripts")
 SEPARATOR = " :: "
 EXPECTED_TREE = """\
@@ -84,6 +84,19 @@ class PrepareResult:
     rejects: Path
     summary: Path
     skipped: bool
+
+
+def script_splits(scripts_dir: Path) -> tuple[str, ...]:
+    """KsponSpeech's four splits, then the extra evaluation splits the scripts folder holds, by name."""
+    extras = sorted(p.stem for p in scripts_dir.glob("eval_*.trn") if EXTRA_EVAL.fullmatch(p.stem))
+    return SPLITS + tuple(s for s in extras if s not in SPLITS)
+
+
+def priority(splits: tuple[str, ...]) -> tuple[str, ...]:
+    """The order in which lines claim ids and audio: every eval split first, so that a corpus error can never move
+    an eval utterance into training; then dev, then train."""
+    evals = tuple(s for s in splits if s.startswith("eval_"))
+    return evals + tuple(s for s in splits if s not in evals and s != "train") + ("train",)
 
 
 def find_scripts_dir(root: Path) -> Path:
@@ -304,9 +317,9 @@ def _claim_destinations(audio_dir: Path, scripts: dict[str, Path], audio_format:
     line number, each with the reason naming that line. ``x.pcm`` and ``x.wav`` in one folder both convert to
     ``x.wav``: without this, the later one's conversion replaced the earlier one's audio under its row.
 
-    Read over every script before any worker converts a file. Lines claim destinations in ``_PRIORITY`` order
-    (eval_clean, eval_other, dev, train), then line order, as duplicate ids do, so an eval line always keeps its
-    audio. A line claims by its path alone, whatever its transcript or whether its file exists. A path refused on
+    Read over every script before any worker converts a file. Lines claim destinations in ``priority`` order
+    (eval_clean, eval_other, any extra eval split, dev, train), then line order, as duplicate ids do, so an eval line
+    always keeps its audio. A line claims by its path alone, whatever its transcript or whether its file exists. A path refused on
     its face (NUL, absolute, ``..``: ``_lexical``) claims nothing; one that ``confine`` refuses later, for a symlink
     out of the corpus, may have claimed (that check reads the disk, 40 µs a line). The same source file listed twice
     is no collision: it converts to the same bytes, and the second line is rejected as a duplicate id.
@@ -314,8 +327,9 @@ def _claim_destinations(audio_dir: Path, scripts: dict[str, Path], audio_format:
     suffixes: dict[str, int] = {}  # a source's suffix → a small number; same base + same suffix = same file
     owners: dict[str, int] = {}  # path without suffix → suffix number << 40 | split index << 32 | line number
     clashes: dict[int, str] = {}
-    for split in _PRIORITY:
-        index = SPLITS.index(split) << 32
+    splits = tuple(scripts)
+    for split in priority(splits):
+        index = splits.index(split) << 32
         for number, raw_line in _read_script(scripts[split]):
             text, _ = decode_line(raw_line)
             rel, sep, _ = (text or "").partition(SEPARATOR)
@@ -328,8 +342,9 @@ def _claim_destinations(audio_dir: Path, scripts: dict[str, Path], audio_format:
             if owner >> 40 != suffix_id:
                 dst = audio_dir / f"{base}.{audio_format}"
                 clashes[index | number] = (
-                    f"{dst} is already the audio of {SPLITS[owner >> 32 & 0xFF]}.trn line {owner & 0xFFFFFFFF} (the "
-                    f"paths differ only in extension): the first line in the order {', '.join(_PRIORITY)}, then "
+                    f"{dst} is already the audio of {splits[owner >> 32 & 0xFF]}.trn line {owner & 0xFFFFFFFF} (the "
+                    f"paths differ only in extension): the first line in the order {', '.join(priority(splits))}, "
+                    "then "
                     "line order, keeps it"
                 )
     return clashes
@@ -344,8 +359,9 @@ def prepare_kspon(
     jobs: int = 1,
     progress: bool = True,
 ) -> PrepareResult:
-    """Prepare KsponSpeech: write ``<out_dir>/{train,dev,eval_clean,eval_other}.jsonl``, ``rejects.jsonl`` and
-    ``prepare.json``. Skips the work when ``prepare.json`` records the same scripts, options and paths.
+    """Prepare KsponSpeech: write ``<out_dir>/{train,dev,eval_clean,eval_other}.jsonl`` (and ``eval_NAME.jsonl`` for
+    each extra ``eval_NAME.trn``: ``script_splits``), ``rejects.jsonl`` and ``prepare.json``. Skips the work when
+    ``prepare.json`` records the same scripts, options and paths.
 
     The writing holds the locks of ``out_dir`` and ``audio_dir`` (``folder_lock``): while another live run writes
     into either folder this one stops at once with ``FolderInUseError``, before writing any output. The check that
@@ -360,7 +376,7 @@ def prepare_kspon(
     if not root.is_dir():
         raise CorpusError(f"{root}: no such directory\n{EXPECTED_TREE}")
     scripts_dir = find_scripts_dir(root)
-    scripts = {split: scripts_dir / f"{split}.trn" for split in SPLITS}
+    scripts = {split: scripts_dir / f"{split}.trn" for split in script_splits(scripts_dir)}
     missing = [str(p) for p in scripts.values() if not p.is_file()]
     if missing:
         raise CorpusError(f"missing script(s): {', '.join(missing)}\n{EXPECTED_TREE}")
@@ -369,7 +385,7 @@ def prepare_kspon(
 
     scanned = {split: _scan_script(path) for split, path in scripts.items()}
     fingerprint = _fingerprint(options, root, audio_dir, {s: h for s, (h, _) in scanned.items()})
-    manifests = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
+    manifests = {split: out_dir / f"{split}.jsonl" for split in scripts}
     result = PrepareResult(out_dir, manifests, out_dir / "rejects.jsonl", out_dir / "prepare.json", False)
     if _up_to_date(result, fingerprint):
         log.info("%s is up to date (same scripts, options and paths): nothing to do", out_dir)
@@ -407,19 +423,20 @@ def _write(root: Path, audio_dir: Path, scripts: dict[str, Path], scanned: dict[
     counts: dict[str, dict] = {}
     odd_ids: list[str] = []
     odd_count = 0
-    encodings: dict[str, Counter] = {split: Counter() for split in SPLITS}
+    splits = tuple(scripts)
+    encodings: dict[str, Counter] = {split: Counter() for split in splits}
 
     clashes = _claim_destinations(audio_dir, scripts, options.audio_format)
     if clashes:
         log.warning("%d script line(s) would convert onto audio another line owns: rejected", len(clashes))
 
     def items() -> Iterator[tuple[str, int, bytes, str | None]]:
-        for split in _PRIORITY:
-            index = SPLITS.index(split) << 32
+        for split in priority(splits):
+            index = splits.index(split) << 32
             for number, line in _read_script(scripts[split]):
                 yield split, number, line, clashes.get(index | number)
 
-    for split in SPLITS:
+    for split in splits:
         counts[split] = {"lines": scanned[split][1], "utterances": 0, "seconds": 0.0, "rejects": Counter()}
     bar = tqdm(total=total_lines, unit="utt", desc="prepare", disable=not progress, smoothing=0.1)
     with contextlib.ExitStack() as outputs:  # on any error every temporary file is removed
@@ -431,14 +448,14 @@ def _write(root: Path, audio_dir: Path, scripts: dict[str, Path], scanned: dict[
             encodings[split][out["encoding"]] += 1
             if "row" in out and out["row"]["utt_id"] in seen:
                 first = seen[out["row"]["utt_id"]]
-                first_split, first_line = SPLITS[first >> 32], first & 0xFFFFFFFF
+                first_split, first_line = splits[first >> 32], first & 0xFFFFFFFF
                 out = {"split": split, "encoding": out["encoding"], "reject": {
                     "utt_id": out["row"]["utt_id"], "split": split, "line": out["line"],
                     "reason": "duplicate utterance id", "detail": f"first in {first_split}.trn line {first_line}",
                 }}  # fmt: skip
             if "row" in out:
                 row = out["row"]
-                seen[row["utt_id"]] = SPLITS.index(split) << 32 | out["line"]
+                seen[row["utt_id"]] = splits.index(split) << 32 | out["line"]
                 files[split].write(json.dumps(row, ensure_ascii=False) + "\n")
                 counts[split]["utterances"] += 1
                 counts[split]["seconds"] += row["duration"]
@@ -468,7 +485,7 @@ def _write(root: Path, audio_dir: Path, scripts: dict[str, Path], scanned: dict[
                 "lines": scanned[split][1],
                 "encodings": dict(encodings[split]),
             }
-            for split in SPLITS
+            for split in splits
         },
         "counts": {
             split: {

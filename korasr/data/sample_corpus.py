@@ -3,7 +3,9 @@
 Sentences come from :mod:`korasr.data.sample_text`; the audio is eSpeak NG speaking the *pronunciation* form
 (phonetic side of every dual pair, fillers and repeats included, noise tags silent), resampled to 16 kHz s16le
 with soxr. Train, dev and eval sentences are disjoint after normalization. eval_other is harder: faster speech,
-voices never used in train, and added noise.
+voices never used in train, and added noise. eval_novel has eval_clean's voices and prosody but sentences from
+templates and words no other split uses (``sample_text.NOVEL_TEMPLATES``): what a language model trained on the train
+text gains there is what it gains on text it has not seen.
 
 A few lines reproduce the corpus's known defects so that preparation has something to reject or repair:
 noise-only utterances (empty after normalization), one malformed dual pair, and odd-length PCM files.
@@ -25,7 +27,7 @@ import numpy as np
 
 from korasr import __version__
 from korasr.data.audio import SAMPLE_RATE
-from korasr.data.sample_text import sentence
+from korasr.data.sample_text import novel_sentence, sentence
 from korasr.fsutil import atomic_open, write_json
 from korasr.text.normalize import normalize
 
@@ -53,15 +55,16 @@ VARIETIES = {
 }
 OTHER_VOICES = ("ko+f4", "ko+m4", "ko+m6", "ko+m7")
 OTHER_SPEED, OTHER_PITCH = (200, 240), (20, 80)
-DESIGN = 2  # bump when voices, prosody or text change, so that a corpus made before is made again
+DESIGN = 3  # bump when voices, prosody or text change, so that a corpus made before is made again
 SYNTHS = ("espeak", "tone")
+SPLITS = ("train", "dev", "eval_clean", "eval_other", "eval_novel")
 # KsponSpeech_0N archives hold these folder numbers (1,000 utterances per folder).
 _ARCHIVE_LAST_FOLDER = (124, 248, 372, 496, 623)
 
 
 @dataclass(frozen=True)
 class SampleOptions:
-    utterances: int = 2500  # train utterances; dev, eval_clean and eval_other get a twentieth each (≥ 10)
+    utterances: int = 2500  # train utterances; dev and each eval split get a twentieth each (≥ 10)
     seed: int = 0
     synth: str = "espeak"  # "tone": fast stand-in audio for tests and benchmarks, not speech
     variety: str = "wide"  # train/dev/eval_clean voices and prosody: a key of VARIETIES
@@ -143,6 +146,21 @@ def plan(options: SampleOptions) -> list[Utterance]:
                 snr = None
             odd = split == "train" and number["train"] % 97 == 0
             utterances.append(Utterance(split, rel, raw, spoken, voice, speed, pitch, snr, odd, key))
+    # eval_novel last, from a generator of its own: the four splits above stay what they were before it existed.
+    novel = random.Random(f"{options.seed}:eval_novel")
+    raws: list[str] = []
+    while len(raws) < n_small:
+        raw = novel_sentence(novel)
+        if normalize(raw).text not in seen:
+            seen.add(normalize(raw).text)
+            raws.append(raw)
+    for raw in raws:
+        key += 1
+        number["eval"] += 1
+        voice, speed, pitch = novel.choice(heard.voices), novel.randint(*heard.speed), novel.randint(*heard.pitch)
+        spoken = normalize(raw, "phonetic", "df").text
+        rel = eval_path("eval_novel", number["eval"])
+        utterances.append(Utterance("eval_novel", rel, raw, spoken, voice, speed, pitch, None, False, key))
     return utterances
 
 
@@ -251,7 +269,7 @@ def make_sample_corpus(out: str | os.PathLike[str], options: SampleOptions | Non
     scripts.mkdir(exist_ok=True)
     hours: dict[str, float] = {}
     counts: dict[str, int] = {}
-    for split in ("train", "dev", "eval_clean", "eval_other"):
+    for split in SPLITS:
         rows = [(u, d) for u, d in zip(utterances, durations, strict=True) if u.split == split]
         with atomic_open(scripts / f"{split}.trn") as f:
             f.writelines(f"{u.rel_path} :: {u.raw}\n" for u, _ in rows)

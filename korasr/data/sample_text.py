@@ -233,3 +233,73 @@ def sentence(r: random.Random) -> str:
     """One raw transcript in KsponSpeech markup."""
     return _decorate(fill(r.choice(TEMPLATES), r), r)
 
+
+# eval_novel: templates and words that no train, dev, eval_clean or eval_other sentence uses (formal -습니다 endings,
+# other people, places and things; no numbers, acronyms or fillers), so that a language model trained on the train
+# text knows nothing of these sentences beyond the language itself. tests/test_sample_corpus.py checks that no
+# normalized word of eval_novel occurs in the other splits.
+NOVEL_PEOPLE = [
+    "고모", "외삼촌", "손녀", "부장님", "과장님", "간호사", "교수님", "조카", "며느리", "사위", "이웃", "반장",
+    "경비원", "택배 기사님", "주인아주머니", "막내",
+]  # fmt: skip
+NOVEL_PLACES = [
+    "세탁소", "주차장", "경찰서", "소방서", "동물원", "수영장", "박물관", "미술관", "체육관", "기숙사", "터미널",
+    "정류장", "부엌", "거실", "베란다", "운동장", "놀이터", "꽃집", "빵집", "문구점",
+]  # fmt: skip
+NOVEL_THINGS = [
+    "냉장고", "세탁기", "청소기", "선풍기", "달력", "화분", "베개", "이불", "거울", "칫솔", "수건", "냄비",
+    "접시", "숟가락", "젓가락", "빗자루", "목도리", "장갑", "양말", "허리띠",
+]  # fmt: skip
+NOVEL_ANIMALS = ["강아지", "고양이", "토끼", "거북이", "앵무새", "햄스터", "금붕어", "병아리"]
+NOVEL_TIMES = [
+    "어젯밤",
+    "그저께",
+    "한밤중에",
+    "올봄에",
+    "지난달",
+    "연말에",
+    "초저녁에",
+    "이튿날",
+    "한겨울에",
+    "오후 내내",
+]
+NOVEL_ADVERBS = ["무척", "굉장히", "몹시", "상당히", "꽤", "유난히", "한층", "제법"]
+NOVEL_FEELINGS = ["뿌듯했습니다", "상쾌했습니다", "개운했습니다", "서운했습니다", "허전했습니다", "든든했습니다",
+                  "섭섭했습니다", "후련했습니다"]  # fmt: skip
+
+_NOVEL_SLOTS: dict[str, Callable[[random.Random], str]] = {
+    "person": lambda r: r.choice(NOVEL_PEOPLE),
+    "spot": lambda r: r.choice(NOVEL_PLACES),
+    "item": lambda r: r.choice(NOVEL_THINGS),
+    "pet": lambda r: r.choice(NOVEL_ANIMALS),
+    "when": lambda r: r.choice(NOVEL_TIMES),
+    "much": lambda r: r.choice(NOVEL_ADVERBS),
+    "felt": lambda r: r.choice(NOVEL_FEELINGS),
+}
+
+NOVEL_TEMPLATES = [
+    "{person_t} {spot}에서 {item_o} 닦았습니다.",
+    "{item_s} 고장 나서 {person_s} 고쳐 주셨습니다.",
+    "{when} {spot}에 들러서 {item_o} 맡겼습니다.",
+    "{person_s} {pet_o} 안고 {spot_ro} 산책하러 나갔습니다.",
+    "{spot} 근처는 {much} 붐볐습니다.",
+    "{item_o} 깔끔하게 정리했더니 {much} {felt}",
+    "{person_t} {pet_o} {much} 아낍니다.",
+    "{spot} 앞에서 {person_o} 한참 기다렸습니다.",
+    "{when} {item_w} {item_o} 챙겼습니다.",
+    "{person_s} {spot}에서 {pet_o} 돌봤습니다.",
+    "{item_s} 없어서 {spot}까지 다녀왔습니다.",
+    "{when} {spot} 주변을 느긋하게 둘러봤습니다.",
+    "{person_w} {spot}에서 우연히 마주쳤습니다.",
+    "{pet_s} {item_o} 물어뜯어서 {much} {felt}",
+]
+
+
+def novel_sentence(r: random.Random) -> str:
+    """One eval_novel transcript: a novel template filled from the novel lexicon, without disfluency markup."""
+
+    def slot(match: re.Match[str]) -> str:
+        name = match[1]
+        return _josa(name, _NOVEL_SLOTS[re.sub(r"_(s|t|o|w|ro)$", "", name)](r))
+
+    return re.sub(r"\{(\w+)\}", slot, r.choice(NOVEL_TEMPLATES))

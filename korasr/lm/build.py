@@ -87,7 +87,7 @@ def find_tool(name: str) -> Path:
     raise LMError(f"KenLM's {name} is not installed: run `make kenlm` (builds it from the PyPI source package)")
 
 
-def _manifest_texts(path: Path) -> list[str]:
+def manifest_texts(path: Path) -> list[str]:
     texts = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -100,7 +100,7 @@ def _manifest_texts(path: Path) -> list[str]:
     return texts
 
 
-def _file_texts(path: Path) -> list[str]:
+def file_texts(path: Path) -> list[str]:
     try:
         raw = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -170,7 +170,7 @@ def build_lm(
         lines_total = 0
         with open(corpus, "w", encoding="utf-8", newline="\n") as f:
             for (path, kind), record in zip(sources, wanted["sources"], strict=True):
-                lines = _manifest_texts(path) if kind == "manifest" else _file_texts(path)
+                lines = manifest_texts(path) if kind == "manifest" else file_texts(path)
                 used = skipped_unk = skipped_empty = 0
                 for text in lines:
                     ids = tok.encode(text) if text else []

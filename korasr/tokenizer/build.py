@@ -190,6 +190,7 @@ def build_tokenizer(
 def _siblings(manifest: Path) -> list[Path]:
     names = ["train.jsonl", "dev.jsonl", "eval_clean.jsonl", "eval_other.jsonl"]
     found = [manifest.parent / n for n in names if (manifest.parent / n).is_file()]
+    found += sorted(p for p in manifest.parent.glob("eval_*.jsonl") if p.name not in names)  # extra eval splits
     return found if manifest in found else [manifest, *found]
 
 
