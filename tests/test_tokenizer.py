@@ -124,7 +124,7 @@ def test_directory_contents_and_record(built, manifests):
         assert vocab_txt == [p[1:] or p if p.startswith("▁") else f"##{p}" for p in ps[1:]]
         report = json.loads((directory / "report.json").read_text())
         assert set(report) == {"4", "8"}
-        assert set(report["8"]) == {"train", "dev", "eval_clean", "eval_other"}
+        assert set(report["8"]) == {"train", "dev", "eval_clean", "eval_other", "eval_novel"}
     assert yaml.safe_load((built["char-jamo"] / "tokenizer.yaml").read_text())["type"] == "char"
 
 
