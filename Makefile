@@ -53,7 +53,14 @@ MAX_CER ?=
 # The model to evaluate or export: the newest .nemo the recipe's training wrote.
 MODEL ?= $(shell ls -t exp/$(RECIPE)/*/*/*.nemo 2>/dev/null | head -n 1)
 
-.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean
+# The model registry (MLflow; MLFLOW_TRACKING_URI, default sqlite:///exp/mlflow.db) and retraining.
+REGISTRY_NAME ?= korasr-$(RECIPE)
+NEW_DATA ?=
+PROMOTE ?=
+WEBHOOK ?=
+RETRAIN_MAX_CER ?= $(if $(MAX_CER),$(MAX_CER),5)
+
+.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -124,7 +131,7 @@ format: setup ## ruff: fix what can be fixed, format the code
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: setup lint ## lint, then every test tier (unit, config, end to end) on CPU
+test: setup lint airflow ## lint, then every test tier (unit, config, end to end) on CPU
 	$(BIN)/pytest -q
 
 sample-corpus: setup ## synthesize the sample corpus (eSpeak NG Korean, KsponSpeech layout) into SAMPLE_ROOT
@@ -192,6 +199,24 @@ serve: setup ## the FastAPI service over EXPORT (default: MODEL's export/ folder
 	@if [ ! -f "$(EXPORT)/model.json" ]; then echo "no export at '$(EXPORT)': run make export first, or pass EXPORT=dir"; exit 2; fi
 	$(BIN)/korasr serve --model $(EXPORT) --host $(HOST) --port $(PORT) --precision $(PRECISION)
 
+register: setup ## EXPORT (default: MODEL's export/) → a new version of REGISTRY_NAME in the MLflow registry, @candidate (make register; korasr registry promote moves production)
+	$(BIN)/korasr registry register --export $(EXPORT) --name $(REGISTRY_NAME) $(foreach s,$(EVAL_SPLITS),--scored-on manifests/$(RECIPE)/$(s).jsonl)
+
+retrain: setup ## NEW_DATA=DIR|MANIFEST: ingest → fine-tune from @production → evaluate both → gate (MAX_CER=5) → export → register (PROMOTE=1: production) → notify (WEBHOOK=URL)
+	@if [ -z "$(NEW_DATA)" ]; then echo "make retrain needs NEW_DATA=DIR (KsponSpeech layout) or NEW_DATA=manifest.jsonl"; exit 2; fi
+	$(BIN)/korasr retrain --name $(REGISTRY_NAME) --recipe recipes/$(RECIPE) --new-data $(NEW_DATA) $(foreach s,$(EVAL_SPLITS),--eval manifests/$(RECIPE)/$(s).jsonl) --replay manifests/$(RECIPE)/train.jsonl --max-cer $(RETRAIN_MAX_CER) $(if $(PROMOTE),--promote) $(if $(WEBHOOK),--webhook $(WEBHOOK)) $(if $(filter sample,$(RECIPE)),--form phonetic) $(TRAIN_ARGS) $(ARGS)
+
+# Airflow in its own virtual environment (its pins collide with the ML stack's, as Airflow's docs warn); its DAG runs
+# the same `korasr retrain` stages in .venv. AIRFLOW_HOME defaults to exp/airflow (SQLite metadata).
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_VERSION ?= 3.3.2
+airflow: $(AIRFLOW_VENV)/bin/airflow ## Airflow $(AIRFLOW_VERSION) in .venv-airflow, apart from the project's venv; the DAG is orchestration/airflow/dags/korasr_retrain.py
+
+$(AIRFLOW_VENV)/bin/airflow:
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -q "apache-airflow==$(AIRFLOW_VERSION)"
+
 bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo package); prints ratios
 	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)
 	$(BIN)/python bench/tokenize_speed.py
@@ -210,6 +235,9 @@ bench-decoding: setup ## greedy vs beam vs beam + LM, korasr vs NeMo beam_batch:
 
 bench-hostile: setup ## korasr serve under 32 hostile clients (RSS per request and under attack, 5xx, legit clients served), then non-reading, trickling and flooding WebSocket clients (needs make export; streaming export for the last)
 	$(BIN)/python bench/serve_hostile.py
+
+bench-swap: setup ## a service following the registry under 16 clients + 4 streams while production moves twice: failures, p99 vs steady, RSS (needs a streaming export)
+	$(BIN)/python bench/registry_swap.py
 
 bench-memory: setup ## peak memory of data prep on 10k and 100k utterances
 	$(BIN)/python bench/prepare_memory.py --jobs $(JOBS)

@@ -268,6 +268,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    "refusing when they are over korasr.max_infeasible (0.5%%)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true",
                    help="compose, check inputs and CTC feasibility, print the resolved config; no training")  # fmt: skip
+    p.add_argument("--init", default=None, metavar="NEMO",
+                   help="start from this .nemo's weights (or models:/NAME@ALIAS: that version's .nemo): fine-tuning")  # fmt: skip
     p.add_argument("overrides", nargs="*",
                    help="dotted overrides, anywhere on the line: model.optim.lr=1e-3 trainer.devices=8 ...")  # fmt: skip
     p.set_defaults(func=_train)
@@ -278,6 +280,13 @@ def _train(args: argparse.Namespace) -> int:
 
     configs = recipe_configs(args.recipe, args.size, args.streaming) + list(args.config)
     overrides = [*args.overrides, *(["korasr.drop_infeasible=true"] if args.drop_infeasible else [])]
+    if args.init:
+        from korasr import registry
+
+        init = registry.resolve(args.init, "nemo")
+        if not init.is_file():
+            raise FileNotFoundError(f"--init {init}: no such .nemo")
+        overrides.append(f"init_from_nemo_model={init.resolve()}")
     if args.dry_run:
         print(dry_run(compose(configs, overrides)))
         return 0
@@ -286,7 +295,11 @@ def _train(args: argparse.Namespace) -> int:
         from korasr.evaluate import evaluate
         from korasr.report import format_table
 
-        print(format_table(evaluate(model, args.evaluate, results_md=args.results, progress=True)), file=sys.stderr)
+        report = evaluate(model, args.evaluate, results_md=args.results, progress=True)
+        print(format_table(report), file=sys.stderr)
+        from korasr.train import log_evaluation
+
+        log_evaluation(model, model.parent / "eval", report)
     print(model)
     return 0
 
@@ -562,7 +575,11 @@ def _lm_tune(args: argparse.Namespace) -> int:
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the FastAPI transcription service over an export folder")
-    p.add_argument("--model", required=True, help="an export folder (make export)")
+    p.add_argument("--model", required=True,
+                   help="an export folder (make export), or models:/NAME@ALIAS (or /VERSION) from the registry")  # fmt: skip
+    p.add_argument("--follow", type=bounded(float, 1, 86400), default=None, metavar="SECONDS",
+                   help="with --model models:/NAME@ALIAS: check the alias this often; when it moves, load and warm "
+                   "the new version beside the old and swap it in (POST /admin/reload: now)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=bounded(int, 0, 65535), default=8000)
     p.add_argument("--workers", type=bounded(int, 1, 64), default=1, help="server processes, each with its own model")
@@ -622,8 +639,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     from korasr.serve import ServeConfig, serve
 
+    model_ref = getattr(args, "model_ref", None)
+    if args.follow:
+        from korasr import registry
+
+        if not registry.is_ref(args.model):
+            raise ValueError(f"--follow needs --model models:/NAME@ALIAS, not {args.model!r}")
+        model_ref, args.model = args.model, str(registry.resolve(args.model))
     config = ServeConfig(
         model=Path(args.model),
+        model_ref=model_ref,
+        follow_s=args.follow,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_audio_seconds=args.max_audio_seconds,
         max_batch=args.max_batch,
@@ -704,6 +730,119 @@ def _sample_noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("registry", help="the MLflow model registry: register exports, list, show, promote, rollback")
+    r = p.add_subparsers(dest="action", required=True)
+    q = r.add_parser("register", help="an export folder becomes a new version (metrics, lineage, parity); @candidate")
+    q.add_argument("--export", required=True, help="an export folder (korasr export)")
+    q.add_argument("--name", required=True, help="the registered model (e.g. korasr-sample)")
+    q.add_argument("--report", default=None, help="its evaluation report.json (default: eval/ beside its .nemo)")
+    q.add_argument("--parent", type=bounded(int, 1), default=None, help="the version it was fine-tuned from")
+    q.add_argument("--alias", default="candidate", help="alias to set on it (default: candidate; '' for none)")
+    q.add_argument("--scored-on", action="append", default=[], metavar="MANIFEST",
+                   help="manifests the report scored, hashed into the lineage (repeatable)")  # fmt: skip
+    q.set_defaults(func=_registry)
+    q = r.add_parser("list", help="the versions of a registered model with their aliases and CER per split")
+    q.add_argument("--name", required=True)
+    q.set_defaults(func=_registry)
+    q = r.add_parser("show", help="one version as JSON: metrics, normalization, lineage, parity")
+    q.add_argument("--name", required=True)
+    q.add_argument("--version", type=bounded(int, 1), default=None)
+    q.add_argument("--alias", default=None, help="instead of --version (default: production)")
+    q.set_defaults(func=_registry)
+    q = r.add_parser("promote", help="move an alias (default production) to a version (default: @candidate's)")
+    q.add_argument("--name", required=True)
+    q.add_argument("--version", type=bounded(int, 1), default=None)
+    q.add_argument("--alias", default="production")
+    q.set_defaults(func=_registry)
+    q = r.add_parser("rollback", help="move production back to the version it pointed at before")
+    q.add_argument("--name", required=True)
+    q.set_defaults(func=_registry)
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from korasr import registry
+
+    if args.action == "register":
+        v = registry.register(args.export, args.name, report=args.report, parent=args.parent,
+                              alias=args.alias or None, scored_on=args.scored_on)  # fmt: skip
+    elif args.action == "list":
+        print(registry.format_versions(registry.list_versions(args.name), registry.history(args.name)))
+        return 0
+    elif args.action == "show":
+        alias = args.alias or (None if args.version else "production")
+        v = registry.show(args.name, version=args.version, alias=alias)
+    elif args.action == "promote":
+        v = registry.promote(args.name, args.version, args.alias)
+    else:
+        v = registry.rollback(args.name)
+    print(json.dumps(v.as_dict(), ensure_ascii=False, indent=2))
+    return 0
+
+
+def _retrain_parser(sub: argparse._SubParsersAction) -> None:
+    from korasr.retrain import STAGES
+
+    p = sub.add_parser("retrain", help="new data → fine-tune from production → evaluate both → gate → export → "
+                       "register (→ promote) → notify; resumable")  # fmt: skip
+    p.add_argument("--name", required=True, help="the registered model (e.g. korasr-sample)")
+    p.add_argument("--recipe", required=True, help="the recipe folder (its train.yaml, then retrain.yaml)")
+    p.add_argument("--new-data", required=True, help="a KsponSpeech-layout folder or a NeMo manifest")
+    p.add_argument("--eval", action="append", required=True, metavar="MANIFEST",
+                   help="a fixed evaluation split the gate scores (repeatable)")  # fmt: skip
+    p.add_argument("--replay", action="append", default=[], metavar="MANIFEST",
+                   help="earlier training data mixed into the fine-tuning (repeatable)")  # fmt: skip
+    p.add_argument("--replay-ratio", type=bounded(float, 0, 100), default=1.0,
+                   help="replayed utterances per new utterance (default 1)")  # fmt: skip
+    p.add_argument("--holdout", type=bounded(float, 0, 0.9), default=0.1, help="share of the new data held out")
+    p.add_argument("--max-cer", action="append", type=_cer_bound, default=None, metavar="[SPLIT=]CER",
+                   help="absolute CER bound: every split (default 5), or SPLIT=CER for one (repeatable)")  # fmt: skip
+    p.add_argument("--tolerance-rel", type=bounded(float, 0, 1000), default=10.0,
+                   help="allowed regression vs production, percent of its CER (default 10)")  # fmt: skip
+    p.add_argument("--tolerance-abs", type=bounded(float, 0, 100), default=0.5,
+                   help="allowed regression vs production, CER points (default 0.5; the larger of the two applies)")  # fmt: skip
+    p.add_argument("--promote", action="store_true", help="move production to the new version when the gate passes")
+    p.add_argument("--webhook", default=os.environ.get("KORASR_WEBHOOK"),
+                   help="POST the gate's table here (Slack-compatible JSON; default $KORASR_WEBHOOK)")  # fmt: skip
+    p.add_argument("--work", default="exp/retrain", help="where each increment's stages are kept")
+    p.add_argument("--form", choices=("spelling", "phonetic"), default="spelling", help="the recipe's text form")
+    p.add_argument("--disfluency", choices=("df", "dt", "fl"), default="df")
+    p.add_argument("--parity-manifest", default=None, help="export's parity check (default: the recipe's dev)")
+    p.add_argument("--redo", choices=STAGES, default=None, help="run again from this stage")
+    p.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
+    p.add_argument(
+        "overrides", nargs="*", help="korasr train overrides (trainer.max_steps=..., model.tokenizer.dir=...)"
+    )
+    p.set_defaults(func=_retrain)
+
+
+def _cer_bound(text: str) -> tuple[str, float]:
+    split, _, value = text.rpartition("=")
+    return split or "*", bounded(float, 0.01, 100)(value)
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from korasr.retrain import GateRejected, RetrainOptions, retrain
+
+    options = RetrainOptions(
+        name=args.name, recipe=args.recipe, new_data=args.new_data, eval_manifests=args.eval, replay=args.replay,
+        replay_ratio=args.replay_ratio, holdout=args.holdout, max_cer={"*": 5.0, **dict(args.max_cer or [])},
+        tolerance_rel=args.tolerance_rel,
+        tolerance_abs=args.tolerance_abs, promote=args.promote, webhook=args.webhook, work=args.work, form=args.form,
+        disfluency=args.disfluency, parity_manifest=args.parity_manifest, overrides=args.overrides,
+    )  # fmt: skip
+    try:
+        state = retrain(options, redo=args.redo, until=args.until)
+    except GateRejected as e:
+        print(f"korasr retrain: {e}", file=sys.stderr)
+        return 1
+    stages = state["stages"]
+    if "gate" in stages:
+        print(stages["gate"]["table"], file=sys.stderr)
+    print(json.dumps({k: stages[k] for k in ("ingest", "register") if k in stages}, ensure_ascii=False))
+    return 0
+
+
 # the subcommands in the order `korasr --help` lists them
 SUBCOMMANDS = (
     _normalize_parser,
@@ -716,6 +855,8 @@ SUBCOMMANDS = (
     _transcribe_parser,
     _lm_parser,
     _serve_parser,
+    _registry_parser,
+    _retrain_parser,
     _sample_corpus_parser,
     _sample_noise_parser,
 )
@@ -730,6 +871,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resolve_model_ref(args: argparse.Namespace) -> None:
+    """``--model models:/NAME@ALIAS`` (or ``/VERSION``) becomes the local copy of that registered version: its export
+    folder, or its .nemo for ``korasr export``. ``korasr serve --follow`` keeps the reference and follows it."""
+    ref = getattr(args, "model", None)
+    if not isinstance(ref, str) or not ref.startswith("models:/") or getattr(args, "follow", None):
+        return
+    from korasr import registry
+
+    args.model_ref = ref
+    args.model = str(registry.resolve(ref, "nemo" if args.command == "export" else "export"))
+
+
 def main(argv: list[str] | None = None) -> int:
     from korasr import log as korasr_log
     from korasr.errors import KorasrError
@@ -738,12 +891,13 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # `korasr train` takes dotted overrides anywhere (make puts ARGS after the --evaluate options, and argparse
     # gives a positional list only its first run of words)
-    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+    if extra and args.command in ("train", "retrain") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     korasr_log.setup()
     try:
+        _resolve_model_ref(args)
         return args.func(args)
     except (KorasrError, ValueError, FileNotFoundError) as e:
         print(f"korasr {args.command}: error: {e}", file=sys.stderr)

@@ -1,5 +1,8 @@
 """`korasr train`: compose YAML + dotted overrides, build a stock NeMo ``EncDecCTCModelBPE``, train it with
-Lightning and NeMo's exp_manager (checkpoints, early stopping, resume, TensorBoard, wandb), save a ``.nemo``.
+Lightning and NeMo's exp_manager (checkpoints, early stopping, resume, TensorBoard, wandb, MLflow), save a ``.nemo``.
+
+``init_from_nemo_model`` (``korasr train --init``): the new model starts from the weights of that ``.nemo``
+(NeMo's ``maybe_init_from_pretrained_checkpoint``), with the recipe's schedule: a fine-tuning.
 
 Composition order: ``conf/fastconformer_ctc.yaml`` → ``conf/size/<size>.yaml`` → the recipe's ``train.yaml`` →
 overrides (``key.sub=value``, as Hydra's dotted overrides). torch, Lightning and NeMo are imported inside
@@ -180,12 +183,17 @@ def to_model_unit(cfg: DictConfig, out_dir: Path) -> DictConfig:
     """Point the train and validation datasets at model-unit copies of their manifests; record the unit."""
     cfg = cfg.copy()
     unit = tokenizer_unit(cfg.model.tokenizer.dir)
+    sources = {}
     for split in ("train_ds", "validation_ds"):
         paths = cfg.model[split].manifest_filepath
+        sources[split] = [str(Path(p).resolve()) for p in ([paths] if isinstance(paths, str) else paths)]
         converted = [str(model_unit_manifest(p, unit, out_dir)) for p in ([paths] if isinstance(paths, str) else paths)]
         cfg.model[split].manifest_filepath = converted[0] if isinstance(paths, str) else converted
     # Travels inside the .nemo (stock NeMo ignores it): how to turn decoded text back into NFC.
     cfg.model.korasr_text_unit = unit
+    if "korasr" not in cfg:
+        cfg.korasr = {}
+    cfg.korasr.source_manifests = sources  # the lineage the registry records (korasr/registry.py)
     return cfg
 
 
@@ -296,6 +304,8 @@ def train(cfg: DictConfig) -> Path:
     cfg = to_model_unit(cfg, out / "manifests")
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))
     exp_manager(trainer, cfg.exp_manager)
+    if cfg.get("korasr", {}).get("mlflow"):
+        trainer.loggers = [*trainer.loggers, _mlflow_logger(cfg)]
     out.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         record = {
@@ -305,6 +315,9 @@ def train(cfg: DictConfig) -> Path:
 
     model = EncDecCTCModelBPE(cfg=cfg.model, trainer=trainer)
     log.info("model: %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+    if cfg.get("init_from_nemo_model"):
+        log.info("initializing from %s", cfg.init_from_nemo_model)
+        model.maybe_init_from_pretrained_checkpoint(cfg)
     trainer.fit(model)
 
     final = out / f"{cfg.exp_manager.name}.nemo"
@@ -316,8 +329,69 @@ def train(cfg: DictConfig) -> Path:
             log.info("final model: weights of the best checkpoint %s", best)
         model.save_to(str(final))
         log.info("saved %s after %.0f s (global step %d)", final, time.perf_counter() - started, trainer.global_step)
+        _mlflow_finish(trainer, out, final)
     _finish_wandb()
     return final
+
+
+def _mlflow_logger(cfg: DictConfig):  # type: ignore[no-untyped-def]
+    """Lightning's MLFlowLogger on korasr's store (the registry's: MLFLOW_TRACKING_URI or exp/mlflow.db), one run
+    per training run folder (a resumed training continues its MLflow run: ``mlflow.json``)."""
+    import json
+
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from korasr import registry
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri, location = registry.tracking_uri(), registry.artifact_location()
+    # a resumed training continues its MLflow run; NeMo's exp_manager has by now moved the previous attempt's files
+    # (mlflow.json among them) into run_<N>/
+    previous = run_dir(cfg) / "mlflow.json"
+    attempts = sorted(run_dir(cfg).glob("run_*/mlflow.json"), key=lambda p: int(p.parent.name[4:] or 0)
+                      if p.parent.name[4:].isdigit() else -1)  # fmt: skip
+    found = previous if previous.is_file() else (attempts[-1] if attempts else None)
+    run_id = json.loads(found.read_text(encoding="utf-8"))["run_id"] if found else None
+    logger = MLFlowLogger(experiment_name=str(cfg.korasr.get("mlflow_experiment", "korasr-train")),
+                          run_name=str(cfg.exp_manager.name), tracking_uri=uri, artifact_location=location,
+                          run_id=run_id, tags={"korasr.run_dir": str(run_dir(cfg))})  # fmt: skip
+    record = {"run_id": logger.run_id, "experiment_id": logger.experiment_id, "tracking_uri": uri}
+    run_dir(cfg).mkdir(parents=True, exist_ok=True)
+    previous.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return logger
+
+
+def _mlflow_finish(trainer, out: Path, final: Path) -> None:  # type: ignore[no-untyped-def]
+    """Add the resolved config and the .nemo to the run's MLflow record (``mlflow.json`` in the run folder names it
+    for the evaluation that follows)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    found = [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)]
+    if not found:
+        return
+    logger = found[0]
+    logger.experiment.log_artifact(logger.run_id, str(out / "korasr_run.yaml"), "config")
+    logger.experiment.log_artifact(logger.run_id, str(final), "model")
+
+
+def log_evaluation(model: str | os.PathLike[str], report_dir: str | os.PathLike[str], report: dict) -> None:
+    """Log an evaluation of a trained ``.nemo`` (its CER per split, the report) to its training run's MLflow record,
+    when the run folder has one (``mlflow.json``)."""
+    import json
+
+    record_path = Path(model).parent / "mlflow.json"
+    if not record_path.is_file():
+        return
+    from mlflow import MlflowClient
+
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    for split, scores in report.get("splits", {}).items():
+        name = "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in split)
+        for key in ("cer", "cer_space", "wer"):
+            if scores.get(key) is not None:
+                client.log_metric(record["run_id"], f"eval.{name}.{key}", float(scores[key]))
+    client.log_artifact(record["run_id"], str(Path(report_dir) / "report.json"), "evaluation")
 
 
 def _finish_wandb() -> None:

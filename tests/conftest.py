@@ -15,6 +15,17 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config) -> None:  # type: ignore[no-untyped-def]
+    """Every MLflow run and registry the tests make (training's logger included) lives in a temporary store, never
+    in the checkout's exp/mlflow.db."""
+    import os
+    import tempfile
+
+    store = Path(tempfile.mkdtemp(prefix="korasr-tests-mlflow-"))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+    os.environ["KORASR_REGISTRY_CACHE"] = str(store / "registry-cache")
+
+
 def korasr_cmd(*args: str) -> list[str]:
     return [str(BIN / "korasr"), *args]
 

@@ -54,6 +54,10 @@ class ServeConfig:
     endpoint_silence_s: float = 0.8  # trailing silence after speech that ends an utterance (a final)
     max_utterance_s: float = 20.0  # an utterance is cut (a final) at this length
     public_docs: bool = False  # /docs, /redoc and /openapi.json without the API key
+    # models:/NAME@ALIAS the service was started from (model is its local copy); with follow_s, the alias is checked
+    # that often and a new version is loaded, warmed and swapped in (korasr/serve/follow.py)
+    model_ref: str | None = None
+    follow_s: float | None = None
     api_key: str | None = field(default_factory=lambda: os.environ.get("KORASR_API_KEY") or None, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +72,8 @@ class ServeConfig:
         need(1024 <= self.max_upload_bytes <= 2**31, f"max_upload_bytes {self.max_upload_bytes}: 1 KiB to 2 GiB")
         need(0 < self.max_audio_seconds <= 4 * 3600, f"max_audio_seconds {self.max_audio_seconds}: (0, 14400]")
         need(1 <= self.max_batch <= 256, f"max_batch {self.max_batch}: 1 to 256")
+        need(self.follow_s is None or 1 <= self.follow_s <= 86400, f"follow {self.follow_s}: 1 to 86400 s")
+        need(self.follow_s is None or bool(self.model_ref), "follow needs the model as models:/NAME@ALIAS")
         need(0 <= self.max_wait_ms <= 10_000, f"max_wait_ms {self.max_wait_ms}: 0 to 10000")
         need(1 <= self.queue_size <= 4096, f"queue_size {self.queue_size}: 1 to 4096")
         need(0 <= self.max_waiting <= 65536, f"max_waiting {self.max_waiting}: 0 to 65536")

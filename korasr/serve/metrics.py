@@ -18,7 +18,12 @@ class Metrics:
         self.in_flight = Gauge("korasr_in_flight_requests", "requests being processed", registry=r)
         self.batch_size = Histogram("korasr_batch_size", "requests per decoding batch", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32))  # fmt: skip
-        self.model = Info("korasr_model", "the served export", registry=r)
+        self.model = Info("korasr_model", "the served export (name and version: the registry's, when followed)",
+                          registry=r)  # fmt: skip
+        self.model_cer = Gauge("stt_model_cer", "the served version's registered CER per split (percent)", ["split"],
+                               registry=r)  # fmt: skip
+        self.reloads = Counter("korasr_model_reloads", "model reloads by outcome (swapped, failed)", ["outcome"],
+                               registry=r)  # fmt: skip
         self.streams = Gauge("korasr_streams_active", "open WebSocket streams", registry=r)
         self.chunk_seconds = Histogram("korasr_stream_chunk_seconds", "compute per streaming encoder call (one "
                                        "batch of streams)", registry=r,

@@ -20,6 +20,7 @@ from korasr.serve.config import ServeConfig
 
 if TYPE_CHECKING:
     from korasr.serve.state import ServiceState
+    from korasr.serve.streams import StreamHub
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +72,17 @@ class Pace:
                                f"(at least {self.min_rate:g}× real time)")  # fmt: skip
 
 
-def stream_request(ws: WebSocket, config: ServeConfig, state: ServiceState) -> int:
+def stream_request(ws: WebSocket, config: ServeConfig, state: ServiceState, hub: StreamHub | None) -> int:
     """The checks before a stream opens; its sample rate, or StreamClosed with the reason."""
-    hub = state.hub
-    if not state.ready:
-        raise StreamClosed(1013, "model loading")
     if hub is None:
         raise StreamClosed(1008, f"{config.model.name} has no streaming graphs: serve the export of a model "
                            "trained with --streaming (make train STREAMING=1)")  # fmt: skip
     rate_text = ws.query_params.get("sample_rate", str(SAMPLE_RATE))
     if not (rate_text.isascii() and rate_text.isdigit() and len(rate_text) <= 6 and 8000 <= int(rate_text) <= 48000):
         raise StreamClosed(1008, f"sample_rate {rate_text[:20]!r}: an integer from 8000 to 48000 (Hz)")
-    if hub.active >= config.max_streams:
-        raise StreamClosed(1013, f"server busy: {hub.active} streams open (at most {config.max_streams})")
+    active = state.active_streams()  # on every generation still serving, during a swap too
+    if active >= config.max_streams:
+        raise StreamClosed(1013, f"server busy: {active} streams open (at most {config.max_streams})")
     return int(rate_text)
 
 
@@ -109,13 +108,17 @@ async def stream_session(ws: WebSocket, state: ServiceState) -> None:
     from korasr.serve.gate import STREAM_SUBPROTOCOL
 
     config, metrics = state.config, state.metrics
-    hub, conn, outcome = state.hub, None, "1000"
+    hub, conn, outcome = None, None, "1000"
+    lease = contextlib.ExitStack()
     try:
         await ws.accept(
             subprotocol=STREAM_SUBPROTOCOL if STREAM_SUBPROTOCOL in ws.scope.get("subprotocols", []) else None
         )
         try:
-            rate = stream_request(ws, config, state)
+            if not state.ready:
+                raise StreamClosed(1013, "model loading")
+            hub = lease.enter_context(state.lease()).hub  # the stream stays on this model through a swap
+            rate = stream_request(ws, config, state, hub)
         except StreamClosed as e:
             outcome = str(e.code)
             await close_stream(ws, e.code, e.reason)
@@ -132,6 +135,7 @@ async def stream_session(ws: WebSocket, state: ServiceState) -> None:
     finally:
         if conn is not None:
             hub.close(conn)
+        lease.close()
         metrics.stream_closes.labels(outcome).inc()
         # The close handshake gets send_timeout_s; then the connection is aborted if still there (a polite close to
         # a client that reads nothing would wait on its full buffer for ever). A no-op on a connection already gone.

@@ -1,12 +1,17 @@
-"""What every route of `korasr serve` shares: the config, the metrics, and what the lifespan loads (the runtime,
-the request batcher, the upload decoders, the stream hub)."""
+"""What every route of `korasr serve` shares: the config, the metrics, and what the lifespan loads: the upload
+decoders and the serving *generation* (the runtime, its request batcher, its stream hub), which a reload replaces
+atomically (``swap``) while the generation before finishes what it holds."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from fastapi import UploadFile
@@ -20,70 +25,171 @@ from korasr.serve.errors import ClientError, decode_upload
 from korasr.serve.metrics import Metrics
 from korasr.serve.streams import StreamHub
 
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    """One loaded model and what decodes with it. Requests and streams admitted while it is current hold it
+    (``ServiceState.lease``) until they finish, so a swap never moves work between models; once it is retired and
+    the last holder lets go, its batcher and hub stop and the model is released."""
+
+    path: Path
+    recognizer: Recognizer
+    batcher: Batcher
+    hub: StreamHub | None
+    version: dict = field(default_factory=dict)  # the registry's name, version and metrics, when followed
+    users: int = 0
+    retired: bool = False
+
+    async def stop(self) -> None:
+        if self.hub is not None:
+            await self.hub.stop()
+        await self.batcher.stop()
+
+
+async def load_generation(config: ServeConfig, path: Path, metrics: Metrics, version: dict | None = None) -> Generation:
+    """Load an export, warm it up, start its batcher (and its stream hub for a streaming export)."""
+    recognizer = await asyncio.to_thread(Recognizer, path, threads=config.threads, precision=config.precision)
+    await asyncio.to_thread(recognizer.use_decoder, config.decoder or ("beam" if recognizer.bundled_lm else "greedy"))
+    recognizer.endpoint_silence, recognizer.max_utterance = config.endpoint_silence_s, config.max_utterance_s
+    await asyncio.to_thread(recognizer.transcribe_arrays, [np.zeros(SAMPLE_RATE, dtype=np.float32)])  # warm-up
+    batcher = Batcher(recognizer, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000,
+                      chunk_seconds=config.chunk_seconds, batch_seconds=config.batch_seconds,
+                      on_batch=metrics.batch_size.observe)  # fmt: skip
+    hub = None
+    if (path / "streaming" / "streaming.json").is_file():
+        hub = await asyncio.to_thread(stream_hub, config, path, metrics)
+    batcher.start()
+    if hub is not None:
+        hub.start()
+    return Generation(path, recognizer, batcher, hub, version or {})
+
 
 @dataclass
 class ServiceState:
     config: ServeConfig
     metrics: Metrics = field(default_factory=Metrics)
     ready: bool = False
-    recognizer: Recognizer | None = None
-    batcher: Batcher | None = None
+    current: Generation | None = None
     decoders: ThreadPoolExecutor | None = None
-    hub: StreamHub | None = None
+    retiring: list[Generation] = field(default_factory=list)
+    reload_error: str | None = None  # the last failed reload's reason, until one succeeds (/health shows it)
 
     def __post_init__(self) -> None:
         self.limits = AudioLimits(max_seconds=self.config.max_audio_seconds)
+        self._swap_lock = asyncio.Lock()
+        self._follower: asyncio.Task | None = None
+
+    # the current generation's parts, for the routes
+    @property
+    def recognizer(self) -> Recognizer | None:
+        return self.current.recognizer if self.current else None
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return self.current.batcher if self.current else None
+
+    @property
+    def hub(self) -> StreamHub | None:
+        return self.current.hub if self.current else None
 
     async def start(self) -> None:
-        """Load the export, warm it up, start the batcher (and the stream hub for a streaming export)."""
-        config, metrics = self.config, self.metrics
-        recognizer = await asyncio.to_thread(
-            Recognizer, config.model, threads=config.threads, precision=config.precision
-        )
-        await asyncio.to_thread(
-            recognizer.use_decoder, config.decoder or ("beam" if recognizer.bundled_lm else "greedy")
-        )
-        recognizer.endpoint_silence, recognizer.max_utterance = config.endpoint_silence_s, config.max_utterance_s
-        await asyncio.to_thread(recognizer.transcribe_arrays, [np.zeros(SAMPLE_RATE, dtype=np.float32)])  # warm-up
-        batcher = Batcher(recognizer, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000,
-                          chunk_seconds=config.chunk_seconds, batch_seconds=config.batch_seconds,
-                          on_batch=metrics.batch_size.observe)  # fmt: skip
-        batcher.start()
-        info = recognizer.info
-        metrics.model.info({"model": config.model.name, "source_sha256": str(info.get("source_sha256", ""))[:12],
-                            "unit": info["unit"], "precision": config.precision,
-                            "korasr": str(info.get("versions", {}).get("korasr", ""))})  # fmt: skip
-        hub = None
-        if (config.model / "streaming" / "streaming.json").is_file():
-            hub = await asyncio.to_thread(stream_hub, config, metrics)
-            hub.start()
-        self.recognizer, self.batcher, self.hub = recognizer, batcher, hub
-        self.decoders = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="korasr-audio")
+        """Load the export (the followed registry version's, when following), then follow the registry."""
+        from korasr.serve.follow import pinned
+
+        version, path = None, self.config.model
+        if self.config.model_ref:  # the version the alias names now, and its export (the one the CLI fetched)
+            version, path = await asyncio.to_thread(pinned, self.config)
+        self.current = await load_generation(self.config, path, self.metrics, version)
+        self.describe(self.current)
+        self.decoders = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="korasr-audio")
         self.ready = True
+        if self.config.model_ref and self.config.follow_s:
+            from korasr.serve.follow import follow
+
+            self._follower = asyncio.get_running_loop().create_task(follow(self))
 
     async def stop(self) -> None:
         self.ready = False
-        if self.hub is not None:
-            await self.hub.stop()
-        if self.batcher is not None:
-            await self.batcher.stop()
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+        for generation in [*self.retiring, *([self.current] if self.current else [])]:
+            await generation.stop()
         if self.decoders is not None:
             self.decoders.shutdown(wait=False, cancel_futures=True)
+
+    def describe(self, generation: Generation) -> None:
+        """``korasr_model_info`` and ``stt_model_cer`` for the generation now serving."""
+        info, version = generation.recognizer.info, generation.version
+        self.metrics.model.info({"model": generation.path.name, "name": str(version.get("name", "")),
+                                 "version": str(version.get("version", "")),
+                                 "source_sha256": str(info.get("source_sha256", ""))[:12], "unit": info["unit"],
+                                 "precision": self.config.precision,
+                                 "korasr": str(info.get("versions", {}).get("korasr", ""))})  # fmt: skip
+        self.metrics.model_cer.clear()
+        for split, scores in (version.get("metrics") or {}).items():
+            if scores.get("cer") is not None:
+                self.metrics.model_cer.labels(split).set(float(scores["cer"]))
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Generation]:
+        """The current generation, held until the block ends (a request, a stream): a swap meanwhile leaves it
+        serving this holder, and it is stopped only after its last holder is done."""
+        self.require_ready()
+        generation = self.current
+        generation.users += 1
+        try:
+            yield generation
+        finally:
+            generation.users -= 1
+            if generation.retired and generation.users == 0:
+                asyncio.get_running_loop().create_task(self._release(generation))
+
+    async def _release(self, generation: Generation) -> None:
+        if generation in self.retiring:
+            self.retiring.remove(generation)
+            await generation.stop()
+            log.info("released %s (version %s)", generation.path, generation.version.get("version", "—"))
+
+    async def swap(self, path: Path, version: dict | None = None) -> Generation:
+        """Load and warm ``path`` beside the serving model, then make it current; the old one serves what it
+        holds and is released after. A model that fails to load or warm up is not swapped in: the error propagates
+        (the caller reports it) and the old one keeps serving."""
+        async with self._swap_lock:
+            new = await load_generation(self.config, path, self.metrics, version)
+            old, self.current = self.current, new
+            self.reload_error = None
+            self.describe(new)
+            self.metrics.reloads.labels("swapped").inc()
+            log.info("now serving %s (version %s); %s finishes what it holds", path, new.version.get("version", "—"),
+                     old.path)  # fmt: skip
+            old.retired = True
+            self.retiring.append(old)
+            if old.users == 0:
+                await self._release(old)
+            return new
+
+    def active_streams(self) -> int:
+        return sum(g.hub.active for g in [*self.retiring, self.current] if g is not None and g.hub is not None)
 
     def require_ready(self) -> None:
         if not self.ready:
             raise ClientError(503, "model loading", {"Retry-After": "1"})
 
-    async def transcribe(self, upload: UploadFile, raw: dict | None, hotwords=None) -> tuple[Result, float, float]:  # type: ignore[no-untyped-def]
-        """Decode an upload from its format (bounded by the limits), then the batcher: result, seconds, elapsed."""
-        self.require_ready()
+    async def transcribe(self, generation: Generation, upload: UploadFile, raw: dict | None,
+                         hotwords=None) -> tuple[Result, float, float]:  # type: ignore[no-untyped-def]  # fmt: skip
+        """Decode an upload from its format (bounded by the limits), then ``generation``'s batcher: result, seconds,
+        elapsed."""
         started = time.perf_counter()
         name = (upload.filename or "upload")[:200]
-        with self.batcher.arrival():
+        with generation.batcher.arrival():
             loop = asyncio.get_running_loop()
             audio = await loop.run_in_executor(self.decoders, decode_upload, upload.file, name, raw, self.limits)
         duration = len(audio) / SAMPLE_RATE
-        result = await self.batcher.submit(audio, hotwords)
+        result = await generation.batcher.submit(audio, hotwords)
         elapsed = time.perf_counter() - started
         self.metrics.audio_seconds.inc(duration)
         self.metrics.rtf.observe(elapsed / max(duration, 1e-3))
@@ -95,10 +201,10 @@ def service(connection: HTTPConnection) -> ServiceState:
     return connection.app.state.korasr
 
 
-def stream_hub(config: ServeConfig, metrics: Metrics) -> StreamHub:
+def stream_hub(config: ServeConfig, path: Path, metrics: Metrics) -> StreamHub:
     from korasr.runtime.streaming import Endpoint, StreamingModel
 
-    model = StreamingModel(config.model, threads=config.threads)
+    model = StreamingModel(path, threads=config.threads)
     endpoint = Endpoint(silence_after_speech=config.endpoint_silence_s, max_utterance=config.max_utterance_s)
     stream = model.stream(endpoint=None)  # warm-up: one chunk through both graphs
     stream.accept(np.zeros(SAMPLE_RATE, np.float32))

@@ -31,9 +31,9 @@ async def openai_transcriptions(
         raise ClientError(400, f"response_format {response_format[:40]!r}: use json, text, verbose_json, srt or vtt")
     if language not in (None, "", "ko", "korean"):
         raise ClientError(400, f"language {language[:40]!r}: this model transcribes Korean (ko)")
-    state.require_ready()
-    hotwords = prompt_hotwords(state.recognizer, prompt, state.config.max_hotwords, state.metrics)
-    result, duration, _ = await state.transcribe(file, None, hotwords)
+    with state.lease() as generation:
+        hotwords = prompt_hotwords(generation.recognizer, prompt, state.config.max_hotwords, state.metrics)
+        result, duration, _ = await state.transcribe(generation, file, None, hotwords)
     if response_format == "text":
         return PlainTextResponse(result.text)
     if response_format == "json":

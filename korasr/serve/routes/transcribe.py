@@ -34,11 +34,14 @@ async def v1_transcribe(
     encoding: Annotated[str | None, Form(description="raw PCM only: s16le")] = None,
     hotwords: Annotated[str | None, Form(description=HOTWORDS_HELP)] = None,
 ) -> dict:
-    state.require_ready()
-    words = parse_hotwords(state.recognizer, hotwords, "hotwords", state.config.max_hotwords)
-    result, duration, elapsed = await state.transcribe(audio, raw_params(state, sample_rate, channels, encoding), words)
+    with state.lease() as generation:
+        words = parse_hotwords(generation.recognizer, hotwords, "hotwords", state.config.max_hotwords)
+        raw = raw_params(state, sample_rate, channels, encoding)
+        result, duration, elapsed = await state.transcribe(generation, audio, raw, words)
     body = {"text": result.text, "duration_s": round(duration, 3), "processing_ms": round(elapsed * 1000, 1),
-            "model": state.config.model.name}  # fmt: skip
+            "model": generation.path.name}  # fmt: skip
+    if generation.version:
+        body["version"] = generation.version["version"]
     if segments:
         body["segments"] = result.as_dict().get("words", [])
     return body

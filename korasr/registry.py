@@ -1,0 +1,391 @@
+"""The model registry: export folders become versions of an MLflow registered model; aliases say which one serves.
+
+A version carries what a team needs to trust it later: the export folder (and the ``.nemo`` it came from, so that a
+retraining can fine-tune from it), its CER per split and the normalization it was scored under, its lineage (git
+commit, the training run's resolved config, the SHA-256 of every manifest it trained and was scored on, the parent
+version it was fine-tuned from) and the export's parity results. Promotion moves *aliases* (``candidate``,
+``production``; MLflow's stages are deprecated), and every move of ``production`` is appended to a history tag on
+the registered model, so ``rollback`` moves it back to the version before.
+
+The store is embedded by default: ``sqlite:///exp/mlflow.db`` with artifacts beside it in ``exp/mlflow-artifacts``,
+relative to the working directory (the repository root under make). ``MLFLOW_TRACKING_URI`` (and, where the team
+keeps the registry apart, ``MLFLOW_REGISTRY_URI``) point it at a team's server unchanged. ``models:/NAME@ALIAS`` and
+``models:/NAME/VERSION`` resolve to a local copy of the export (``resolve``), cached per version under
+``exp/registry-cache`` and written under a temporary name first, so ``transcribe``, ``evaluate`` and ``serve`` take
+them wherever they take an export folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from korasr.errors import KorasrError
+from korasr.fsutil import sha256_file
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "korasr-registry"
+ALIASES = ("candidate", "production")
+HISTORY_TAG = "korasr.production_history"
+REF = re.compile(
+    r"models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,127})(?:@(?P<alias>[a-z][a-z0-9_\-]{0,63})|/(?P<version>\d+))"
+)
+EXPORT_FORMAT = "korasr-export/1"
+
+
+class RegistryError(KorasrError, RuntimeError):
+    """A registry operation that cannot be done; the message names the model, version or file and why."""
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else the embedded store ``exp/mlflow.db`` under the working directory."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    Path("exp").mkdir(exist_ok=True)
+    return f"sqlite:///{Path('exp/mlflow.db').resolve()}"
+
+
+def artifact_location() -> str | None:
+    """Where an embedded (SQLite) store keeps artifacts: ``mlflow-artifacts`` beside its database file. A server
+    decides for itself (None)."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlflow-artifacts").as_uri()
+
+
+def client():  # type: ignore[no-untyped-def]
+    """An MlflowClient on the tracking URI (and ``MLFLOW_REGISTRY_URI`` when set)."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(), registry_uri=os.environ.get("MLFLOW_REGISTRY_URI"))
+
+
+def _experiment_id(c) -> str:  # type: ignore[no-untyped-def]
+    found = c.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    return c.create_experiment(EXPERIMENT, artifact_location=artifact_location())
+
+
+@dataclass
+class Version:
+    name: str
+    version: int
+    aliases: list[str]
+    tags: dict[str, str]
+    run_id: str | None
+    source: str
+    created_ms: int
+    metrics: dict[str, dict] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "aliases": self.aliases, "run_id": self.run_id,
+                "source": self.source, "created_ms": self.created_ms, "metrics": self.metrics,
+                "tags": {k: v for k, v in self.tags.items() if not k.startswith("metrics.")}}  # fmt: skip
+
+
+def _version(c, name: str, mv) -> Version:  # type: ignore[no-untyped-def]
+    aliases = [a for a, v in c.get_registered_model(name).aliases.items() if int(v) == int(mv.version)]
+    tags = dict(mv.tags or {})
+    metrics = json.loads(tags.get("metrics", "{}"))
+    return Version(name, int(mv.version), sorted(aliases), tags, mv.run_id, mv.source, mv.creation_timestamp, metrics)
+
+
+# --- what a version records -------------------------------------------------------------------------------------
+
+
+def read_export(export_dir: Path) -> dict:
+    meta_path = export_dir / "model.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RegistryError(f"{export_dir}: not a korasr export folder (no model.json): run korasr export") from None
+    except json.JSONDecodeError as e:
+        raise RegistryError(f"{meta_path}: not JSON ({e})") from None
+    if meta.get("format") != EXPORT_FORMAT:
+        raise RegistryError(f"{meta_path}: format {meta.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    for name, digest in (meta.get("sha256") or {}).items():  # a corrupt or edited export is never registered
+        path = export_dir / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise RegistryError(f"{path}: {'missing' if not path.is_file() else 'sha256 differs from model.json'}"
+                                " (a damaged export: export it again)")  # fmt: skip
+    return meta
+
+
+def metrics_of(report: dict) -> dict[str, dict]:
+    """Per split: CER, CER+space, WER and the counts that say how much a gate on it can tell."""
+    out = {}
+    for split, r in report.get("splits", {}).items():
+        counts = r.get("cer_counts") or {}
+        out[split] = {"cer": r.get("cer"), "cer_space": r.get("cer_space"), "wer": r.get("wer"),
+                      "utterances": r.get("utterances"), "characters": counts.get("ref")}  # fmt: skip
+    return out
+
+
+def _run_manifests(run_config: dict) -> dict[str, str]:
+    """The manifests a training run read (the sources it recorded; before that record, the configured paths)."""
+    sources = (run_config.get("korasr") or {}).get("source_manifests")
+    if sources:
+        return {p: p for paths in sources.values() for p in paths}
+    model = run_config.get("model", {})
+    found = {}
+    for key in ("train_ds", "validation_ds"):
+        paths = model.get(key, {}).get("manifest_filepath")
+        for path in [paths] if isinstance(paths, str) else list(paths or []):
+            found[path] = path
+    return found
+
+
+def lineage(export_meta: dict, scored_on: list[str], parent: int | None) -> tuple[dict, Path | None]:
+    """The lineage tags of a version and the training run's config file (when the source run folder has one)."""
+    import yaml
+
+    source = Path(export_meta.get("source_model") or "")
+    run_yaml = source.parent / "korasr_run.yaml" if source.name else None
+    run_config = {}
+    if run_yaml is not None and run_yaml.is_file():
+        run_config = yaml.safe_load(run_yaml.read_text(encoding="utf-8")) or {}
+    manifests = {**_run_manifests(run_config), **{str(Path(m).resolve()): m for m in scored_on}}
+    hashes = {p: (sha256_file(p) if Path(p).is_file() else "missing") for p in sorted(manifests)}
+    info = {
+        "git_commit": export_meta.get("git_commit"),
+        "training_commit": (run_config.get("korasr") or {}).get("git_commit"),
+        "source_model_sha256": export_meta.get("source_sha256"),
+        "manifests": hashes,
+        "parent_version": parent,
+    }
+    return info, run_yaml if run_config else None
+
+
+def default_report(export_meta: dict) -> Path | None:
+    """The evaluation report beside the export's source model (``korasr train --evaluate`` writes ``eval/``)."""
+    source = export_meta.get("source_model")
+    if not source:
+        return None
+    candidate = Path(source).parent / "eval" / "report.json"
+    return candidate if candidate.is_file() else None
+
+
+# --- operations ---------------------------------------------------------------------------------------------------
+
+
+def register(export_dir: str | os.PathLike[str], name: str, *, report: str | os.PathLike[str] | None = None,
+             parent: int | None = None, alias: str | None = "candidate", nemo: str | os.PathLike[str] | None = None,
+             scored_on: list[str] | None = None, description: str | None = None) -> Version:  # fmt: skip
+    """Make ``export_dir`` a new version of ``name`` (created if new); set ``alias`` on it. ``report`` is its
+    evaluation report (default: ``eval/report.json`` beside the source ``.nemo``), ``scored_on`` the manifests that
+    report scored (hashed into the lineage with the training run's own)."""
+    export_dir = Path(export_dir).resolve()
+    meta = read_export(export_dir)
+    report_path = Path(report) if report else default_report(meta)
+    report_data = json.loads(report_path.read_text(encoding="utf-8")) if report_path else None
+    nemo_path = Path(nemo) if nemo else Path(meta["source_model"]) if meta.get("source_model") else None
+    if nemo_path is not None and (not nemo_path.is_file() or sha256_file(nemo_path) != meta.get("source_sha256")):
+        if nemo:
+            raise RegistryError(
+                f"{nemo_path}: not the .nemo {export_dir} was exported from (sha256 differs or missing)"
+            )
+        nemo_path = None  # the training folder is gone: the version carries the export only
+    info, run_yaml = lineage(meta, [str(m) for m in scored_on or []], parent)
+    metrics = metrics_of(report_data) if report_data else {}
+    c = client()
+    run = c.create_run(_experiment_id(c), run_name=f"register {name}", tags={"korasr.export": str(export_dir)})
+    run_id = run.info.run_id
+    try:
+        c.log_artifacts(run_id, str(export_dir), "export")
+        if nemo_path is not None:
+            c.log_artifact(run_id, str(nemo_path), "nemo")
+        if run_yaml is not None:
+            c.log_artifact(run_id, str(run_yaml), "lineage")
+        if report_path is not None:
+            c.log_artifact(run_id, str(report_path), "evaluation")
+        for split, m in metrics.items():
+            for key in ("cer", "cer_space", "wer"):
+                if m.get(key) is not None:
+                    c.log_metric(run_id, f"{re.sub(r'[^0-9A-Za-z_.-]+', '_', split)}.{key}", float(m[key]))
+        c.set_terminated(run_id)
+    except Exception:
+        c.set_terminated(run_id, status="FAILED")
+        raise
+    tags = {
+        "metrics": json.dumps(metrics, ensure_ascii=False),
+        "normalization": json.dumps((report_data or {}).get("meta", {}).get("normalization"), ensure_ascii=False),
+        "lineage": json.dumps(info, ensure_ascii=False),
+        "parity": json.dumps(meta.get("parity"), ensure_ascii=False)[:4000],
+        "has_nemo": str(nemo_path is not None).lower(),
+        "export_sha256": json.dumps(meta.get("sha256", {}))[:4000],
+    }
+    _ensure_model(c, name)
+    mv = c.create_model_version(name, source=f"runs:/{run_id}/export", run_id=run_id, tags=tags,
+                                description=description)  # fmt: skip
+    if alias:
+        set_alias(name, int(mv.version), alias)
+    log.info("registered %s as %s version %s%s", export_dir, name, mv.version, f" @{alias}" if alias else "")
+    return show(name, version=int(mv.version))
+
+
+def _ensure_model(c, name: str) -> None:  # type: ignore[no-untyped-def]
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name, description="korasr Korean ASR exports (korasr registry)")
+
+
+def _model_version(c, name: str, version: int | None = None, alias: str | None = None):  # type: ignore[no-untyped-def]
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if alias is not None:
+            return c.get_model_version_by_alias(name, alias)
+        return c.get_model_version(name, str(version))
+    except MlflowException as e:
+        what = f"alias @{alias}" if alias is not None else f"version {version}"
+        raise RegistryError(f"registered model {name!r} has no {what} ({tracking_uri()}): {e.message}") from None
+
+
+def show(name: str, *, version: int | None = None, alias: str | None = None) -> Version:
+    c = client()
+    return _version(c, name, _model_version(c, name, version, alias))
+
+
+def list_versions(name: str) -> list[Version]:
+    c = client()
+    _model_version_exists = c.search_model_versions(f"name = '{name}'")
+    return sorted((_version(c, name, mv) for mv in _model_version_exists), key=lambda v: v.version)
+
+
+def history(name: str) -> list[int]:
+    """The versions ``production`` has pointed at, oldest first (the last is the current one)."""
+    tags = client().get_registered_model(name).tags or {}
+    return [int(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
+
+
+def set_alias(name: str, version: int, alias: str) -> None:
+    """Point ``alias`` at ``version``; a move of ``production`` is appended to the model's history."""
+    c = client()
+    _model_version(c, name, version)
+    c.set_registered_model_alias(name, alias, str(version))
+    if alias == "production":
+        past = history(name)
+        if not past or past[-1] != version:
+            c.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*past, version][-200:]))
+    log.info("%s @%s → version %d", name, alias, version)
+
+
+def promote(name: str, version: int | None = None, alias: str = "production") -> Version:
+    """Move ``alias`` (production by default) to ``version`` (default: the version ``candidate`` points at)."""
+    if version is None:
+        version = show(name, alias="candidate").version
+    set_alias(name, version, alias)
+    return show(name, version=version)
+
+
+def rollback(name: str) -> Version:
+    """Move ``production`` back to the version it pointed at before the last move."""
+    c = client()
+    past = history(name)
+    if len(past) < 2:
+        raise RegistryError(f"{name}: production has no earlier version to roll back to (history {past})")
+    previous = past[-2]
+    c.set_registered_model_alias(name, "production", str(previous))
+    c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(past[:-1]))
+    log.info("%s @production rolled back from version %d to %d", name, past[-1], previous)
+    return show(name, version=previous)
+
+
+def format_versions(versions: list[Version], production_history: list[int]) -> str:
+    """A markdown table: version, aliases, CER per split (with utterances), parent, created."""
+    import datetime as dt
+
+    splits = sorted({s for v in versions for s in v.metrics})
+    cer_heads = "".join(f" {s} CER |" for s in splits)
+    lines = [
+        f"| version | aliases |{cer_heads} parent | created (UTC) |",
+        "|---:|---|" + "---:|" * len(splits) + "---:|---|",
+    ]
+    for v in versions:
+        cells = []
+        for s in splits:
+            m = v.metrics.get(s) or {}
+            cells.append(f"{m['cer']:.2f} ({m.get('utterances')})" if m.get("cer") is not None else "—")
+        parent = json.loads(v.tags.get("lineage", "{}")).get("parent_version") or "—"
+        created = dt.datetime.fromtimestamp(v.created_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M")
+        row = "".join(f" {c} |" for c in cells)
+        lines.append(f"| {v.version} | {', '.join('@' + a for a in v.aliases)} |{row} {parent} | {created} |")
+    lines.append(f"\nproduction history (oldest first): {production_history or 'none'}")
+    return "\n".join(lines)
+
+
+# --- models:/ references -----------------------------------------------------------------------------------------
+
+
+def is_ref(value: str | os.PathLike[str] | None) -> bool:
+    return isinstance(value, str) and value.startswith("models:/")
+
+
+def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
+    match = REF.fullmatch(ref)
+    if not match:
+        raise RegistryError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    version = match["version"]
+    return match["name"], match["alias"], int(version) if version else None
+
+
+def resolve_version(ref: str) -> Version:
+    name, alias, version = parse_ref(ref)
+    return show(name, version=version, alias=alias)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("KORASR_REGISTRY_CACHE", "exp/registry-cache")).resolve()
+
+
+def fetch(version: Version, part: str = "export") -> Path:
+    """A local copy of a version's ``export`` folder or its ``nemo`` file (cached per version; fetched under a
+    temporary name, then renamed, so an interrupted fetch leaves nothing that looks complete)."""
+    import mlflow.artifacts
+
+    if part == "nemo" and version.tags.get("has_nemo") != "true":
+        raise RegistryError(f"{version.name} version {version.version} carries no .nemo (registered from an export "
+                            "whose training folder was gone)")  # fmt: skip
+    folder = cache_root() / version.name / f"v{version.version}"
+    target = folder / part
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{part}.", dir=folder))
+        try:
+            uri = version.source if part == "export" else f"runs:/{version.run_id}/nemo"
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging),
+                                                            tracking_uri=tracking_uri()))  # fmt: skip
+            os.replace(got, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if part == "nemo":
+        nemos = sorted(target.glob("*.nemo"))
+        if len(nemos) != 1:
+            raise RegistryError(f"{target}: expected one .nemo, found {len(nemos)}")
+        return nemos[0]
+    return target
+
+
+def resolve(ref: str | os.PathLike[str], part: str = "export") -> Path:
+    """A model path as the CLI takes it: ``models:/…`` becomes the local copy of that version; a path stays."""
+    if not is_ref(ref):
+        return Path(ref)
+    version = resolve_version(str(ref))
+    path = fetch(version, part)
+    log.info("%s → %s version %d (%s)", ref, version.name, version.version, path)
+    return path

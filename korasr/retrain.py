@@ -1,0 +1,552 @@
+"""`korasr retrain` (`make retrain`): new labelled data in, a gated candidate out, production moved only on a pass.
+
+Stages, in order, each recorded in ``<work>/<increment>/state.json`` when it finishes, so that the same command
+after an interruption resumes at the first unfinished stage (training itself resumes from its last checkpoint):
+
+1. **ingest** — a KsponSpeech-layout drop (prepared as ``korasr prepare kspon`` does, with the recipe's form) or a
+   NeMo manifest (text normalized with the recipe's form). Every row is checked (audio readable, text non-empty);
+   a row whose audio content (SHA-256 of its decoded samples) or text equals an utterance of a fixed evaluation
+   split is refused with the reason, so new data never leaks into the gate's test sets. A fixed fraction of the
+   rest (by hash, so reruns agree) is held out. The increment is named by the hash of what was accepted.
+2. **train** — fine-tune from the model in ``production`` (its registered ``.nemo``) on the increment mixed with
+   replayed earlier training data (``replay_ratio`` × the increment, sampled with the seed); from scratch when
+   nothing is in production. A ``korasr train`` process with the recipe's configs, then ``retrain.yaml`` when the
+   recipe has one, then the caller's overrides.
+3. **evaluate** — the candidate and the production model (both ``.nemo``, the same decoder) on the same fixed
+   splits and on the increment's held-out part, one report side by side.
+4. **gate** — every fixed split: candidate CER ≤ ``max_cer`` (one bound, or one per split), and not worse than production by more than
+   ``max(tolerance_abs, tolerance_rel % of production's CER)``. Each row carries its utterances and characters and
+   a paired bootstrap 95% interval of the difference (utterances resampled), which says how little a small split
+   can tell. A failed gate stops here: nothing is exported or registered, production does not move.
+5. **export** (with its parity gate) and **register** the version with ``candidate`` (parent: production's
+   version); with ``promote``, ``production`` moves to it.
+6. **notify** — a Slack-compatible JSON POST (``{"text": ...}`` with the gate's table) to ``webhook`` when set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from korasr.errors import KorasrError
+from korasr.fsutil import atomic_open, write_json
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "train", "evaluate", "gate", "export", "register", "notify")
+WEBHOOK_TIMEOUT_S = 10.0
+WEBHOOK_TRIES = 3
+
+
+class RetrainError(KorasrError, RuntimeError):
+    """A stage cannot run; the message names the input and why."""
+
+
+class GateRejected(KorasrError, RuntimeError):
+    """The candidate failed the gate: nothing was registered and production did not move."""
+
+
+@dataclass
+class RetrainOptions:
+    name: str  # the registered model
+    recipe: str  # a recipe folder (its train.yaml)
+    new_data: str  # a KsponSpeech-layout folder or a NeMo manifest
+    eval_manifests: list[str]  # the fixed evaluation splits the gate scores
+    replay: list[str] = field(default_factory=list)  # earlier training manifests to mix in
+    replay_ratio: float = 1.0  # replayed utterances per increment utterance
+    holdout: float = 0.1  # share of the increment held out for its own evaluation
+    max_cer: dict[str, float] = field(default_factory=lambda: {"*": 5.0})  # per split; "*" for the rest
+    tolerance_rel: float = 10.0  # percent of production's CER
+    tolerance_abs: float = 0.5  # CER points
+    promote: bool = False
+    webhook: str | None = None
+    work: str = "exp/retrain"
+    form: str = "spelling"
+    disfluency: str = "df"
+    seed: int = 0
+    parity_manifest: str | None = None  # korasr export's parity check (default: the recipe's dev manifest)
+    overrides: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if not 0 <= self.holdout < 1:
+            raise RetrainError(f"holdout must be in [0, 1), not {self.holdout}")
+        if self.replay_ratio < 0 or self.tolerance_abs < 0 or self.tolerance_rel < 0:
+            raise RetrainError("replay_ratio and the tolerances must be ≥ 0")
+        if "*" not in self.max_cer or any(v <= 0 for v in self.max_cer.values()):
+            raise RetrainError(f"max_cer needs a default ('*') and positive bounds: {self.max_cer}")
+        unknown = set(self.max_cer) - {"*"} - {Path(m).stem for m in self.eval_manifests}
+        if unknown:
+            raise RetrainError(f"max_cer names split(s) no --eval manifest has: {sorted(unknown)}")
+        if not self.eval_manifests:
+            raise RetrainError("the gate needs at least one fixed evaluation manifest (--eval)")
+        for path in [*self.eval_manifests, *self.replay]:
+            if not Path(path).is_file():
+                raise RetrainError(f"{path}: no such manifest")
+        if not Path(self.new_data).exists():
+            raise RetrainError(f"{self.new_data}: no such folder or manifest (--new-data)")
+
+
+# --- state --------------------------------------------------------------------------------------------------------
+
+
+def source_id(new_data: str | os.PathLike[str]) -> str:
+    """Names the drop: the SHA-256 of a manifest, or of a folder's scripts (its .trn files) and their names."""
+    path = Path(new_data)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(path.rglob("*.trn")) or sorted(path.rglob("*.jsonl"))
+    if not files:
+        raise RetrainError(f"{path}: neither a manifest nor a folder with .trn scripts (KsponSpeech layout)")
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:12]
+
+
+class State:
+    """``state.json`` of one increment's run: the result of every finished stage."""
+
+    def __init__(self, folder: Path, options: RetrainOptions):
+        self.folder = folder
+        self.path = folder / "state.json"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        self.data.setdefault("stages", {})
+        self.data["options"] = asdict(options)
+
+    def done(self, stage: str) -> dict | None:
+        return self.data["stages"].get(stage)
+
+    def finish(self, stage: str, result: dict) -> dict:
+        self.data["stages"][stage] = {**result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_json(self.path, self.data)
+        return result
+
+    def forget(self, stage: str) -> None:
+        """Drop ``stage`` and every later one (``--redo``)."""
+        for later in STAGES[STAGES.index(stage) :]:
+            self.data["stages"].pop(later, None)
+        write_json(self.path, self.data)
+
+
+# --- 1. ingest ----------------------------------------------------------------------------------------------------
+
+
+def audio_hash(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of the decoded samples (int16, mono as stored): the same audio in another container hashes the same."""
+    import numpy as np
+    import soundfile as sf
+
+    data, rate = sf.read(str(path), dtype="int16", always_2d=True)
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes() + str(rate).encode()).hexdigest()
+
+
+def read_rows(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise RetrainError(f"{path}:{number}: not JSON ({e})") from None
+    return rows
+
+
+def _drop_rows(options: RetrainOptions, folder: Path) -> list[dict]:
+    """The new data's rows: a manifest's, or train + dev of a prepared KsponSpeech-layout drop."""
+    source = Path(options.new_data)
+    if source.is_file():
+        from korasr.text.normalize import normalize
+
+        rows = read_rows(source)
+        for row in rows:
+            if isinstance(row.get("text"), str):
+                row["text"] = normalize(row["text"], options.form, options.disfluency).text
+        return rows
+    from korasr.data.kspon import PrepareOptions, prepare_kspon
+
+    prepared = prepare_kspon(source, folder / "prepared", audio_dir=folder / "audio",
+                             options=PrepareOptions(form=options.form, disfluency=options.disfluency),
+                             jobs=os.cpu_count() or 1, progress=False)  # fmt: skip
+    return read_rows(prepared.manifests["train"]) + read_rows(prepared.manifests["dev"])
+
+
+def _fixed_sets(eval_manifests: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Text → split and audio hash → split over the fixed evaluation splits."""
+    texts: dict[str, str] = {}
+    audio: dict[str, str] = {}
+    for manifest in eval_manifests:
+        split = Path(manifest).stem
+        for row in read_rows(Path(manifest)):
+            texts.setdefault(row["text"], split)
+            audio.setdefault(audio_hash(row["audio_filepath"]), split)
+    return texts, audio
+
+
+def _check_row(row: dict, texts: dict[str, str], audio: dict[str, str]) -> tuple[str | None, str | None]:
+    """(reason, audio hash): the reason a row is refused, or None."""
+    path, text = row.get("audio_filepath"), row.get("text")
+    if not isinstance(path, str) or not isinstance(text, str):
+        return "not a manifest row (needs audio_filepath and text)", None
+    if not text.strip():
+        return "empty text", None
+    try:
+        digest = audio_hash(path)
+    except Exception as e:  # soundfile raises several kinds for unreadable audio
+        return f"unreadable audio {path}: {e}", None
+    if digest in audio:
+        return f"audio identical to an utterance of the fixed split {audio[digest]}", digest
+    if text in texts:
+        return f"text identical to an utterance of the fixed split {texts[text]}", digest
+    return None, digest
+
+
+def ingest(options: RetrainOptions, folder: Path) -> dict:
+    rows = _drop_rows(options, folder / "ingest")
+    texts, audio = _fixed_sets(options.eval_manifests)
+    accepted: list[tuple[dict, str]] = []
+    refused: list[dict] = []
+    seen: set[str] = set()
+    for number, row in enumerate(rows, 1):
+        reason, digest = _check_row(row, texts, audio)
+        if reason is None and digest in seen:
+            reason = "audio repeated within the new data"
+        if reason:
+            refused.append({"row": number, "utt_id": row.get("utt_id"), "reason": reason})
+            continue
+        seen.add(digest)  # type: ignore[arg-type]
+        accepted.append((row, digest))  # type: ignore[arg-type]
+    if not accepted:
+        raise RetrainError(f"{options.new_data}: no utterance left after the checks ({len(refused)} refused; "
+                           f"{folder / 'ingest' / 'refused.jsonl'})")  # fmt: skip
+    train_rows, held = [], []
+    for row, digest in accepted:
+        (held if int(digest[:8], 16) / 2**32 < options.holdout else train_rows).append(row)
+    out = folder / "ingest"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"train": out / "increment_train.jsonl", "heldout": out / "increment_heldout.jsonl"}
+    for path, subset in ((paths["train"], train_rows), (paths["heldout"], held), (out / "refused.jsonl", refused)):
+        with atomic_open(path) as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in subset)
+    increment = hashlib.sha256("".join(sorted(d for _, d in accepted)).encode()).hexdigest()[:12]
+    reasons: dict[str, int] = {}
+    for r in refused:
+        key = r["reason"].split(" ", 3)[0] if r["reason"].startswith("unreadable") else r["reason"]
+        reasons[key] = reasons.get(key, 0) + 1
+    log.info("ingest: %d rows, %d accepted (%d train, %d held out), %d refused %s", len(rows), len(accepted),
+             len(train_rows), len(held), len(refused), reasons)  # fmt: skip
+    return {"increment": increment, "rows": len(rows), "train": len(train_rows), "heldout": len(held),
+            "refused": len(refused), "refused_by_reason": reasons, "manifests": {k: str(v) for k, v in paths.items()},
+            "hours": round(sum(float(r.get("duration", 0)) for r, _ in accepted) / 3600, 4)}  # fmt: skip
+
+
+# --- 2. train -----------------------------------------------------------------------------------------------------
+
+
+def production_version(name: str):  # type: ignore[no-untyped-def]
+    """The registered version at @production, or None when the model or the alias does not exist yet."""
+    from korasr import registry
+
+    try:
+        return registry.show(name, alias="production")
+    except registry.RegistryError:
+        return None
+
+
+def _mix(options: RetrainOptions, increment: Path, out: Path) -> dict:
+    rows = read_rows(increment)
+    earlier = [r for m in options.replay for r in read_rows(Path(m))]
+    k = min(len(earlier), round(options.replay_ratio * len(rows)))
+    rng = random.Random(options.seed)
+    mixed = rows + rng.sample(earlier, k)
+    rng.shuffle(mixed)
+    with atomic_open(out) as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in mixed)
+    return {"increment_utterances": len(rows), "replayed_utterances": k, "manifest": str(out)}
+
+
+def _korasr(*args: str) -> str:
+    """Run a korasr subcommand in this environment; its stderr (progress, logs) passes through; its stdout's last
+    line (the artifact it made) is returned."""
+    proc = subprocess.run([sys.executable, "-m", "korasr.cli", *args], stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RetrainError(f"korasr {args[0]} failed (exit {proc.returncode}): {' '.join(args)}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def train_stage(options: RetrainOptions, folder: Path, ingest_result: dict) -> dict:
+    production = production_version(options.name)
+    mix = _mix(options, Path(ingest_result["manifests"]["train"]), folder / "train_mix.jsonl")
+    args = ["train", "--recipe", options.recipe]
+    extra = Path(options.recipe) / "retrain.yaml"
+    if extra.is_file():
+        args += ["--config", str(extra)]
+    if production is not None:
+        args += ["--init", f"models:/{options.name}/{production.version}"]
+    args += [f"model.train_ds.manifest_filepath={mix['manifest']}", f"exp_manager.exp_dir={folder / 'train'}",
+             *options.overrides]  # fmt: skip
+    log.info("train: %s (%d increment + %d replayed utterances)",
+             f"fine-tuning {options.name} version {production.version}" if production else "from scratch",
+             mix["increment_utterances"], mix["replayed_utterances"])  # fmt: skip
+    nemo = _korasr(*args)
+    if not nemo.endswith(".nemo") or not Path(nemo).is_file():
+        raise RetrainError(f"korasr train did not end with a .nemo: {nemo!r}")
+    return {**mix, "nemo": nemo, "parent": production.version if production else None}
+
+
+# --- 3. evaluate, 4. gate -----------------------------------------------------------------------------------------
+
+
+def evaluate_stage(options: RetrainOptions, folder: Path, ingest_result: dict, trained: dict) -> dict:
+    from korasr import registry
+    from korasr.evaluate import evaluate
+
+    manifests = list(options.eval_manifests)
+    if ingest_result["heldout"]:
+        manifests.append(ingest_result["manifests"]["heldout"])
+    out = {"candidate": {"model": trained["nemo"], "dir": str(folder / "eval" / "candidate")}}
+    evaluate(trained["nemo"], manifests, out["candidate"]["dir"], progress=False)
+    if trained["parent"] is not None:
+        version = registry.show(options.name, version=trained["parent"])
+        nemo = registry.fetch(version, "nemo")
+        out["production"] = {"model": str(nemo), "version": version.version, "dir": str(folder / "eval" / "production")}
+        evaluate(nemo, manifests, out["production"]["dir"], progress=False)
+    return out
+
+
+def _utterance_errors(hyp_file: Path) -> tuple[list[int], list[int]]:
+    from korasr.metrics import cer_detail
+    from korasr.report import read_hypotheses
+
+    refs, hyps = read_hypotheses(hyp_file)
+    errors, lengths = [], []
+    for r, h in zip(refs, hyps, strict=True):
+        d = cer_detail([r], [h])
+        errors.append(d["sub"] + d["del"] + d["ins"])
+        lengths.append(d["ref"])
+    return errors, lengths
+
+
+def paired_interval(cand: tuple[list[int], list[int]], prod: tuple[list[int], list[int]], rounds: int = 1000,
+                    seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """95% interval of CER(candidate) − CER(production) in points, resampling utterances with replacement (paired
+    bootstrap, Bisani & Ney 2004): the same utterances for both models in each round."""
+    import numpy as np
+
+    ce, n = np.asarray(cand[0], float), np.asarray(cand[1], float)
+    pe = np.asarray(prod[0], float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(n), size=(rounds, len(n)))
+    total = np.maximum(n[picks].sum(axis=1), 1.0)
+    diffs = 100 * (ce[picks].sum(axis=1) - pe[picks].sum(axis=1)) / total
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return round(float(low), 2), round(float(high), 2)
+
+
+def split_entry(splits: dict, split: str) -> tuple[str, dict]:
+    """A split's scores in a report: ``split`` itself, or for a streaming model its first (default) look-ahead
+    (``split · look-ahead 480 ms``)."""
+    if split in splits:
+        return split, splits[split]
+    for name, scores in splits.items():
+        if name.startswith(f"{split} · "):
+            return name, scores
+    raise RetrainError(f"the evaluation report has no split {split!r}: {sorted(splits)}")
+
+
+def _hyp_file(report_dir: Path, report_name: str) -> Path:
+    slug = report_name.partition(" · ")[2]
+    stem = report_name.partition(" · ")[0]
+    if not slug:
+        return report_dir / f"{stem}.hyp.jsonl"
+    return report_dir / f"{stem}.{re.sub(r'[^0-9A-Za-z.]+', '_', slug).strip('_')}.hyp.jsonl"
+
+
+def gate_rows(options: RetrainOptions, evaluated: dict) -> list[dict]:
+    cand_dir = Path(evaluated["candidate"]["dir"])
+    cand = json.loads((cand_dir / "report.json").read_text(encoding="utf-8"))["splits"]
+    prod = None
+    if "production" in evaluated:
+        prod_dir = Path(evaluated["production"]["dir"])
+        prod = json.loads((prod_dir / "report.json").read_text(encoding="utf-8"))["splits"]
+    rows = []
+    for manifest in options.eval_manifests:
+        split = Path(manifest).stem
+        name, c = split_entry(cand, split)
+        bound = options.max_cer.get(split, options.max_cer["*"])
+        row = {"split": name, "utterances": c["utterances"], "characters": c["cer_counts"]["ref"],
+               "candidate_cer": c["cer"], "max_cer": bound, "absolute_ok": c["cer"] <= bound}  # fmt: skip
+        if prod is not None:
+            p = split_entry(prod, split)[1]
+            allowed = p["cer"] + max(options.tolerance_abs, options.tolerance_rel / 100 * p["cer"])
+            interval = paired_interval(_utterance_errors(_hyp_file(cand_dir, name)),
+                                       _utterance_errors(_hyp_file(prod_dir, name)))  # fmt: skip
+            row.update(production_cer=p["cer"], delta=round(c["cer"] - p["cer"], 2), allowed=round(allowed, 2),
+                       relative_ok=c["cer"] <= allowed, delta_95=interval)  # fmt: skip
+        row["passed"] = row["absolute_ok"] and row.get("relative_ok", True)
+        rows.append(row)
+    return rows
+
+
+def format_gate(rows: list[dict], heldout: dict | None = None) -> str:
+    lines = ["| split | utts | chars | production CER | candidate CER | Δ (95% interval) | rule | result |",
+             "|---|---:|---:|---:|---:|---|---|---|"]  # fmt: skip
+    for r in rows:
+        prod = f"{r['production_cer']:.2f}" if "production_cer" in r else "—"
+        delta = f"{r['delta']:+.2f} ({r['delta_95'][0]:+.2f} … {r['delta_95'][1]:+.2f})" if "delta" in r else "—"
+        rule = [f"≤ {r['max_cer']:g} ({'ok' if r['absolute_ok'] else 'over'})"]
+        if "allowed" in r:
+            rule.append(f"≤ production + tolerance = {r['allowed']:.2f} ({'ok' if r['relative_ok'] else 'worse'})")
+        lines.append(f"| {r['split']} | {r['utterances']} | {r['characters']} | {prod} | {r['candidate_cer']:.2f} | "
+                     f"{delta} | {'; '.join(rule)} | {'PASS' if r['passed'] else 'FAIL'} |")  # fmt: skip
+    if heldout:
+        prod = f"{heldout['production_cer']:.2f}" if heldout.get("production_cer") is not None else "—"
+        lines.append(f"| increment held out (not gated) | {heldout['utterances']} | {heldout['characters']} | {prod} | "
+                     f"{heldout['candidate_cer']:.2f} | — | — | — |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _heldout_row(evaluated: dict) -> dict | None:
+    cand = json.loads((Path(evaluated["candidate"]["dir"]) / "report.json").read_text(encoding="utf-8"))["splits"]
+    try:
+        c = split_entry(cand, "increment_heldout")[1]
+    except RetrainError:
+        return None
+    row = {"utterances": c["utterances"], "candidate_cer": c["cer"], "characters": c["cer_counts"]["ref"]}
+    if "production" in evaluated:
+        prod = json.loads((Path(evaluated["production"]["dir"]) / "report.json").read_text(encoding="utf-8"))
+        row["production_cer"] = split_entry(prod["splits"], "increment_heldout")[1]["cer"]
+    return row
+
+
+def gate_stage(options: RetrainOptions, folder: Path, evaluated: dict) -> dict:
+    rows = gate_rows(options, evaluated)
+    passed = all(r["passed"] for r in rows)
+    table = format_gate(rows, _heldout_row(evaluated))
+    (folder / "gate.md").write_text(table + "\n", encoding="utf-8")
+    log.info("gate %s:\n%s", "PASSED" if passed else "FAILED", table)
+    return {"passed": passed, "rows": rows, "table": table,
+            "rules": {"max_cer": options.max_cer, "tolerance_abs": options.tolerance_abs,
+                      "tolerance_rel": options.tolerance_rel}}  # fmt: skip
+
+
+# --- 5. export, register; 6. notify -------------------------------------------------------------------------------
+
+
+def _recipe_dev(recipe: str) -> str | None:
+    from korasr.train import compose, recipe_configs
+
+    cfg = compose(recipe_configs(recipe))
+    return str(cfg.model.validation_ds.manifest_filepath) if "validation_ds" in cfg.model else None
+
+
+def export_stage(options: RetrainOptions, folder: Path, trained: dict) -> dict:
+    parity = options.parity_manifest or _recipe_dev(options.recipe)
+    args = ["export", "--model", trained["nemo"], "--out", str(folder / "export"), "--force"]
+    if parity and Path(parity).is_file():
+        args += ["--parity-manifest", parity]
+    return {"export": _korasr(*args)}
+
+
+def register_stage(options: RetrainOptions, folder: Path, trained: dict, exported: dict, evaluated: dict) -> dict:
+    from korasr import registry
+
+    report = Path(evaluated["candidate"]["dir"]) / "report.json"
+    version = registry.register(exported["export"], options.name, report=report, parent=trained["parent"],
+                                alias="candidate", nemo=trained["nemo"], scored_on=options.eval_manifests,
+                                description=f"korasr retrain {folder.name}")  # fmt: skip
+    if options.promote:
+        registry.promote(options.name, version.version, "production")
+    return {"version": version.version, "promoted": options.promote}
+
+
+def notify(webhook: str, payload: dict) -> dict:
+    """POST ``payload`` as JSON; a few tries with a bounded wait each; the outcome, never an exception."""
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    last = ""
+    for attempt in range(1, WEBHOOK_TRIES + 1):
+        request = urllib.request.Request(webhook, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
+                return {"delivered": True, "status": response.status, "attempts": attempt}
+        except Exception as e:  # urllib raises URLError, HTTPError, TimeoutError, OSError
+            last = f"{type(e).__name__}: {e}"
+            time.sleep(min(2**attempt, 8) * 0.25)
+    log.warning("webhook %s not delivered after %d tries: %s", webhook, WEBHOOK_TRIES, last)
+    return {"delivered": False, "error": last, "attempts": WEBHOOK_TRIES}
+
+
+def message(options: RetrainOptions, state: State) -> dict:
+    gate = state.done("gate") or {}
+    registered = state.done("register")
+    ingest_result = state.done("ingest") or {}
+    if not gate.get("passed"):
+        outcome = "FAILED the gate: nothing registered, production unchanged"
+    elif registered:
+        moved = "production moved to it" if registered["promoted"] else "production unchanged (PROMOTE=1 moves it)"
+        outcome = f"passed: registered as version {registered['version']} @candidate; {moved}"
+    else:
+        outcome = "passed"
+    text = (f"*korasr retrain* `{options.name}` increment `{ingest_result.get('increment')}` "
+            f"({ingest_result.get('train', 0)} train + {ingest_result.get('heldout', 0)} held-out utterances, "
+            f"{ingest_result.get('refused', 0)} refused): {outcome}\n```\n{gate.get('table', '')}\n```")  # fmt: skip
+    return {"text": text, "korasr": {"model": options.name, "increment": ingest_result.get("increment"),
+                                     "passed": bool(gate.get("passed")), "gate": gate.get("rows"),
+                                     "version": (registered or {}).get("version")}}  # fmt: skip
+
+
+# --- the pipeline -------------------------------------------------------------------------------------------------
+
+
+def retrain(options: RetrainOptions, redo: str | None = None, until: str | None = None) -> dict:
+    """Run the stages from the first unfinished one (``redo``: from that one) to ``until`` (default: all). Returns
+    the state; raises :class:`GateRejected` after notifying when the gate failed."""
+    options.validate()
+    folder = Path(options.work).resolve() / source_id(options.new_data)
+    state = State(folder, options)
+    if redo:
+        state.forget(redo)
+    log.info("retrain %s: working in %s", options.name, folder)
+    for stage in STAGES:
+        if state.done(stage) is None:
+            _run_stage(stage, options, folder, state)
+        if stage == "gate" and not state.done("gate")["passed"]:
+            if options.webhook and state.done("notify") is None:
+                state.finish("notify", notify(options.webhook, message(options, state)))
+            raise GateRejected(f"{options.name}: the candidate failed the gate ({folder / 'gate.md'}):\n"
+                               f"{state.done('gate')['table']}")  # fmt: skip
+        if stage == until:
+            break
+    return state.data
+
+
+def _run_stage(stage: str, options: RetrainOptions, folder: Path, state: State) -> None:
+    started = time.perf_counter()
+    log.info("retrain stage %s", stage)
+    done = state.done
+    if stage == "ingest":
+        result = ingest(options, folder)
+    elif stage == "train":
+        result = train_stage(options, folder, done("ingest"))  # type: ignore[arg-type]
+    elif stage == "evaluate":
+        result = evaluate_stage(options, folder, done("ingest"), done("train"))  # type: ignore[arg-type]
+    elif stage == "gate":
+        result = gate_stage(options, folder, done("evaluate"))  # type: ignore[arg-type]
+    elif stage == "export":
+        result = export_stage(options, folder, done("train"))  # type: ignore[arg-type]
+    elif stage == "register":
+        result = register_stage(options, folder, done("train"), done("export"), done("evaluate"))  # type: ignore[arg-type]
+    else:
+        result = notify(options.webhook, message(options, state)) if options.webhook else {"skipped": "no webhook"}
+    state.finish(stage, {**result, "seconds": round(time.perf_counter() - started, 1)})

@@ -1,0 +1,287 @@
+"""The model's life after training (issue 24), on the test suite's trained model and real components: MLflow's
+registry in a temporary SQLite store, `korasr retrain` end to end (a new sample drop passes the gate and is promoted;
+a poor candidate fails it and production stays), the webhook on a loopback receiver, and a serving process that
+follows the alias through a promotion, a rollback and a version that does not load."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, eval_rows, korasr_cmd, run, serve_process
+
+
+@contextlib.contextmanager
+def registry_store(tmp: Path):  # type: ignore[no-untyped-def]
+    """A registry of its own for one test (the process's environment and the children's)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "KORASR_REGISTRY_CACHE")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    os.environ["KORASR_REGISTRY_CACHE"] = str(tmp / "cache")
+    try:
+        yield tmp
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def webhook_receiver():  # type: ignore[no-untyped-def]
+    """A loopback HTTP server that keeps every JSON body POSTed to it."""
+    received: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def evaluated_report(exported: Path, recipe, out: Path) -> Path:  # type: ignore[no-untyped-def]
+    from korasr.evaluate import evaluate
+
+    m = recipe["manifests"]
+    evaluate(exported, [m / "eval_clean.jsonl", m / "eval_other.jsonl"], out, progress=False)
+    return out / "report.json"
+
+
+def test_register_promote_rollback_and_models_uris(exported, recipe, tmp_path):
+    """A version carries the export, its .nemo, CER per split with counts, normalization, lineage and parity;
+    aliases move and production's history rolls back; models:/NAME@ALIAS serves as a model path."""
+    from korasr import registry
+    from korasr.fsutil import sha256_file
+
+    with registry_store(tmp_path):
+        report = evaluated_report(exported, recipe, tmp_path / "eval")
+        scores = json.loads(report.read_text(encoding="utf-8"))["splits"]
+        clean = str(recipe["manifests"] / "eval_clean.jsonl")
+        v1 = registry.register(exported, "ko-test", report=report, scored_on=[clean])
+        assert (v1.version, v1.aliases) == (1, ["candidate"])
+        assert v1.metrics["eval_clean"]["cer"] == scores["eval_clean"]["cer"]
+        assert v1.metrics["eval_clean"]["utterances"] == 125 and v1.metrics["eval_clean"]["characters"] > 1000
+        lineage = json.loads(v1.tags["lineage"])
+        train = str(recipe["manifests"] / "train.jsonl")
+        assert lineage["manifests"][train] == sha256_file(train)  # from the training run's config
+        assert lineage["manifests"][str(Path(clean).resolve())] == sha256_file(clean)
+        assert json.loads(v1.tags["normalization"])["form"] == "phonetic"
+        assert json.loads(v1.tags["parity"])["tolerance"] > 0 and v1.tags["has_nemo"] == "true"
+
+        v2 = registry.register(exported, "ko-test", report=report, parent=1)
+        assert json.loads(v2.tags["lineage"])["parent_version"] == 1
+        assert registry.promote("ko-test", 1).aliases == ["production"]
+        assert registry.promote("ko-test").version == 2  # default: @candidate's version
+        assert registry.history("ko-test") == [1, 2]
+        assert registry.rollback("ko-test").version == 1
+        assert registry.show("ko-test", alias="production").version == 1
+        with pytest.raises(registry.RegistryError, match="no earlier version"):
+            registry.rollback("ko-test")
+
+        # the local copy is the registered export, byte for byte; the .nemo too
+        local = registry.resolve("models:/ko-test@production")
+        assert (local / "model.onnx").read_bytes() == (exported / "model.onnx").read_bytes()
+        nemo = registry.resolve("models:/ko-test/1", "nemo")
+        meta = json.loads((exported / "model.json").read_text(encoding="utf-8"))
+        assert sha256_file(nemo) == meta["source_sha256"]
+        wav = eval_rows(recipe, 1)[0]["audio_filepath"]
+        by_ref = run("transcribe", "--model", "models:/ko-test@production", wav).stdout
+        assert by_ref == run("transcribe", "--model", str(exported), wav).stdout and by_ref.strip()
+        listed = run("registry", "list", "--name", "ko-test").stdout
+        assert "| 1 | @production |" in listed and "| 2 | @candidate |" in listed
+
+        # refusals name what is wrong
+        bad = subprocess.run(korasr_cmd("transcribe", "--model", "models:/ko-test@nope", wav), capture_output=True,
+                             text=True, cwd=ROOT)  # fmt: skip
+        assert bad.returncode == 2 and "no alias @nope" in bad.stderr
+        damaged = tmp_path / "damaged"
+        shutil.copytree(exported, damaged)
+        (damaged / "model.onnx").write_bytes((damaged / "model.onnx").read_bytes()[:-10])
+        with pytest.raises(registry.RegistryError, match=r"model.onnx: sha256 differs"):
+            registry.register(damaged, "ko-test")
+        with pytest.raises(registry.RegistryError, match="not a korasr export folder"):
+            registry.register(tmp_path / "eval", "ko-test")
+        assert [v.version for v in registry.list_versions("ko-test")] == [1, 2]
+
+
+def test_training_logs_its_run_to_mlflow(trained):
+    """The suite's training run (its MLflow store is the suite's temporary one): params, metrics per step, the
+    resolved config and the .nemo as artifacts."""
+    from mlflow import MlflowClient
+
+    record = json.loads((trained.parent / "mlflow.json").read_text(encoding="utf-8"))
+    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    run = client.get_run(record["run_id"])
+    assert run.data.params and "train_loss" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 3
+    artifacts = {a.path for top in ("config", "model") for a in client.list_artifacts(run.info.run_id, top)}
+    assert "config/korasr_run.yaml" in artifacts and f"model/{trained.name}" in artifacts
+
+
+def retrain_cmd(name: str, recipe, new_data: Path, work: Path, webhook: str, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]
+    m = recipe["manifests"]
+    return korasr_cmd(
+        "retrain", "--name", name, "--recipe", "recipes/sample", "--new-data", str(new_data),
+        "--eval", str(m / "eval_clean.jsonl"), "--eval", str(m / "eval_other.jsonl"), "--replay", str(m / "train.jsonl"),
+        "--max-cer", "eval_clean=20", "--max-cer", "eval_other=90", "--work", str(work), "--webhook", webhook,
+        "--form", "phonetic", "--parity-manifest", str(m / "dev.jsonl"),
+        f"model.tokenizer.dir={recipe['tokenizer']}", f"model.validation_ds.manifest_filepath={m / 'dev.jsonl'}",
+        "model.train_ds.perturb_speed=false", "trainer.val_check_interval=15", *extra,
+    )  # fmt: skip
+
+
+def test_retrain_promotes_a_good_candidate_and_stops_a_poor_one(exported, recipe, tmp_path):
+    """Production is the suite's model. A new sample drop (another seed) is fine-tuned in, passes the gate, is
+    registered with its parent and promoted, and the webhook gets the table; the same command again does nothing.
+    Then a poor candidate (shuffled labels, a high learning rate) on new data that also repeats eval utterances:
+    those are refused at ingest, the gate fails with exit 1, nothing is registered and production stays."""
+    from korasr import registry
+    from korasr.retrain import read_rows
+
+    with registry_store(tmp_path), webhook_receiver() as (hook, received):
+        report = evaluated_report(exported, recipe, tmp_path / "eval")
+        registry.register(exported, "ko-life", report=report)
+        registry.promote("ko-life", 1)
+        drop = tmp_path / "drop" / "KsponSpeech"
+        run("sample-corpus", str(drop), "--utterances", "160", "--seed", "12", "--variety", "narrow", "--quiet")
+        cmd = retrain_cmd("ko-life", recipe, drop, tmp_path / "work", hook, "--promote", "--tolerance-rel", "50",
+                          "--tolerance-abs", "5", "trainer.max_steps=30")  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["register"]["version"] == 2 and result["register"]["promoted"]
+        assert result["ingest"]["train"] + result["ingest"]["heldout"] >= 150
+        v2 = registry.show("ko-life", alias="production")
+        assert v2.version == 2 and json.loads(v2.tags["lineage"])["parent_version"] == 1
+        assert set(v2.metrics) >= {"eval_clean", "eval_other", "increment_heldout"}
+        assert registry.history("ko-life") == [1, 2]
+        state = json.loads(next((tmp_path / "work").glob("*/state.json")).read_text(encoding="utf-8"))
+        assert set(state["stages"]) == {"ingest", "train", "evaluate", "gate", "export", "register", "notify"}
+        assert state["stages"]["train"]["parent"] == 1 and state["stages"]["notify"]["delivered"]
+        assert len(received) == 1 and "| eval_clean | 125 |" in received[0]["text"] and "PASS" in received[0]["text"]
+        assert received[0]["korasr"]["passed"] and received[0]["korasr"]["version"] == 2
+
+        again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)  # every stage is recorded: no work
+        assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1]) == result
+        assert [v.version for v in registry.list_versions("ko-life")] == [1, 2] and len(received) == 1
+
+        # a poor candidate: the drop's utterances with their texts shuffled, plus eval utterances that must not leak
+        rows = read_rows(Path(state["stages"]["ingest"]["manifests"]["train"]))
+        texts = [r["text"] for r in rows]
+        texts = texts[1:] + texts[:1]
+        leaks = [eval_rows(recipe, 2)[0], {**eval_rows(recipe, 2)[1], "audio_filepath": rows[0]["audio_filepath"]}]
+        poor = tmp_path / "poor.jsonl"
+        poor.write_text("".join(json.dumps({**r, "text": t}, ensure_ascii=False) + "\n"
+                                for r, t in zip(rows, texts, strict=True)) +
+                        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in leaks), encoding="utf-8")  # fmt: skip
+        cmd = retrain_cmd("ko-life", recipe, poor, tmp_path / "work", hook, "--promote", "--holdout", "0",
+                          "trainer.max_steps=40", "model.optim.lr=0.01", "model.optim.sched.warmup_steps=2")  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 1, proc.stderr[-4000:]
+        assert "FAIL" in proc.stderr and "failed the gate" in proc.stderr
+        first = Path(state["stages"]["ingest"]["manifests"]["train"]).parent.parent
+        work = next(p for p in (tmp_path / "work").iterdir() if p != first)
+        refused = read_rows(work / "ingest" / "refused.jsonl")
+        reasons = sorted(r["reason"].split(" of the fixed split")[0] for r in refused)
+        assert "audio identical to an utterance" in reasons and "text identical to an utterance" in reasons
+        assert registry.show("ko-life", alias="production").version == 2
+        assert [v.version for v in registry.list_versions("ko-life")] == [1, 2]
+        assert not (work / "export").exists()
+        assert len(received) == 2 and not received[1]["korasr"]["passed"] and "FAIL" in received[1]["text"]
+
+
+def test_the_service_follows_the_alias_and_keeps_serving_through_a_bad_version(exported, recipe, tmp_path):
+    """`korasr serve --model models:/NAME@production --follow 1`: a promotion and a rollback are each loaded, warmed
+    and swapped in while requests keep being answered; a version whose files are damaged in the store does not
+    load, the service says so (/health, the reload counter) and keeps serving; /metrics names the version and its
+    registered CER; POST /admin/reload needs the key."""
+    from korasr import registry
+
+    wav = eval_rows(recipe, 1)[0]["audio_filepath"]
+    with registry_store(tmp_path):
+        report = evaluated_report(exported, recipe, tmp_path / "eval")
+        for _ in range(3):
+            registry.register(exported, "ko-serve", report=report)
+        registry.promote("ko-serve", 1)
+        key = "k" * 24
+        headers = {"Authorization": f"Bearer {key}"}
+
+        def get(url: str) -> dict:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return json.loads(r.read())
+
+        def transcribe(url: str) -> tuple[int, dict]:
+            import requests
+
+            with open(wav, "rb") as f:
+                r = requests.post(f"{url}/v1/transcribe", files={"audio": f}, headers=headers, timeout=60)
+            return r.status_code, r.json()
+
+        def wait_for(url: str, version: int, answers: list) -> None:
+            deadline = time.monotonic() + 90
+            while get(f"{url}/health").get("registered", {}).get("version") != version:
+                answers.append(transcribe(url))  # requests keep flowing through the swap
+                assert time.monotonic() < deadline, get(f"{url}/health")
+                time.sleep(0.2)
+
+        with serve_process("models:/ko-serve@production", tmp_path / "serve.log", "--follow", "1", key=key) as url:
+            health = get(f"{url}/health")
+            assert health["registered"]["version"] == 1 and health["cer"]["eval_clean"] > 0
+            answers: list = []
+            registry.promote("ko-serve", 2)
+            wait_for(url, 2, answers)
+            registry.rollback("ko-serve")
+            wait_for(url, 1, answers)
+            status, body = transcribe(url)
+            assert status == 200 and body["version"] == 1 and body["text"]
+            assert all(s == 200 and b["text"] == body["text"] for s, b in answers), answers
+
+            # version 3's export is damaged in the artifact store: it fails to load, version 1 keeps serving
+            v3 = registry.show("ko-serve", version=3)
+            store = Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")).parent / "mlflow-artifacts"
+            onnx = next(p for p in store.rglob("model.onnx") if v3.run_id in str(p))
+            onnx.write_bytes(b"not an onnx graph")
+            registry.promote("ko-serve", 3)
+            deadline = time.monotonic() + 60
+            while "reload_error" not in get(f"{url}/health"):
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+            assert get(f"{url}/health")["registered"]["version"] == 1
+            status, body = transcribe(url)
+            assert status == 200 and body["version"] == 1
+            with urllib.request.urlopen(urllib.request.Request(f"{url}/metrics", headers=headers), timeout=10) as r:
+                metrics = r.read().decode()
+            assert 'korasr_model_reloads_total{outcome="failed"}' in metrics
+            assert 'version="1"' in metrics and 'stt_model_cer{split="eval_clean"}' in metrics
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(f"{url}/admin/reload", method="POST"), timeout=10)
+            assert refused.value.code == 401
+            forced = urllib.request.Request(f"{url}/admin/reload?force=true", method="POST", headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as failed:  # version 3 still does not load: 502, nothing moves
+                urllib.request.urlopen(forced, timeout=60)
+            assert failed.value.code == 502 and json.loads(failed.value.read())["version"] == 1
