@@ -141,13 +141,14 @@ class State:
 # --- 1. ingest ----------------------------------------------------------------------------------------------------
 
 
-def audio_hash(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of the decoded samples (int16, mono as stored): the same audio in another container hashes the same."""
+def audio_hash(path: str | os.PathLike[str]) -> tuple[str, float]:
+    """SHA-256 of the decoded samples (int16, as stored) and the duration: the same audio in another container
+    hashes the same."""
     import numpy as np
     import soundfile as sf
 
     data, rate = sf.read(str(path), dtype="int16", always_2d=True)
-    return hashlib.sha256(np.ascontiguousarray(data).tobytes() + str(rate).encode()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes() + str(rate).encode()).hexdigest(), len(data) / rate
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -172,6 +173,9 @@ def _drop_rows(options: RetrainOptions, folder: Path) -> list[dict]:
         for row in rows:
             if isinstance(row.get("text"), str):
                 row["text"] = normalize(row["text"], options.form, options.disfluency).text
+            path = row.get("audio_filepath")
+            if isinstance(path, str) and not Path(path).is_absolute():  # NeMo: relative to the manifest
+                row["audio_filepath"] = str((source.parent / path).resolve())
         return rows
     from korasr.data.kspon import PrepareOptions, prepare_kspon
 
@@ -189,7 +193,8 @@ def _fixed_sets(eval_manifests: list[str]) -> tuple[dict[str, str], dict[str, st
         split = Path(manifest).stem
         for row in read_rows(Path(manifest)):
             texts.setdefault(row["text"], split)
-            audio.setdefault(audio_hash(row["audio_filepath"]), split)
+            path = Path(row["audio_filepath"])
+            audio.setdefault(audio_hash(path if path.is_absolute() else Path(manifest).parent / path)[0], split)
     return texts, audio
 
 
@@ -201,9 +206,12 @@ def _check_row(row: dict, texts: dict[str, str], audio: dict[str, str]) -> tuple
     if not text.strip():
         return "empty text", None
     try:
-        digest = audio_hash(path)
+        digest, seconds = audio_hash(path)
     except Exception as e:  # soundfile raises several kinds for unreadable audio
         return f"unreadable audio {path}: {e}", None
+    if seconds <= 0:
+        return "empty audio", None
+    row["duration"] = round(seconds, 3)  # what the file holds, whatever the manifest said
     if digest in audio:
         return f"audio identical to an utterance of the fixed split {audio[digest]}", digest
     if text in texts:
