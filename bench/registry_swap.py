@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, Server, newest, pct, read_utterances, rss_mb, write_json
+from common import OUT, ROOT, RSSSampler, Server, newest, pct, read_utterances, rss_mb, write_json
 from stream_clients import client, client_stats
 
 
@@ -117,9 +117,11 @@ def main() -> int:
                     await asyncio.sleep(2)
                 return marks
 
+            sampler = RSSSampler(server.proc.pid, 0.05)
             swapping = await phase(server, wav, waves, args.seconds, during=moves)
+            sampler.stop()
             await asyncio.sleep(2)
-            return {"steady": steady, "swapping": swapping, "rss_before": rss_before,
+            return {"steady": steady, "swapping": swapping, "rss_before": rss_before, "rss_peak": sampler.peak,
                     "rss_after": rss_mb(server.proc.pid)}  # fmt: skip
 
         result = asyncio.run(run())
@@ -133,24 +135,25 @@ def main() -> int:
     s_steady, s_swap = result["steady"]["streams"], result["swapping"]["streams"]
     failed = len(result["steady"]["failures"]) + len(result["swapping"]["failures"])
     dropped = len(s_steady["errors"]) + len(s_swap["errors"])
-    print(f"steady: {len(steady_lat)} requests, p99 {p99_steady * 1000:.0f} ms; {len(s_steady['final'])} streams")
+    print(f"steady: {len(steady_lat)} requests, p99 {p99_steady:.0f} ms; {len(s_steady['final'])} streams")
     print(f"swaps (promote, rollback): {[round(b - a, 1) for a, b in marks]} s each from the move to the old model's "
-          f"release; {len(during)} requests during them, p99 {p99_swap * 1000:.0f} ms "
+          f"release; {len(during)} requests during them, p99 {p99_swap:.0f} ms "
           f"({p99_swap / max(p99_steady, 1e-9):.2f}× steady; target ≤ 2×); {len(s_swap['final'])} streams")  # fmt: skip
     print(
         f"failed requests {failed} (target 0), dropped streams {dropped} (target 0): "
         f"{(result['steady']['failures'] + result['swapping']['failures'] + s_steady['errors'] + s_swap['errors'])[:3]}"
     )
     print(
-        f"RSS before the swaps {result['rss_before']:.0f} MB, after {result['rss_after']:.0f} MB "
+        f"RSS before the swaps {result['rss_before']:.0f} MB, peak during them {result['rss_peak']:.0f} MB, "
+        f"after {result['rss_after']:.0f} MB "
         f"({result['rss_after'] - result['rss_before']:+.0f} MB; target: one model's footprint)"
     )
     write_json(OUT / "registry_swap.json", {
-        "p99_steady_s": p99_steady, "p99_swap_s": p99_swap, "ratio": p99_swap / max(p99_steady, 1e-9),
+        "p99_steady_ms": p99_steady, "p99_swap_ms": p99_swap, "ratio": p99_swap / max(p99_steady, 1e-9),
         "requests_steady": len(steady_lat), "requests_during_swaps": len(during), "failed_requests": failed,
         "dropped_streams": dropped, "streams": len(s_steady["final"]) + len(s_swap["final"]),
         "swap_seconds": [b - a for a, b in marks], "rss_before_mb": result["rss_before"],
-        "rss_after_mb": result["rss_after"],
+        "rss_peak_mb": result["rss_peak"], "rss_after_mb": result["rss_after"],
     })  # fmt: skip
     return 0 if failed == 0 and dropped == 0 else 1
 

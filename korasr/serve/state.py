@@ -80,6 +80,7 @@ class ServiceState:
         self.limits = AudioLimits(max_seconds=self.config.max_audio_seconds)
         self._swap_lock = asyncio.Lock()
         self._follower: asyncio.Task | None = None
+        self._releases: set[asyncio.Task] = set()  # held until done (the loop keeps only weak references)
 
     # the current generation's parts, for the routes
     @property
@@ -146,13 +147,22 @@ class ServiceState:
         finally:
             generation.users -= 1
             if generation.retired and generation.users == 0:
-                asyncio.get_running_loop().create_task(self._release(generation))
+                self._release_later(generation)
+
+    def _release_later(self, generation: Generation) -> None:
+        """Release a retired generation in a task of its own, so that no caller's frame still holds it when the
+        memory is handed back."""
+        task = asyncio.get_running_loop().create_task(self._release(generation))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _release(self, generation: Generation) -> None:
         if generation in self.retiring:
             self.retiring.remove(generation)
             await generation.stop()
             log.info("released %s (version %s)", generation.path, generation.version.get("version", "—"))
+            del generation
+            await asyncio.to_thread(return_memory)
 
     async def swap(self, path: Path, version: dict | None = None) -> Generation:
         """Load and warm ``path`` beside the serving model, then make it current; the old one serves what it
@@ -169,7 +179,7 @@ class ServiceState:
             old.retired = True
             self.retiring.append(old)
             if old.users == 0:
-                await self._release(old)
+                self._release_later(old)
             return new
 
     def active_streams(self) -> int:
@@ -212,3 +222,14 @@ def stream_hub(config: ServeConfig, path: Path, metrics: Metrics) -> StreamHub:
     model.run([stream])
     return StreamHub(model, max_batch=config.stream_batch, endpoint=endpoint, max_unsent=config.max_unsent_results,
                      metrics=metrics)  # fmt: skip
+
+
+def return_memory() -> None:
+    """Collect the released model's objects and hand freed heap pages back to the system (glibc's malloc_trim), so
+    the process shrinks back to one model's footprint after a swap instead of keeping the old one's pages."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

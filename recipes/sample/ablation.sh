@@ -18,6 +18,7 @@ for run in ${RUNS:-both none noise speed}; do
   esac
   start=$(date +%s)
   .venv/bin/korasr train --recipe recipes/sample "model.tokenizer.dir=$TOKENIZER" "exp_manager.exp_dir=$OUT/$run" \
-    "${aug[@]}" --evaluate manifests/sample/eval_clean.jsonl --evaluate manifests/sample/eval_other.jsonl
+    "${aug[@]}" --evaluate manifests/sample/eval_clean.jsonl --evaluate manifests/sample/eval_other.jsonl \
+    --evaluate manifests/sample/eval_novel.jsonl
   echo "ablation $run: $(( $(date +%s) - start )) s"
 done
