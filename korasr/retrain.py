@@ -459,7 +459,9 @@ def _recipe_dev(recipe: str) -> str | None:
 
 
 def export_stage(options: RetrainOptions, folder: Path, trained: dict) -> dict:
-    parity = options.parity_manifest or _recipe_dev(options.recipe)
+    key = "model.validation_ds.manifest_filepath="
+    overridden = [o.split("=", 1)[1] for o in options.overrides if o.startswith(key)]  # the dev the training used
+    parity = options.parity_manifest or (overridden[-1] if overridden else _recipe_dev(options.recipe))
     args = ["export", "--model", trained["nemo"], "--out", str(folder / "export"), "--force"]
     if parity and Path(parity).is_file():
         args += ["--parity-manifest", parity]

