@@ -44,6 +44,7 @@ from korasr.fsutil import atomic_open, write_json
 log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "train", "evaluate", "gate", "export", "register", "notify")
+STAGE_FOLDERS = {"train": ("train",), "evaluate": ("eval",)}  # what a stage leaves that a rerun resumes from
 WEBHOOK_TIMEOUT_S = 10.0
 WEBHOOK_TRIES = 3
 
@@ -132,9 +133,14 @@ class State:
         return result
 
     def forget(self, stage: str) -> None:
-        """Drop ``stage`` and every later one (``--redo``)."""
+        """Drop ``stage`` and every later one (``--redo``), with the folders they would otherwise resume from (a
+        finished training's checkpoints would be taken up again and train nothing)."""
+        import shutil
+
         for later in STAGES[STAGES.index(stage) :]:
             self.data["stages"].pop(later, None)
+            for name in STAGE_FOLDERS.get(later, ()):
+                shutil.rmtree(self.path.parent / name, ignore_errors=True)
         write_json(self.path, self.data)
 
 

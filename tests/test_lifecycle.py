@@ -332,3 +332,22 @@ def test_the_gate_rules_and_how_much_a_split_can_tell(tmp_path):
     assert small[1] - small[0] > 2 * (big[1] - big[0])
     table = format_gate(list(rows.values()))
     assert "| eval_small | 20 | 200 | 0.00 | 1.00 |" in table and "FAIL" in table
+
+
+def test_redo_starts_the_stage_afresh(tmp_path):
+    """``--redo train`` forgets train and every later stage and removes the training folder, so the rerun trains
+    anew instead of taking up the finished run's last checkpoint (which trains nothing); earlier stages stay."""
+    from korasr.retrain import RetrainOptions, State
+
+    options = RetrainOptions(name="x", recipe="r", new_data=str(tmp_path), eval_manifests=[])
+    state = State(tmp_path / "work", options)
+    for stage in ("ingest", "train", "evaluate", "gate"):
+        state.finish(stage, {"stage": stage})
+    checkpoint = tmp_path / "work" / "train" / "run" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"x")
+    (tmp_path / "work" / "ingest").mkdir()
+    state.forget("train")
+    reread = State(tmp_path / "work", options)
+    assert reread.done("ingest") and not reread.done("train") and not reread.done("gate")
+    assert not (tmp_path / "work" / "train").exists() and (tmp_path / "work" / "ingest").is_dir()
