@@ -213,7 +213,7 @@ retrain: setup ## NEW_DATA=DIR|MANIFEST: ingest â†’ fine-tune from @production â
 # the same `korasr retrain` stages in .venv. AIRFLOW_HOME defaults to exp/airflow (SQLite metadata).
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_VERSION ?= 3.3.2
-airflow: $(AIRFLOW_VENV)/bin/airflow ## Airflow $(AIRFLOW_VERSION) in .venv-airflow, apart from the project's venv; the DAG is orchestration/airflow/dags/korasr_retrain.py
+airflow: $(AIRFLOW_VENV)/bin/airflow ## Airflow (AIRFLOW_VERSION, default 3.3.2) in .venv-airflow, apart from the project's venv; the DAG is orchestration/airflow/dags/korasr_retrain.py
 
 $(AIRFLOW_VENV)/bin/airflow:
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
