@@ -33,10 +33,13 @@ TOKENIZER_DIR := tokenizers/$(RECIPE)/$(UNIT)
 else
 TOKENIZER_DIR := tokenizers/$(RECIPE)/$(UNIT)_$(TYPE)_v$(VOCAB)
 endif
+# INIT=CHECKPOINT: start from any NeMo ASR checkpoint (a .nemo, a release folder, models:/NAME@ALIAS, a pretrained
+# name where a hub is reachable): its front end and encoder, a CTC head over the recipe's tokenizer (docs/train.md).
+INIT ?=
 # Scale-out: DEVICES=8 NODES=2 (Lightning DDP); empty keeps the config's choice (all GPUs, or 1 CPU).
 DEVICES ?=
 NODES ?=
-TRAIN_ARGS = $(if $(STREAMING),--streaming) model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES)) $(if $(NOISE_MANIFEST),model.train_ds.noise_path=$(NOISE_MANIFEST))
+TRAIN_ARGS = $(if $(STREAMING),--streaming) $(if $(INIT),--init $(INIT)) model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES)) $(if $(NOISE_MANIFEST),model.train_ds.noise_path=$(NOISE_MANIFEST))
 # The fixed evaluation splits: KsponSpeech's two; the sample corpus adds eval_novel (templates and words train never uses).
 EVAL_SPLITS ?= eval_clean eval_other $(if $(filter sample,$(RECIPE)),eval_novel)
 EVAL_ARGS := $(foreach s,$(EVAL_SPLITS),--evaluate manifests/$(RECIPE)/$(s).jsonl) --results recipes/$(RECIPE)/RESULTS.md
@@ -63,7 +66,7 @@ WEBHOOK ?=
 # (words no training utterance uses; 2026-12-05): they get their own bounds, and the regression rule guards them.
 RETRAIN_MAX_CER ?= $(if $(MAX_CER),$(MAX_CER),$(if $(filter sample,$(RECIPE)),5 eval_other=15 eval_novel=100,5))
 
-.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap
+.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap release
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -172,7 +175,7 @@ endif
 tokenizer: prepare ## tokenizers/RECIPE/UNIT_TYPE_vVOCAB from the train manifest (UNIT=jamo TYPE=unigram VOCAB=...)
 	$(BIN)/korasr tokenizer build --manifest manifests/$(RECIPE)/train.jsonl --unit $(UNIT) --type $(TYPE) --vocab $(VOCAB) --out $(TOKENIZER_DIR)
 
-train: tokenizer $(if $(NOISE_MANIFEST),noise) ## the recipe: corpus → prepare → tokenizer → train → evaluate (RECIPE=sample|kspon, ARGS=overrides, STREAMING=1: cache-aware streaming model)
+train: tokenizer $(if $(NOISE_MANIFEST),noise) ## the recipe: corpus → prepare → tokenizer → train → evaluate (RECIPE=sample|kspon, ARGS=overrides, STREAMING=1: cache-aware streaming model, INIT=checkpoint to start from)
 	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(EVAL_ARGS) $(ARGS)
 
 train-only: setup ## the train stage alone (manifests and tokenizer must exist)
@@ -201,6 +204,12 @@ export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .ne
 serve: setup ## the FastAPI service over EXPORT (default: MODEL's export/ folder) on 127.0.0.1:8000 (HOST= PORT= PRECISION=)
 	@if [ ! -f "$(EXPORT)/model.json" ]; then echo "no export at '$(EXPORT)': run make export first, or pass EXPORT=dir"; exit 2; fi
 	$(BIN)/korasr serve --model $(EXPORT) --host $(HOST) --port $(PORT) --precision $(PRECISION)
+
+# A release: a trained run (MODEL's folder, with export/ and eval/) as a folder a model hub serves as it is.
+RELEASE_OUT ?= exp/release/korasr-$(RECIPE)
+release: setup ## MODEL's run (with its export/ and eval/) → RELEASE_OUT: .nemo, export, tokenizer, model card, SHA256SUMS (LICENSE=id, LM=DIR); korasr release --check DIR verifies
+	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
+	$(BIN)/korasr release $(dir $(MODEL)) --out $(RELEASE_OUT) $(if $(LICENSE),--license $(LICENSE)) $(if $(LM),--lm $(LM))
 
 register: setup ## EXPORT (default: MODEL's export/) → a new version of REGISTRY_NAME in the MLflow registry, @candidate (make register; korasr registry promote moves production)
 	$(BIN)/korasr registry register --export $(EXPORT) --name $(REGISTRY_NAME) $(foreach s,$(EVAL_SPLITS),--scored-on manifests/$(RECIPE)/$(s).jsonl)

@@ -268,8 +268,22 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    "refusing when they are over korasr.max_infeasible (0.5%%)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true",
                    help="compose, check inputs and CTC feasibility, print the resolved config; no training")  # fmt: skip
-    p.add_argument("--init", default=None, metavar="NEMO",
-                   help="start from this .nemo's weights (or models:/NAME@ALIAS: that version's .nemo): fine-tuning")  # fmt: skip
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from a NeMo ASR checkpoint (a .nemo; a release folder; models:/NAME@ALIAS; a NeMo "
+                   "pretrained name where a hub is reachable): its front end and encoder, a CTC head over the "
+                   "recipe's tokenizer (kept when the tokenizer is the same)")  # fmt: skip
+    p.add_argument(
+        "--keep-tokenizer",
+        action="store_true",
+        help="with --init: train with the checkpoint's own tokenizer and CTC head (CTC or hybrid)",
+    )
+    p.add_argument(
+        "--freeze-encoder-steps",
+        type=bounded(int, 0, 10**7),
+        default=0,
+        metavar="N",
+        help="the encoder's weights stay fixed for the first N steps (the new head learns first)",
+    )
     p.add_argument("overrides", nargs="*",
                    help="dotted overrides, anywhere on the line: model.optim.lr=1e-3 trainer.devices=8 ...")  # fmt: skip
     p.set_defaults(func=_train)
@@ -283,10 +297,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.init:
         from korasr import registry
 
-        init = registry.resolve(args.init, "nemo")
-        if not init.is_file():
-            raise FileNotFoundError(f"--init {init}: no such .nemo")
-        overrides.append(f"init_from_nemo_model={init.resolve()}")
+        init = registry.resolve(args.init, "nemo") if registry.is_ref(args.init) else args.init
+        overrides.append(f"korasr.init={init}")
+        if args.keep_tokenizer:
+            overrides.append("korasr.keep_tokenizer=true")
+    elif args.keep_tokenizer:
+        raise SystemExit("--keep-tokenizer needs --init")
+    if args.freeze_encoder_steps:
+        overrides.append(f"korasr.freeze_encoder_steps={args.freeze_encoder_steps}")
     if args.dry_run:
         print(dry_run(compose(configs, overrides)))
         return 0
@@ -682,6 +700,34 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("release", help="a trained run as a folder a model hub serves (model card, checksums); --check")
+    p.add_argument("run", nargs="?", help="a training run folder (its .nemo, export/ and eval/), or its .nemo")
+    p.add_argument("--out", help="the release folder to write")
+    p.add_argument("--name", default=None, help="the model's name (default: korasr-<recipe>-<run>)")
+    p.add_argument("--license", default="other", help="the card's license id (default: other; set yours)")
+    p.add_argument("--lm", default=None, metavar="LM_DIR", help="bundle this token LM (make lm)")
+    p.add_argument("--export", default=None, metavar="DIR", help="the run's export folder (default: RUN/export)")
+    p.add_argument("--eval", default=None, metavar="DIR", help="the evaluation to report (default: RUN/eval)")
+    p.add_argument("--force", action="store_true", help="replace --out whole even when it is not a release folder")
+    p.add_argument("--check", metavar="DIR", default=None, help="verify a release folder's checksums instead")
+    p.set_defaults(func=_release)
+
+
+def _release(args: argparse.Namespace) -> int:
+    from korasr.release import check, release
+
+    if args.check:
+        counts = check(args.check)
+        print(f"{args.check}: {counts['files']} files, {counts['bytes']:,} bytes, every checksum matches")
+        return 0
+    if not args.run or not args.out:
+        raise ValueError("korasr release RUN --out DIR (or --check DIR)")
+    print(release(args.run, args.out, name=args.name, license=args.license, lm=args.lm, export=args.export,
+                  evaluation=args.eval, force=args.force))  # fmt: skip
+    return 0
+
+
 def _sample_corpus_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample-corpus", help="write the synthetic sample corpus in KsponSpeech's layout")
     p.add_argument("out", help="output folder (the corpus root)")
@@ -857,6 +903,7 @@ SUBCOMMANDS = (
     _serve_parser,
     _registry_parser,
     _retrain_parser,
+    _release_parser,
     _sample_corpus_parser,
     _sample_noise_parser,
 )
@@ -873,8 +920,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resolve_model_ref(args: argparse.Namespace) -> None:
     """``--model models:/NAME@ALIAS`` (or ``/VERSION``) becomes the local copy of that registered version: its export
-    folder, or its .nemo for ``korasr export``. ``korasr serve --follow`` keeps the reference and follows it."""
+    folder, or its .nemo for ``korasr export``; a release folder (korasr release) likewise. ``korasr serve --follow``
+    keeps the reference and follows it."""
     ref = getattr(args, "model", None)
+    if isinstance(ref, str) and not ref.startswith("models:/"):
+        from korasr.release import is_release, model_path
+
+        if is_release(ref):
+            args.model = str(model_path(ref, "nemo" if args.command == "export" else "export"))
+            return
     if not isinstance(ref, str) or not ref.startswith("models:/") or getattr(args, "follow", None):
         return
     from korasr import registry

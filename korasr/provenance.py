@@ -38,3 +38,20 @@ def versions() -> dict[str, str]:
 def command_line() -> str:
     """The command as typed (program name without its directory)."""
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def hardware() -> dict:
+    """The machine a training ran on: CPU model and cores, and each CUDA device's name (torch imported by the caller)."""
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    out: dict = {"cpu": cpu, "cpu_cores": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        out["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return out

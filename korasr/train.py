@@ -1,8 +1,9 @@
 """`korasr train`: compose YAML + dotted overrides, build a stock NeMo ``EncDecCTCModelBPE``, train it with
 Lightning and NeMo's exp_manager (checkpoints, early stopping, resume, TensorBoard, wandb, MLflow), save a ``.nemo``.
 
-``init_from_nemo_model`` (``korasr train --init``): the new model starts from the weights of that ``.nemo``
-(NeMo's ``maybe_init_from_pretrained_checkpoint``), with the recipe's schedule: a fine-tuning.
+``korasr.init`` (``korasr train --init``): the new model takes the front end and encoder of any NeMo ASR checkpoint
+(CTC, RNNT, hybrid, streaming or not) and a CTC head over the recipe's tokenizer (korasr/transfer.py), with the
+recipe's schedule. NeMo's own ``init_from_nemo_model`` override still works as NeMo defines it.
 
 Composition order: ``conf/fastconformer_ctc.yaml`` → ``conf/size/<size>.yaml`` → the recipe's ``train.yaml`` →
 overrides (``key.sub=value``, as Hydra's dotted overrides). torch, Lightning and NeMo are imported inside
@@ -19,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from korasr.errors import KorasrError
-from korasr.provenance import git_commit, versions
+from korasr.provenance import command_line, git_commit, hardware, versions
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,10 @@ def finalize(cfg: DictConfig, cuda_available: bool) -> DictConfig:
         cfg.exp_manager.exp_dir = str(ROOT / "exp" / str(korasr.get("recipe", "default")))
     if OmegaConf.is_missing(cfg.exp_manager, "name"):
         tok = tokenizer_dir.name if tokenizer_dir else "tokenizer"
-        streaming = "_streaming" if korasr.get("streaming") else ""
-        cfg.exp_manager.name = f"{korasr.get('size', 'model')}{streaming}_{tok}"
+        source = korasr.get("init_source")
+        streaming = "_streaming" if korasr.get("streaming") or (source and source.streaming) else ""
+        size = f"from_{Path(str(source.path)).stem}" if source else korasr.get("size", "model")
+        cfg.exp_manager.name = f"{size}{streaming}_{tok}"
     missing = _missing_keys(cfg)
     if missing:
         raise TrainConfigError(f"required config keys are not set: {', '.join(missing)}")
@@ -255,7 +258,12 @@ def check_feasibility(cfg: DictConfig, out_dir: Path) -> DictConfig:
         raise TrainConfigError(
             f"{infeasible} of {total} train utterances ({share:.2%}, more than korasr.max_infeasible={limit:.2%}) "
             f"have more tokens than the encoder has frames at {subsampling}× subsampling{speed}, so CTC cannot emit "
-            f"them (e.g. {', '.join(examples)}). Ways out: 4× subsampling (model.encoder.subsampling_factor=4), "
+            f"them (e.g. {', '.join(examples)}). Ways out: "
+            + (
+                f"a checkpoint that subsamples 4× (--init {options.init_source.path}: its encoder is fixed), "
+                if options.get("init_source")
+                else "4× subsampling (model.encoder.subsampling_factor=4), "
+            )
             + ("no speed perturbation (model.train_ds.perturb_speed=false), " if fastest != 1.0 else "")
             + "a larger piece vocabulary (make tokenizer VOCAB=...: fewer tokens per second), --drop-infeasible "
             "(train without them; they are counted), or korasr.max_infeasible=1 to train anyway"
@@ -270,7 +278,9 @@ def check_feasibility(cfg: DictConfig, out_dir: Path) -> DictConfig:
 def resolve(cfg: DictConfig, cuda_available: bool) -> DictConfig:
     """Everything decided before training: the machine's trainer settings, absolute existing inputs, and the
     CTC feasibility guard. ``korasr train --dry-run`` stops after this."""
-    cfg = finalize(cfg, cuda_available)
+    from korasr.transfer import adopt
+
+    cfg = finalize(adopt(cfg), cuda_available)
     resolve_inputs(cfg)
     return check_feasibility(cfg, run_dir(cfg))
 
@@ -302,20 +312,30 @@ def train(cfg: DictConfig) -> Path:
 
     out = run_dir(cfg)
     cfg = to_model_unit(cfg, out / "manifests")
-    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))
+    callbacks = []
+    if int(cfg.korasr.get("freeze_encoder_steps", 0) or 0) > 0:
+        from korasr.transfer import freeze_encoder
+
+        callbacks.append(freeze_encoder(int(cfg.korasr.freeze_encoder_steps)))
+    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks)
     exp_manager(trainer, cfg.exp_manager)
     if cfg.get("korasr", {}).get("mlflow"):
         trainer.loggers = [*trainer.loggers, _mlflow_logger(cfg)]
     out.mkdir(parents=True, exist_ok=True)
+    record = {"korasr": {"git_commit": git_commit(), "versions": versions(), "wandb_mode": os.environ["WANDB_MODE"],
+                         "command": command_line(), "hardware": hardware()}}  # fmt: skip
     if trainer.is_global_zero:
-        record = {
-            "korasr": {"git_commit": git_commit(), "versions": versions(), "wandb_mode": os.environ["WANDB_MODE"]}
-        }
         OmegaConf.save(OmegaConf.merge(cfg, record), out / "korasr_run.yaml", resolve=True)
 
     model = EncDecCTCModelBPE(cfg=cfg.model, trainer=trainer)
     log.info("model: %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
-    if cfg.get("init_from_nemo_model"):
+    if cfg.korasr.get("init_source"):
+        from korasr.transfer import initialize
+
+        cfg.korasr.init_modules = initialize(model, cfg)
+        if trainer.is_global_zero:
+            OmegaConf.save(OmegaConf.merge(cfg, record), out / "korasr_run.yaml", resolve=True)
+    elif cfg.get("init_from_nemo_model"):
         log.info("initializing from %s", cfg.init_from_nemo_model)
         model.maybe_init_from_pretrained_checkpoint(cfg)
     trainer.fit(model)
@@ -328,7 +348,12 @@ def train(cfg: DictConfig) -> Path:
             model.load_state_dict(state)
             log.info("final model: weights of the best checkpoint %s", best)
         model.save_to(str(final))
-        log.info("saved %s after %.0f s (global step %d)", final, time.perf_counter() - started, trainer.global_step)
+        seconds = time.perf_counter() - started
+        log.info("saved %s after %.0f s (global step %d)", final, seconds, trainer.global_step)
+        from korasr.fsutil import write_json
+
+        write_json(out / "training.json", {"global_step": int(trainer.global_step), "seconds": round(seconds, 1),
+                                           "nemo": final.name, "hardware": hardware()})  # fmt: skip
         _mlflow_finish(trainer, out, final)
     _finish_wandb()
     return final

@@ -24,6 +24,7 @@ def pytest_configure(config) -> None:  # type: ignore[no-untyped-def]
     store = Path(tempfile.mkdtemp(prefix="korasr-tests-mlflow-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
     os.environ["KORASR_REGISTRY_CACHE"] = str(store / "registry-cache")
+    os.environ["KORASR_INIT_TOKENIZERS"] = str(store / "init-tokenizers")  # korasr train --init --keep-tokenizer
 
 
 def korasr_cmd(*args: str) -> list[str]:

@@ -259,15 +259,26 @@ def test_a_flooding_stream_is_held_back_and_the_stream_beside_it_is_served(expor
     assert flood_text == " ".join(s.text for s in model.transcribe(flood, endpoint=Endpoint()))
 
 
+def closes(client: TestClient) -> float:
+    """Streams the service has counted as ended, whatever the code."""
+    counter = client.app.state.korasr.metrics.stream_closes
+    return sum(sample.value for metric in counter.collect() for sample in metric.samples
+               if sample.name.endswith("_total"))  # fmt: skip
+
+
 def test_close_codes_are_the_servers_own_and_client_frames_are_client_errors(exported_streaming):
     """A client's own close code is counted as ``client`` (a client cannot create label values); a frame that fails
     to parse, deeply nested JSON included, is a 1007, never a 1011."""
     config = ServeConfig(model=exported_streaming)
     with TestClient(create_app(config)) as client:
-        for code in (4321, 4999, 1001):
+        for closed, code in enumerate((4321, 4999, 1001), start=1):
             with client.websocket_connect("/v1/stream") as ws:
                 ws.send_bytes(b"\x00\x00" * 160)
                 ws.close(code=code)
+                # leaving this block cancels the app's task (TestClient does): first let the server see the close
+                deadline = time.monotonic() + 10
+                while closes(client) < closed and time.monotonic() < deadline:
+                    time.sleep(0.02)
         with client.websocket_connect("/v1/stream") as ws:
             ws.send_text('{"type": ' * 50_000)
             _, code, _ = receive_all(ws)

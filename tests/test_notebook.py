@@ -1,5 +1,6 @@
 """The fine-tuning notebook, executed top to bottom with papermill on CPU: a few steps on the sample corpus,
-moved onto a different tokenizer of the same size (NeMo's decoder-reload trap), evaluated and exported."""
+moved onto a different tokenizer of the same size (NeMo's decoder-reload trap), evaluated and exported. Other kinds
+of checkpoint (RNNT, hybrid, streaming, 128 bands) go through the same korasr.transfer path: tests/test_transfer.py."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def test_finetune_notebook_runs_and_writes_its_outputs(trained, recipe, tmp_path
         str(ROOT / "notebooks" / "finetune.ipynb"),
         str(tmp_path / "executed.ipynb"),
         parameters={
-            "model_path": str(trained),
+            "init": str(trained),
             "new_tokenizer_dir": str(other),
             "train_manifest": str(recipe["manifests"] / "train.jsonl"),
             "dev_manifest": str(recipe["manifests"] / "dev.jsonl"),
@@ -43,6 +44,10 @@ def test_finetune_notebook_runs_and_writes_its_outputs(trained, recipe, tmp_path
     )
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["vocabulary_changed"] and summary["steps"] == 40
+    # what was kept and what is new, with parameter counts: the head is new (other pieces, the same size)
+    kept = {m["module"]: m["from"] for m in summary["modules"]}
+    assert kept["decoder"] == "new" and kept["encoder"].startswith(trained.name) and summary["source_kind"] == "ctc"
+    assert all(m["parameters"] > 0 for m in summary["modules"] if m["module"] != "preprocessor")
     assert summary["loss_last"] < summary["loss_first"]  # the new decoder learns
     assert [step for step, _ in summary["dev_cer_curve"]] == [20, 40]
     assert set(summary["before"]) == set(summary["after"]) == {"eval_clean"}

@@ -35,7 +35,8 @@ class Metrics:
                                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2))  # fmt: skip
         self.finals = Counter("korasr_stream_finals", "final results sent on streams", registry=r)
         self.stream_closes = Counter("korasr_stream_closes", "streams ended, by the server's close code (403: "
-                                     "upgrade refused; client: the client closed; aborted: it read nothing)",
+                                     "upgrade refused; client: the client closed; aborted: it read nothing; "
+                                     "cancelled: the server stopped first)",
                                      ["code"], registry=r)  # fmt: skip
         self.send_timeouts = Counter("korasr_send_timeouts", "connections aborted at the send deadline", ["kind"],
                                      registry=r)  # fmt: skip

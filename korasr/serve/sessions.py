@@ -125,6 +125,9 @@ async def stream_session(ws: WebSocket, state: ServiceState) -> None:
             return
         conn = hub.open(rate)
         outcome = await run_stream(ws, conn, config, hub)
+    except asyncio.CancelledError:  # the server shutting down (or the connection's task cancelled): not a 1000
+        outcome = "cancelled"
+        raise
     except SendTimeout:
         outcome = "aborted"
     except Exception as e:  # never a crash: the client gets a reason
