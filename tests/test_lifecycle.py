@@ -347,7 +347,11 @@ def test_redo_starts_the_stage_afresh(tmp_path):
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"x")
     (tmp_path / "work" / "ingest").mkdir()
+    (tmp_path / "work" / "eval" / "candidate").mkdir(parents=True)
+    state.forget("gate")  # a later stage: the training and its evaluation stay
+    assert checkpoint.is_file() and (tmp_path / "work" / "eval" / "candidate").is_dir()
     state.forget("train")
     reread = State(tmp_path / "work", options)
     assert reread.done("ingest") and not reread.done("train") and not reread.done("gate")
     assert not (tmp_path / "work" / "train").exists() and (tmp_path / "work" / "ingest").is_dir()
+    assert not (tmp_path / "work" / "eval").exists()  # the evaluation of the old candidate is gone with it

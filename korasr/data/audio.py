@@ -11,8 +11,8 @@ import os
 import struct
 from pathlib import Path
 
+from korasr import SAMPLE_RATE
 from korasr.fsutil import tmp_name
-from korasr import SAMPLE_RATE  # noqa: F401  (re-exported)
 
 SAMPLE_WIDTH = 2  # bytes, signed 16-bit little-endian
 AUDIO_FORMATS = ("wav", "flac")

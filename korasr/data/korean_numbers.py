@@ -71,4 +71,3 @@ def has_final(word: str) -> bool:
         last = sino(int(last))[-1] if last != "0" else "영"
     code = ord(last) - 0xAC00
     return 0 <= code < 11172 and code % 28 != 0
-

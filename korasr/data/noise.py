@@ -19,7 +19,7 @@ import numpy as np
 
 from korasr import __version__
 from korasr.data.audio import SAMPLE_RATE
-from korasr.fsutil import atomic_open, write_json, tmp_name
+from korasr.fsutil import atomic_open, tmp_name, write_json
 
 log = logging.getLogger(__name__)
 

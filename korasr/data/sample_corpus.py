@@ -33,6 +33,7 @@ from korasr.text.normalize import normalize
 
 log = logging.getLogger(__name__)
 
+
 # Train, dev and eval_clean share the voices and prosody of a *variety*; eval_other is the hard split: four voices
 # no training utterance uses, faster speech, added white noise. The babble of the sample noise set
 # (korasr.data.noise) uses voices of neither list.
@@ -48,9 +49,10 @@ class Variety:
     pitch: tuple[int, int]  # eSpeak pitch 0–99
 
 
+WIDE_VOICES = ("ko", "ko+f1", "ko+f2", "ko+f3", "ko+f5", "ko+m1", "ko+m2", "ko+m3", "ko+m5", "ko+m8",
+               "ko+klatt", "ko+klatt3")  # fmt: skip
 VARIETIES = {
-    "wide": Variety(("ko", "ko+f1", "ko+f2", "ko+f3", "ko+f5", "ko+m1", "ko+m2", "ko+m3", "ko+m5", "ko+m8",
-                     "ko+klatt", "ko+klatt3"), (150, 230), (25, 75)),  # fmt: skip
+    "wide": Variety(WIDE_VOICES, (150, 230), (25, 75)),
     "narrow": Variety(("ko", "ko+f2", "ko+m3"), (165, 180), (45, 55)),
 }
 OTHER_VOICES = ("ko+f4", "ko+m4", "ko+m6", "ko+m7")
@@ -184,8 +186,9 @@ def render(utt: Utterance, seed: int, synth: str) -> bytes:
     elif synth == "tone":
         speech = _tone(utt.spoken, rng)
     else:
-        speech = soxr.resample(tts.synthesize(utt.spoken, utt.voice, utt.speed, utt.pitch), tts.ESPEAK_RATE,
-                               SAMPLE_RATE)
+        speech = soxr.resample(
+            tts.synthesize(utt.spoken, utt.voice, utt.speed, utt.pitch), tts.ESPEAK_RATE, SAMPLE_RATE
+        )
     lead, tail = (np.zeros(int(rng.uniform(0.1, 0.4) * SAMPLE_RATE), np.float32) for _ in range(2))
     parts = [lead, speech, tail]
     if utt.raw.lstrip().startswith(("b/", "n/", "l/", "o/")) or not utt.spoken:
@@ -220,8 +223,9 @@ def _write(utt: Utterance) -> float:
     return len(pcm) // 2 / SAMPLE_RATE
 
 
-def make_sample_corpus(out: str | os.PathLike[str], options: SampleOptions | None = None, jobs: int = 1,
-                       progress: bool = True) -> Path:
+def make_sample_corpus(
+    out: str | os.PathLike[str], options: SampleOptions | None = None, jobs: int = 1, progress: bool = True
+) -> Path:
     """Write the sample corpus under ``out``; skip when ``out/sample.json`` records the same options."""
     from tqdm import tqdm
 
@@ -277,15 +281,19 @@ def make_sample_corpus(out: str | os.PathLike[str], options: SampleOptions | Non
         counts[split] = len(rows)
     words = {w for u in utterances for w in normalize(u.raw).text.split()}
     elapsed = time.perf_counter() - started
-    write_json(record, {
-        **wanted,
-        "python": platform.python_version(),
-        "utterances": counts,
-        "hours": hours,
-        "distinct_words": len(words),
-        "seconds_taken": round(elapsed, 1),
-        "jobs": jobs,
-    })
-    log.info("sample corpus: %s utterances, %s hours, %d distinct words, made in %.1f s",
-             counts, hours, len(words), elapsed)
+    write_json(
+        record,
+        {
+            **wanted,
+            "python": platform.python_version(),
+            "utterances": counts,
+            "hours": hours,
+            "distinct_words": len(words),
+            "seconds_taken": round(elapsed, 1),
+            "jobs": jobs,
+        },
+    )
+    log.info(
+        "sample corpus: %s utterances, %s hours, %d distinct words, made in %.1f s", counts, hours, len(words), elapsed
+    )
     return root

@@ -221,9 +221,8 @@ def _decorate(sentence: str, r: random.Random) -> str:
             words.insert(0, r.choice(NOISE_TAGS))
     if r.random() < 0.04:  # a tag glued to the closing punctuation, as transcribers sometimes wrote it
         words[-1] = words[-1] + r.choice(NOISE_TAGS)
-    if r.random() < 0.1 and len(words) > 3:  # a comma after the second word
-        if re.fullmatch(r"[가-힣]+", words[1]):
-            words[1] += ","
+    if r.random() < 0.1 and len(words) > 3 and re.fullmatch(r"[가-힣]+", words[1]):  # a comma after the second word
+        words[1] += ","
     if r.random() < 0.2 and words[-1].endswith("."):
         words[-1] = words[-1][:-1]
     return " ".join(words)

@@ -62,8 +62,14 @@ def _synthesize_cli(text: str, voice: str, speed: int, pitch: int) -> np.ndarray
     if proc.returncode != 0 or not proc.stdout:
         raise RuntimeError(f"espeak-ng failed on {text!r}: {proc.stderr.decode(errors='replace').strip()}")
     # espeak-ng writes a streaming WAV header with unknown sizes; read the samples after the 44-byte header.
-    with sf.SoundFile(io.BytesIO(proc.stdout[44:]), format="RAW", subtype="PCM_16", samplerate=ESPEAK_RATE,
-                      channels=1, endian="LITTLE") as f:
+    with sf.SoundFile(
+        io.BytesIO(proc.stdout[44:]),
+        format="RAW",
+        subtype="PCM_16",
+        samplerate=ESPEAK_RATE,
+        channels=1,
+        endian="LITTLE",
+    ) as f:
         return f.read(dtype="float32")
 
 
