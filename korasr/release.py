@@ -22,7 +22,6 @@ NeMo import here: the run's files are copied, not loaded.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from korasr.errors import KorasrError
-from korasr.fsutil import ArtifactKind, staged_dir, write_json
+from korasr.fsutil import ArtifactKind, sha256_file, staged_dir, write_json
 
 SUMS = "SHA256SUMS"
 META = "release.json"
@@ -65,14 +64,6 @@ def model_path(path: str | os.PathLike[str], part: str = "export") -> Path:
     return path / "export"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(folder: Path) -> list[Path]:
     """Every file of a release, as the checksums list them (the checksums and korasr's folder marker aside)."""
     return sorted(p.relative_to(folder) for p in folder.rglob("*")
@@ -94,7 +85,7 @@ def check(folder: str | os.PathLike[str]) -> dict:
     present = {str(p) for p in _files(folder)}
     missing = sorted(set(listed) - present)
     unlisted = sorted(present - set(listed))
-    changed = sorted(name for name in set(listed) & present if _sha256(folder / name) != listed[name])
+    changed = sorted(name for name in set(listed) & present if sha256_file(folder / name) != listed[name])
     if missing or unlisted or changed:
         parts = [f"{what}: {', '.join(names[:5])}{' …' if len(names) > 5 else ''}"
                  for what, names in (("missing", missing), ("changed", changed), ("not in SHA256SUMS", unlisted))
@@ -140,7 +131,7 @@ def release(run: str | os.PathLike[str], out: str | os.PathLike[str], *, name: s
     record = _run_record(run)
     report = json.loads(report_path.read_text(encoding="utf-8"))
     meta = json.loads((export / "model.json").read_text(encoding="utf-8"))
-    if meta.get("source_sha256") and meta["source_sha256"] != _sha256(nemos[0]):
+    if meta.get("source_sha256") and meta["source_sha256"] != sha256_file(nemos[0]):
         raise ReleaseError(f"{export}: exported from another .nemo than {nemos[0].name} (source_sha256 differs): "
                            "export this run again")  # fmt: skip
     tokenizer = Path(str(record.get("model", {}).get("tokenizer", {}).get("dir", "")))
@@ -179,7 +170,7 @@ def release(run: str | os.PathLike[str], out: str | os.PathLike[str], *, name: s
                           hours=_hours(list(korasr.get("source_manifests", {}).get("train_ds", []))),
                           nemo=nemos[0].name, lm=lm is not None)  # fmt: skip
         (staging / "README.md").write_text(card, encoding="utf-8")
-        sums = [f"{_sha256(staging / p)}  {p}" for p in _files(staging)]
+        sums = [f"{sha256_file(staging / p)}  {p}" for p in _files(staging)]
         (staging / SUMS).write_text("\n".join(sums) + "\n", encoding="utf-8")
     return out
 
