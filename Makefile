@@ -66,7 +66,7 @@ WEBHOOK ?=
 # (words no training utterance uses; 2026-12-05): they get their own bounds, and the regression rule guards them.
 RETRAIN_MAX_CER ?= $(if $(MAX_CER),$(MAX_CER),$(if $(filter sample,$(RECIPE)),5 eval_other=15 eval_novel=100,5))
 
-.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap release
+.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap release transcribe-archive bench-archive
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -205,6 +205,17 @@ serve: setup ## the FastAPI service over EXPORT (default: MODEL's export/ folder
 	@if [ ! -f "$(EXPORT)/model.json" ]; then echo "no export at '$(EXPORT)': run make export first, or pass EXPORT=dir"; exit 2; fi
 	$(BIN)/korasr serve --model $(EXPORT) --host $(HOST) --port $(PORT) --precision $(PRECISION)
 
+# An archive on Ray Data: IN = a manifest, a list of paths, a folder or a glob (local or s3://, gs://, file://);
+# OUT = sharded results + summary.json (a killed run started again resumes); RAY_ADDRESS= an existing cluster.
+IN ?=
+OUT ?=
+ACTORS ?=
+FORMAT ?= jsonl
+transcribe-archive: setup ## IN=manifest|list|folder|glob OUT=DIR: transcribe an archive with EXPORT on Ray Data (ACTORS=N, FORMAT=jsonl|parquet, RAY_ADDRESS=cluster); resumable
+	@if [ -z "$(IN)" ] || [ -z "$(OUT)" ]; then echo "make transcribe-archive needs IN=manifest|list|folder|glob and OUT=DIR"; exit 2; fi
+	@if [ ! -f "$(EXPORT)/model.json" ]; then echo "no export at '$(EXPORT)': run make export first, or pass EXPORT=dir"; exit 2; fi
+	$(BIN)/korasr transcribe --model $(EXPORT) --manifest $(IN) --out $(OUT) --format $(FORMAT) --precision $(PRECISION) $(if $(ACTORS),--actors $(ACTORS)) $(ARGS)
+
 # A release: a trained run (MODEL's folder, with export/ and eval/) as a folder a model hub serves as it is.
 RELEASE_OUT ?= exp/release/korasr-$(RECIPE)
 release: setup ## MODEL's run (with its export/ and eval/) → RELEASE_OUT: .nemo, export, tokenizer, model card, SHA256SUMS (LICENSE=id, LM=DIR); korasr release --check DIR verifies
@@ -250,6 +261,9 @@ bench-hostile: setup ## korasr serve under 32 hostile clients (RSS per request a
 
 bench-swap: setup ## a service following the registry under 16 clients + 4 streams while production moves twice: failures, p99 vs steady, RSS (needs a streaming export)
 	$(BIN)/python bench/registry_swap.py
+
+bench-archive: setup ## archive transcription: Ray Data (1 actor, one per core) vs single-process korasr transcribe vs sherpa-onnx, 2,000 files; memory on 10k/100k-line manifests (needs make export)
+	$(BIN)/python bench/archive.py --files 2000 --memory
 
 bench-memory: setup ## peak memory of data prep on 10k and 100k utterances
 	$(BIN)/python bench/prepare_memory.py --jobs $(JOBS)

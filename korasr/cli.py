@@ -441,7 +441,28 @@ def _export(args: argparse.Namespace) -> int:
 def _transcribe_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files with an export folder (onnxruntime only)")
     p.add_argument("--model", required=True, help="an export folder (model.onnx, tokens.txt, model.json)")
-    p.add_argument("audio", nargs="+", help="audio files, any sample rate and channel count")
+    p.add_argument("audio", nargs="*", help="audio files, any sample rate and channel count")
+    p.add_argument("--manifest", default=None, metavar="IN",
+                   help="an archive on Ray Data instead: a NeMo manifest, a list of paths, a folder or a glob, local "
+                   "or by URI (s3://, gs://, file://); needs --out")  # fmt: skip
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="with --manifest: sharded results, summary.json; a killed run started again resumes")  # fmt: skip
+    p.add_argument(
+        "--format", choices=("jsonl", "parquet"), default="jsonl", help="with --manifest: the shards' format"
+    )
+    p.add_argument("--shard-size", type=bounded(int, 1, 1_000_000), default=1000,
+                   help="with --manifest: files per output shard (default: 1000)")  # fmt: skip
+    p.add_argument("--actors", type=bounded(int, 1, 100_000), default=None,
+                   help="with --manifest: actors, each one runtime session (default: CPUs ÷ --threads, or GPUs)")  # fmt: skip
+    p.add_argument("--gpus-per-actor", type=bounded(float, 0, 64), default=0.0,
+                   help="with --manifest: GPUs per actor (CUDA onnxruntime); 0: CPU actors")  # fmt: skip
+    p.add_argument("--address", default=None,
+                   help="with --manifest: an existing Ray cluster (default: RAY_ADDRESS, else a local Ray started "
+                   "and stopped)")  # fmt: skip
+    p.add_argument("--max-audio-seconds", type=bounded(float, 1, 24 * 3600), default=4 * 3600.0,
+                   help="with --manifest: longer files get an error row (default: 4 h)")  # fmt: skip
+    p.add_argument("--force", action="store_true",
+                   help="with --manifest: --out holds another run's shards: start over (removes only those)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     p.add_argument("--timestamps", action="store_true", help="word start/end times (implies --json)")
     p.add_argument("--streaming", action="store_true",
@@ -454,7 +475,8 @@ def _transcribe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=bounded(int, 1, 1024), default=16)
     p.add_argument("--chunk-seconds", type=bounded(float, MIN_CHUNK_SECONDS, 3600), default=30.0,
                    help="longer files are decoded in chunks of at most this many seconds (default: 30)")  # fmt: skip
-    p.add_argument("--threads", type=bounded(int, 1, 256), default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--threads", type=bounded(int, 1, 256), default=None,
+                   help="onnxruntime intra-op threads (with --manifest: per actor, default 1)")  # fmt: skip
     _add_precision(p)
     _add_decoder(p)
     p.set_defaults(func=_transcribe)
@@ -464,6 +486,10 @@ def _transcribe(args: argparse.Namespace) -> int:
     from korasr.evaluate import Decoding, use_decoding, with_bundled_lm
     from korasr.runtime import Recognizer
 
+    if args.manifest or args.out:
+        return _transcribe_archive(args)
+    if not args.audio:
+        raise ValueError("name audio files, or an archive with --manifest IN --out DIR")
     if args.streaming or args.realtime:
         return _transcribe_streaming(args)
 
@@ -481,6 +507,51 @@ def _transcribe(args: argparse.Namespace) -> int:
         else:
             print(result.text)
     return 0
+
+
+def _transcribe_archive(args: argparse.Namespace) -> int:
+    """``--manifest IN --out DIR``: an archive on Ray Data (korasr.archive)."""
+    from pathlib import Path
+
+    from korasr.archive import ArchiveOptions, Settings, transcribe_archive
+    from korasr.evaluate import Decoding, with_bundled_lm
+    from korasr.runtime import Recognizer
+
+    if not (args.manifest and args.out) or args.audio or args.streaming or args.realtime:
+        raise ValueError("--manifest IN and --out DIR go together, without audio files or --streaming")
+    recognizer = Recognizer(args.model, precision=args.precision)  # checks the export and the graph before Ray starts
+    decoder = args.decoder or ("beam" if recognizer.bundled_lm or args.lm or args.hotwords else "greedy")
+    decoding = with_bundled_lm(Decoding(decoder, args.lm, args.hotwords, args.beam, args.alpha, args.beta), recognizer)
+    lm_info = decoding.lm_info()
+    lm = Path(decoding.lm) if decoding.lm else None
+    bundled = lm is not None and recognizer.bundled_lm is not None and lm.resolve() == recognizer.bundled_lm.resolve()
+    hotword_lines = None
+    if decoding.hotwords:
+        from korasr.runtime.beam import hotword_file_lines
+
+        hotword_lines = tuple(hotword_file_lines(decoding.hotwords))
+        recognizer.hotwords(list(hotword_lines), decoding.hotwords)  # unencodable phrases fail here, named
+    settings = Settings(precision=args.precision, threads=args.threads or 1, gpu=args.gpus_per_actor > 0,
+                        decoder=decoder, lm=None if lm is None else ("lm" if bundled else "_lm"),
+                        beam_options=decoding.options(lm_info) if decoder == "beam" else None,
+                        hotword_lines=hotword_lines, batch_size=args.batch_size, chunk_seconds=args.chunk_seconds,
+                        timestamps=args.timestamps, max_audio_seconds=args.max_audio_seconds)  # fmt: skip
+    label = f"{Path(args.model).resolve().name}@{recognizer.info.get('source_sha256', '')[:12]}"
+    if getattr(args, "model_ref", None):  # models:/NAME@ALIAS: the version it named when the run started
+        from korasr import registry
+
+        version = registry.resolve_version(args.model_ref)
+        label = f"models:/{version.name}/{version.version}"
+    options = ArchiveOptions(
+        source=args.manifest, out=Path(args.out), model=Path(args.model), model_label=label,
+        decoder_label=decoding.label(lm_info), settings=settings, lm=None if bundled else lm, fmt=args.format,
+        shard_size=args.shard_size, actors=args.actors, gpus_per_actor=args.gpus_per_actor, address=args.address,
+        force=args.force, progress=sys.stderr.isatty() or bool(os.environ.get("KORASR_PROGRESS")),
+    )  # fmt: skip
+    del recognizer
+    summary = transcribe_archive(options)
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    return 1 if summary["failed"] and summary["failed"] == summary["files"] else 0
 
 
 def _transcribe_streaming(args: argparse.Namespace) -> int:
@@ -649,6 +720,26 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     _add_precision(p)
     p.add_argument("--decoder", choices=("greedy", "beam"), default=None,
                    help="default: beam when the export bundles an LM (korasr export --lm), else greedy")  # fmt: skip
+    p.add_argument("--jobs-dir", default=None, metavar="DIR",
+                   help="POST /v1/jobs: the jobs' database and spooled audio (default: a folder in the system's "
+                   "temporary directory, lost at a reboot: set it to keep jobs)")  # fmt: skip
+    p.add_argument("--job-db", default=None, metavar="URL",
+                   help="the jobs' database as a SQLAlchemy URL (default: sqlite:///DIR/jobs.db)")  # fmt: skip
+    p.add_argument("--job-source", action="append", default=[], metavar="DIR_OR_URL_PREFIX",
+                   help="a folder or URL prefix a job's url may name (repeatable; default: none, uploads only)")  # fmt: skip
+    p.add_argument("--callback-allow", action="append", default=[], metavar="URL_PREFIX",
+                   help="a URL prefix job callbacks may go to (repeatable; default: none; signed with "
+                   "KORASR_CALLBACK_SECRET)")  # fmt: skip
+    p.add_argument("--job-queue-max", type=bounded(int, 1, 1_000_000), default=1000,
+                   help="queued jobs, all keys together; more get 429 (default: 1000)")  # fmt: skip
+    p.add_argument("--job-quota", type=bounded(int, 1, 1_000_000), default=100,
+                   help="queued and running jobs per API key; more get 429 (default: 100)")  # fmt: skip
+    p.add_argument("--job-retention", type=bounded(float, 1, 30 * 86400), default=86400.0, metavar="S",
+                   help="finished jobs and their results are kept S seconds (default: 86400)")  # fmt: skip
+    p.add_argument("--job-workers", type=bounded(int, 0, 16), default=1,
+                   help="jobs decoded at once per process (0: accept jobs, decode none; default: 1)")  # fmt: skip
+    p.add_argument("--job-max-audio-seconds", type=bounded(float, 0.1, 86400), default=4 * 3600.0,
+                   help="a job's audio, at most (413 beyond, from its header; default: 14400)")  # fmt: skip
     p.set_defaults(func=_serve)
 
 
@@ -693,6 +784,17 @@ def _serve(args: argparse.Namespace) -> int:
         stream_batch=args.stream_batch,
         endpoint_silence_s=args.endpoint_silence,
         max_utterance_s=args.max_utterance,
+        jobs_dir=args.jobs_dir,
+        job_db=args.job_db,
+        job_sources=tuple(
+            s if s.startswith(("http://", "https://")) else str(Path(s).resolve()) for s in args.job_source
+        ),
+        callback_allow=tuple(args.callback_allow),
+        job_queue_max=args.job_queue_max,
+        job_quota_per_key=args.job_quota,
+        job_retention_s=args.job_retention,
+        job_workers=args.job_workers,
+        job_max_audio_seconds=args.job_max_audio_seconds,
     )
     if not (config.model / "model.json").is_file():
         raise FileNotFoundError(f"{config.model}: not a korasr export directory (run `make export`)")

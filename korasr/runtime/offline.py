@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,10 @@ MIN_CHUNK_SECONDS = 4.0  # the quiet cut searches the last 2 s of a chunk
 GRAPHS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 DECODERS = ("greedy", "beam")
 BUNDLED_LM = "lm"  # the export's LM folder (korasr export --lm)
+
+
+class DecodeStopped(RuntimeError):
+    """Decoding a long file ended early: the caller's ``stop`` event was set."""
 
 
 def check_chunk_seconds(chunk_seconds: float) -> float:
@@ -243,8 +248,10 @@ class Recognizer:
         timestamps: bool = False,
         chunk_seconds: float = CHUNK_SECONDS,
         hotwords=None,  # type: ignore[no-untyped-def]
+        stop: threading.Event | None = None,
     ) -> list[Result]:
-        """Transcripts of audio files (anything libsndfile reads), in order."""
+        """Transcripts of audio files (anything libsndfile reads), in order. ``stop``: once set, a long file's
+        decoding ends after the chunk in hand (:class:`DecodeStopped`), so a caller that stops waits one chunk."""
         check_chunk_seconds(chunk_seconds)
         self._request_beam(hotwords)  # refuse hotwords without a beam decoder before reading audio
         results: list[Result | None] = [None] * len(paths)
@@ -256,7 +263,7 @@ class Recognizer:
                 raise ValueError(f"{path}: cannot read audio ({e})") from None
             AudioLimits().check_format(str(path), info.samplerate, info.channels)  # a header's 1 Hz is not audio
             if info.duration > chunk_seconds:
-                results[i] = self._transcribe_long(path, chunk_seconds, timestamps, hotwords)
+                results[i] = self._transcribe_long(path, chunk_seconds, timestamps, hotwords, stop)
             else:
                 short.append(i)
         for start in range(0, len(short), batch_size):
@@ -272,7 +279,7 @@ class Recognizer:
         return [r for r in results if r is not None]
 
     def _transcribe_long(self, path: str | os.PathLike[str], chunk_seconds: float, timestamps: bool,
-                         hotwords=None) -> Result:  # type: ignore[no-untyped-def]  # fmt: skip
+                         hotwords=None, stop: threading.Event | None = None) -> Result:  # type: ignore[no-untyped-def]  # fmt: skip
         """Read, resample and decode ``chunk_seconds`` at a time; each chunk ends at the quietest 20 ms of its last
         2 s (the rest carries over), so words are rarely cut. Memory: one chunk, whatever the file's length."""
         beam = self._request_beam(hotwords)
@@ -285,6 +292,8 @@ class Recognizer:
             stream = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
             block = int(chunk_seconds * f.samplerate)
             while True:
+                if stop is not None and stop.is_set():
+                    raise DecodeStopped(f"{path}: decoding stopped after {consumed / SAMPLE_RATE:.0f} s")
                 raw = f.read(block, dtype="float32", always_2d=True)
                 last = len(raw) < block
                 pcm = stream.resample_chunk(raw.mean(axis=1), last=last) if len(raw) or last else np.zeros(0)

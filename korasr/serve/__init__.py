@@ -4,7 +4,9 @@ Routes: ``POST /v1/transcribe`` (multipart ``audio``), ``POST /v1/audio/transcri
 ``file``, ``model``, ``response_format`` json | text | verbose_json), ``GET /health`` (ready once the model is
 loaded and a warm-up inference passed), ``GET /metrics`` (Prometheus), ``GET /`` (a page to upload or record),
 ``/docs`` (OpenAPI), and ``GET /v1/stream`` (a WebSocket: 16-bit PCM in, partial and final results out; an export
-of a streaming model, ``streams.py``).
+of a streaming model, ``streams.py``), and asynchronous jobs for long audio: ``POST /v1/jobs``, ``GET``/``DELETE
+/v1/jobs/{id}``, ``GET /v1/jobs/{id}/result`` (a database and a spool in the jobs folder, signed callbacks,
+``jobs/``).
 
 Bounded under hostile input (every limit is a field of :class:`ServeConfig`): the gate (``gate.py``) checks the
 API key and admits at most ``queue_size`` transcription requests before a body is read; uploads are limited in

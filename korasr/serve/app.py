@@ -55,6 +55,15 @@ greedy server). A phrase with characters the model cannot spell gets 400 naming 
 `/v1/audio/transcriptions` returns utterance segments in `verbose_json` (a pause of `--endpoint-silence` seconds
 ends one) and subtitles with `response_format` `srt` or `vtt`.
 
+Asynchronous jobs, for long audio (up to `--job-max-audio-seconds`, 4 h by default): `POST /v1/jobs` with an upload
+`file` or a `url` the server allows (`--job-source`), `response_format` as above, optional `callback_url`
+(`--callback-allow`), `hotwords` or `prompt`, answers 202 with `{id, status, created_at}` and a Location header;
+`GET /v1/jobs/{id}` gives its status (queued, running, succeeded, failed, cancelled), `GET /v1/jobs/{id}/result` its
+result (409 until it succeeded), `DELETE /v1/jobs/{id}` cancels a queued job or deletes a finished one. A job belongs
+to the API key that made it (another key gets 404); results are kept `--job-retention` seconds. A full queue or a
+key's quota gets 429 with Retry-After, a full spool or audio too long 413. Callbacks are signed:
+`X-Korasr-Signature: sha256=HMAC-SHA256(secret, "{X-Korasr-Timestamp}.{body}")`.
+
 Live streaming (an export of a model trained with `--streaming`): WebSocket `GET /v1/stream?sample_rate=16000`
 (8000–48000 Hz). Send binary frames of 16-bit little-endian mono PCM at that rate, then the text frame
 `{"type": "end"}`. The server sends JSON text frames `{"type": "partial" | "final", "text", "start", "end"}` (finals

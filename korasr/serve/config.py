@@ -58,10 +58,36 @@ class ServeConfig:
     # that often and a new version is loaded, warmed and swapped in (korasr/serve/follow.py)
     model_ref: str | None = None
     follow_s: float | None = None
+    # Asynchronous jobs (POST /v1/jobs; korasr/serve/jobs/): the database and the spool of uploads live in jobs_dir
+    # (None: a folder in the system's temporary directory named after the model, lost at a reboot: set it to keep
+    # jobs); job_db is any SQLAlchemy URL (None: SQLite in jobs_dir). job_workers: decoding loops per process (0: this
+    # process only accepts jobs; another decodes them).
+    jobs_dir: Path | None = None
+    job_db: str | None = None
+    job_workers: int = 1
+    # where `url` may point: folders (resolved, so neither `..` nor a symlink leaves them) and URL prefixes
+    job_sources: tuple[str, ...] = ()
+    job_queue_max: int = 1000  # queued jobs, all keys together; one more gets 429
+    job_quota_per_key: int = 100  # queued and running jobs of one API key; one more gets 429
+    job_spool_max_bytes: int = 10 * 2**30  # audio waiting in the spool; an upload that would pass it gets 413
+    job_max_audio_seconds: float = 4 * 3600.0  # from the header, at submission; longer gets 413
+    job_fetch_max_bytes: int = 2 * 2**30  # a `url` source fetched over HTTP, at most this many bytes
+    job_fetch_timeout_s: float = 600.0  # and within this many seconds
+    job_retention_s: float = 24 * 3600.0  # finished jobs (their results) are kept this long after finishing
+    job_max_attempts: int = 3  # a job whose decoding the server died in this many times fails
+    # callbacks: POSTed to URLs under these prefixes only, signed with the deployment's secret
+    callback_allow: tuple[str, ...] = ()
+    callback_max_attempts: int = 5
+    callback_timeout_s: float = 10.0  # per request
     api_key: str | None = field(default_factory=lambda: os.environ.get("KORASR_API_KEY") or None, repr=False)
+    callback_secret: str | None = field(
+        default_factory=lambda: os.environ.get("KORASR_CALLBACK_SECRET") or None, repr=False
+    )
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
+        self.jobs_dir = None if self.jobs_dir is None else Path(self.jobs_dir)
+        self.job_sources, self.callback_allow = tuple(self.job_sources), tuple(self.callback_allow)
         self.validate()
 
     def validate(self) -> None:
@@ -103,15 +129,56 @@ class ServeConfig:
         need(1 <= self.stream_batch <= 256, f"stream_batch {self.stream_batch}: 1 to 256")
         need(0 < self.endpoint_silence_s <= 60, f"endpoint_silence_s {self.endpoint_silence_s}: (0, 60]")
         need(1 <= self.max_utterance_s <= 600, f"max_utterance_s {self.max_utterance_s}: 1 to 600")
+        self.validate_jobs(need)
+
+    def validate_jobs(self, need) -> None:  # type: ignore[no-untyped-def]
+        from korasr.serve.jobs.net import check_prefix
+
+        need(self.api_key is None or all(k.strip() for k in self.api_key.split(",")),
+             "KORASR_API_KEY: one key, or several separated by commas, none empty")  # fmt: skip
+        need(self.job_db is None or (0 < len(self.job_db) <= 2000 and "://" in self.job_db),
+             "job_db: a SQLAlchemy URL (sqlite:///PATH, postgresql://…)")  # fmt: skip
+        need(0 <= self.job_workers <= 16, f"job_workers {self.job_workers}: 0 to 16")
+        need(1 <= self.job_queue_max <= 1_000_000, f"job_queue_max {self.job_queue_max}: 1 to 1000000")
+        need(1 <= self.job_quota_per_key <= 1_000_000, f"job_quota_per_key {self.job_quota_per_key}: 1 to 1000000")
+        need(
+            1024 <= self.job_spool_max_bytes <= 2**50, f"job_spool_max_bytes {self.job_spool_max_bytes}: 1 KiB to 1 PiB"
+        )
+        need(0 < self.job_max_audio_seconds <= 24 * 3600,
+             f"job_max_audio_seconds {self.job_max_audio_seconds}: (0, 86400]")  # fmt: skip
+        need(
+            1024 <= self.job_fetch_max_bytes <= 2**40, f"job_fetch_max_bytes {self.job_fetch_max_bytes}: 1 KiB to 1 TiB"
+        )
+        need(0 < self.job_fetch_timeout_s <= 3600, f"job_fetch_timeout_s {self.job_fetch_timeout_s}: (0, 3600]")
+        need(1 <= self.job_retention_s <= 30 * 86400, f"job_retention_s {self.job_retention_s}: 1 s to 30 days")
+        need(1 <= self.job_max_attempts <= 100, f"job_max_attempts {self.job_max_attempts}: 1 to 100")
+        need(1 <= self.callback_max_attempts <= 20, f"callback_max_attempts {self.callback_max_attempts}: 1 to 20")
+        need(0 < self.callback_timeout_s <= 120, f"callback_timeout_s {self.callback_timeout_s}: (0, 120]")
+        need(self.callback_secret is None or 16 <= len(self.callback_secret) <= 4096,
+             "callback secret (KORASR_CALLBACK_SECRET): 16 to 4096 characters")  # fmt: skip
+        need(
+            len(self.job_sources) <= 100 and len(self.callback_allow) <= 100,
+            "at most 100 job sources and callback prefixes",
+        )
+        for source in self.job_sources:
+            url = source.startswith(("http://", "https://"))
+            need(url or (Path(source).is_absolute() and len(source) <= 1000),
+                 f"job source {source[:100]!r}: an absolute folder or an http(s):// URL prefix")  # fmt: skip
+            if url:
+                need(not (reason := check_prefix(source)), f"job source {source[:100]!r}: {reason}")
+        for prefix in self.callback_allow:
+            need(not (reason := check_prefix(prefix)), f"callback prefix {prefix[:100]!r}: {reason}")
 
     def to_env(self) -> str:
-        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k != "api_key"})
+        secret = ("api_key", "callback_secret")  # these travel in their own environment variables
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in secret})
 
     @classmethod
     def from_env(cls) -> ServeConfig:
-        """For `uvicorn --factory` workers: every field from KORASR_SERVE_CONFIG (the API key from KORASR_API_KEY)."""
+        """For `uvicorn --factory` workers: every field from KORASR_SERVE_CONFIG (the API key from KORASR_API_KEY, the
+        callback secret from KORASR_CALLBACK_SECRET)."""
         if not os.environ.get(ENV):
             raise ValueError(f"{ENV} is not set (korasr serve --workers N sets it for its workers)")
         values = json.loads(os.environ[ENV])
-        known = {f.name for f in fields(cls)} - {"api_key"}
+        known = {f.name for f in fields(cls)} - {"api_key", "callback_secret"}
         return cls(**{k: v for k, v in values.items() if k in known})

@@ -3,9 +3,9 @@
 - the API key, checked from the headers before any body byte is read (every path but ``/health`` and the page
   at ``/``; the docs too unless ``public_docs``), and before a WebSocket is accepted (a refused upgrade is an HTTP
   403); never from the URL, which reaches access logs;
-- admission: at most ``queue_size`` transcription requests at once; up to ``max_waiting`` more wait for a slot
-  in arrival order (so a client that retries in a tight loop cannot starve one that waits its turn), and beyond
-  that, or with no slot before the upload deadline, 503 with Retry-After;
+- admission: at most ``queue_size`` transcription requests (job submissions included) at once; up to
+  ``max_waiting`` more wait for a slot in arrival order (so a client that retries in a tight loop cannot starve one
+  that waits its turn), and beyond that, or with no slot before the upload deadline, 503 with Retry-After;
 - an upload deadline: a request not admitted with its body complete within ``upload_timeout_s`` of arriving gets
   503 or 408, so slow clients cannot hold the slots;
 - the request metrics, labelled by route template (unknown paths share the label ``unmatched``, so labels are a
@@ -27,7 +27,7 @@ from typing import Any
 
 from starlette.routing import Match
 
-UPLOAD_ROUTES = frozenset({"/v1/transcribe", "/v1/audio/transcriptions"})
+UPLOAD_ROUTES = frozenset({"/v1/transcribe", "/v1/audio/transcriptions", "/v1/jobs"})
 PUBLIC_ROUTES = frozenset({"/health", "/"})
 DOC_ROUTES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 UNMATCHED = "unmatched"
@@ -68,13 +68,24 @@ def subprotocol_key(protocols: list[str]) -> str:
     return ""
 
 
-def key_matches(headers: Any, api_key: str, subprotocols: list[str] | None = None) -> bool:
-    """``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (lower-case header names), or for a WebSocket the
-    subprotocol ``korasr.key.<base64url(KEY)>``; compared in constant time. The URL is never read: it reaches logs."""
+def presented_key(headers: Any, subprotocols: list[str] | None = None) -> str:
+    """The key a request presents: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (lower-case header names),
+    or for a WebSocket the subprotocol ``korasr.key.<base64url(KEY)>`` ('' if none). Never from the URL: it reaches
+    logs."""
     auth = headers.get("authorization", "")
     given = auth[7:].strip() if auth.startswith("Bearer ") else headers.get("x-api-key", "")
-    given = given or subprotocol_key(subprotocols or [])
-    return secrets.compare_digest(given.encode(), api_key.encode())
+    return given or subprotocol_key(subprotocols or [])
+
+
+def api_keys(api_key: str) -> list[str]:
+    """The keys of ``KORASR_API_KEY``: several, separated by commas, are several clients (each owns its jobs)."""
+    return [key.strip() for key in api_key.split(",") if key.strip()]
+
+
+def key_matches(headers: Any, api_key: str, subprotocols: list[str] | None = None) -> bool:
+    """The request presents one of the keys (:func:`presented_key`), each compared in constant time."""
+    given = presented_key(headers, subprotocols).encode()
+    return any([secrets.compare_digest(given, key.encode()) for key in api_keys(api_key)])  # every key compared
 
 
 _SECRET_QUERY = re.compile(r"([?&](?:api_key|apikey|key|token|access_token)=)[^&\s\"']*", re.IGNORECASE)
@@ -91,8 +102,8 @@ class Redact(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = _SECRET_QUERY.sub(r"\1[redacted]", message)
-        if self.secret:
-            cleaned = cleaned.replace(self.secret, "[redacted]")
+        for key in api_keys(self.secret or ""):
+            cleaned = cleaned.replace(key, "[redacted]")
         if cleaned != message:
             record.msg, record.args = cleaned, ()
         return True

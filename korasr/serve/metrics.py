@@ -42,3 +42,9 @@ class Metrics:
                                      registry=r)  # fmt: skip
         self.prompt_dropped = Counter("korasr_prompt_words_dropped", "words of OpenAI prompts left out of the "
                                       "hotwords, by reason", ["reason"], registry=r)  # fmt: skip
+        self.jobs_finished = Counter("korasr_jobs_finished", "asynchronous jobs by final status (succeeded, failed, "
+                                     "cancelled)", ["status"], registry=r)  # fmt: skip
+        self.jobs_queued = Gauge("korasr_jobs_queued", "jobs waiting in the queue (every process sharing its database)",
+                                 registry=r)  # fmt: skip
+        self.job_callbacks = Counter("korasr_job_callbacks", "job callbacks by outcome (delivered, failed)", ["outcome"],
+                                     registry=r)  # fmt: skip

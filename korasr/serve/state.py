@@ -22,6 +22,7 @@ from korasr.runtime.audio import AudioLimits
 from korasr.serve.batcher import Batcher
 from korasr.serve.config import ServeConfig
 from korasr.serve.errors import ClientError, decode_upload
+from korasr.serve.jobs.worker import JobWorker
 from korasr.serve.metrics import Metrics
 from korasr.serve.streams import StreamHub
 
@@ -75,6 +76,7 @@ class ServiceState:
     decoders: ThreadPoolExecutor | None = None
     retiring: list[Generation] = field(default_factory=list)
     reload_error: str | None = None  # the last failed reload's reason, until one succeeds (/health shows it)
+    jobs: JobWorker | None = None  # asynchronous jobs (korasr/serve/jobs/), once started
 
     def __post_init__(self) -> None:
         self.limits = AudioLimits(max_seconds=self.config.max_audio_seconds)
@@ -105,13 +107,18 @@ class ServiceState:
         self.current = await load_generation(self.config, path, self.metrics, version)
         self.describe(self.current)
         self.decoders = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="korasr-audio")
-        self.ready = True
+        self.ready = True  # before the jobs' loops start: they decode with lease()
+        jobs = JobWorker(self)
+        await jobs.start()
+        self.jobs = jobs  # the job routes answer 503 until then
         if self.config.model_ref and self.config.follow_s:
             from korasr.serve.follow import follow
 
             self._follower = asyncio.get_running_loop().create_task(follow(self))
 
     async def stop(self) -> None:
+        if self.jobs is not None:  # first, while the model still serves: a job being decoded goes back to the queue
+            await self.jobs.stop()
         self.ready = False
         if self._follower is not None:
             self._follower.cancel()

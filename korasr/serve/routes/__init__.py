@@ -1,5 +1,5 @@
 """The routers of `korasr serve`, one per concern, each over :class:`korasr.serve.state.ServiceState`."""
 
-from korasr.serve.routes import admin, openai, stream, transcribe
+from korasr.serve.routes import admin, jobs, openai, stream, transcribe
 
-ROUTERS = (transcribe.router, openai.router, stream.router, admin.router)
+ROUTERS = (transcribe.router, openai.router, jobs.router, stream.router, admin.router)

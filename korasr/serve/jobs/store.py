@@ -1,0 +1,216 @@
+"""The jobs' database: one table over SQLAlchemy Core, SQLite (WAL) in the jobs folder unless a URL names a server
+database. Every state change is one conditional UPDATE, so several processes (``--workers N``, or hosts sharing a
+server database and a jobs folder) can share it: a job is claimed by one worker, which holds it under a lease it
+renews while decoding; a lease that runs out (the process died) puts the job back in the queue, or fails it after
+``max_attempts`` claims. Calls block: the service makes them in a thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.exc import OperationalError
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+metadata = MetaData()
+jobs = Table(
+    "korasr_jobs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),  # the queue's order
+    Column("id", String(32), nullable=False, unique=True),
+    Column("owner", String(64), nullable=False),  # SHA-256 of the API key that made it ('' without keys)
+    Column("status", String(16), nullable=False),
+    Column("response_format", String(16), nullable=False),
+    Column("source", String(2000), nullable=False),  # what the client named: an upload's file name, a path, a URL
+    Column("audio", String(1000), nullable=False),  # the file decoded
+    Column("spooled", Boolean, nullable=False),  # the server's own copy, deleted with the job
+    Column("audio_bytes", BigInteger, nullable=False),
+    Column("audio_seconds", Float, nullable=False),
+    Column("hotwords", Text),
+    Column("hotwords_field", String(16)),  # hotwords (strict) or prompt (a hint)
+    Column("callback_url", String(2000)),
+    Column("callback_state", String(16)),  # pending, delivered, failed
+    Column("callback_error", String(500)),
+    Column("attempts", Integer, nullable=False, default=0),  # claims by a worker
+    Column("error", String(2000)),
+    Column("result", Text),  # in the job's response_format
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("lease_until", Float),
+    Column("worker", String(200)),
+    Index("korasr_jobs_status", "status", "seq"),
+    Index("korasr_jobs_owner", "owner", "status"),
+)
+
+
+class JobLimit(Exception):
+    """A job the limits refuse: ``kind`` (queue, quota) and the reason."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind, self.reason = kind, reason
+
+
+def sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer, nor it for them
+    cursor.execute("PRAGMA busy_timeout=10000")  # a writer waits at most 10 s for another
+    cursor.close()
+
+
+class JobStore:
+    def __init__(self, url: str):
+        sqlite = url.startswith("sqlite")
+        self.engine = create_engine(url, connect_args={"timeout": 10} if sqlite else {}, pool_pre_ping=not sqlite)
+        if sqlite:
+            event.listen(self.engine, "connect", sqlite_pragmas)
+        try:
+            metadata.create_all(self.engine)
+        except OperationalError:  # another process (--workers N) created the table meanwhile
+            metadata.create_all(self.engine)
+        self._admit = threading.Lock()  # this process's limit checks and inserts, one at a time
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _row(self, query) -> dict | None:  # type: ignore[no-untyped-def]
+        with self.engine.connect() as c:
+            row = c.execute(query).mappings().first()
+        return dict(row) if row else None
+
+    def get(self, job_id: str, owner: str | None) -> dict | None:
+        """The job, when ``owner`` made it (None: whoever did)."""
+        query = select(jobs).where(jobs.c.id == job_id)
+        return self._row(query if owner is None else query.where(jobs.c.owner == owner))
+
+    def check(self, owner: str, queue_max: int, quota: int, c=None) -> None:  # type: ignore[no-untyped-def]
+        """JobLimit when the queue holds ``queue_max`` jobs or ``owner`` has ``quota`` queued or running."""
+        if c is None:
+            with self.engine.connect() as c:
+                return self.check(owner, queue_max, quota, c)
+        queued = c.execute(select(func.count()).where(jobs.c.status == "queued")).scalar_one()
+        if queued >= queue_max:
+            raise JobLimit("queue", f"the job queue is full ({queued} queued, --job-queue-max {queue_max})")
+        active = c.execute(select(func.count()).where(jobs.c.owner == owner, jobs.c.status.in_(ACTIVE))).scalar_one()
+        if active >= quota:
+            raise JobLimit("quota", f"this API key has {active} jobs queued or running (--job-quota {quota})")
+        return None
+
+    def add(self, row: dict, queue_max: int, quota: int) -> None:
+        """Queue a job, the limits checked in the same transaction."""
+        with self._admit, self.engine.begin() as c:
+            self.check(row["owner"], queue_max, quota, c)
+            c.execute(jobs.insert().values(**row, status="queued", attempts=0))
+
+    def queued(self) -> int:
+        with self.engine.connect() as c:
+            return c.execute(select(func.count()).where(jobs.c.status == "queued")).scalar_one()
+
+    def claim(self, worker: str, lease_s: float) -> dict | None:
+        """The oldest queued job, now running under ``worker``'s lease; None when the queue is empty."""
+        for _ in range(16):  # another worker may take the same job first: then the next one
+            with self.engine.begin() as c:
+                seq = c.execute(select(jobs.c.seq).where(jobs.c.status == "queued").order_by(jobs.c.seq).limit(1))
+                seq = seq.scalar_one_or_none()
+                if seq is None:
+                    return None
+                now = time.time()
+                taken = c.execute(update(jobs).where(jobs.c.seq == seq, jobs.c.status == "queued").values(
+                    status="running", worker=worker, attempts=jobs.c.attempts + 1, started_at=now,
+                    lease_until=now + lease_s))  # fmt: skip
+            if taken.rowcount == 1:
+                return self._row(select(jobs).where(jobs.c.seq == seq))
+        return None
+
+    def _mine(self, job_id: str, worker: str):  # type: ignore[no-untyped-def]
+        return update(jobs).where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status == "running")
+
+    def renew(self, job_id: str, worker: str, lease_s: float) -> None:
+        with self.engine.begin() as c:
+            c.execute(self._mine(job_id, worker).values(lease_until=time.time() + lease_s))
+
+    def finish(self, job_id: str, worker: str, *, result: str | None = None, error: str | None = None) -> bool:
+        """Succeeded with ``result`` or failed with ``error``; False when the job was no longer this worker's."""
+        status = "failed" if error is not None else "succeeded"
+        values: dict[str, Any] = {"status": status, "result": result, "error": error and error[:2000],
+                                  "finished_at": time.time(), "lease_until": None}  # fmt: skip
+        with self.engine.begin() as c:
+            return c.execute(self._mine(job_id, worker).values(**values)).rowcount == 1
+
+    def release(self, job_id: str, worker: str) -> None:
+        """Back to the queue, the claim not counted: the server is stopping, no fault of the job's."""
+        with self.engine.begin() as c:
+            c.execute(self._mine(job_id, worker).values(status="queued", attempts=jobs.c.attempts - 1,
+                                                         lease_until=None, worker=None))  # fmt: skip
+
+    def recover(self, max_attempts: int) -> list[dict]:
+        """Jobs whose lease ran out (their process died): queued again, or failed once claimed ``max_attempts``
+        times. Returns those failed."""
+        now, failed = time.time(), []
+        with self.engine.begin() as c:
+            stale = c.execute(select(jobs.c.id, jobs.c.attempts).where(jobs.c.status == "running",
+                                                                        jobs.c.lease_until < now)).all()  # fmt: skip
+            for job_id, attempts in stale:
+                lost = update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running", jobs.c.lease_until < now)
+                if attempts >= max_attempts:
+                    error = (f"the server stopped while decoding it, {attempts} times (--job-max-attempts "
+                             f"{max_attempts}): the audio may crash the decoder")  # fmt: skip
+                    if c.execute(lost.values(status="failed", error=error, finished_at=now, lease_until=None)).rowcount:
+                        failed.append(job_id)
+                else:
+                    c.execute(lost.values(status="queued", lease_until=None, worker=None))
+        return [row for job_id in failed if (row := self._row(select(jobs).where(jobs.c.id == job_id)))]
+
+    def cancel(self, job_id: str, owner: str) -> bool:
+        """A queued job cancelled (True), or it was not queued."""
+        with self.engine.begin() as c:
+            done = c.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.owner == owner, jobs.c.status == "queued")
+                             .values(status="cancelled", finished_at=time.time()))  # fmt: skip
+        return done.rowcount == 1
+
+    def delete(self, job_ids: list[str]) -> None:
+        with self.engine.begin() as c:
+            c.execute(delete(jobs).where(jobs.c.id.in_(job_ids)))
+
+    def expired(self, before: float, limit: int = 1000) -> list[dict]:
+        """Finished jobs that finished before ``before`` (id, audio file, whether spooled), oldest first."""
+        query = select(jobs.c.id, jobs.c.audio, jobs.c.spooled).where(jobs.c.status.in_(FINISHED),
+                                                                       jobs.c.finished_at < before)  # fmt: skip
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(query.order_by(jobs.c.seq).limit(limit)).mappings()]
+
+    def spooled_files(self) -> set[str]:
+        """The spooled audio files jobs still name."""
+        with self.engine.connect() as c:
+            return {a for (a,) in c.execute(select(jobs.c.audio).where(jobs.c.spooled))}
+
+    def set_callback(self, job_id: str, state: str, error: str = "") -> None:
+        with self.engine.begin() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id).values(callback_state=state,
+                                                                      callback_error=error[:500] or None))  # fmt: skip
+
+    def pending_callbacks(self, limit: int = 1000) -> list[dict]:
+        query = select(jobs).where(jobs.c.callback_state == "pending", jobs.c.status.in_(("succeeded", "failed")))
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(query.order_by(jobs.c.seq).limit(limit)).mappings()]

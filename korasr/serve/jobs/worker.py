@@ -1,0 +1,258 @@
+"""The jobs' side of the service's lifespan: ``job_workers`` loops that take queued jobs in order and decode them
+with the current generation (long audio in chunks, in a thread), a sweep that puts back jobs whose process died and
+deletes expired ones, and the delivery of callbacks. Started by ``ServiceState.start``, stopped by ``stop``: a job
+being decoded then goes back to the queue (not counted as an attempt; its decoding ends after the chunk in hand)
+and pending callbacks resume at the next start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from korasr.runtime.audio import AudioLimits
+from korasr.serve.errors import ClientError
+from korasr.serve.formats import encoded, shaped
+from korasr.serve.hotwords import parse_hotwords, prompt_hotwords
+from korasr.serve.jobs.callbacks import deliver, payload
+from korasr.serve.jobs.sources import probe
+from korasr.serve.jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+LEASE_S = 60.0  # a running job's lease, renewed every third of it; a job whose lease ran out is taken back
+POLL_S = 1.0  # an idle loop looks at the queue this often (jobs other processes queued), or when woken
+CALLBACKS_AT_ONCE = 8
+
+
+def jobs_dir(config: Any) -> Path:
+    """``config.jobs_dir``, or a folder in the system's temporary directory named after the model."""
+    if config.jobs_dir is not None:
+        return Path(config.jobs_dir)
+    tag = hashlib.sha256(str(Path(config.model).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"korasr-jobs-{tag}"
+
+
+def db_url(config: Any) -> str:
+    return config.job_db or f"sqlite:///{jobs_dir(config) / 'jobs.db'}"
+
+
+class JobWorker:
+    def __init__(self, state: Any):
+        self.state, self.config, self.metrics = state, state.config, state.metrics
+        self.folder = jobs_dir(self.config)
+        self.spool = self.folder / "spool"
+        self.store: JobStore | None = None
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"[:200]
+        self.wake = asyncio.Event()
+        self.spool_lock = asyncio.Lock()  # an upload's room check and its copy, one at a time
+        self._tasks: set[asyncio.Task] = set()
+        self._callbacks: set[asyncio.Task] = set()
+        self._callback_slots = asyncio.Semaphore(CALLBACKS_AT_ONCE)
+        self._stopping = threading.Event()  # a long decode ends after its current chunk
+
+    async def start(self) -> None:
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = await asyncio.to_thread(JobStore, db_url(self.config))
+        log.info("jobs: %s, spool %s, %d workers", redacted(db_url(self.config)), self.spool, self.config.job_workers)
+        if self.config.job_workers:
+            pending = await asyncio.to_thread(self.store.pending_callbacks)  # before the sweep sends its own
+            await self.sweep()
+            for job in pending:
+                self.callback(job["id"])
+            self._spawn(self._sweep_loop(), self._tasks)
+        for _ in range(self.config.job_workers):
+            self._spawn(self._decode_loop(), self._tasks)
+        await self.refresh()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        tasks = [*self._tasks, *self._callbacks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.store is not None:
+            self.store.close()
+
+    def _spawn(self, coroutine: Any, tasks: set[asyncio.Task]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def notify(self) -> None:
+        self.wake.set()
+
+    def audio_path(self, job: dict) -> Path:
+        return self.spool / job["audio"] if job["spooled"] else Path(job["audio"])
+
+    def discard(self, job: dict) -> None:
+        """Delete a job's spooled audio (never a file it read from an allowed folder)."""
+        if job["spooled"]:
+            self.audio_path(job).unlink(missing_ok=True)
+
+    async def refresh(self) -> None:
+        self.metrics.jobs_queued.set(await asyncio.to_thread(self.store.queued))
+
+    # --- decoding ----------------------------------------------------------------------------------------------
+
+    async def _decode_loop(self) -> None:
+        while True:
+            self.wake.clear()
+            try:
+                job = await self._claim()
+            except Exception:
+                log.exception("jobs: cannot claim a job")
+                job = None
+            if job is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), POLL_S)
+                continue
+            try:
+                await self.refresh()
+                await self._run(job)
+            except asyncio.CancelledError:
+                self.store.release(job["id"], self.name)  # stopping: back in the queue, for the next start
+                raise
+            except Exception:  # the database failed us: the job's lease runs out and the sweep takes it back
+                log.exception("job %s: cannot record its outcome", job["id"])
+
+    async def _claim(self) -> dict | None:
+        """The next job; when the server stops meanwhile, a claim the database already took is handed back."""
+        claiming = asyncio.ensure_future(asyncio.to_thread(self.store.claim, self.name, LEASE_S))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                if job := await claiming:
+                    self.store.release(job["id"], self.name)
+            raise
+
+    async def _run(self, job: dict) -> None:
+        try:
+            result, error = encoded(await self._transcribe(job)), None
+        except ClientError as e:
+            result, error = None, e.message
+        except Exception as e:
+            log.exception("job %s failed", job["id"])
+            result, error = None, f"{type(e).__name__}: {e}"[:2000]
+        if not await asyncio.to_thread(self.store.finish, job["id"], self.name, result=result, error=error):
+            log.warning("job %s: its lease ran out while it was decoded; another worker has it", job["id"])
+            return
+        self.finished(job, "failed" if error is not None else "succeeded")
+
+    async def _transcribe(self, job: dict) -> str | dict:
+        path, limits = self.audio_path(job), AudioLimits(max_seconds=self.config.job_max_audio_seconds)
+        with self.state.lease() as generation:
+            recognizer = generation.recognizer
+            hotwords = self._hotwords(recognizer, job)
+            seconds = await asyncio.to_thread(probe, path, job["source"][:200], limits)  # the file may have changed
+            decoding = asyncio.ensure_future(asyncio.to_thread(
+                recognizer.transcribe, [path], timestamps=True, hotwords=hotwords,
+                chunk_seconds=self.config.chunk_seconds, stop=self._stopping))  # fmt: skip
+            decoding.add_done_callback(lambda f: f.cancelled() or f.exception())  # stopped at shutdown: not an error
+            result = (await self._hold(job, decoding))[0]
+        self.metrics.audio_seconds.inc(seconds)
+        return shaped(result, seconds, job["response_format"])
+
+    def _hotwords(self, recognizer: Any, job: dict) -> Any:
+        if job["hotwords_field"] == "prompt":
+            return prompt_hotwords(recognizer, job["hotwords"], self.config.max_hotwords, self.metrics)
+        return parse_hotwords(recognizer, job["hotwords"], "hotwords", self.config.max_hotwords)
+
+    async def _hold(self, job: dict, decoding: asyncio.Future) -> Any:
+        """Wait for the decoding, renewing the job's lease meanwhile."""
+        while True:
+            done, _ = await asyncio.wait({decoding}, timeout=LEASE_S / 3)
+            if done:
+                return decoding.result()
+            await asyncio.to_thread(self.store.renew, job["id"], self.name, LEASE_S)
+
+    def finished(self, job: dict, status: str) -> None:
+        """A job that reached ``status``: its spooled audio deleted, counted, its callback sent."""
+        self.discard(job)
+        self.metrics.jobs_finished.labels(status).inc()
+        if job["callback_url"] and status != "cancelled":
+            self.callback(job["id"])
+
+    # --- callbacks ---------------------------------------------------------------------------------------------
+
+    def callback(self, job_id: str) -> None:
+        self._spawn(self._deliver(job_id), self._callbacks)
+
+    async def _deliver(self, job_id: str) -> None:
+        async with self._callback_slots:
+            job = await asyncio.to_thread(self.store.get, job_id, None)
+            if job is None or not job["callback_url"]:
+                return
+            if not self.config.callback_secret:
+                error = "the server has no callback secret (KORASR_CALLBACK_SECRET)"
+            else:
+                result = job["result"]
+                if result is not None and job["response_format"] in ("json", "verbose_json"):
+                    result = json.loads(result)
+                error = await self._send(job, result)
+            await asyncio.to_thread(self.store.set_callback, job_id, "failed" if error else "delivered", error)
+            self.metrics.job_callbacks.labels("failed" if error else "delivered").inc()
+            if error:
+                log.warning("job %s: callback not delivered: %s", job_id, error)
+
+    async def _send(self, job: dict, result: object) -> str:
+        try:
+            return await deliver(job["callback_url"], payload(job, result), allow=self.config.callback_allow,
+                                 secret=self.config.callback_secret, attempts=self.config.callback_max_attempts,
+                                 timeout_s=self.config.callback_timeout_s)  # fmt: skip
+        except Exception as e:  # a URL that passed the checks and still broke the client: failed, said why
+            return f"{type(e).__name__}: {e}"[:500]
+
+    # --- the sweep ---------------------------------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        interval = min(max(self.config.job_retention_s / 4, 0.5), LEASE_S / 2)
+        while True:
+            await asyncio.sleep(interval)
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """Jobs whose process died queued again (or failed), expired jobs and orphaned spool files deleted."""
+        try:
+            for job in await asyncio.to_thread(self.store.recover, self.config.job_max_attempts):
+                self.finished(job, "failed")
+            expired = await asyncio.to_thread(self.store.expired, time.time() - self.config.job_retention_s)
+            for job in expired:
+                self.discard(job)
+            if expired:
+                await asyncio.to_thread(self.store.delete, [job["id"] for job in expired])
+            await asyncio.to_thread(self._orphans)
+            await self.refresh()
+        except Exception:
+            log.exception("jobs: the sweep failed (the next one retries)")
+
+    def _orphans(self) -> None:
+        """Spool files no job names, older than any submission could be (a crash between the write and the
+        database, or an interrupted write)."""
+        named = self.store.spooled_files()
+        cutoff = time.time() - self.config.job_fetch_timeout_s - self.config.upload_timeout_s - 60
+        with os.scandir(self.spool) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.name not in named and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password, for the log."""
+    from sqlalchemy.engine import make_url
+
+    with contextlib.suppress(Exception):
+        return make_url(url).render_as_string(hide_password=True)
+    return url.split("://", 1)[0] + "://…"

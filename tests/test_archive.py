@@ -1,0 +1,195 @@
+"""Archives on Ray Data (`korasr transcribe --manifest IN --out DIR`): the same transcripts as the single process,
+error rows that never stop a run, Parquet, URIs and globs, a killed run that resumes without writing a row twice,
+and output folders that are never taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from korasr.archive.sources import SourceError, iter_entries
+from tests.conftest import ROOT, eval_rows, korasr_cmd
+
+
+def archive(model: Path, source: str | Path, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(korasr_cmd("transcribe", "--model", str(model), "--manifest", str(source), "--out", str(out),
+                                     *extra), capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def read_parts(out: Path) -> list[dict]:
+    rows = []
+    for part in sorted(out.glob("part-*.jsonl")):
+        rows += [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines()]
+    for part in sorted(out.glob("part-*.parquet")):
+        rows += pq.read_table(part).to_pylist()
+    return rows
+
+
+# --- what a run reads (no model) --------------------------------------------------------------------------------
+
+
+def test_sources_stream_manifests_lists_folders_and_globs_in_a_fixed_order(tmp_path):
+    audio = tmp_path / "audio"
+    (audio / "b").mkdir(parents=True)
+    (audio / "a").mkdir()
+    for rel in ("b/2.wav", "a/1.flac", "a/0.WAV", "b/notes.txt", "z.mp3"):
+        (audio / rel).write_bytes(b"x")
+    folder = [e["path"] for e in iter_entries(str(audio))]
+    assert folder == [str(audio / p) for p in ("a/0.WAV", "a/1.flac", "b/2.wav", "z.mp3")]  # sorted, audio only
+    assert [e["path"] for e in iter_entries(str(audio / "*" / "*.wav"))] == [str(audio / "b/2.wav")]
+    assert [e["path"] for e in iter_entries(f"file://{audio}/a/*")] == [f"file://{audio}/a/0.WAV",
+                                                                         f"file://{audio}/a/1.flac"]  # fmt: skip
+    listing = tmp_path / "list.txt"
+    listing.write_text("# a comment\naudio/a/1.flac\n\n/abs/x.wav\n", encoding="utf-8")
+    assert [e["path"] for e in iter_entries(str(listing))] == [str(audio / "a/1.flac"), "/abs/x.wav"]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio_filepath": "audio/z.mp3", "duration": 1.5, "utt_id": "u1", "text": "가"}\n',
+                        encoding="utf-8")  # fmt: skip
+    assert list(iter_entries(str(manifest))) == [{"path": str(audio / "z.mp3"), "id": "u1", "duration": 1.5}]
+    manifest.write_text('{"audio_filepath": "a.wav"}\n{"text": "no audio"}\n', encoding="utf-8")
+    with pytest.raises(SourceError, match=r"m\.jsonl:2: a manifest line needs audio_filepath"):
+        list(iter_entries(str(manifest)))
+    with pytest.raises(SourceError, match="no such file or folder"):
+        list(iter_entries(str(tmp_path / "nothing.jsonl")))
+
+
+# --- runs on Ray Data --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bad")
+    files = {"missing": folder / "missing.wav", "empty": folder / "empty.wav", "unreadable": folder / "garbage.wav"}
+    files["empty"].write_bytes(b"")
+    files["unreadable"].write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt " + os.urandom(200))
+    return files
+
+
+@pytest.mark.slow
+def test_ray_path_equals_the_single_process_and_failures_are_rows(exported, recipe, bad_files, tmp_path):
+    rows = eval_rows(recipe, 40)
+    manifest = tmp_path / "in.jsonl"
+    with open(manifest, "w", encoding="utf-8") as f:
+        for row in rows[:20]:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for path in bad_files.values():  # between good files: they must not shift or stop anything
+            f.write(json.dumps({"audio_filepath": str(path)}) + "\n")
+        for row in rows[20:]:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    single = subprocess.run(korasr_cmd("transcribe", "--model", str(exported), "--json",
+                                       *[r["audio_filepath"] for r in rows]),
+                            capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
+    expected = {json.loads(line)["audio"]: json.loads(line)["text"] for line in single.stdout.splitlines()}
+
+    out = tmp_path / "out"
+    proc = archive(exported, manifest, out, "--shard-size", "8", "--actors", "2", "--batch-size", "4")
+    summary = json.loads(proc.stdout)
+    assert summary == json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert (summary["files"], summary["transcribed"], summary["failed"]) == (43, 40, 3)
+    assert summary["errors"] == {"empty": 1, "missing": 1, "unreadable": 1}
+    assert summary["shards"] == 6 and summary["audio_hours"] == pytest.approx(
+        sum(r["duration"] for r in rows) / 3600, abs=1e-3)  # fmt: skip
+    got = read_parts(out)
+    assert [r["index"] for r in got] == list(range(43))  # every entry once, in input order
+    by_path = {r["path"]: r for r in got}
+    assert {p: by_path[p]["text"] for p in expected} == expected  # identical to the single-process path
+    assert all(by_path[r["audio_filepath"]]["id"] == r["utt_id"] for r in rows)
+    for kind, path in bad_files.items():
+        assert by_path[str(path)]["error_kind"] == kind and str(path) in by_path[str(path)]["error"]
+        assert by_path[str(path)]["text"] is None
+    assert {r["model"] for r in got} == {
+        f"export@{json.loads((exported / 'model.json').read_text())['source_sha256'][:12]}"
+    }
+    assert {r["decoder"] for r in got} == {"greedy"}
+
+    # the same run again: nothing to do, nothing rewritten
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")}
+    again = json.loads(
+        archive(exported, manifest, out, "--shard-size", "8", "--actors", "1").stdout
+    )  # pool size may change
+    assert again["this_run"]["files"] == 0 and again["files"] == 43
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")} == stamps
+
+
+@pytest.mark.slow
+def test_parquet_from_a_uri_glob_with_word_times(exported, recipe, tmp_path):
+    rows = eval_rows(recipe, 6)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i, row in enumerate(rows):
+        shutil.copy(row["audio_filepath"], folder / f"{i:02d}.wav")
+    out = tmp_path / "out"
+    archive(exported, f"file://{folder}/*.wav", out, "--format", "parquet", "--timestamps", "--shard-size", "4")
+    assert sorted(p.name for p in out.glob("part-*")) == ["part-00000.parquet", "part-00001.parquet"]
+    got = read_parts(out)
+    assert [r["path"] for r in got] == [f"file://{folder}/{i:02d}.wav" for i in range(6)]
+    from korasr.runtime import Recognizer
+
+    results = Recognizer(exported).transcribe([r["audio_filepath"] for r in rows], timestamps=True)
+    assert [r["text"] for r in got] == [r.text for r in results]
+    assert [[w["word"] for w in r["words"]] for r in got] == [[w.text for w in r.words] for r in results]
+    assert all(w["end"] >= w["start"] >= 0 for r in got for w in r["words"])
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_writes_no_row_twice(exported, recipe, tmp_path):
+    rows = eval_rows(recipe)
+    manifest = tmp_path / "in.jsonl"
+    with open(manifest, "w", encoding="utf-8") as f:
+        for _ in range(4):
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    total = 4 * len(rows)
+    out = tmp_path / "out"
+    cmd = korasr_cmd("transcribe", "--model", str(exported), "--manifest", str(manifest), "--out", str(out),
+                     "--shard-size", "20", "--actors", "1", "--threads", "1")  # fmt: skip
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not (out / ".done" / "part-00001.json").exists():  # two shards written, the rest not
+        assert first.poll() is None and time.monotonic() < deadline, "the first run ended before it was killed"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # the whole group: the driver and its Ray processes, at once
+    first.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")}
+    assert 2 <= len(done_before) < total // 20
+
+    summary = json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    assert summary["files"] == total and summary["this_run"]["files"] == total - 20 * len(done_before)
+    assert {n: m for n, m in ((p.name, p.stat().st_mtime_ns) for p in out.glob("part-*")) if n in done_before} \
+        == done_before  # fmt: skip
+    got = read_parts(out)
+    assert [r["index"] for r in got] == list(range(total))  # every row exactly once
+    assert [r["text"] for r in got[: len(rows)]] == [r["text"] for r in got[len(rows) : 2 * len(rows)]]
+    assert not list(out.glob(".part-*")) and not list(out.glob("**/*.tmp"))
+
+
+@pytest.mark.slow
+def test_out_folders_are_never_taken_over(exported, recipe, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(eval_rows(recipe, 1)[0]["audio_filepath"] + "\n", encoding="utf-8")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep", encoding="utf-8")
+    proc = archive(exported, listing, foreign, check=False)
+    assert proc.returncode == 2 and "not an archive run's folder" in proc.stderr and "thesis.tex" in proc.stderr
+    assert sorted(os.listdir(foreign)) == ["thesis.tex"]
+
+    out = tmp_path / "out"
+    archive(exported, listing, out)
+    (out / "notes.md").write_text("mine", encoding="utf-8")
+    proc = archive(exported, listing, out, "--timestamps", check=False)  # another run: refused, keys named
+    assert proc.returncode == 2 and "differs in timestamps" in proc.stderr and "--force" in proc.stderr
+    archive(exported, listing, out, "--timestamps", "--force")
+    assert (out / "notes.md").read_text(encoding="utf-8") == "mine"  # --force removes only what a run writes
+    assert read_parts(out)[0]["words"]
