@@ -36,7 +36,7 @@ endif
 # INIT=CHECKPOINT: start from any NeMo ASR checkpoint (a .nemo, a release folder, models:/NAME@ALIAS, a pretrained
 # name where a hub is reachable): its front end and encoder, a CTC head over the recipe's tokenizer (docs/train.md).
 INIT ?=
-# Scale-out: DEVICES=8 NODES=2 (Lightning DDP); empty keeps the config's choice (all GPUs, or 1 CPU).
+# Scale-out: DEVICES=8 NODES=2 (Lightning DDP; on a CPU N processes over gloo); empty keeps the config's choice (all GPUs, or 1 CPU).
 DEVICES ?=
 NODES ?=
 TRAIN_ARGS = $(if $(STREAMING),--streaming) $(if $(INIT),--init $(INIT)) model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES)) $(if $(NOISE_MANIFEST),model.train_ds.noise_path=$(NOISE_MANIFEST))
@@ -175,6 +175,21 @@ endif
 tokenizer: prepare ## tokenizers/RECIPE/UNIT_TYPE_vVOCAB from the train manifest (UNIT=jamo TYPE=unigram VOCAB=...)
 	$(BIN)/korasr tokenizer build --manifest manifests/$(RECIPE)/train.jsonl --unit $(UNIT) --type $(TYPE) --vocab $(VOCAB) --out $(TOKENIZER_DIR)
 
+# Shards for many nodes (docs/train.md#training-from-shards): the train manifest as lhotse Shar shards of SHARD_SIZE
+# utterances (FLAC) in SHARDS_DIR; WORLD_SIZE (default DEVICES × NODES, when DEVICES is set) must split them evenly.
+# SHARDS=1: make train reads them (model.train_ds.shar_path) instead of the train manifest and its loose files.
+SHARD_SIZE ?= $(if $(filter sample,$(RECIPE)),250,1000)
+SHARDS_DIR ?= data/$(RECIPE)/shards/train
+WORLD_SIZE ?= $(if $(DEVICES),$(shell echo $$(( $(DEVICES) * $(or $(NODES),1) ))))
+SHARDS ?=
+TRAIN_ARGS += $(if $(SHARDS),model.train_ds.shar_path=$(SHARDS_DIR))
+.PHONY: shards bench-shards
+shards: prepare ## the train manifest → lhotse Shar shards in SHARDS_DIR with index.json (SHARD_SIZE=N, WORLD_SIZE=N: they must split evenly); SHARDS=1 make train reads them
+	$(BIN)/korasr shard pack manifests/$(RECIPE)/train.jsonl --out $(SHARDS_DIR) --shard-size $(SHARD_SIZE) $(if $(WORLD_SIZE),--world-size $(WORLD_SIZE)) --jobs $(JOBS)
+ifneq ($(SHARDS),)
+train: shards
+endif
+
 train: tokenizer $(if $(NOISE_MANIFEST),noise) ## the recipe: corpus → prepare → tokenizer → train → evaluate (RECIPE=sample|kspon, ARGS=overrides, STREAMING=1: cache-aware streaming model, INIT=checkpoint to start from)
 	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(EVAL_ARGS) $(ARGS)
 
@@ -262,11 +277,23 @@ bench-hostile: setup ## korasr serve under 32 hostile clients (RSS per request a
 bench-swap: setup ## a service following the registry under 16 clients + 4 streams while production moves twice: failures, p99 vs steady, RSS (needs a streaming export)
 	$(BIN)/python bench/registry_swap.py
 
-bench-archive: setup ## archive transcription: Ray Data (1 actor, one per core) vs single-process korasr transcribe vs sherpa-onnx, 2,000 files; memory on 10k/100k-line manifests (needs make export)
-	$(BIN)/python bench/archive.py --files 2000 --memory
+bench-archive: setup ## archive transcription: Ray Data (1 actor, one per core) vs single-process korasr transcribe vs sherpa-onnx, 10,000 files; memory on 10k/100k-line manifests (needs make export)
+	$(BIN)/python bench/archive.py --files 10000 --memory
+
+bench-shards: setup ## training data loader read throughput, shards vs manifest + loose files, and its RSS over a long run (needs make shards)
+	$(BIN)/python bench/shards.py --shards $(SHARDS_DIR) --manifest manifests/$(RECIPE)/train.jsonl
 
 bench-memory: setup ## peak memory of data prep on 10k and 100k utterances
 	$(BIN)/python bench/prepare_memory.py --jobs $(JOBS)
+
+# The GPU check (bench/gpu_check.py): EXPORT= the export it uses (default MODEL's), BUDGET= seconds (default 540),
+# GPU_DEPS=1 first swaps the CPU onnxruntime for onnxruntime-gpu and adds TensorRT (pyproject.toml's gpu extra).
+GPU_DEPS ?=
+BUDGET ?=
+.PHONY: gpu-check
+gpu-check: setup ## one GPU check in under 10 min, one table: FastConformer-L bf16 training vs NeMo's stock config, TensorRT FP16/INT8 from the export, the service and streaming on CUDA; without a GPU, checks it would start (GPU_DEPS=1: onnxruntime-gpu + TensorRT)
+	@if [ -n "$(GPU_DEPS)" ]; then $(BIN)/pip uninstall -q -y onnxruntime; $(BIN)/pip install -q -e ".[gpu]"; fi
+	$(BIN)/python bench/gpu_check.py $(if $(BUDGET),--budget $(BUDGET)) $(if $(EXPORT),--export $(EXPORT)) $(ARGS)
 
 docs: setup ## the documentation site (MkDocs, Material) → site/; strict: a broken link, missing page or anchor fails
 	$(BIN)/mkdocs build --strict --site-dir site

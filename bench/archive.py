@@ -8,7 +8,7 @@ the rest error rows for missing files, which flow through the same listing, acto
 the decoding time), peak RSS of the driver and of the whole process tree (Ray's head and actors) sampled every
 0.5 s. Results also in bench/out/archive.json.
 
-    .venv/bin/python bench/archive.py --files 2000 [--memory]
+    .venv/bin/python bench/archive.py --files 10000 [--memory]
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def memory(export: Path, paths: list[str], tmp: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="an export folder (default: the newest sample one)")
-    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--files", type=int, default=10000)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--memory", action="store_true", help="also the 10,000 / 100,000-line memory runs")
     args = parser.parse_args()

@@ -221,18 +221,24 @@ def free_port() -> int:
 
 
 class Server:
-    """``korasr serve --model EXPORT *options`` on a free loopback port, its output discarded, with no API key (the
-    bench clients send none): ``http`` its base URL, ``url`` its WebSocket's."""
+    """``korasr serve --model EXPORT *options`` on a free loopback port, its output discarded (or written to ``log``),
+    with no API key (the bench clients send none): ``http`` its base URL, ``url`` its WebSocket's. ``launcher``: the
+    Python arguments that run korasr's command line (default ``-m korasr.cli``; gpu_check.py passes a ``-c`` script
+    that puts the sessions on CUDA first)."""
 
-    def __init__(self, export: Path, *options: str):
+    def __init__(self, export: Path, *options: str, launcher: list[str] | None = None, log: Path | None = None):
         self.port = free_port()
         self.http = f"http://127.0.0.1:{self.port}"
         self.url = f"ws://127.0.0.1:{self.port}/v1/stream?sample_rate={SAMPLE_RATE}"
         env = {k: v for k, v in os.environ.items() if k != "KORASR_API_KEY"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "korasr.cli", "serve", "--model", str(export), "--port", str(self.port), *options],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
+        command = [sys.executable, *(launcher or ["-m", "korasr.cli"]), "serve", "--model", str(export),
+                   "--port", str(self.port), *options]  # fmt: skip
+        output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (the child keeps it; closed below)
+        try:
+            self.proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+        finally:
+            if log:
+                output.close()  # type: ignore[union-attr]
 
     def ready(self) -> None:
         """Blocks until /health answers 200 (at most 120 s; an error if the server exits first)."""

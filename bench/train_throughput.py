@@ -1,12 +1,13 @@
 """GPU training throughput of FastConformer-L CTC: utterance-seconds of audio per second, bf16, synthetic batches.
 
-What it measures, plainly: the model step alone (forward + CTC loss + backward + AdamW on random audio batches
-of one fixed shape, after warm-up), for korasr's `large` (conf/fastconformer_ctc.yaml + conf/size/large.yaml)
-and for the same config with 18 layers instead of 17 (NeMo's example YAML says 18 where its model table says
-17). The ratio is therefore close to 18/17 by construction: it is a step-time check of our config, not a
-comparison with NeMo's published recipe. That comparison would also need NeMo's data path as published
+What it measures, plainly: the model step alone (forward + CTC loss + backward + the config's gradient clipping +
+AdamW on random audio batches of one fixed shape, after warm-up), for korasr's `large` (conf/fastconformer_ctc.yaml
++ conf/size/large.yaml) and for the same config with 18 layers instead of 17 (NeMo's example YAML says 18 where its
+model table says 17). The ratio is therefore close to 18/17 by construction: it is a step-time check of our config,
+not a comparison with NeMo's published recipe. That comparison would also need NeMo's data path as published
 (bucketing, batch duration, workers), which this script does not run.
-Without a CUDA GPU (or without NeMo) it says so and exits 0.
+Without a CUDA GPU (or without NeMo) it says so and exits 0. bench/gpu_check.py (`make gpu-check`) runs the same
+step for korasr's composed kspon config against NeMo's own example config (bench/nemo_fastconformer_ctc_bpe.yaml).
 
     python bench/train_throughput.py [--batch 32] [--seconds 16] [--steps 20] [--warmup 5]
 """
@@ -25,27 +26,41 @@ from common import OUT, ROOT, jamo_tokenizer, sample_sentences, write_json
 from peers import NEMO_PUBLISHED  # the variant: 18 layers instead of our 17; nothing else differs
 
 
-def measure(overrides: list[str], tok: Path, args: argparse.Namespace) -> dict:
-    import torch
-    from nemo.collections.asr.models import EncDecCTCModelBPE
-
+def korasr_config(overrides: list[str], tok: Path, size: str):  # type: ignore[no-untyped-def]
+    """korasr's base + size config over the tokenizer ``tok``, with ``overrides``, ready to instantiate without data."""
     from korasr.train import BASE, CONF, compose
 
-    cfg = compose([BASE, CONF / "size" / f"{args.size}.yaml"], [f"model.tokenizer.dir={tok}", *overrides])
+    return without_data(compose([BASE, CONF / "size" / f"{size}.yaml"], [f"model.tokenizer.dir={tok}", *overrides]))
+
+
+def without_data(cfg):  # type: ignore[no-untyped-def]
+    """``cfg`` with no manifests, so that NeMo builds the model without data loaders (the batches are synthetic)."""
     for split in ("train_ds", "validation_ds", "test_ds"):
         cfg.model[split].manifest_filepath = None
         cfg.model[split].use_lhotse = False
-    device = args.device
+    return cfg
+
+
+def throughput(cfg, *, batch: int, seconds: float, steps: int, warmup: int, device: str) -> dict:  # type: ignore[no-untyped-def]
+    """The model step of ``cfg`` (forward in bf16 autocast on CUDA, CTC loss, backward, the config's gradient
+    clipping, AdamW with the config's betas and weight decay) on one fixed random batch: ``batch`` utterances of
+    ``seconds`` of noise, about 5 target pieces per second; ``warmup`` steps untimed, then ``steps`` timed."""
+    import torch
+    from nemo.collections.asr.models import EncDecCTCModelBPE
+
     model = EncDecCTCModelBPE(cfg=cfg.model).to(device).train()
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=1e-3)
-    samples = int(args.seconds * 16000)
+    optim_cfg = cfg.model.get("optim", {})
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=tuple(optim_cfg.get("betas", (0.9, 0.98))),
+                              weight_decay=float(optim_cfg.get("weight_decay", 1e-3)))  # fmt: skip
+    clip = float(cfg.get("trainer", {}).get("gradient_clip_val", 0.0) or 0.0)
+    samples = int(seconds * 16000)
     gen = torch.Generator(device=device).manual_seed(0)
-    audio = torch.randn(args.batch, samples, device=device, generator=gen) * 0.1
-    audio_len = torch.full((args.batch,), samples, device=device, dtype=torch.long)
+    audio = torch.randn(batch, samples, device=device, generator=gen) * 0.1
+    audio_len = torch.full((batch,), samples, device=device, dtype=torch.long)
     vocab = model.tokenizer.vocab_size
-    tokens_per_utt = int(args.seconds * 5)  # about 5 jamo pieces per second of Korean speech
-    targets = torch.randint(0, vocab, (args.batch, tokens_per_utt), device=device, generator=gen)
-    target_len = torch.full((args.batch,), tokens_per_utt, device=device, dtype=torch.long)
+    tokens_per_utt = max(1, int(seconds * 5))  # about 5 jamo pieces per second of Korean speech
+    targets = torch.randint(0, vocab, (batch, tokens_per_utt), device=device, generator=gen)
+    target_len = torch.full((batch,), tokens_per_utt, device=device, dtype=torch.long)
     cuda = device == "cuda"
 
     def step() -> None:
@@ -56,26 +71,34 @@ def measure(overrides: list[str], tok: Path, args: argparse.Namespace) -> dict:
             log_probs=log_probs.float(), targets=targets, input_lengths=enc_len, target_lengths=target_len
         )
         loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optim.step()
 
-    for _ in range(args.warmup):
+    for _ in range(warmup):
         step()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         step()
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    result = {
+    return {
         "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-        "step_seconds": round(elapsed / args.steps, 4),
-        "audio_seconds_per_second": round(args.batch * args.seconds * args.steps / elapsed, 1),
+        "step_seconds": round(elapsed / steps, 4),
+        "steps_per_second": round(steps / elapsed, 3),
+        "audio_seconds_per_second": round(batch * seconds * steps / elapsed, 1),
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
     }
-    return result
+
+
+def measure(overrides: list[str], tok: Path, args: argparse.Namespace) -> dict:
+    cfg = korasr_config(overrides, tok, args.size)
+    return throughput(cfg, batch=args.batch, seconds=args.seconds, steps=args.steps, warmup=args.warmup,
+                      device=args.device)  # fmt: skip
 
 
 def main() -> int:

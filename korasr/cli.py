@@ -309,6 +309,8 @@ def _train(args: argparse.Namespace) -> int:
         print(dry_run(compose(configs, overrides)))
         return 0
     model = train(compose(configs, overrides))
+    if model is None:  # a DDP rank other than 0: rank 0 evaluates and prints the model
+        return 0
     if args.evaluate:
         from korasr.evaluate import evaluate
         from korasr.report import format_table
@@ -991,11 +993,65 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shard", help="manifests ↔ lhotse Shar shards (FLAC audio, cuts, transcripts) for many nodes")
+    shard = p.add_subparsers(dest="shard_command", required=True)
+    q = shard.add_parser("pack", help="manifests → shards of a set size with an index (counts, seconds per shard)")
+    q.add_argument("manifests", nargs="+", help="NeMo manifests, in order (ids unique across them)")
+    q.add_argument("--out", required=True, help="shard folder: index.json and shar/ (cuts.*.jsonl.gz, recording.*.tar)")
+    q.add_argument("--shard-size", type=bounded(int, 1, 100_000), default=1000, metavar="N",
+                   help="utterances per shard (default: 1000)")  # fmt: skip
+    q.add_argument("--world-size", type=bounded(int, 1, 65_536), default=None, metavar="N",
+                   help="refuse a shard count that N ranks (devices × nodes) cannot split into whole shards evenly")  # fmt: skip
+    q.add_argument("--jobs", type=bounded(int, 1, 1024), default=os.cpu_count() or 1,
+                   help="worker processes (default: all cores)")  # fmt: skip
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_force(q, "a shard")
+    q.set_defaults(func=_shard_pack)
+    q = shard.add_parser("check", help="verify a shard folder against its index (and a world size)")
+    q.add_argument("folder", help="a shard folder (korasr shard pack)")
+    q.add_argument("--world-size", type=bounded(int, 1, 65_536), default=None, metavar="N",
+                   help="also check that N ranks split the shards evenly")  # fmt: skip
+    q.set_defaults(func=_shard_check)
+    q = shard.add_parser("unpack", help="shards → a manifest and 16-bit WAV files (the same rows and samples)")
+    q.add_argument("folder", help="a shard folder (korasr shard pack)")
+    q.add_argument("--out", required=True, help="output folder: <name>.jsonl and audio/")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_force(q, "an unpacked shard")
+    q.set_defaults(func=_shard_unpack)
+
+
+def _shard_pack(args: argparse.Namespace) -> int:
+    from korasr.data.shar import pack_shards
+
+    result = pack_shards(args.manifests, args.out, shard_size=args.shard_size, world_size=args.world_size,
+                         jobs=args.jobs, force=args.force, progress=not args.quiet)  # fmt: skip
+    print(result.out)
+    return 0
+
+
+def _shard_check(args: argparse.Namespace) -> int:
+    from korasr.data.shar import check_shards
+
+    index = check_shards(args.folder, world_size=args.world_size)
+    print(json.dumps({k: index[k] for k in ("name", "utterances", "shards", "hours")}, ensure_ascii=False))
+    return 0
+
+
+def _shard_unpack(args: argparse.Namespace) -> int:
+    from korasr.data.shar import unpack_shards
+
+    result = unpack_shards(args.folder, args.out, force=args.force, progress=not args.quiet)
+    print(result.out / f"{result.index['name']}.jsonl")
+    return 0
+
+
 # the subcommands in the order `korasr --help` lists them
 SUBCOMMANDS = (
     _normalize_parser,
     _prepare_parser,
     _tokenizer_parser,
+    _shard_parser,
     _train_parser,
     _evaluate_parser,
     _score_parser,

@@ -98,16 +98,29 @@ def finalize(cfg: DictConfig, cuda_available: bool) -> DictConfig:
     if missing:
         raise TrainConfigError(f"required config keys are not set: {', '.join(missing)}")
     if not cuda_available:
-        # CPU: no DDP, no synchronized batch norm, no bf16 autocast (fp32 is faster there).
-        cfg.trainer.accelerator = "cpu"
-        cfg.trainer.strategy = "auto"
-        cfg.trainer.sync_batchnorm = False
-        cfg.trainer.precision = 32
-        if cfg.trainer.devices in (-1, "auto") or int(cfg.trainer.devices) > 1:
-            cfg.trainer.devices = 1
-        for split in ("train_ds", "validation_ds", "test_ds"):
-            cfg.model[split].pin_memory = False
+        _on_cpu(cfg)
     return cfg
+
+
+def _on_cpu(cfg: DictConfig) -> None:
+    """CPU: fp32 (faster there than bf16 autocast), no pinned memory, no synchronized batch norm (torch's
+    SyncBatchNorm needs CUDA); ``trainer.devices`` processes per node, more than one in all is Lightning's DDP over
+    gloo. ``devices: -1`` / ``auto`` (all GPUs) means one process here, and the log says so."""
+    cfg.trainer.accelerator = "cpu"
+    cfg.trainer.sync_batchnorm = False
+    cfg.trainer.precision = 32
+    devices = cfg.trainer.devices
+    if devices in (-1, "-1", "auto"):
+        log.info("trainer.devices=%s on CPU: one process (DEVICES=N, or trainer.devices=N, for N)", devices)
+        cfg.trainer.devices = devices = 1
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise TrainConfigError(f"trainer.devices={devices!r}: on CPU a number of processes (1, 2, …) is expected")
+    world = devices * int(cfg.trainer.num_nodes)
+    cfg.trainer.strategy = "ddp" if world > 1 else "auto"
+    if world > 1:
+        log.info("CPU: %d processes (%d per node × %d nodes), DDP over gloo", world, devices, cfg.trainer.num_nodes)
+    for split in ("train_ds", "validation_ds", "test_ds"):
+        cfg.model[split].pin_memory = False
 
 
 def _absolute(path: str) -> str:
@@ -115,9 +128,18 @@ def _absolute(path: str) -> str:
     return str(path) if Path(path).is_absolute() else str(ROOT / path)
 
 
+def _manifest_splits(cfg: DictConfig) -> tuple[str, ...]:
+    """The datasets read from manifests: the train set reads shards instead when ``model.train_ds.shar_path`` is set."""
+    return ("validation_ds",) if cfg.model.train_ds.get("shar_path") is not None else ("train_ds", "validation_ds")
+
+
 def resolve_inputs(cfg: DictConfig) -> None:
-    """Make manifest and tokenizer paths absolute (relative to the repository root), then check they exist."""
-    for split in ("train_ds", "validation_ds"):
+    """Make manifest, shard and tokenizer paths absolute (relative to the repository root), then check they exist."""
+    if cfg.model.train_ds.get("shar_path") is not None:  # shards (korasr shard pack) instead of the train manifest
+        from korasr.train_from_shards import resolve_shards
+
+        resolve_shards(cfg, _absolute)
+    for split in _manifest_splits(cfg):
         paths = cfg.model[split].manifest_filepath
         cfg.model[split].manifest_filepath = (
             _absolute(paths) if isinstance(paths, str) else [_absolute(p) for p in paths]
@@ -128,7 +150,7 @@ def resolve_inputs(cfg: DictConfig) -> None:
         cfg.model.train_ds.noise_path = _absolute(noise)
         if not Path(cfg.model.train_ds.noise_path).is_file():
             raise TrainConfigError(f"model.train_ds.noise_path: {noise} does not exist (run make noise)")
-    for split in ("train_ds", "validation_ds"):
+    for split in _manifest_splits(cfg):
         paths = cfg.model[split].manifest_filepath
         for path in [paths] if isinstance(paths, str) else list(paths):
             if not Path(path).is_file():
@@ -187,7 +209,11 @@ def to_model_unit(cfg: DictConfig, out_dir: Path) -> DictConfig:
     cfg = cfg.copy()
     unit = tokenizer_unit(cfg.model.tokenizer.dir)
     sources = {}
-    for split in ("train_ds", "validation_ds"):
+    if cfg.model.train_ds.get("shar_path") is not None:  # their cut manifests, converted beside links to their audio
+        from korasr.train_from_shards import to_model_unit_shards
+
+        sources["train_ds"] = to_model_unit_shards(cfg, unit, out_dir)
+    for split in _manifest_splits(cfg):
         paths = cfg.model[split].manifest_filepath
         sources[split] = [str(Path(p).resolve()) for p in ([paths] if isinstance(paths, str) else paths)]
         converted = [str(model_unit_manifest(p, unit, out_dir)) for p in ([paths] if isinstance(paths, str) else paths)]
@@ -218,6 +244,7 @@ def check_feasibility(cfg: DictConfig, out_dir: Path) -> DictConfig:
     from korasr.fsutil import atomic_open, sha256_file
     from korasr.text.codec import to_model_text
     from korasr.tokenizer.report import emittable
+    from korasr.train_from_shards import shard_folders, shard_rows
 
     cfg = cfg.copy()
     options = cfg.get("korasr") or {}
@@ -228,10 +255,12 @@ def check_feasibility(cfg: DictConfig, out_dir: Path) -> DictConfig:
     fastest = FASTEST_PERTURBATION if cfg.model.train_ds.get("perturb_speed") else 1.0
     unit = tokenizer_unit(cfg.model.tokenizer.dir)
     processor = spm.SentencePieceProcessor(model_file=str(Path(cfg.model.tokenizer.dir) / "tokenizer.model"))
-    paths = cfg.model.train_ds.manifest_filepath
+    shards = cfg.model.train_ds.get("shar_path") is not None  # then the utterances of the shards' cut manifests
+    paths = shard_folders(cfg) if shards else cfg.model.train_ds.manifest_filepath
     kept_paths, total, infeasible, examples = [], 0, 0, []
     for path in [paths] if isinstance(paths, str) else list(paths):
-        rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = shard_rows(path) if shards else [json.loads(line) for line in Path(path).read_text(encoding="utf-8")
+                                                .splitlines() if line.strip()]  # fmt: skip
         ids = processor.encode([to_model_text(r["text"], unit) for r in rows])
         bad = [
             i
@@ -268,7 +297,8 @@ def check_feasibility(cfg: DictConfig, out_dir: Path) -> DictConfig:
             + "a larger piece vocabulary (make tokenizer VOCAB=...: fewer tokens per second), --drop-infeasible "
             "(train without them; they are counted), or korasr.max_infeasible=1 to train anyway"
         )
-    cfg.model.train_ds.manifest_filepath = kept_paths[0] if isinstance(paths, str) else kept_paths
+    if not shards:
+        cfg.model.train_ds.manifest_filepath = kept_paths[0] if isinstance(paths, str) else kept_paths
     OmegaConf.update(cfg, "korasr.feasibility", {"subsampling": subsampling, "speed": fastest, "utterances": total,
                      "infeasible": infeasible, "share": round(share, 5), "dropped": infeasible if drop else 0},
                      force_add=True)  # fmt: skip
@@ -285,6 +315,111 @@ def resolve(cfg: DictConfig, cuda_available: bool) -> DictConfig:
     return check_feasibility(cfg, run_dir(cfg))
 
 
+# What may change when a run resumes; the rest of the resolved config must be the one its checkpoints were trained
+# with. A longer budget, how many processes share the work and on what, logging, and korasr's record of the run.
+RESUME_MAY_CHANGE = (
+    "trainer.max_steps", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.accelerator",
+    "trainer.precision", "trainer.sync_batchnorm", "trainer.log_every_n_steps", "trainer.enable_progress_bar",
+    "model.train_ds.num_workers", "model.validation_ds.num_workers", "model.test_ds.num_workers",
+    "model.train_ds.pin_memory", "model.validation_ds.pin_memory", "model.test_ds.pin_memory",
+    "exp_manager.create_wandb_logger", "exp_manager.wandb_logger_kwargs", "exp_manager.create_tensorboard_logger",
+    "korasr.threads", "korasr.mlflow", "korasr.mlflow_experiment", "korasr.callbacks", "korasr.init_modules",
+    "korasr.git_commit", "korasr.versions", "korasr.wandb_mode", "korasr.command", "korasr.hardware",
+)  # fmt: skip
+_ABSENT = "(not set)"
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def config_changes(before: DictConfig, now: DictConfig) -> dict[str, tuple[object, object]]:
+    """Keys whose values differ between a run's recorded config and this one, apart from ``RESUME_MAY_CHANGE``
+    (``trainer.max_steps`` counts when it shrinks): ``{key: (before, now)}``."""
+    old = _flat(OmegaConf.to_container(before, resolve=True))
+    new = _flat(OmegaConf.to_container(now, resolve=True))
+    changes = {
+        key: (old.get(key, _ABSENT), new.get(key, _ABSENT))
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+        and not any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_CHANGE)
+    }
+    if int(now.trainer.max_steps) < int(before.trainer.max_steps):
+        changes["trainer.max_steps"] = (int(before.trainer.max_steps), int(now.trainer.max_steps))
+    return changes
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    found = sorted(out.glob("checkpoints/*last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step of a Lightning checkpoint (memory-mapped: the weights are not read)."""
+    import torch
+
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+
+
+def resume_state(cfg: DictConfig, out: Path) -> tuple[str, int]:
+    """``("fresh", 0)`` without a checkpoint in ``out``; ``("resume", step)`` when the checkpoint's run is this
+    config's; ``("finished", step)`` when it is and has reached ``trainer.max_steps``. A run trained with another
+    config is refused, naming the keys that differ and the ways on (:class:`TrainConfigError`)."""
+    last = last_checkpoint(out)
+    if last is None:
+        return "fresh", 0
+    step = checkpoint_step(last)
+    records = [out / "korasr_run.yaml", *sorted(out.glob("run_*/korasr_run.yaml"), key=lambda p: p.stat().st_mtime)]
+    record = next((r for r in records if r.is_file()), None)
+    if record is None:
+        log.warning("%s: no korasr_run.yaml beside the checkpoint: resuming without checking its config", out)
+        return "resume", step
+    changes = config_changes(OmegaConf.load(record), cfg)
+    if changes:
+        listed = "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in list(changes.items())[:12])
+        more = f" (and {len(changes) - 12} more)" if len(changes) > 12 else ""
+        past = (
+            f" Its checkpoint is at step {step}, past trainer.max_steps={cfg.trainer.max_steps}: nothing to train."
+            if step >= int(cfg.trainer.max_steps)
+            else ""
+        )
+        raise TrainConfigError(
+            f"{out} holds a run (checkpoint at step {step}) trained with another config: {listed}{more}.{past} "
+            f"To resume it, run it with its own config (a longer trainer.max_steps, the devices, nodes and logging "
+            f"may change); to train this config beside it, name the run: exp_manager.name=NEW_NAME "
+            f"(make train ARGS='exp_manager.name=NEW_NAME'); to start over, remove {out}."
+        )
+    return ("finished" if step >= int(cfg.trainer.max_steps) else "resume"), step
+
+
+def is_global_zero_env() -> bool:
+    """Whether this process is rank 0 by the variables a launcher sets (torchrun, SLURM, Lightning's own)."""
+    ranks = (os.environ.get(v) for v in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
+    return all(r in (None, "", "0") for r in ranks)
+
+
+def load_callback(spec: str):  # type: ignore[no-untyped-def]
+    """A Lightning callback named ``package.module:Class`` or ``path/to/file.py:Class`` (``korasr.callbacks``),
+    built without arguments."""
+    import importlib
+    import importlib.util
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise TrainConfigError(f"korasr.callbacks: {spec!r} is not module:Class or file.py:Class")
+    if where.endswith(".py"):
+        loader = importlib.util.spec_from_file_location(Path(where).stem, where)
+        if loader is None or not Path(where).is_file():
+            raise TrainConfigError(f"korasr.callbacks: {where}: no such file")
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        module = importlib.import_module(where)
+    return getattr(module, name)()
+
+
 def dry_run(cfg: DictConfig) -> str:
     """The resolved config as YAML, after every check ``train`` makes before it starts (no training)."""
     import torch
@@ -292,8 +427,10 @@ def dry_run(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(resolve(cfg, torch.cuda.is_available()), resolve=True)
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train and return the final ``.nemo`` (best checkpoint's weights)."""
+def train(cfg: DictConfig) -> Path | None:
+    """Train and return the final ``.nemo`` (best checkpoint's weights); ``None`` in a process other than rank 0
+    (DDP: every rank runs this, rank 0 alone writes the ``.nemo`` and what follows it). A run folder with a
+    checkpoint resumes only the same run (:func:`resume_state`)."""
     import lightning.pytorch as pl
     import torch
     from nemo.collections.asr.models import EncDecCTCModelBPE
@@ -306,13 +443,22 @@ def train(cfg: DictConfig) -> Path:
         cfg.exp_manager.wandb_logger_kwargs.save_dir = str(run_dir(cfg))
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
-    if "threads" in cfg.get("korasr", {}):
-        torch.set_num_threads(int(cfg.korasr.threads))
+    if "threads" in cfg.get("korasr", {}):  # the machine's threads, shared by the processes on it (CPU DDP)
+        share = 1 if torch.cuda.is_available() else int(cfg.trainer.devices)
+        torch.set_num_threads(max(1, int(cfg.korasr.threads) // share))
     log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
 
     out = run_dir(cfg)
     cfg = to_model_unit(cfg, out / "manifests")
-    callbacks = []
+    state, step = resume_state(cfg, out)
+    final = out / f"{cfg.exp_manager.name}.nemo"
+    if state == "finished" and final.is_file():
+        log.info("%s: already trained to step %d (trainer.max_steps=%d), nothing to train; a longer "
+                 "trainer.max_steps continues it", out, step, cfg.trainer.max_steps)  # fmt: skip
+        return final if is_global_zero_env() else None
+    if state == "resume":
+        log.info("resuming %s from step %d", out, step)
+    callbacks = [load_callback(str(spec)) for spec in cfg.get("korasr", {}).get("callbacks") or []]
     if int(cfg.korasr.get("freeze_encoder_steps", 0) or 0) > 0:
         from korasr.transfer import freeze_encoder
 
@@ -340,21 +486,24 @@ def train(cfg: DictConfig) -> Path:
         model.maybe_init_from_pretrained_checkpoint(cfg)
     trainer.fit(model)
 
-    final = out / f"{cfg.exp_manager.name}.nemo"
-    if trainer.is_global_zero:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if best and Path(best).is_file():
-            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-            model.load_state_dict(state)
-            log.info("final model: weights of the best checkpoint %s", best)
-        model.save_to(str(final))
-        seconds = time.perf_counter() - started
-        log.info("saved %s after %.0f s (global step %d)", final, seconds, trainer.global_step)
-        from korasr.fsutil import write_json
+    if torch.distributed.is_initialized():  # DDP is over: what follows (saving, evaluating) is rank 0's alone
+        torch.distributed.destroy_process_group()
+    if not trainer.is_global_zero:
+        _finish_wandb()
+        return None
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and Path(best).is_file():
+        weights = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict(weights)
+        log.info("final model: weights of the best checkpoint %s", best)
+    model.save_to(str(final))
+    seconds = time.perf_counter() - started
+    log.info("saved %s after %.0f s (global step %d)", final, seconds, trainer.global_step)
+    from korasr.fsutil import write_json
 
-        write_json(out / "training.json", {"global_step": int(trainer.global_step), "seconds": round(seconds, 1),
-                                           "nemo": final.name, "hardware": hardware()})  # fmt: skip
-        _mlflow_finish(trainer, out, final)
+    write_json(out / "training.json", {"global_step": int(trainer.global_step), "seconds": round(seconds, 1),
+                                       "nemo": final.name, "hardware": hardware()})  # fmt: skip
+    _mlflow_finish(trainer, out, final)
     _finish_wandb()
     return final
 

@@ -86,6 +86,15 @@ def test_cpu_adaptation_and_derived_names(data):
     gpu = finalize(cfg, cuda_available=True)
     assert (gpu.trainer.devices, gpu.trainer.num_nodes, gpu.trainer.strategy, gpu.trainer.sync_batchnorm) == (
         8, 2, "ddp", True)  # fmt: skip
+    # on a CPU the devices are processes (DDP over gloo), never silently replaced; -1 (all GPUs) is one process
+    cpu = finalize(cfg, cuda_available=False)
+    assert (cpu.trainer.devices, cpu.trainer.num_nodes, cpu.trainer.strategy, cpu.trainer.accelerator) == (
+        8, 2, "ddp", "cpu")  # fmt: skip
+    kspon = finalize(compose(recipe_configs(ROOT / "recipes" / "kspon"), overrides(data)), cuda_available=False)
+    assert (kspon.trainer.devices, kspon.trainer.strategy) == (1, "auto")
+    with pytest.raises(TrainConfigError, match=r"trainer.devices=\[0, 1\]"):
+        finalize(compose(recipe_configs(ROOT / "recipes" / "sample"), [*overrides(data), "trainer.devices=[0,1]"]),
+                 cuda_available=False)  # fmt: skip
 
 
 def test_model_unit_manifests_carry_jamo(data, tmp_path):
