@@ -320,6 +320,7 @@ def resolve(cfg: DictConfig, cuda_available: bool) -> DictConfig:
 RESUME_MAY_CHANGE = (
     "trainer.max_steps", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.accelerator",
     "trainer.precision", "trainer.sync_batchnorm", "trainer.log_every_n_steps", "trainer.enable_progress_bar",
+    "trainer.limit_train_batches",  # from shards: max_steps × accumulate_grad_batches (korasr/train_from_shards.py)
     "model.train_ds.num_workers", "model.validation_ds.num_workers", "model.test_ds.num_workers",
     "model.train_ds.pin_memory", "model.validation_ds.pin_memory", "model.test_ds.pin_memory",
     "exp_manager.create_wandb_logger", "exp_manager.wandb_logger_kwargs", "exp_manager.create_tensorboard_logger",
