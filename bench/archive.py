@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, newest, rss_mb, write_json
+from common import OUT, ROOT, newest, rss_mb, tree_rss_mb, write_json
 
 KORASR = str(Path(sys.executable).parent / "korasr")
 SHERPA = """
@@ -44,28 +44,6 @@ for i in range(0, len(paths), 16):
     texts += [unicodedata.normalize("NFC", s.result.text) for s in streams]
 print(len(texts))
 """
-
-
-def tree_rss_mb(pid: int) -> float:
-    """RSS of ``pid`` and every descendant (Ray's GCS, raylet and actors run under the driver)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            total += rss_mb(p)
-        except OSError:
-            continue
-        todo += children.get(p, [])
-    return total
 
 
 def timed_command(cmd: list[str], sample: bool = False) -> dict:

@@ -81,6 +81,28 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def tree_rss_mb(pid: int) -> float:
+    """RSS of ``pid`` and every descendant (Ray's head and actors, data loader workers), in MB."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += rss_mb(p)
+        except OSError:
+            continue
+        todo += children.get(p, [])
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used (its threads included)."""
     with open(f"/proc/{pid}/stat") as f:

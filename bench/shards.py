@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, rss_mb, write_json
+from common import OUT, ROOT, tree_rss_mb, write_json
 
 # recipes/sample/train.yaml over conf/size/tiny.yaml, augmentation off (it costs the same on both paths)
 LOADER = {"sample_rate": 16000, "use_lhotse": True, "batch_duration": 80, "use_bucketing": True, "num_buckets": 6,
@@ -37,20 +37,6 @@ class Decode:
 
     def __getitem__(self, cuts):  # type: ignore[no-untyped-def]
         return sum(cut.load_audio().shape[-1] for cut in cuts), len(cuts)
-
-
-def tree_rss_mb(pid: int) -> float:
-    """RSS of ``pid`` and its children (data loader workers)."""
-    total = rss_mb(pid)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        total += rss_mb(int(entry))
-            except OSError:
-                continue
-    return total
 
 
 def child(source: str, path: str, batches: int, workers: int, every: int) -> None:

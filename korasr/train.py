@@ -128,14 +128,19 @@ def _absolute(path: str) -> str:
     return str(path) if Path(path).is_absolute() else str(ROOT / path)
 
 
+def _reads_shards(cfg: DictConfig) -> bool:
+    """Whether the train set is read from shards (``model.train_ds.shar_path``, korasr shard pack)."""
+    return cfg.model.train_ds.get("shar_path") is not None
+
+
 def _manifest_splits(cfg: DictConfig) -> tuple[str, ...]:
     """The datasets read from manifests: the train set reads shards instead when ``model.train_ds.shar_path`` is set."""
-    return ("validation_ds",) if cfg.model.train_ds.get("shar_path") is not None else ("train_ds", "validation_ds")
+    return ("validation_ds",) if _reads_shards(cfg) else ("train_ds", "validation_ds")
 
 
 def resolve_inputs(cfg: DictConfig) -> None:
     """Make manifest, shard and tokenizer paths absolute (relative to the repository root), then check they exist."""
-    if cfg.model.train_ds.get("shar_path") is not None:  # shards (korasr shard pack) instead of the train manifest
+    if _reads_shards(cfg):  # shards (korasr shard pack) instead of the train manifest
         from korasr.train_from_shards import resolve_shards
 
         resolve_shards(cfg, _absolute)
@@ -209,7 +214,7 @@ def to_model_unit(cfg: DictConfig, out_dir: Path) -> DictConfig:
     cfg = cfg.copy()
     unit = tokenizer_unit(cfg.model.tokenizer.dir)
     sources = {}
-    if cfg.model.train_ds.get("shar_path") is not None:  # their cut manifests, converted beside links to their audio
+    if _reads_shards(cfg):  # their cut manifests, converted beside links to their audio
         from korasr.train_from_shards import to_model_unit_shards
 
         sources["train_ds"] = to_model_unit_shards(cfg, unit, out_dir)
@@ -255,7 +260,7 @@ def check_feasibility(cfg: DictConfig, out_dir: Path) -> DictConfig:
     fastest = FASTEST_PERTURBATION if cfg.model.train_ds.get("perturb_speed") else 1.0
     unit = tokenizer_unit(cfg.model.tokenizer.dir)
     processor = spm.SentencePieceProcessor(model_file=str(Path(cfg.model.tokenizer.dir) / "tokenizer.model"))
-    shards = cfg.model.train_ds.get("shar_path") is not None  # then the utterances of the shards' cut manifests
+    shards = _reads_shards(cfg)  # then the utterances of the shards' cut manifests
     paths = shard_folders(cfg) if shards else cfg.model.train_ds.manifest_filepath
     kept_paths, total, infeasible, examples = [], 0, 0, []
     for path in [paths] if isinstance(paths, str) else list(paths):
@@ -372,7 +377,8 @@ def resume_state(cfg: DictConfig, out: Path) -> tuple[str, int]:
     if last is None:
         return "fresh", 0
     step = checkpoint_step(last)
-    records = [out / "korasr_run.yaml", *sorted(out.glob("run_*/korasr_run.yaml"), key=lambda p: p.stat().st_mtime)]
+    earlier = sorted(out.glob("run_*/korasr_run.yaml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    records = [out / "korasr_run.yaml", *earlier]  # this attempt's record, else the newest earlier attempt's
     record = next((r for r in records if r.is_file()), None)
     if record is None:
         log.warning("%s: no korasr_run.yaml beside the checkpoint: resuming without checking its config", out)
@@ -489,9 +495,18 @@ def train(cfg: DictConfig) -> Path | None:
 
     if torch.distributed.is_initialized():  # DDP is over: what follows (saving, evaluating) is rank 0's alone
         torch.distributed.destroy_process_group()
-    if not trainer.is_global_zero:
-        _finish_wandb()
-        return None
+    if trainer.is_global_zero:
+        _save_final(trainer, model, final, started)
+    _finish_wandb()
+    return final if trainer.is_global_zero else None
+
+
+def _save_final(trainer, model, final: Path, started: float) -> None:  # type: ignore[no-untyped-def]
+    """Rank 0, after training: the best checkpoint's weights as ``final`` (.nemo), ``training.json``, MLflow."""
+    import torch
+
+    from korasr.fsutil import write_json
+
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and Path(best).is_file():
         weights = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
@@ -500,13 +515,9 @@ def train(cfg: DictConfig) -> Path | None:
     model.save_to(str(final))
     seconds = time.perf_counter() - started
     log.info("saved %s after %.0f s (global step %d)", final, seconds, trainer.global_step)
-    from korasr.fsutil import write_json
-
-    write_json(out / "training.json", {"global_step": int(trainer.global_step), "seconds": round(seconds, 1),
-                                       "nemo": final.name, "hardware": hardware()})  # fmt: skip
-    _mlflow_finish(trainer, out, final)
-    _finish_wandb()
-    return final
+    write_json(final.parent / "training.json", {"global_step": int(trainer.global_step), "seconds": round(seconds, 1),
+                                                "nemo": final.name, "hardware": hardware()})  # fmt: skip
+    _mlflow_finish(trainer, final.parent, final)
 
 
 def _mlflow_logger(cfg: DictConfig):  # type: ignore[no-untyped-def]

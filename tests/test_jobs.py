@@ -167,7 +167,20 @@ def test_a_job_being_decoded_at_shutdown_goes_back_to_the_queue(exported, tmp_pa
 # --- callbacks -----------------------------------------------------------------------------------------------------
 
 
-class Receiver:
+class Loopback:
+    """A real HTTP server on 127.0.0.1 (a free port) in a daemon thread, with ``handler``."""
+
+    def serve(self, handler) -> None:  # type: ignore[no-untyped-def]
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Receiver(Loopback):
     """A real HTTP server on loopback that records every POST and answers from a script of statuses (then 200)."""
 
     def __init__(self, answers: list[int] | None = None):
@@ -188,14 +201,8 @@ class Receiver:
             def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
+        self.serve(Handler)
         self.url = f"http://127.0.0.1:{self.port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_callbacks_are_signed_retried_and_never_redirected(exported, tmp_path, clips, texts):
@@ -315,7 +322,7 @@ def test_job_settings_reach_worker_processes_without_the_secret(tmp_path, monkey
 # --- sources -------------------------------------------------------------------------------------------------------
 
 
-class Files:
+class Files(Loopback):
     """A real HTTP server on loopback serving one folder, and a redirect at /moved."""
 
     def __init__(self, folder: Path):
@@ -335,13 +342,8 @@ class Files:
             def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
+        self.url = f"http://127.0.0.1:{self.port}"
 
 
 def test_url_sources_only_inside_allowed_folders_and_prefixes(exported, tmp_path, clips, texts):
