@@ -343,9 +343,11 @@ def _flat(tree: object, prefix: str = "") -> dict[str, object]:
 
 def config_changes(before: DictConfig, now: DictConfig) -> dict[str, tuple[object, object]]:
     """Keys whose values differ between a run's recorded config and this one, apart from ``RESUME_MAY_CHANGE``
-    (``trainer.max_steps`` counts when it shrinks): ``{key: (before, now)}``."""
-    old = _flat(OmegaConf.to_container(before, resolve=True))
-    new = _flat(OmegaConf.to_container(now, resolve=True))
+    (``trainer.max_steps`` counts when it shrinks) and a shard seed's form: ``{key: (before, now)}``."""
+    from korasr.train_from_shards import as_chosen
+
+    old = as_chosen(_flat(OmegaConf.to_container(before, resolve=True)))
+    new = as_chosen(_flat(OmegaConf.to_container(now, resolve=True)))
     changes = {
         key: (old.get(key, _ABSENT), new.get(key, _ABSENT))
         for key in sorted(old.keys() | new.keys())

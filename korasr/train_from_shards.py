@@ -113,6 +113,22 @@ def resolve_shards(cfg: DictConfig, absolute) -> None:  # type: ignore[no-untype
         trainer.limit_train_batches = steps * int(trainer.get("accumulate_grad_batches", 1) or 1)
 
 
+def as_chosen(flat: dict[str, object]) -> dict[str, object]:
+    """A flattened run config with the shard seed as the user chose it. :func:`resolve_shards` turns an integer
+    ``shard_seed`` into ``'randomized'`` with ``seed`` set to it when several readers share the shards; both forms are
+    the same run whatever the number of readers, which may change on resume (a resumed shard run restarts its stream
+    either way). Other configs are returned as they are."""
+    if flat.get("model.train_ds.shar_path") is None:
+        return flat
+    out = dict(flat)
+    seed, shard_seed = out.get("model.train_ds.seed"), out.get("model.train_ds.shard_seed")
+    if shard_seed == "randomized" and isinstance(seed, int):
+        out["model.train_ds.shard_seed"] = out.pop("model.train_ds.seed")
+    elif isinstance(shard_seed, int) and seed in (None, shard_seed):
+        out.pop("model.train_ds.seed", None)
+    return out
+
+
 def shard_rows(folder: str | os.PathLike[str]) -> list[dict]:
     """Id, text and duration of every utterance of a shard folder (its cut manifests only; no audio is read)."""
     rows = []

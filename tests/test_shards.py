@@ -139,13 +139,14 @@ def test_nemo_applies_speed_perturbation_and_noise_to_shards(few, tmp_path):
 
 
 def test_readers_of_shards_are_seeded_apart_and_trained_in_steps(few, tmp_path, recipe):
-    from korasr.train import compose, recipe_configs
+    from korasr.train import compose, config_changes, recipe_configs
     from korasr.train_from_shards import resolve_shards
 
     shards = pack_shards([few], tmp_path / "shards", shard_size=16, progress=False).out
 
     def resolved(*overrides: str):  # type: ignore[no-untyped-def]
-        cfg = compose(recipe_configs("recipes/sample"), [f"model.train_ds.shar_path={shards}", *overrides])
+        cfg = compose(recipe_configs("recipes/sample"), [f"model.train_ds.shar_path={shards}", "exp_manager.name=x",
+                                                          *overrides])  # fmt: skip
         resolve_shards(cfg, str)
         return cfg
 
@@ -154,6 +155,11 @@ def test_readers_of_shards_are_seeded_apart_and_trained_in_steps(few, tmp_path, 
     assert one.trainer.limit_train_batches == 14  # one epoch for the whole run: the stream is never restarted
     two = resolved("trainer.devices=2", "model.train_ds.num_workers=1")
     assert two.model.train_ds.shard_seed == "randomized" and two.model.train_ds.seed == 0
+    # one reader or two read the same run, which may resume with either; another seed is another run
+    alone, shared = resolved("trainer.devices=1"), resolved("trainer.devices=2", "model.train_ds.num_workers=1")
+    assert config_changes(alone, shared) == {} == config_changes(shared, alone)
+    other = resolved("trainer.devices=2", "model.train_ds.num_workers=1", "model.train_ds.shard_seed=1")
+    assert config_changes(alone, other) == {"model.train_ds.shard_seed": (0, 1)}
     with pytest.raises(ShardError, match="num_workers=1 or more"):
         resolved("trainer.devices=2", "model.train_ds.num_workers=0")
     with pytest.raises(ShardError, match="pack them from the filtered manifest"):
@@ -172,11 +178,12 @@ def test_a_short_training_run_reads_its_train_set_from_shards_alone(few, tmp_pat
     shards = pack_shards([loose / "few.jsonl"], tmp_path / "shards", shard_size=16, progress=False).out
     shutil.rmtree(loose)  # no train manifest, no loose train audio: only the shards
     exp = tmp_path / "exp"
-    proc = run("train", "--recipe", "recipes/sample", f"model.tokenizer.dir={recipe['tokenizer']}",
-               f"model.train_ds.shar_path={shards}", f"model.train_ds.manifest_filepath={loose / 'few.jsonl'}",
-               f"model.validation_ds.manifest_filepath={recipe['manifests'] / 'dev.jsonl'}", f"exp_manager.exp_dir={exp}",
-               "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
-               "exp_manager.create_wandb_logger=false", "korasr.mlflow=false")  # fmt: skip
+    args = ("train", "--recipe", "recipes/sample", f"model.tokenizer.dir={recipe['tokenizer']}",
+            f"model.train_ds.shar_path={shards}", f"model.train_ds.manifest_filepath={loose / 'few.jsonl'}",
+            f"model.validation_ds.manifest_filepath={recipe['manifests'] / 'dev.jsonl'}", f"exp_manager.exp_dir={exp}",
+            "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
+            "exp_manager.create_wandb_logger=false", "korasr.mlflow=false")  # fmt: skip
+    proc = run(*args)
     run_dir = nemo_path(proc.stdout).parent
     assert json.loads((run_dir / "training.json").read_text())["global_step"] == 3
     record = yaml.safe_load((run_dir / "korasr_run.yaml").read_text())
@@ -191,3 +198,7 @@ def test_a_short_training_run_reads_its_train_set_from_shards_alone(few, tmp_pat
     with gzip.open(read / "cuts.000000.jsonl.gz", "rt", encoding="utf-8") as f:
         text = json.loads(f.readline())["supervisions"][0]["text"]
     assert text == unicodedata.normalize("NFD", text) != unicodedata.normalize("NFC", text)  # jamo, as NeMo tokenizes
+    # the same run continued by two processes (another world size: the shard seed becomes 'randomized'), to step 5
+    more = run(*args, "trainer.max_steps=5", "trainer.devices=2", "model.train_ds.num_workers=1")
+    assert nemo_path(more.stdout).parent == run_dir and "from step 3" in more.stdout + more.stderr
+    assert json.loads((run_dir / "training.json").read_text())["global_step"] == 5
