@@ -65,6 +65,15 @@ WEBHOOK ?=
 # The sample recipe's default model scores eval_other at 11% (voices no training utterance uses) and eval_novel at 44%
 # (words no training utterance uses; 2026-12-05): they get their own bounds, and the regression rule guards them.
 RETRAIN_MAX_CER ?= $(if $(MAX_CER),$(MAX_CER),$(if $(filter sample,$(RECIPE)),5 eval_other=15 eval_novel=100,5))
+# The fixed splits the gate scores and the earlier training data replayed (manifests, separated by blanks); UNTIL=STAGE
+# stops after that stage (the Airflow DAG runs this recipe once per stage); RETRAIN_STATUS=FILE receives korasr's exit
+# status when it fails (make's own is 2 for every failure; the DAG tells a refused candidate from a crash by it).
+RETRAIN_EVAL ?= $(foreach s,$(EVAL_SPLITS),manifests/$(RECIPE)/$(s).jsonl)
+RETRAIN_REPLAY ?= manifests/$(RECIPE)/train.jsonl
+UNTIL ?=
+# What a run chooses reaches korasr as data: these travel in the environment and the recipe quotes them, so a value
+# with `;`, `$(...)` or quotes is one literal argument (ARGS and the lists: words split on blanks, never globbed).
+export NEW_DATA REGISTRY_NAME WEBHOOK RETRAIN_EVAL RETRAIN_REPLAY UNTIL ARGS
 
 .PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap release transcribe-archive bench-archive
 
@@ -241,11 +250,13 @@ register: setup ## EXPORT (default: MODEL's export/) → a new version of REGIST
 	$(BIN)/korasr registry register --export $(EXPORT) --name $(REGISTRY_NAME) $(foreach s,$(EVAL_SPLITS),--scored-on manifests/$(RECIPE)/$(s).jsonl)
 
 retrain: setup ## NEW_DATA=DIR|MANIFEST: ingest → fine-tune from @production → evaluate both → gate (MAX_CER) → export → register (PROMOTE=1: production) → notify (WEBHOOK=URL)
-	@if [ -z "$(NEW_DATA)" ]; then echo "make retrain needs NEW_DATA=DIR (KsponSpeech layout) or NEW_DATA=manifest.jsonl"; exit 2; fi
-	$(BIN)/korasr retrain --name $(REGISTRY_NAME) --recipe recipes/$(RECIPE) --new-data $(NEW_DATA) $(foreach s,$(EVAL_SPLITS),--eval manifests/$(RECIPE)/$(s).jsonl) --replay manifests/$(RECIPE)/train.jsonl $(foreach b,$(RETRAIN_MAX_CER),--max-cer $(b)) $(if $(PROMOTE),--promote) $(if $(WEBHOOK),--webhook $(WEBHOOK)) $(if $(filter sample,$(RECIPE)),--form phonetic) $(TRAIN_ARGS) $(ARGS)
+	@if [ -z "$$NEW_DATA" ]; then echo "make retrain needs NEW_DATA=DIR (KsponSpeech layout) or NEW_DATA=manifest.jsonl"; exit 2; fi
+	set -f; data=(); for m in $$RETRAIN_EVAL; do data+=(--eval "$$m"); done; for m in $$RETRAIN_REPLAY; do data+=(--replay "$$m"); done; \
+	$(BIN)/korasr retrain --name "$$REGISTRY_NAME" --recipe recipes/$(RECIPE) --new-data "$$NEW_DATA" "$${data[@]}" $(foreach b,$(RETRAIN_MAX_CER),--max-cer $(b)) $(if $(PROMOTE),--promote) $${WEBHOOK:+--webhook "$$WEBHOOK"} $(if $(filter sample,$(RECIPE)),--form phonetic) $(TRAIN_ARGS) $$ARGS $${UNTIL:+--until "$$UNTIL"} \
+	  || { rc=$$?; [ -z "$$RETRAIN_STATUS" ] || echo $$rc >"$$RETRAIN_STATUS"; exit $$rc; }
 
 # Airflow in its own virtual environment (its pins collide with the ML stack's, as Airflow's docs warn); its DAG runs
-# the same `korasr retrain` stages in .venv. AIRFLOW_HOME defaults to exp/airflow (SQLite metadata).
+# `make retrain UNTIL=STAGE` once per stage, so its defaults are this Makefile's. AIRFLOW_HOME: exp/airflow (SQLite).
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_VERSION ?= 3.3.2
 airflow: $(AIRFLOW_VENV)/bin/airflow ## Airflow (AIRFLOW_VERSION, default 3.3.2) in .venv-airflow, apart from the project's venv; the DAG is orchestration/airflow/dags/korasr_retrain.py

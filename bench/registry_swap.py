@@ -63,6 +63,9 @@ async def phase(server: Server, wav: bytes, waves: list, seconds: float, during=
     return {"latencies": latencies, "failures": failures, "streams": stats, "marks": marks}
 
 
+ADMIN_KEY = "bench-operator-key-" + "0" * 8
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--export", type=Path, default=newest("exp/sample/*/run/export/streaming/streaming.json"))
@@ -75,6 +78,7 @@ def main() -> int:
     store = Path(tempfile.mkdtemp(prefix="korasr-swap-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
     os.environ["KORASR_REGISTRY_CACHE"] = str(store / "cache")
+    os.environ["KORASR_ADMIN_KEY"] = ADMIN_KEY  # /admin/status names the version served
     from korasr import registry
     from korasr.data.audio import SAMPLE_RATE
 
@@ -106,12 +110,11 @@ def main() -> int:
                     started = time.perf_counter()
                     await asyncio.to_thread(move)
                     want = registry.show("ko-swap", alias="production").version
-                    async with httpx.AsyncClient(timeout=10) as c:
-                        while (await c.get(server.http + "/health")).json().get("registered", {}).get(
-                            "version"
-                        ) != want:
+                    async with httpx.AsyncClient(timeout=10, headers={"X-API-Key": ADMIN_KEY}) as c:
+                        status = server.http + "/admin/status"
+                        while (await c.get(status)).json().get("registered", {}).get("version") != want:
                             await asyncio.sleep(0.1)
-                        while "finishing_on_previous" in (await c.get(server.http + "/health")).json():
+                        while "finishing_on_previous" in (await c.get(status)).json():
                             await asyncio.sleep(0.1)
                     marks.append((started, time.perf_counter()))
                     await asyncio.sleep(2)

@@ -666,8 +666,11 @@ def _lm_tune(args: argparse.Namespace) -> int:
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the FastAPI transcription service over an export folder")
-    p.add_argument("--model", required=True,
-                   help="an export folder (make export), or models:/NAME@ALIAS (or /VERSION) from the registry")  # fmt: skip
+    # dest: serve resolves its own models:/ reference (kept for following, and from the local cache during an outage)
+    p.add_argument("--model", required=True, dest="serve_model", metavar="MODEL",
+                   help="an export folder (make export), or models:/NAME@ALIAS (or /VERSION) from the registry; when "
+                   "the registry does not answer at start, the version the alias last named here, from the local "
+                   "cache")  # fmt: skip
     p.add_argument("--follow", type=bounded(float, 1, 86400), default=None, metavar="SECONDS",
                    help="with --model models:/NAME@ALIAS: check the alias this often; when it moves, load and warm "
                    "the new version beside the old and swap it in (POST /admin/reload: now)")  # fmt: skip
@@ -723,8 +726,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decoder", choices=("greedy", "beam"), default=None,
                    help="default: beam when the export bundles an LM (korasr export --lm), else greedy")  # fmt: skip
     p.add_argument("--jobs-dir", default=None, metavar="DIR",
-                   help="POST /v1/jobs: the jobs' database and spooled audio (default: a folder in the system's "
-                   "temporary directory, lost at a reboot: set it to keep jobs)")  # fmt: skip
+                   help="POST /v1/jobs: the jobs' database and spooled audio (default: $KORASR_JOBS_DIR, else "
+                   "exp/jobs under the working directory; never named after the model, so jobs survive a promotion)")  # fmt: skip
     p.add_argument("--job-db", default=None, metavar="URL",
                    help="the jobs' database as a SQLAlchemy URL (default: sqlite:///DIR/jobs.db)")  # fmt: skip
     p.add_argument("--job-source", action="append", default=[], metavar="DIR_OR_URL_PREFIX",
@@ -742,23 +745,28 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="jobs decoded at once per process (0: accept jobs, decode none; default: 1)")  # fmt: skip
     p.add_argument("--job-max-audio-seconds", type=bounded(float, 0.1, 86400), default=4 * 3600.0,
                    help="a job's audio, at most (413 beyond, from its header; default: 14400)")  # fmt: skip
+    p.add_argument("--job-fetches", type=bounded(int, 1, 256), default=4,
+                   help="jobs' URL sources fetched at once per process (they hold no admission slot); more get 503 "
+                   "(default: 4)")  # fmt: skip
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from korasr import registry
+    from korasr.release import is_release, model_path
     from korasr.serve import ServeConfig, serve
 
-    model_ref = getattr(args, "model_ref", None)
-    if args.follow:
-        from korasr import registry
-
-        if not registry.is_ref(args.model):
-            raise ValueError(f"--follow needs --model models:/NAME@ALIAS, not {args.model!r}")
-        model_ref, args.model = args.model, str(registry.resolve(args.model))
+    model, model_ref = args.serve_model, None
+    if args.follow and not registry.is_ref(model):
+        raise ValueError(f"--follow needs --model models:/NAME@ALIAS, not {model!r}")
+    if registry.is_ref(model):  # a registry outage: the version it last named here, from the cache (with a warning)
+        model_ref, model = model, registry.resolve(model, offline_ok=True)
+    elif is_release(model):
+        model = model_path(model, "export")
     config = ServeConfig(
-        model=Path(args.model),
+        model=Path(model),
         model_ref=model_ref,
         follow_s=args.follow,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
@@ -797,6 +805,7 @@ def _serve(args: argparse.Namespace) -> int:
         job_retention_s=args.job_retention,
         job_workers=args.job_workers,
         job_max_audio_seconds=args.job_max_audio_seconds,
+        job_fetches=args.job_fetches,
     )
     if not (config.model / "model.json").is_file():
         raise FileNotFoundError(f"{config.model}: not a korasr export directory (run `make export`)")
@@ -972,7 +981,7 @@ def _cer_bound(text: str) -> tuple[str, float]:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from korasr.retrain import GateRejected, RetrainOptions, retrain
+    from korasr.retrain import GATE_REJECTED_EXIT, GateRejected, RetrainOptions, retrain
 
     options = RetrainOptions(
         name=args.name, recipe=args.recipe, new_data=args.new_data, eval_manifests=args.eval, replay=args.replay,
@@ -985,11 +994,11 @@ def _retrain(args: argparse.Namespace) -> int:
         state = retrain(options, redo=args.redo, until=args.until)
     except GateRejected as e:
         print(f"korasr retrain: {e}", file=sys.stderr)
-        return 1
+        return GATE_REJECTED_EXIT
     stages = state["stages"]
     if "gate" in stages:
         print(stages["gate"]["table"], file=sys.stderr)
-    print(json.dumps({k: stages[k] for k in ("ingest", "register") if k in stages}, ensure_ascii=False))
+    print(json.dumps({k: stages[k] for k in ("ingest", "register", "promote") if k in stages}, ensure_ascii=False))
     return 0
 
 

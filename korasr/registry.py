@@ -9,7 +9,13 @@ the registered model, so ``rollback`` moves it back to the version before.
 
 The store is embedded by default: ``sqlite:///exp/mlflow.db`` with artifacts beside it in ``exp/mlflow-artifacts``,
 relative to the working directory (the repository root under make). ``MLFLOW_TRACKING_URI`` (and, where the team
-keeps the registry apart, ``MLFLOW_REGISTRY_URI``) point it at a team's server unchanged. ``models:/NAME@ALIAS`` and
+keeps the registry apart, ``MLFLOW_REGISTRY_URI``) point it at a team's server unchanged.
+
+A registry that cannot be reached is never mistaken for an empty one: every call goes through ``_call``, which turns
+MLflow's "does not exist" into :class:`RegistryNotFound` and everything else (connection refused, a timeout, an auth
+failure, a database error) into :class:`RegistryUnavailable`, naming the tracking URI without its credentials. MLflow's
+HTTP client retries with back-off for minutes by default; unless the environment says otherwise we bound it
+(``HTTP_DEFAULTS``: 2 retries, 10 s per request), so an outage is reported in seconds. ``models:/NAME@ALIAS`` and
 ``models:/NAME/VERSION`` resolve to a local copy of the export (``resolve``), cached per version under
 ``exp/registry-cache`` and written under a temporary name first, so ``transcribe``, ``evaluate`` and ``serve`` take
 them wherever they take an export folder.
@@ -26,7 +32,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from korasr.errors import KorasrError
+from korasr.errors import KorasrError, without_credentials
 from korasr.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,60 @@ EXPORT_FORMAT = "korasr-export/1"
 
 class RegistryError(KorasrError, RuntimeError):
     """A registry operation that cannot be done; the message names the model, version or file and why."""
+
+
+class RegistryNotFound(RegistryError):
+    """The registry answered: the model, version or alias does not exist."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry did not answer (unreachable, timed out, refused the credentials, failed): nothing is known."""
+
+
+# MLflow's HTTP client: 7 retries with a back-off factor of 2 and 120 s per request by default (minutes before an
+# outage surfaces). Ours, unless the environment sets them: a down server is reported within about 35 s at worst
+# (3 tries × 10 s + 3 s of back-off) and at once when the port refuses.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}  # fmt: skip
+
+
+def redact(uri: str) -> str:
+    """A URI as it may be printed: ``user:password@`` and query strings (tokens) removed."""
+    return without_credentials(uri.split("?", 1)[0])
+
+
+def _bounds() -> str:
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+    return (f"gave up after {retries} retries of {timeout} s each (MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
+            "MLFLOW_HTTP_REQUEST_TIMEOUT)")  # fmt: skip
+
+
+def _call(what: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """``fn(*args, **kwargs)`` against the registry: "does not exist" becomes :class:`RegistryNotFound`, every other
+    failure :class:`RegistryUnavailable`; both name ``what`` and the tracking URI (without credentials)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return fn(*args, **kwargs)
+    except MlflowException as e:
+        cause = str(e.message).splitlines()[0][:400]
+        # a missing alias is INVALID_PARAMETER_VALUE "… alias X not found", a missing model or version
+        # RESOURCE_DOES_NOT_EXIST: both are the registry's answer, as is any other refusal of a parameter
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST" or (e.error_code == "INVALID_PARAMETER_VALUE" and
+                                                        "not found" in cause):  # fmt: skip
+            raise RegistryNotFound(f"{what}: does not exist in the registry at {redact(tracking_uri())}") from None
+        if e.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE"):
+            raise RegistryError(f"{what}: the registry at {redact(tracking_uri())} refused: "
+                                f"{without_credentials(cause)}") from None  # fmt: skip
+        raise RegistryUnavailable(f"{what}: the registry at {redact(tracking_uri())} failed ({e.error_code}: "
+                                  f"{without_credentials(cause)}; {_bounds()})") from None  # fmt: skip
+    except RegistryError:
+        raise
+    except Exception as e:  # requests' ConnectionError, SQLAlchemy's OperationalError, a timeout, an OSError
+        cause = f"{type(e).__name__}: {without_credentials(str(e).splitlines()[0] if str(e) else '')}"[:400]
+        raise RegistryUnavailable(f"{what}: the registry at {redact(tracking_uri())} did not answer ({cause}; "
+                                  f"{_bounds()})") from None  # fmt: skip
 
 
 def tracking_uri() -> str:
@@ -66,16 +126,18 @@ def client():  # type: ignore[no-untyped-def]
     """An MlflowClient on the tracking URI (and ``MLFLOW_REGISTRY_URI`` when set)."""
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri(), registry_uri=os.environ.get("MLFLOW_REGISTRY_URI"))
 
 
 def _experiment_id(c) -> str:  # type: ignore[no-untyped-def]
-    found = c.get_experiment_by_name(EXPERIMENT)
+    found = _call(f"experiment {EXPERIMENT!r}", c.get_experiment_by_name, EXPERIMENT)
     if found is not None:
         return found.experiment_id
-    return c.create_experiment(EXPERIMENT, artifact_location=artifact_location())
+    return _call(f"experiment {EXPERIMENT!r}", c.create_experiment, EXPERIMENT, artifact_location=artifact_location())
 
 
 @dataclass
@@ -88,6 +150,7 @@ class Version:
     source: str
     created_ms: int
     metrics: dict[str, dict] = field(default_factory=dict)
+    from_cache: bool = False  # resolved from the local cache while the registry did not answer
 
     def as_dict(self) -> dict:
         return {"name": self.name, "version": self.version, "aliases": self.aliases, "run_id": self.run_id,
@@ -96,7 +159,8 @@ class Version:
 
 
 def _version(c, name: str, mv) -> Version:  # type: ignore[no-untyped-def]
-    aliases = [a for a, v in c.get_registered_model(name).aliases.items() if int(v) == int(mv.version)]
+    model = _call(f"registered model {name!r}", c.get_registered_model, name)
+    aliases = [a for a, v in model.aliases.items() if int(v) == int(mv.version)]
     tags = dict(mv.tags or {})
     metrics = json.loads(tags.get("metrics", "{}"))
     return Version(name, int(mv.version), sorted(aliases), tags, mv.run_id, mv.source, mv.creation_timestamp, metrics)
@@ -200,7 +264,8 @@ def register(export_dir: str | os.PathLike[str], name: str, *, report: str | os.
     info, run_yaml = lineage(meta, [str(m) for m in scored_on or []], parent)
     metrics = metrics_of(report_data) if report_data else {}
     c = client()
-    run = c.create_run(_experiment_id(c), run_name=f"register {name}", tags={"korasr.export": str(export_dir)})
+    run = _call(f"a run for {name!r}", c.create_run, _experiment_id(c), run_name=f"register {name}",
+                tags={"korasr.export": str(export_dir)})  # fmt: skip
     run_id = run.info.run_id
     try:
         c.log_artifacts(run_id, str(export_dir), "export")
@@ -227,8 +292,8 @@ def register(export_dir: str | os.PathLike[str], name: str, *, report: str | os.
         "export_sha256": json.dumps(meta.get("sha256", {}))[:4000],
     }
     _ensure_model(c, name)
-    mv = c.create_model_version(name, source=f"runs:/{run_id}/export", run_id=run_id, tags=tags,
-                                description=description)  # fmt: skip
+    mv = _call(f"a version of {name!r}", c.create_model_version, name, source=f"runs:/{run_id}/export",
+               run_id=run_id, tags=tags, description=description)  # fmt: skip
     if alias:
         set_alias(name, int(mv.version), alias)
     log.info("registered %s as %s version %s%s", export_dir, name, mv.version, f" @{alias}" if alias else "")
@@ -236,24 +301,22 @@ def register(export_dir: str | os.PathLike[str], name: str, *, report: str | os.
 
 
 def _ensure_model(c, name: str) -> None:  # type: ignore[no-untyped-def]
-    from mlflow.exceptions import MlflowException
-
     try:
-        c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(name, description="korasr Korean ASR exports (korasr registry)")
+        _call(f"registered model {name!r}", c.get_registered_model, name)
+    except RegistryNotFound:
+        _call(f"registered model {name!r}", c.create_registered_model, name,
+              description="korasr Korean ASR exports (korasr registry)")  # fmt: skip
 
 
 def _model_version(c, name: str, version: int | None = None, alias: str | None = None):  # type: ignore[no-untyped-def]
-    from mlflow.exceptions import MlflowException
-
+    what = f"registered model {name!r} " + (f"alias @{alias}" if alias is not None else f"version {version}")
     try:
         if alias is not None:
-            return c.get_model_version_by_alias(name, alias)
-        return c.get_model_version(name, str(version))
-    except MlflowException as e:
-        what = f"alias @{alias}" if alias is not None else f"version {version}"
-        raise RegistryError(f"registered model {name!r} has no {what} ({tracking_uri()}): {e.message}") from None
+            return _call(what, c.get_model_version_by_alias, name, alias)
+        return _call(what, c.get_model_version, name, str(version))
+    except RegistryNotFound:
+        raise RegistryNotFound(f"registered model {name!r} has no {what.split(' ', 3)[-1]} "
+                               f"({redact(tracking_uri())})") from None  # fmt: skip
 
 
 def show(name: str, *, version: int | None = None, alias: str | None = None) -> Version:
@@ -263,25 +326,54 @@ def show(name: str, *, version: int | None = None, alias: str | None = None) -> 
 
 def list_versions(name: str) -> list[Version]:
     c = client()
-    _model_version_exists = c.search_model_versions(f"name = '{name}'")
-    return sorted((_version(c, name, mv) for mv in _model_version_exists), key=lambda v: v.version)
+    found = _call(f"versions of {name!r}", c.search_model_versions, f"name = '{name}'")
+    return sorted((_version(c, name, mv) for mv in found), key=lambda v: v.version)
 
 
 def history(name: str) -> list[int]:
     """The versions ``production`` has pointed at, oldest first (the last is the current one)."""
-    tags = client().get_registered_model(name).tags or {}
+    c = client()
+    tags = _call(f"registered model {name!r}", c.get_registered_model, name).tags or {}
     return [int(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
+
+
+def production(name: str) -> Version | None:
+    """The version at ``production``, checked: None only when the registry answered that there is none (the model
+    does not exist, or exists and ``production`` never pointed anywhere). A registry that does not answer raises
+    :class:`RegistryUnavailable`; an alias that points at a deleted version, or a ``production`` that existed
+    (its history says so) and is gone, raises :class:`RegistryError`: neither is "nothing in production"."""
+    c = client()
+    try:
+        model = _call(f"registered model {name!r}", c.get_registered_model, name)
+    except RegistryNotFound:
+        log.info("%s: no such registered model at %s: nothing in production yet", name, redact(tracking_uri()))
+        return None
+    aliases = dict(model.aliases or {})
+    past = [int(v) for v in json.loads((model.tags or {}).get(HISTORY_TAG, "[]"))]
+    if "production" not in aliases:
+        if past:
+            raise RegistryError(f"{name}: @production is gone (it pointed at version {past[-1]}; the alias was removed "
+                                f"or its version deleted) at {redact(tracking_uri())}: set it again (korasr registry "
+                                "promote) before retraining; nothing is trained against an unknown production")  # fmt: skip
+        log.info("%s: no @production alias yet at %s", name, redact(tracking_uri()))
+        return None
+    try:
+        return _version(c, name, _model_version(c, name, int(aliases["production"])))
+    except RegistryNotFound:
+        raise RegistryError(f"{name}: @production points at version {aliases['production']}, which does not exist "
+                            f"(deleted?) at {redact(tracking_uri())}: move the alias to a version that exists "
+                            "(korasr registry promote)") from None  # fmt: skip
 
 
 def set_alias(name: str, version: int, alias: str) -> None:
     """Point ``alias`` at ``version``; a move of ``production`` is appended to the model's history."""
     c = client()
     _model_version(c, name, version)
-    c.set_registered_model_alias(name, alias, str(version))
+    _call(f"{name} @{alias}", c.set_registered_model_alias, name, alias, str(version))
     if alias == "production":
         past = history(name)
         if not past or past[-1] != version:
-            c.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*past, version][-200:]))
+            _call(f"{name} history", c.set_registered_model_tag, name, HISTORY_TAG, json.dumps([*past, version][-200:]))
     log.info("%s @%s → version %d", name, alias, version)
 
 
@@ -300,8 +392,8 @@ def rollback(name: str) -> Version:
     if len(past) < 2:
         raise RegistryError(f"{name}: production has no earlier version to roll back to (history {past})")
     previous = past[-2]
-    c.set_registered_model_alias(name, "production", str(previous))
-    c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(past[:-1]))
+    _call(f"{name} @production", c.set_registered_model_alias, name, "production", str(previous))
+    _call(f"{name} history", c.set_registered_model_tag, name, HISTORY_TAG, json.dumps(past[:-1]))
     log.info("%s @production rolled back from version %d to %d", name, past[-1], previous)
     return show(name, version=previous)
 
@@ -344,20 +436,76 @@ def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
     return match["name"], match["alias"], int(version) if version else None
 
 
-def resolve_version(ref: str) -> Version:
+def resolve_version(ref: str, offline_ok: bool = False) -> Version:
+    """The version ``ref`` names now. With ``offline_ok``, a registry that does not answer is met with the version
+    this ref last resolved to on this machine, when its export is in the local cache (``Version.from_cache``)."""
     name, alias, version = parse_ref(ref)
-    return show(name, version=version, alias=alias)
+    try:
+        found = show(name, version=version, alias=alias)
+    except RegistryUnavailable as e:
+        cached = _cached_resolution(name, alias, version) if offline_ok else None
+        if cached is None:
+            raise
+        log.warning("%s: %s; using version %d, which %s resolved to on %s, from the local cache %s", ref, e,
+                    cached.version, ref, cached.tags.get("korasr.resolved_at", "?"), cache_root())  # fmt: skip
+        return cached
+    _remember(ref, found)
+    return found
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("KORASR_REGISTRY_CACHE", "exp/registry-cache")).resolve()
 
 
-def fetch(version: Version, part: str = "export") -> Path:
-    """A local copy of a version's ``export`` folder or its ``nemo`` file (cached per version; fetched under a
-    temporary name, then renamed, so an interrupted fetch leaves nothing that looks complete)."""
-    import mlflow.artifacts
+def _ref_record(name: str, alias: str | None, version: int | None) -> Path:
+    return cache_root() / name / "refs" / (f"@{alias}.json" if alias else f"v{version}.json")
 
+
+def _remember(ref: str, version: Version) -> None:
+    """What ``ref`` resolved to, for ``resolve_version(..., offline_ok=True)`` during an outage."""
+    from korasr.fsutil import write_json
+
+    name, alias, number = parse_ref(ref)
+    record = _ref_record(name, alias, number)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        data = {**version.as_dict(), "tags": version.tags, "resolved_at": _now()}
+        previous = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+        if previous is None or previous.get("version") != version.version or previous.get("tags") != version.tags:
+            write_json(record, data)
+    except (OSError, ValueError) as e:  # a read-only cache still serves; the outage fallback is then unavailable
+        log.warning("cannot record %s → version %d in %s: %s", ref, version.version, record, e)
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _cached_resolution(name: str, alias: str | None, number: int | None) -> Version | None:
+    record = _ref_record(name, alias, number)
+    if not record.is_file():
+        return None
+    data = json.loads(record.read_text(encoding="utf-8"))
+    if not (cache_root() / name / f"v{data['version']}" / "export").is_dir():
+        return None
+    tags = {**data.get("tags", {}), "korasr.resolved_at": data.get("resolved_at", "")}
+    return Version(data["name"], int(data["version"]), list(data.get("aliases", [])), tags, data.get("run_id"),
+                   data.get("source", ""), int(data.get("created_ms", 0)), data.get("metrics", {}), from_cache=True)  # fmt: skip
+
+
+FETCH_LOCK_TIMEOUT_S = 900.0
+
+
+def fetch(version: Version, part: str = "export") -> Path:
+    """A local copy of a version's ``export`` folder or its ``nemo`` file, cached per version.
+
+    Safe when several threads, processes or replicas on a shared volume fetch the same version at once: one holds
+    the version's lock file and downloads under a temporary name, then renames it into place; the others wait for
+    the lock (at most ``FETCH_LOCK_TIMEOUT_S``) and find the copy there. Without the lock (a file system that has
+    none, or the wait ran out) each downloads its own and the first rename wins; the losers use the winner's copy.
+    An interrupted fetch leaves only a temporary folder, never something that looks complete."""
     if part == "nemo" and version.tags.get("has_nemo") != "true":
         raise RegistryError(f"{version.name} version {version.version} carries no .nemo (registered from an export "
                             "whose training folder was gone)")  # fmt: skip
@@ -365,14 +513,9 @@ def fetch(version: Version, part: str = "export") -> Path:
     target = folder / part
     if not target.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{part}.", dir=folder))
-        try:
-            uri = version.source if part == "export" else f"runs:/{version.run_id}/nemo"
-            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging),
-                                                            tracking_uri=tracking_uri()))  # fmt: skip
-            os.replace(got, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with _file_lock(folder / f".{part}.lock", FETCH_LOCK_TIMEOUT_S):
+            if not target.exists():
+                _download(version, part, folder, target)
     if part == "nemo":
         nemos = sorted(target.glob("*.nemo"))
         if len(nemos) != 1:
@@ -381,11 +524,75 @@ def fetch(version: Version, part: str = "export") -> Path:
     return target
 
 
-def resolve(ref: str | os.PathLike[str], part: str = "export") -> Path:
-    """A model path as the CLI takes it: ``models:/…`` becomes the local copy of that version; a path stays."""
+def _download(version: Version, part: str, folder: Path, target: Path) -> None:
+    import mlflow.artifacts
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{part}.", dir=folder))
+    try:
+        uri = version.source if part == "export" else f"runs:/{version.run_id}/nemo"
+        got = Path(_call(f"{version.name} version {version.version} ({part})", mlflow.artifacts.download_artifacts,
+                         artifact_uri=uri, dst_path=str(staging), tracking_uri=tracking_uri()))  # fmt: skip
+        try:
+            os.rename(got, target)  # a directory onto a missing name: atomic; onto an existing one: fails
+        except OSError:
+            if not target.exists():
+                raise
+            log.info("%s was fetched by another process meanwhile: using its copy", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class _file_lock:
+    """An exclusive ``flock`` on ``path``, waited for at most ``timeout_s`` (then the caller goes on unlocked: the
+    rename in ``_download`` keeps the result correct, only a download may be repeated)."""
+
+    def __init__(self, path: Path, timeout_s: float):
+        self.path, self.timeout_s, self.fd = path, timeout_s, None
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        import fcntl
+        import time
+
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            log.warning("no lock file %s (%s): fetching without it", self.path, e)
+            return self
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log.warning("%s held for over %.0f s: fetching without it", self.path, self.timeout_s)
+                    return self
+                time.sleep(0.1)
+            except OSError as e:  # a file system without flock
+                log.warning("cannot lock %s (%s): fetching without it", self.path, e)
+                return self
+
+    def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock
+
+
+def resolve(ref: str | os.PathLike[str], part: str = "export", offline_ok: bool = False) -> Path:
+    """A model path as the CLI takes it: ``models:/…`` becomes the local copy of that version; a path stays. With
+    ``offline_ok`` a registry outage falls back to the version this ref last resolved to (see ``resolve_version``)."""
     if not is_ref(ref):
         return Path(ref)
-    version = resolve_version(str(ref))
+    version = resolve_version(str(ref), offline_ok=offline_ok)
+    if version.from_cache:
+        path = cache_root() / version.name / f"v{version.version}" / part
+        if part == "nemo":
+            nemos = sorted(path.glob("*.nemo"))
+            if len(nemos) != 1:
+                raise RegistryUnavailable(f"{ref}: the registry does not answer and {path} holds no .nemo")
+            return nemos[0]
+        if not path.is_dir():
+            raise RegistryUnavailable(f"{ref}: the registry does not answer and {path} is not in the local cache")
+        return path
     path = fetch(version, part)
     log.info("%s → %s version %d (%s)", ref, version.name, version.version, path)
     return path

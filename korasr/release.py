@@ -64,10 +64,16 @@ def model_path(path: str | os.PathLike[str], part: str = "export") -> Path:
     return path / "export"
 
 
+def _exempt(rel: Path) -> bool:
+    """The checksums themselves and korasr's folder marker, at the top of the folder only: a file of either name
+    deeper down is an extra file like any other."""
+    return len(rel.parts) == 1 and (rel.name == SUMS or rel.name.startswith(".korasr"))
+
+
 def _files(folder: Path) -> list[Path]:
-    """Every file of a release, as the checksums list them (the checksums and korasr's folder marker aside)."""
-    return sorted(p.relative_to(folder) for p in folder.rglob("*")
-                  if p.is_file() and p.name != SUMS and not p.name.startswith(".korasr"))  # fmt: skip
+    """Every file of a release, as the checksums list them (the top-level checksums and folder marker aside)."""
+    return sorted(rel for rel in (p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+                  if not _exempt(rel))  # fmt: skip
 
 
 def check(folder: str | os.PathLike[str]) -> dict:

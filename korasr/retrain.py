@@ -1,7 +1,15 @@
 """`korasr retrain` (`make retrain`): new labelled data in, a gated candidate out, production moved only on a pass.
 
-Stages, in order, each recorded in ``<work>/<increment>/state.json`` when it finishes, so that the same command
-after an interruption resumes at the first unfinished stage (training itself resumes from its last checkpoint):
+Before anything, the registry is asked what is in ``production`` (``registry.production``): a registry that does not
+answer, or a ``production`` that points at a deleted version, stops the run with the reason; only a registry that
+answered "nothing in production" lets a first model train from scratch.
+
+Stages, in order, each recorded in ``<work>/<drop>/state.json`` when it finishes with the inputs it was made from
+(option values, manifest hashes, the candidate's SHA-256, production's version): a rerun reuses a finished stage only
+when every input matches, so the same command after an interruption resumes at the first unfinished stage (training
+itself resumes from its last checkpoint) and a rerun with other settings redoes what they change (a training with
+other overrides in a folder of its own), never returning an older result. A rerun after production moved (not to
+this drop's own candidate) stops, naming the move: the gate compared against the old production.
 
 1. **ingest** — a KsponSpeech-layout drop (prepared as ``korasr prepare kspon`` does, with the recipe's form) or a
    NeMo manifest (text normalized with the recipe's form). Every row is checked (audio readable, text non-empty);
@@ -19,8 +27,10 @@ after an interruption resumes at the first unfinished stage (training itself res
    a paired bootstrap 95% interval of the difference (utterances resampled), which says how little a small split
    can tell. A failed gate stops here: nothing is exported or registered, production does not move.
 5. **export** (with its parity gate) and **register** the version with ``candidate`` (parent: production's
-   version); with ``promote``, ``production`` moves to it.
-6. **notify** — a Slack-compatible JSON POST (``{"text": ...}`` with the gate's table) to ``webhook`` when set.
+   version; a version made from the same ``.nemo`` is found and reused, never registered twice).
+6. **promote** (with ``promote``): ``production`` is read again and moves to the new version only when it still names
+   the version the gate compared against (compare-and-set; otherwise the run stops naming both versions).
+7. **notify** — a Slack-compatible JSON POST (``{"text": ...}`` with the gate's table) to ``webhook`` when set.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from korasr.fsutil import atomic_open, write_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("ingest", "train", "evaluate", "gate", "export", "register", "notify")
+STAGES = ("ingest", "train", "evaluate", "gate", "export", "register", "promote", "notify")
 STAGE_FOLDERS = {"train": ("train",), "evaluate": ("eval",)}  # what a stage leaves that a rerun resumes from
 WEBHOOK_TIMEOUT_S = 10.0
 WEBHOOK_TRIES = 3
@@ -55,6 +65,11 @@ class RetrainError(KorasrError, RuntimeError):
 
 class GateRejected(KorasrError, RuntimeError):
     """The candidate failed the gate: nothing was registered and production did not move."""
+
+
+# `korasr retrain`'s exit status for a candidate the gate refused: its own, because 1 is any uncaught exception and 2
+# an error korasr names (the Airflow DAG tells a refused candidate from a crash by it)
+GATE_REJECTED_EXIT = 3
 
 
 @dataclass
@@ -127,8 +142,26 @@ class State:
     def done(self, stage: str) -> dict | None:
         return self.data["stages"].get(stage)
 
-    def finish(self, stage: str, result: dict) -> dict:
-        self.data["stages"][stage] = {**result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    def current(self, stage: str, inputs: dict) -> dict | None:
+        """``stage``'s result when it was made from exactly ``inputs``; else None, and the log names what changed."""
+        result = self.done(stage)
+        if result is None:
+            return None
+        recorded = result.get("inputs")
+        if recorded == inputs:
+            return result
+        changed = changed_inputs(recorded or {}, inputs)
+        log.info("retrain stage %s: finished before with other inputs (%s): redone", stage, ", ".join(changed))
+        return None
+
+    def finish(self, stage: str, result: dict, inputs: dict | None = None) -> dict:
+        """Record ``stage``; every later stage's result, made from the stage's older result, is dropped."""
+        for later in STAGES[STAGES.index(stage) + 1 :] if stage in STAGES else ():
+            self.data["stages"].pop(later, None)
+        entry = {**result, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if inputs is not None:
+            entry["inputs"] = inputs
+        self.data["stages"][stage] = entry
         write_json(self.path, self.data)
         return result
 
@@ -142,6 +175,29 @@ class State:
             for name in STAGE_FOLDERS.get(later, ()):
                 shutil.rmtree(self.path.parent / name, ignore_errors=True)
         write_json(self.path, self.data)
+
+
+def changed_inputs(old: dict, new: dict) -> list[str]:
+    """The dotted names of the inputs that differ: ``overrides``, ``eval./path/eval_clean.jsonl``, ``parent``."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k}" for k in changed_inputs(a, b)]
+        elif a != b:
+            out.append(f"{key} ({a!r} → {b!r})" if not isinstance(a, dict | list) and len(repr(a) + repr(b)) < 80
+                       else key)  # fmt: skip
+    return out
+
+
+def file_hashes(paths: list[str]) -> dict[str, str]:
+    from korasr.fsutil import sha256_file
+
+    return {str(Path(p).resolve()): sha256_file(p) for p in paths}
+
+
+def fingerprint(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
 
 
 # --- 1. ingest ----------------------------------------------------------------------------------------------------
@@ -191,17 +247,49 @@ def _drop_rows(options: RetrainOptions, folder: Path) -> list[dict]:
     return read_rows(prepared.manifests["train"]) + read_rows(prepared.manifests["dev"])
 
 
-def _fixed_sets(eval_manifests: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """Text → split and audio hash → split over the fixed evaluation splits."""
+def _fixed_sets(eval_manifests: list[str]) -> tuple[dict[str, str], dict[str, str], set[tuple[int, int]]]:
+    """Text → split and audio hash → split over the fixed evaluation splits, and the (frames, rate) of their audio."""
+    import soundfile as sf
+
     texts: dict[str, str] = {}
     audio: dict[str, str] = {}
+    lengths: set[tuple[int, int]] = set()
     for manifest in eval_manifests:
         split = Path(manifest).stem
         for row in read_rows(Path(manifest)):
             texts.setdefault(row["text"], split)
             path = Path(row["audio_filepath"])
-            audio.setdefault(audio_hash(path if path.is_absolute() else Path(manifest).parent / path)[0], split)
-    return texts, audio
+            path = path if path.is_absolute() else Path(manifest).parent / path
+            audio.setdefault(audio_hash(path)[0], split)
+            info = sf.info(str(path))
+            lengths.add((info.frames, info.samplerate))
+    return texts, audio, lengths
+
+
+def replay_leaks(replay: list[str], audio: dict[str, str], lengths: set[tuple[int, int]]) -> list[dict]:
+    """Replayed rows whose audio is an utterance of a fixed split: they are left out of the mix. Only audio whose
+    length (frames, rate) equals an evaluation utterance's is decoded and hashed, so a large replay manifest costs one
+    header read a row. (Text alone is no leak here: a corpus's own train split shares short sentences with its
+    evaluation splits by design.)"""
+    import soundfile as sf
+
+    leaks = []
+    for manifest in replay:
+        for number, row in enumerate(read_rows(Path(manifest)), 1):
+            path = Path(str(row.get("audio_filepath", "")))
+            path = path if path.is_absolute() else Path(manifest).parent / path
+            try:
+                info = sf.info(str(path))
+                if (info.frames, info.samplerate) not in lengths:
+                    continue
+                digest = audio_hash(path)[0]
+            except Exception as e:  # soundfile raises several kinds for unreadable audio
+                leaks.append({"manifest": str(manifest), "row": number, "reason": f"unreadable audio {path}: {e}"})
+                continue
+            if digest in audio:
+                leaks.append({"manifest": str(manifest), "row": number, "utt_id": row.get("utt_id"),
+                              "reason": f"audio identical to an utterance of the fixed split {audio[digest]}"})  # fmt: skip
+    return leaks
 
 
 def _check_row(row: dict, texts: dict[str, str], audio: dict[str, str]) -> tuple[str | None, str | None]:
@@ -227,7 +315,8 @@ def _check_row(row: dict, texts: dict[str, str], audio: dict[str, str]) -> tuple
 
 def ingest(options: RetrainOptions, folder: Path) -> dict:
     rows = _drop_rows(options, folder / "ingest")
-    texts, audio = _fixed_sets(options.eval_manifests)
+    texts, audio, lengths = _fixed_sets(options.eval_manifests)
+    leaks = replay_leaks(options.replay, audio, lengths)
     accepted: list[tuple[dict, str]] = []
     refused: list[dict] = []
     seen: set[str] = set()
@@ -249,7 +338,9 @@ def ingest(options: RetrainOptions, folder: Path) -> dict:
     out = folder / "ingest"
     out.mkdir(parents=True, exist_ok=True)
     paths = {"train": out / "increment_train.jsonl", "heldout": out / "increment_heldout.jsonl"}
-    for path, subset in ((paths["train"], train_rows), (paths["heldout"], held), (out / "refused.jsonl", refused)):
+    paths["replay_refused"] = out / "replay_refused.jsonl"
+    for path, subset in ((paths["train"], train_rows), (paths["heldout"], held), (out / "refused.jsonl", refused),
+                         (paths["replay_refused"], leaks)):  # fmt: skip
         with atomic_open(path) as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in subset)
     increment = hashlib.sha256("".join(sorted(d for _, d in accepted)).encode()).hexdigest()[:12]
@@ -257,10 +348,12 @@ def ingest(options: RetrainOptions, folder: Path) -> dict:
     for r in refused:
         key = r["reason"].split(" ", 3)[0] if r["reason"].startswith("unreadable") else r["reason"]
         reasons[key] = reasons.get(key, 0) + 1
-    log.info("ingest: %d rows, %d accepted (%d train, %d held out), %d refused %s", len(rows), len(accepted),
-             len(train_rows), len(held), len(refused), reasons)  # fmt: skip
+    log.info("ingest: %d rows, %d accepted (%d train, %d held out), %d refused %s; %d replayed rows left out (their "
+             "audio is in a fixed split: %s)", len(rows), len(accepted), len(train_rows), len(held), len(refused),
+             reasons, len(leaks), paths["replay_refused"])  # fmt: skip
     return {"increment": increment, "rows": len(rows), "train": len(train_rows), "heldout": len(held),
-            "refused": len(refused), "refused_by_reason": reasons, "manifests": {k: str(v) for k, v in paths.items()},
+            "refused": len(refused), "refused_by_reason": reasons, "replay_refused": len(leaks),
+            "manifests": {k: str(v) for k, v in paths.items()},
             "hours": round(sum(float(r.get("duration", 0)) for r, _ in accepted) / 3600, 4)}  # fmt: skip
 
 
@@ -268,18 +361,23 @@ def ingest(options: RetrainOptions, folder: Path) -> dict:
 
 
 def production_version(name: str):  # type: ignore[no-untyped-def]
-    """The registered version at @production, or None when the model or the alias does not exist yet."""
+    """The registered version at @production, or None only when the registry answered that there is none (no such
+    model, or no ``production`` alias ever). A registry that does not answer, or an alias that points at a deleted
+    version, raises :class:`RetrainError` naming the tracking URI and the cause: a retraining never runs blind."""
     from korasr import registry
 
     try:
-        return registry.show(name, alias="production")
-    except registry.RegistryError:
-        return None
+        return registry.production(name)
+    except registry.RegistryError as e:
+        raise RetrainError(
+            f"cannot tell what is in production, so nothing is trained, gated or promoted: {e}"
+        ) from None
 
 
-def _mix(options: RetrainOptions, increment: Path, out: Path) -> dict:
+def _mix(options: RetrainOptions, increment: Path, out: Path, leaks: Path | None = None) -> dict:
     rows = read_rows(increment)
-    earlier = [r for m in options.replay for r in read_rows(Path(m))]
+    left_out = {(r["manifest"], r["row"]) for r in read_rows(leaks)} if leaks and leaks.is_file() else set()
+    earlier = [r for m in options.replay for n, r in enumerate(read_rows(Path(m)), 1) if (str(m), n) not in left_out]
     k = min(len(earlier), round(options.replay_ratio * len(rows)))
     rng = random.Random(options.seed)
     mixed = rows + rng.sample(earlier, k)
@@ -298,42 +396,46 @@ def _korasr(*args: str) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def train_stage(options: RetrainOptions, folder: Path, ingest_result: dict) -> dict:
-    production = production_version(options.name)
-    mix = _mix(options, Path(ingest_result["manifests"]["train"]), folder / "train_mix.jsonl")
+def train_stage(options: RetrainOptions, folder: Path, ingest_result: dict, parent: int | None, out: Path) -> dict:
+    leaks = ingest_result["manifests"].get("replay_refused")
+    out.mkdir(parents=True, exist_ok=True)
+    mix = _mix(
+        options, Path(ingest_result["manifests"]["train"]), out / "train_mix.jsonl", Path(leaks) if leaks else None
+    )
     args = ["train", "--recipe", options.recipe]
     extra = Path(options.recipe) / "retrain.yaml"
     if extra.is_file():
         args += ["--config", str(extra)]
-    if production is not None:
-        args += ["--init", f"models:/{options.name}/{production.version}"]
-    args += [f"model.train_ds.manifest_filepath={mix['manifest']}", f"exp_manager.exp_dir={folder / 'train'}",
-             *options.overrides]  # fmt: skip
-    log.info("train: %s (%d increment + %d replayed utterances)",
-             f"fine-tuning {options.name} version {production.version}" if production else "from scratch",
-             mix["increment_utterances"], mix["replayed_utterances"])  # fmt: skip
+    if parent is not None:
+        args += ["--init", f"models:/{options.name}/{parent}"]
+    args += [f"model.train_ds.manifest_filepath={mix['manifest']}", f"exp_manager.exp_dir={out}", *options.overrides]
+    log.info("train: %s (%d increment + %d replayed utterances) in %s",
+             f"fine-tuning {options.name} version {parent}" if parent is not None else "from scratch",
+             mix["increment_utterances"], mix["replayed_utterances"], out)  # fmt: skip
     nemo = _korasr(*args)
     if not nemo.endswith(".nemo") or not Path(nemo).is_file():
         raise RetrainError(f"korasr train did not end with a .nemo: {nemo!r}")
-    return {**mix, "nemo": nemo, "parent": production.version if production else None}
+    from korasr.fsutil import sha256_file
+
+    return {**mix, "nemo": nemo, "nemo_sha256": sha256_file(nemo), "parent": parent}
 
 
 # --- 3. evaluate, 4. gate -----------------------------------------------------------------------------------------
 
 
-def evaluate_stage(options: RetrainOptions, folder: Path, ingest_result: dict, trained: dict) -> dict:
+def evaluate_stage(options: RetrainOptions, ingest_result: dict, trained: dict, where: Path) -> dict:
     from korasr import registry
     from korasr.evaluate import evaluate
 
     manifests = list(options.eval_manifests)
     if ingest_result["heldout"]:
         manifests.append(ingest_result["manifests"]["heldout"])
-    out = {"candidate": {"model": trained["nemo"], "dir": str(folder / "eval" / "candidate")}}
+    out = {"candidate": {"model": trained["nemo"], "dir": str(where / "candidate")}}
     evaluate(trained["nemo"], manifests, out["candidate"]["dir"], progress=False)
     if trained["parent"] is not None:
         version = registry.show(options.name, version=trained["parent"])
         nemo = registry.fetch(version, "nemo")
-        out["production"] = {"model": str(nemo), "version": version.version, "dir": str(folder / "eval" / "production")}
+        out["production"] = {"model": str(nemo), "version": version.version, "dir": str(where / "production")}
         evaluate(nemo, manifests, out["production"]["dir"], progress=False)
     return out
 
@@ -464,10 +566,14 @@ def _recipe_dev(recipe: str) -> str | None:
     return str(cfg.model.validation_ds.manifest_filepath) if "validation_ds" in cfg.model else None
 
 
-def export_stage(options: RetrainOptions, folder: Path, trained: dict) -> dict:
+def _parity_manifest(options: RetrainOptions) -> str | None:
     key = "model.validation_ds.manifest_filepath="
     overridden = [o.split("=", 1)[1] for o in options.overrides if o.startswith(key)]  # the dev the training used
-    parity = options.parity_manifest or (overridden[-1] if overridden else _recipe_dev(options.recipe))
+    return options.parity_manifest or (overridden[-1] if overridden else _recipe_dev(options.recipe))
+
+
+def export_stage(options: RetrainOptions, folder: Path, trained: dict) -> dict:
+    parity = _parity_manifest(options)
     args = ["export", "--model", trained["nemo"], "--out", str(folder / "export"), "--force"]
     if parity and Path(parity).is_file():
         args += ["--parity-manifest", parity]
@@ -475,15 +581,45 @@ def export_stage(options: RetrainOptions, folder: Path, trained: dict) -> dict:
 
 
 def register_stage(options: RetrainOptions, folder: Path, trained: dict, exported: dict, evaluated: dict) -> dict:
+    """Register the candidate @candidate; a version already made from the same ``.nemo`` (an earlier run whose
+    state was lost or redone) is reused, so a candidate is never registered twice."""
     from korasr import registry
 
+    for v in registry.list_versions(options.name):
+        if json.loads(v.tags.get("lineage", "{}")).get("source_model_sha256") == trained["nemo_sha256"]:
+            log.info("register: %s version %d was made from this candidate already: reused", options.name, v.version)
+            return {"version": v.version, "reused": True}
     report = Path(evaluated["candidate"]["dir"]) / "report.json"
     version = registry.register(exported["export"], options.name, report=report, parent=trained["parent"],
                                 alias="candidate", nemo=trained["nemo"], scored_on=options.eval_manifests,
                                 description=f"korasr retrain {folder.name}")  # fmt: skip
-    if options.promote:
-        registry.promote(options.name, version.version, "production")
-    return {"version": version.version, "promoted": options.promote}
+    return {"version": version.version}
+
+
+def promote_stage(options: RetrainOptions, trained: dict, registered: dict) -> dict:
+    """Move ``production`` to the registered version, only if it still names the version the gate compared against
+    (``trained["parent"]``; None: nothing was in production). MLflow has no atomic compare-and-set on an alias: the
+    alias is read again immediately before it is set, which closes the window to one round trip."""
+    from korasr import registry
+
+    if not options.promote:
+        return {"promoted": False, "reason": "no --promote (PROMOTE=1)"}
+    now = production_version(options.name)
+    number = now.version if now is not None else None
+    if number == registered["version"]:
+        return {"promoted": True, "already": True}
+    if number != trained["parent"]:
+        raise RetrainError(
+            f"{options.name}: production moved since the gate: it compared version {registered['version']} against "
+            f"{_named(trained['parent'])}, and production is now {_named(number)}; not promoting a stale decision "
+            "(rerun with --redo train to fine-tune from and gate against the new production)"
+        )
+    registry.promote(options.name, registered["version"], "production")
+    return {"promoted": True, "previous": number}
+
+
+def _named(version: int | None) -> str:
+    return f"version {version}" if version is not None else "nothing (no production)"
 
 
 def notify(webhook: str, payload: dict) -> dict:
@@ -506,11 +642,12 @@ def notify(webhook: str, payload: dict) -> dict:
 def message(options: RetrainOptions, state: State) -> dict:
     gate = state.done("gate") or {}
     registered = state.done("register")
+    promoted = (state.done("promote") or {}).get("promoted")
     ingest_result = state.done("ingest") or {}
     if not gate.get("passed"):
         outcome = "FAILED the gate: nothing registered, production unchanged"
     elif registered:
-        moved = "production moved to it" if registered["promoted"] else "production unchanged (PROMOTE=1 moves it)"
+        moved = "production moved to it" if promoted else "production unchanged (PROMOTE=1 moves it)"
         outcome = f"passed: registered as version {registered['version']} @candidate; {moved}"
     else:
         outcome = "passed"
@@ -519,27 +656,33 @@ def message(options: RetrainOptions, state: State) -> dict:
             f"{ingest_result.get('refused', 0)} refused): {outcome}\n```\n{gate.get('table', '')}\n```")  # fmt: skip
     return {"text": text, "korasr": {"model": options.name, "increment": ingest_result.get("increment"),
                                      "passed": bool(gate.get("passed")), "gate": gate.get("rows"),
-                                     "version": (registered or {}).get("version")}}  # fmt: skip
+                                     "version": (registered or {}).get("version"),
+                                     "promoted": bool(promoted)}}  # fmt: skip
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------------
 
 
 def retrain(options: RetrainOptions, redo: str | None = None, until: str | None = None) -> dict:
-    """Run the stages from the first unfinished one (``redo``: from that one) to ``until`` (default: all). Returns
-    the state; raises :class:`GateRejected` after notifying when the gate failed."""
+    """Run the stages whose recorded inputs differ from this run's (``redo``: from that one afresh) up to ``until``
+    (default: all). Returns the state; raises :class:`GateRejected` after notifying when the gate failed, and
+    :class:`RetrainError` before any training when the registry cannot say what is in production."""
     options.validate()
+    production = production_version(options.name)  # checked first: an outage stops the run before any work
     folder = Path(options.work).resolve() / source_id(options.new_data)
     state = State(folder, options)
     if redo:
         state.forget(redo)
-    log.info("retrain %s: working in %s", options.name, folder)
+    log.info("retrain %s: working in %s; production: %s", options.name, folder,
+             _named(production.version if production else None))  # fmt: skip
     for stage in STAGES:
-        if state.done(stage) is None:
-            _run_stage(stage, options, folder, state)
+        inputs = stage_inputs(stage, options, state, production)
+        if state.current(stage, inputs) is None:
+            _run_stage(stage, options, folder, state, inputs)
         if stage == "gate" and not state.done("gate")["passed"]:
-            if options.webhook and state.done("notify") is None:
-                state.finish("notify", notify(options.webhook, message(options, state)))
+            notify_inputs = stage_inputs("notify", options, state, production)
+            if options.webhook and state.current("notify", notify_inputs) is None:
+                state.finish("notify", notify(options.webhook, message(options, state)), notify_inputs)
             raise GateRejected(f"{options.name}: the candidate failed the gate ({folder / 'gate.md'}):\n"
                                f"{state.done('gate')['table']}")  # fmt: skip
         if stage == until:
@@ -547,22 +690,89 @@ def retrain(options: RetrainOptions, redo: str | None = None, until: str | None 
     return state.data
 
 
-def _run_stage(stage: str, options: RetrainOptions, folder: Path, state: State) -> None:
+def _parent(options: RetrainOptions, state: State, production, inputs: dict) -> int | None:  # type: ignore[no-untyped-def]
+    """The version to fine-tune from and gate against: production's. A finished training whose inputs differ only in
+    its parent is this drop's own run: when production is this drop's registered candidate (it was promoted), the run
+    is complete and keeps its parent; when production moved elsewhere, the run stops naming the move."""
+    number = production.version if production is not None else None
+    trained = state.done("train")
+    if trained is None or "inputs" not in trained:
+        return number
+    recorded = trained["inputs"]
+    if recorded == {**inputs, "parent": recorded.get("parent")} and recorded.get("parent") != number:
+        registered = state.done("register") or {}
+        if number is not None and registered.get("version") == number:
+            return recorded.get("parent")
+        raise RetrainError(
+            f"{options.name}: this drop's candidate was fine-tuned from and gated against "
+            f"{_named(recorded.get('parent'))}, and production is now {_named(number)}: its gate is stale. Rerun with "
+            "--redo train to fine-tune from the new production (nothing was trained, registered or promoted)"
+        )
+    return number
+
+
+def stage_inputs(stage: str, options: RetrainOptions, state: State, production) -> dict:  # type: ignore[no-untyped-def]
+    """Everything ``stage``'s result depends on: the options that reach it and the results it is made from."""
+    done = state.done
+    if stage == "ingest":
+        return {"new_data": source_id(options.new_data), "holdout": options.holdout, "form": options.form,
+                "disfluency": options.disfluency, "eval": file_hashes(options.eval_manifests),
+                "replay": file_hashes(options.replay)}  # fmt: skip
+    if stage == "train":
+        ingested = done("ingest") or {}
+        recipe = sorted(str(p) for p in Path(options.recipe).glob("*.yaml"))
+        inputs = {"increment": file_hashes([ingested["manifests"]["train"]]) if ingested else None,
+                  "replay_refused": ingested.get("replay_refused"), "replay": file_hashes(options.replay),
+                  "replay_ratio": options.replay_ratio, "seed": options.seed, "overrides": list(options.overrides),
+                  "recipe": file_hashes(recipe), "parent": None}  # fmt: skip
+        inputs["parent"] = _parent(options, state, production, inputs)
+        return inputs
+    if stage == "evaluate":
+        trained = done("train") or {}
+        ingested = done("ingest") or {}
+        heldout = ingested.get("manifests", {}).get("heldout")
+        return {"candidate": trained.get("nemo_sha256"), "production": trained.get("parent"),
+                "eval": file_hashes(options.eval_manifests),
+                "heldout": file_hashes([heldout]) if heldout and Path(heldout).is_file() else None}  # fmt: skip
+    if stage == "gate":
+        return {"evaluate": fingerprint((done("evaluate") or {}).get("inputs", {})),
+                "max_cer": options.max_cer, "tolerance_abs": options.tolerance_abs,
+                "tolerance_rel": options.tolerance_rel}  # fmt: skip
+    if stage == "export":
+        parity = _parity_manifest(options)
+        return {"candidate": (done("train") or {}).get("nemo_sha256"),
+                "parity": file_hashes([parity]) if parity and Path(parity).is_file() else None}  # fmt: skip
+    if stage == "register":
+        return {"name": options.name, "candidate": (done("train") or {}).get("nemo_sha256"),
+                "export": (done("export") or {}).get("export")}  # fmt: skip
+    if stage == "promote":
+        return {"promote": options.promote, "version": (done("register") or {}).get("version"),
+                "gate": fingerprint((done("gate") or {}).get("inputs", {}))}  # fmt: skip
+    return {"webhook": options.webhook, "gate": fingerprint((done("gate") or {}).get("inputs", {})),
+            "passed": (done("gate") or {}).get("passed"), "version": (done("register") or {}).get("version"),
+            "promoted": (done("promote") or {}).get("promoted")}  # fmt: skip
+
+
+def _run_stage(stage: str, options: RetrainOptions, folder: Path, state: State, inputs: dict) -> None:
     started = time.perf_counter()
     log.info("retrain stage %s", stage)
     done = state.done
     if stage == "ingest":
         result = ingest(options, folder)
     elif stage == "train":
-        result = train_stage(options, folder, done("ingest"))  # type: ignore[arg-type]
+        out = folder / "train" / fingerprint(inputs)  # other settings train in a folder of their own
+        result = train_stage(options, folder, done("ingest"), inputs["parent"], out)  # type: ignore[arg-type]
     elif stage == "evaluate":
-        result = evaluate_stage(options, folder, done("ingest"), done("train"))  # type: ignore[arg-type]
+        where = folder / "eval" / fingerprint(inputs)
+        result = evaluate_stage(options, done("ingest"), done("train"), where)  # type: ignore[arg-type]
     elif stage == "gate":
         result = gate_stage(options, folder, done("evaluate"))  # type: ignore[arg-type]
     elif stage == "export":
         result = export_stage(options, folder, done("train"))  # type: ignore[arg-type]
     elif stage == "register":
         result = register_stage(options, folder, done("train"), done("export"), done("evaluate"))  # type: ignore[arg-type]
+    elif stage == "promote":
+        result = promote_stage(options, done("train"), done("register"))  # type: ignore[arg-type]
     else:
         result = notify(options.webhook, message(options, state)) if options.webhook else {"skipped": "no webhook"}
-    state.finish(stage, {**result, "seconds": round(time.perf_counter() - started, 1)})
+    state.finish(stage, {**result, "seconds": round(time.perf_counter() - started, 1)}, inputs)

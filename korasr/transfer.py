@@ -10,6 +10,11 @@ included). The **head** is a fresh CTC decoder over the recipe's tokenizer, unle
 - ``korasr.keep_tokenizer`` (``--keep-tokenizer``): the checkpoint's own tokenizer is written out and trained with,
   and its CTC head kept.
 
+A character-vocabulary CTC checkpoint (NeMo's ``EncDecCTCModel``, as older released models are: no tokenizer, the
+decoder's ``vocabulary`` is its labels) gives its front end and encoder like any other and always gets a new head
+over the recipe's tokenizer; ``--keep-tokenizer`` on one is refused, since korasr trains a stock
+``EncDecCTCModelBPE`` over a SentencePiece tokenizer and characters are not one.
+
 Weights move with NeMo's partial initialization (``load_part_of_state_dict``: include and exclude lists, the dict
 form of ``init_from_nemo_model``), never a whole ``strict=False`` load that would take a head of the right shape
 for the wrong tokens; then every encoder tensor of the new model is checked to be the checkpoint's.
@@ -62,6 +67,14 @@ class Source:
     @property
     def streaming(self) -> bool:
         return str(self.config.encoder.get("att_context_style", "regular")) == "chunked_limited"
+
+    @property
+    def characters(self) -> list[str] | None:
+        """A character model's labels (``EncDecCTCModel``: no tokenizer); ``None`` for a tokenizer's model."""
+        if "tokenizer" in self.config:
+            return None
+        labels = self.config.get("labels") or (self.config.get("decoder") or {}).get("vocabulary") or []
+        return [str(c) for c in labels]
 
 
 def locate(init: str | os.PathLike[str], cache: Path | None = None) -> Path:
@@ -156,6 +169,12 @@ def adopt(cfg: DictConfig) -> DictConfig:
         if source.kind not in HEADS:
             raise InitError(f"--init {path}: --keep-tokenizer keeps a CTC head, and this {source.kind} checkpoint "
                             "has none (a new CTC head over the recipe's tokenizer is what --init does without it)")  # fmt: skip
+        if source.characters is not None:
+            raise InitError(f"--init {path}: --keep-tokenizer keeps the checkpoint's tokenizer, and this "
+                            f"{source.target.rpartition('.')[2]} has a character vocabulary "
+                            f"({len(source.characters)} characters), not a SentencePiece tokenizer: korasr trains a "
+                            "stock EncDecCTCModelBPE over one. Without --keep-tokenizer its front end and encoder "
+                            "come over and a new CTC head over the recipe's tokenizer learns")  # fmt: skip
         cfg.model.tokenizer.dir = str(extract_tokenizer(path, source.config.tokenizer))
     cfg.korasr.init = str(path.resolve())
     cfg.korasr.init_source = {"path": str(path.resolve()), "target": source.target, "kind": source.kind,
@@ -208,6 +227,12 @@ def _pieces(tokenizer: Any) -> list[str]:
     return list(tokenizer.ids_to_tokens(list(range(tokenizer.vocab_size))))
 
 
+def _source_pieces(source: Any) -> list[str] | None:
+    """A checkpoint's tokenizer pieces; ``None`` for a character model (``EncDecCTCModel`` has no tokenizer)."""
+    tokenizer = getattr(source, "tokenizer", None)
+    return None if tokenizer is None else _pieces(tokenizer)
+
+
 def initialize(model: Any, cfg: DictConfig) -> list[dict]:
     """Load the checkpoint's front end and encoder (and its CTC head when it fits, see the module docstring) into
     ``model``; check that every encoder tensor arrived. Returns the table of modules: parameters, and where each
@@ -220,11 +245,15 @@ def initialize(model: Any, cfg: DictConfig) -> list[dict]:
     source = ASRModel.restore_from(path, map_location="cpu")
     state = source.state_dict()
     head = HEADS.get(str(info.kind))
-    same_pieces = head is not None and _pieces(source.tokenizer) == _pieces(model.tokenizer)
+    pieces = _source_pieces(source)
+    same_pieces = head is not None and pieces is not None and pieces == _pieces(model.tokenizer)
     keep_head = bool(same_pieces)
     if head is not None and not same_pieces and cfg.korasr.get("keep_tokenizer"):
         raise InitError(f"--init {path}: --keep-tokenizer, yet the model's tokenizer differs from the checkpoint's")
-    if head is not None and not same_pieces and source.tokenizer.vocab_size == model.tokenizer.vocab_size:
+    if head is not None and pieces is None:
+        log.info("the checkpoint has a character vocabulary, no tokenizer: a new CTC head over the recipe's %d pieces",
+                 model.tokenizer.vocab_size)  # fmt: skip
+    elif head is not None and not same_pieces and len(pieces) == model.tokenizer.vocab_size:
         log.info("the checkpoint's tokenizer has %d pieces like the recipe's, but other ones: a new CTC head",
                  model.tokenizer.vocab_size)  # fmt: skip
     taken = {k: v for k, v in state.items() if k.startswith(("preprocessor.", "encoder."))}
@@ -254,21 +283,35 @@ def initialize(model: Any, cfg: DictConfig) -> list[dict]:
 
 def freeze_encoder(steps: int):  # type: ignore[no-untyped-def]
     """A Lightning callback: the encoder stays as it came for the first ``steps`` optimizer steps (the new head
-    learns first): no gradients, and in eval mode, so batch norm statistics and dropout hold still too; then it
-    trains with the rest."""
+    learns first), then trains with the rest. While frozen its gradients are dropped before each optimizer step (the
+    optimizer skips a parameter without one: no update, no weight decay, no moments), and it runs in eval mode, so
+    batch norm statistics and dropout hold still too.
+
+    Not ``requires_grad_(False)``: DDP builds its gradient reducer, once, over the parameters that require a gradient
+    when Lightning wraps the model; one that stops requiring it afterwards never reports ready and the first step
+    fails ("Expected to have finished reduction…"). Dropping the gradients after DDP has reduced them is what
+    ``zero_grad(set_to_none=True)`` does every step, so it holds with any number of processes and needs neither
+    ``find_unused_parameters`` nor a static graph. The price: the encoder's backward pass is still computed (and its
+    gradients all-reduced) during the frozen steps."""
     import lightning.pytorch as pl
 
     class FreezeEncoder(pl.Callback):
         def __init__(self) -> None:
-            self.frozen = False
+            self.frozen: bool | None = None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
             frozen = trainer.global_step < steps
             if frozen != self.frozen:
-                pl_module.encoder.requires_grad_(not frozen)
-                self.frozen = frozen
                 log.info("encoder %s at step %d", "frozen" if frozen else "training", trainer.global_step)
+                self.frozen = frozen
             if frozen:  # Lightning puts the whole model back in train mode after each validation
                 pl_module.encoder.eval()
+            elif pl_module.training:
+                pl_module.encoder.train()
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # type: ignore[no-untyped-def]
+            if trainer.global_step < steps:
+                for parameter in pl_module.encoder.parameters():
+                    parameter.grad = None
 
     return FreezeEncoder()

@@ -57,3 +57,35 @@ class Probe(pl.Callback):
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "train": self.train,
                   "validations": self.validations}  # fmt: skip
         (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record), encoding="utf-8")
+
+
+def encoder_digest(tensors) -> str:  # type: ignore[no-untyped-def]
+    """A fingerprint of the encoder's weights (its parameters, in order)."""
+    digest = hashlib.sha1()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class Weights(pl.Callback):
+    """``korasr.callbacks=[tests/ddp_probe.py:Weights]``: each rank writes ``weights_rank<N>.json``: the encoder's and
+    the decoder's fingerprints before every optimizer step (keyed by the step about to run) and after the last."""
+
+    def __init__(self) -> None:
+        self.encoder: dict[int, str] = {}
+        self.decoder: dict[int, str] = {}
+
+    def _record(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        self.encoder[trainer.global_step] = encoder_digest(pl_module.encoder.parameters())
+        self.decoder[trainer.global_step] = encoder_digest(pl_module.decoder.parameters())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        self._record(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        self._record(trainer, pl_module)
+        out = Path(os.environ["KORASR_PROBE_DIR"])
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "encoder": self.encoder,
+                  "decoder": self.decoder}  # fmt: skip
+        (out / f"weights_rank{trainer.global_rank}.json").write_text(json.dumps(record), encoding="utf-8")

@@ -1,6 +1,6 @@
 """Small stand-ins for released NeMo ASR checkpoints, built with stock NeMo classes (untrained: what matters is
-their structure and that their weights are recognisable): CTC, RNNT, hybrid RNNT-CTC, cache-aware, 80 or 128 mel
-bands, 4× or 8× subsampling."""
+their structure and that their weights are recognisable): CTC over SentencePiece or over characters (as older
+released models are), RNNT, hybrid RNNT-CTC, cache-aware, 80 or 128 mel bands, 4× or 8× subsampling."""
 
 from __future__ import annotations
 
@@ -26,18 +26,23 @@ AUX_CTC = {
                             "num_classes": -1, "vocabulary": []},
                 "decoding": {"strategy": "greedy"}},
 }  # fmt: skip
+# A character vocabulary as an older released Korean model's (``EncDecCTCModel``: no tokenizer, the decoder's
+# ``vocabulary`` is the labels): a space, some syllables, an apostrophe.
+CHARACTERS = [" ", *"가나다라마바사아자차카타파하는이에요고를", "'"]
 CLASSES = {
     "ctc": "nemo.collections.asr.models.EncDecCTCModelBPE",
+    "char_ctc": "nemo.collections.asr.models.EncDecCTCModel",
     "rnnt": "nemo.collections.asr.models.EncDecRNNTBPEModel",
     "hybrid": "nemo.collections.asr.models.EncDecHybridRNNTCTCBPEModel",
 }
 
 
 def standin(out: Path, kind: str, tokenizer: Path, train: Path, *, n_mels: int = 80, subsampling: int = 4,
-            streaming: bool = False, seed: int = 7, encoder_from: Path | None = None) -> Path:  # fmt: skip
-    """Write a stock NeMo ``kind`` model over ``tokenizer`` to ``out`` (a .nemo) and return its path. With
-    ``encoder_from`` (a .nemo of the same encoder shape), its front end and encoder weights: a stand-in whose
-    encoder has learned something."""
+            streaming: bool = False, seed: int = 7, encoder_from: Path | None = None,
+            layers: int | None = None) -> Path:  # fmt: skip
+    """Write a stock NeMo ``kind`` model over ``tokenizer`` to ``out`` (a .nemo) and return its path (``char_ctc``:
+    over :data:`CHARACTERS`, ``tokenizer`` unused). With ``encoder_from`` (a .nemo of the same encoder shape), its
+    front end and encoder weights: a stand-in whose encoder has learned something. ``layers``: the encoder's."""
     import hydra.utils
     import torch
 
@@ -47,6 +52,8 @@ def standin(out: Path, kind: str, tokenizer: Path, train: Path, *, n_mels: int =
     model_cfg.preprocessor.features = n_mels
     model_cfg.encoder.feat_in = n_mels
     model_cfg.encoder.subsampling_factor = subsampling
+    if layers is not None:
+        model_cfg.encoder.n_layers = layers
     for split in ("train_ds", "validation_ds", "test_ds"):
         model_cfg.pop(split, None)
     if kind in ("rnnt", "hybrid"):
@@ -57,6 +64,11 @@ def standin(out: Path, kind: str, tokenizer: Path, train: Path, *, n_mels: int =
         model_cfg.model_defaults = {"enc_hidden": int(model_cfg.encoder.d_model), "pred_hidden": 64}
         if kind == "hybrid":
             model_cfg.aux_ctc.decoder.feat_in = int(model_cfg.encoder.d_model)
+    if kind == "char_ctc":
+        model_cfg.pop("tokenizer")
+        model_cfg.labels = CHARACTERS
+        model_cfg.decoder.vocabulary = CHARACTERS
+        model_cfg.decoder.num_classes = len(CHARACTERS)
     OmegaConf.resolve(model_cfg)
     torch.manual_seed(seed)
     model = hydra.utils.get_class(CLASSES[kind])(cfg=model_cfg)

@@ -193,3 +193,111 @@ def test_out_folders_are_never_taken_over(exported, recipe, tmp_path):
     archive(exported, listing, out, "--timestamps", "--force")
     assert (out / "notes.md").read_text(encoding="utf-8") == "mine"  # --force removes only what a run writes
     assert read_parts(out)[0]["words"]
+
+
+# --- bounds and the resume fingerprint (no Ray, no model) --------------------------------------------------------
+
+
+def test_an_actor_holds_a_bounded_amount_of_remote_audio(tmp_path, monkeypatch):
+    """Issue 34 §6: a batch's remote files were all fetched and decoded before any was transcribed (64 hour-long
+    files per actor). Now at most ``Settings.max_held_seconds`` of decoded remote audio is held at once (plus the
+    file just read); local files are read by the runtime a batch at a time, long ones in chunks."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import soundfile as sf
+
+    from korasr.archive.worker import Settings, Transcriber
+    from korasr.runtime import Result
+    from korasr.runtime.audio import AudioLimits
+
+    seconds = {f"s3://calls/{i:02d}.wav": 1.0 + i % 3 for i in range(10)}  # 1, 2 or 3 s each, 19 s in all
+    blobs = {}
+    for uri, length in seconds.items():
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros(int(length * 16000), dtype="float32"), 16000, format="WAV", subtype="PCM_16")
+        blobs[uri] = buf.getvalue()
+    fetched: list[str] = []
+
+    def fetch(self, uri: str) -> bytes:
+        fetched.append(uri)
+        return blobs[uri]
+
+    class Recognizer:
+        def __init__(self) -> None:
+            self.groups: list[list[float]] = []
+            self.fetched_before: list[int] = []
+
+        def transcribe_arrays(self, waves, **_) -> list[Result]:  # type: ignore[no-untyped-def]
+            self.groups.append([len(w) / 16000 for w in waves])
+            self.fetched_before.append(len(fetched))
+            return [Result(text=f"{len(w) / 16000:g}") for w in waves]
+
+        def transcribe(self, paths, **_) -> list[Result]:  # type: ignore[no-untyped-def]
+            return [Result(text=f"local {sf.info(str(p)).duration:g}") for p in paths]
+
+    monkeypatch.setattr(Transcriber, "_fetch", fetch)
+    actor = Transcriber.__new__(Transcriber)  # without its runtime session: a recorder stands in
+    actor.settings = Settings(batch_size=16, max_held_seconds=5.0)
+    actor.limits, actor._tmp, actor.recognizer = AudioLimits(max_seconds=60), None, Recognizer()
+    local = tmp_path / "local.wav"  # local files, between the remote ones: read by the runtime, by path
+    sf.write(local, np.zeros(8000, dtype="float32"), 16000)
+    paths = [*seconds, "s3://calls/gone.wav", str(local), f"file://{local}"]
+    batch = pa.Table.from_pylist([{"index": i, "path": p, "id": None, "duration": None} for i, p in enumerate(paths)])
+    monkeypatch.setitem(blobs, "s3://calls/gone.wav", b"not audio")
+    rows = actor(batch).to_pylist()
+    assert [r["index"] for r in rows] == list(range(13))
+    assert [r["text"] for r in rows[:10]] == [f"{s:g}" for s in seconds.values()]  # each row its own result
+    assert rows[10]["error_kind"] == "unsupported" and rows[10]["text"] is None  # not audio: a row, not a crash
+    assert [(r["text"], r["duration"]) for r in rows[11:]] == [("local 0.5", 0.5)] * 2
+    assert sum(len(g) for g in actor.recognizer.groups) == 10
+    assert all(sum(g) <= 5.0 for g in actor.recognizer.groups), actor.recognizer.groups
+    # fetched as they are decoded, not all first: when a group is decoded, at most the next file is read ahead
+    done = 0
+    for group, before in zip(actor.recognizer.groups, actor.recognizer.fetched_before, strict=True):
+        done += len(group)
+        assert before <= done + 1, (actor.recognizer.groups, actor.recognizer.fetched_before)
+
+
+def test_a_changed_lm_or_hotwords_file_is_another_run_not_a_resume(tmp_path):
+    """Issue 34 §6: archive.json named the LM folder and the hotwords file but not their content, so a rerun with
+    a rebuilt LM or edited hotwords resumed the old run's shards as if nothing changed."""
+    from korasr.archive import ArchiveError, ArchiveOptions, Settings
+    from korasr.archive.run import ARCHIVE_JSON, _claim
+
+    export = tmp_path / "export"
+    (export / "lm").mkdir(parents=True)
+    (export / "model.json").write_text(json.dumps({"source_sha256": "ab" * 32}), encoding="utf-8")
+    (export / "model.onnx").write_bytes(b"a graph")
+    (export / "lm" / "lm.bin").write_bytes(b"bundled lm")
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    (lm / "lm.json").write_text("{}", encoding="utf-8")
+    (lm / "lm.bin").write_bytes(b"an lm")
+    manifest = tmp_path / "in.jsonl"
+    manifest.write_text('{"audio_filepath": "a.wav"}\n', encoding="utf-8")
+    label = "beam 8 (lm lm, α 0.5, β 1, hotwords hot.txt)"  # what the label says is the same every time
+
+    def options(out: Path, settings: Settings, lm_folder: Path | None) -> ArchiveOptions:
+        return ArchiveOptions(source=str(manifest), out=out, model=export, model_label="m", decoder_label=label,
+                              settings=settings, lm=lm_folder)  # fmt: skip
+
+    external = Settings(decoder="beam", lm="_lm", hotword_lines=("서울\t2.0",))
+    out = tmp_path / "out"
+    first = _claim(options(out, external, lm))
+    assert _claim(options(out, external, lm))["started"] == first["started"]  # the same run: it resumes
+    (lm / "lm.bin").write_bytes(b"a rebuilt lm")
+    with pytest.raises(ArchiveError, match="differs in lm_sha256"):
+        _claim(options(out, external, lm))
+    (lm / "lm.bin").write_bytes(b"an lm")
+    edited = Settings(decoder="beam", lm="_lm", hotword_lines=("서울\t3.0",))
+    with pytest.raises(ArchiveError, match="differs in hotwords_sha256"):
+        _claim(options(out, edited, lm))
+    assert json.loads((out / ARCHIVE_JSON).read_text(encoding="utf-8"))["started"] == first["started"]
+
+    bundled, out = Settings(decoder="beam", lm="lm"), tmp_path / "out_bundled"  # the export's own lm/
+    _claim(options(out, bundled, None))
+    (export / "lm" / "lm.bin").write_bytes(b"another bundled lm")
+    with pytest.raises(ArchiveError, match="differs in lm_sha256"):
+        _claim(options(out, bundled, None))

@@ -141,3 +141,33 @@ def test_a_run_resumes_only_with_its_own_config(two_processes, recipe):
     assert f"already trained to step {done}" in finished.stderr
     assert nemo_path(finished.stdout) == run / "tiny_tokenizer.nemo"
     assert (run / "tiny_tokenizer.nemo").stat().st_mtime_ns == nemo  # nothing trained, nothing rewritten
+
+
+def test_the_encoder_stays_frozen_under_ddp_then_trains(recipe, tmp_path):
+    """Issue 34 §6: `make train DEVICES=2 INIT=… ARGS='--freeze-encoder-steps N'` stopped at step 1 ("Expected to
+    have finished reduction…": requires_grad changed after DDP had wrapped the model). Two processes, a 2-layer
+    stand-in, 4 steps of which the first 2 frozen: the encoder is the checkpoint's until step 2 on both ranks, then
+    moves; the head moves from the first step."""
+    from tests.ddp_probe import encoder_digest
+    from tests.standins import standin
+
+    checkpoint = standin(tmp_path / "ctc_2layers.nemo", "ctc", recipe["tokenizer"],
+                         recipe["manifests"] / "train.jsonl", layers=2, seed=12)  # fmt: skip
+    args = train_args(recipe, tmp_path / "exp", "--init", str(checkpoint), "--freeze-encoder-steps", "2",
+                      "trainer.devices=2", "trainer.max_steps=4", "trainer.val_check_interval=4",
+                      "trainer.limit_val_batches=1", "model.optim.sched.warmup_steps=1", "model.train_ds.perturb_speed=false",
+                      "exp_manager.create_wandb_logger=false",
+                      "korasr.callbacks=[tests/ddp_probe.py:Weights]")  # fmt: skip
+    out, err = finish(launch(args, tmp_path / "probe"))
+    assert "DDP over gloo" in err and nemo_path(out).is_file()
+    from nemo.collections.asr.models import ASRModel
+
+    source = ASRModel.restore_from(str(checkpoint), map_location="cpu").encoder.parameters()
+    ranks = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((tmp_path / "probe").glob("weights_rank*.json"))]
+    assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
+    assert ranks[0]["encoder"] == ranks[1]["encoder"] and ranks[0]["decoder"] == ranks[1]["decoder"]  # replicas agree
+    encoder, decoder = ranks[0]["encoder"], ranks[0]["decoder"]
+    assert sorted(encoder, key=int) == ["0", "1", "2", "3", "4"]
+    assert encoder["0"] == encoder["1"] == encoder["2"] == encoder_digest(source)  # frozen for steps 0 and 1
+    assert encoder["2"] != encoder["3"] != encoder["4"]  # then it trains
+    assert decoder["0"] != decoder["1"] != decoder["2"]  # the head learns while the encoder is frozen

@@ -156,12 +156,18 @@ def retrain_cmd(name: str, recipe, new_data: Path, work: Path, webhook: str, *ex
 
 
 def test_retrain_promotes_a_good_candidate_and_stops_a_poor_one(exported, recipe, tmp_path):
-    """Production is the suite's model. A new sample drop (another seed) is fine-tuned in, passes the gate, is
-    registered with its parent and promoted, and the webhook gets the table; the same command again does nothing.
-    Then a poor candidate (shuffled labels, a high learning rate) on new data that also repeats eval utterances:
-    those are refused at ingest, the gate fails with exit 1, nothing is registered and production stays."""
+    """Production is the suite's model. A new sample drop (another seed) is fine-tuned in, passes the gate and is
+    registered with its parent. Production is then moved by hand: `--promote` is refused (the gate compared against
+    the old production) and production stays; moved back, `--promote` reuses every finished stage and moves it, and
+    the webhook gets the table; the same command again does nothing. A stricter bound re-gates without training and
+    fails. Then a poor candidate (shuffled labels, a high learning rate) on new data that also repeats eval
+    utterances: those are refused at ingest, the gate fails with exit 3, nothing is registered and production
+    stays. Last, the first drop with other training settings trains anew in a folder of its own."""
     from korasr import registry
     from korasr.retrain import read_rows
+
+    def state_of(work: Path) -> dict:
+        return json.loads(work.joinpath("state.json").read_text(encoding="utf-8"))
 
     with registry_store(tmp_path), webhook_receiver() as (hook, received):
         report = evaluated_report(exported, recipe, tmp_path / "eval")
@@ -169,26 +175,56 @@ def test_retrain_promotes_a_good_candidate_and_stops_a_poor_one(exported, recipe
         registry.promote("ko-life", 1)
         drop = tmp_path / "drop" / "KsponSpeech"
         run("sample-corpus", str(drop), "--utterances", "160", "--seed", "12", "--variety", "narrow", "--quiet")
-        cmd = retrain_cmd("ko-life", recipe, drop, tmp_path / "work", hook, "--promote", "--tolerance-rel", "50",
+        cmd = retrain_cmd("ko-life", recipe, drop, tmp_path / "work", hook, "--tolerance-rel", "50",
                           "--tolerance-abs", "5", "trainer.max_steps=30")  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-4000:]
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert result["register"]["version"] == 2 and result["register"]["promoted"]
+        assert result["register"]["version"] == 2 and registry.show("ko-life", alias="production").version == 1
         assert result["ingest"]["train"] + result["ingest"]["heldout"] >= 150
+        work = next((tmp_path / "work").iterdir())
+        assert state_of(work)["stages"]["promote"]["promoted"] is False and len(received) == 1
+
+        # production moved by hand since the gate: a --promote now is a stale decision, refused; nothing moves
+        registry.register(exported, "ko-life", report=report)
+        registry.promote("ko-life", 3)
+        stale = subprocess.run([*cmd, "--promote"], capture_output=True, text=True, cwd=ROOT)
+        assert stale.returncode == 2 and "production is now version 3" in stale.stderr, stale.stderr[-3000:]
+        assert registry.show("ko-life", alias="production").version == 3 and len(received) == 1
+
+        registry.promote("ko-life", 1)  # moved back: the gate's comparison holds again
+        proc = subprocess.run([*cmd, "--promote"], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
         v2 = registry.show("ko-life", alias="production")
         assert v2.version == 2 and json.loads(v2.tags["lineage"])["parent_version"] == 1
         assert set(v2.metrics) >= {"eval_clean", "eval_other", "increment_heldout"}
-        assert registry.history("ko-life") == [1, 2]
-        state = json.loads(next((tmp_path / "work").glob("*/state.json")).read_text(encoding="utf-8"))
-        assert set(state["stages"]) == {"ingest", "train", "evaluate", "gate", "export", "register", "notify"}
+        assert registry.history("ko-life") == [1, 3, 1, 2]
+        state = state_of(work)
+        assert set(state["stages"]) == {"ingest", "train", "evaluate", "gate", "export", "register", "promote",
+                                        "notify"}  # fmt: skip
         assert state["stages"]["train"]["parent"] == 1 and state["stages"]["notify"]["delivered"]
-        assert len(received) == 1 and "| eval_clean | 125 |" in received[0]["text"] and "PASS" in received[0]["text"]
-        assert received[0]["korasr"]["passed"] and received[0]["korasr"]["version"] == 2
+        assert state["stages"]["promote"] == {**state["stages"]["promote"], "promoted": True, "previous": 1}
+        assert len(list((work / "train").iterdir())) == 1  # the promotion reused the training
+        assert len(received) == 2 and "| eval_clean | 125 |" in received[1]["text"] and "PASS" in received[1]["text"]
+        assert (
+            received[1]["korasr"]["passed"]
+            and received[1]["korasr"]["promoted"]
+            and received[1]["korasr"]["version"] == 2
+        )
 
-        again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)  # every stage is recorded: no work
+        again = subprocess.run([*cmd, "--promote"], capture_output=True, text=True, cwd=ROOT)  # all recorded: no work
         assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1]) == result
-        assert [v.version for v in registry.list_versions("ko-life")] == [1, 2] and len(received) == 1
+        assert state_of(work) == state and len(received) == 2
+        assert [v.version for v in registry.list_versions("ko-life")] == [1, 2, 3]
+
+        # a stricter bound is another gate, decided anew on the same evaluation: it fails, nothing trains or moves
+        strict = subprocess.run([*cmd, "--promote", "--max-cer", "eval_clean=0.01"], capture_output=True, text=True,
+                                cwd=ROOT)  # fmt: skip
+        assert strict.returncode == 3 and "FAIL" in strict.stderr, strict.stderr[-3000:]
+        assert len(list((work / "train").iterdir())) == 1 and len(list((work / "eval").iterdir())) == 1
+        assert registry.show("ko-life", alias="production").version == 2
+        assert len(received) == 3 and not received[2]["korasr"]["passed"]
 
         # a poor candidate: the drop's utterances with their texts shuffled, plus eval utterances that must not leak
         rows = read_rows(Path(state["stages"]["ingest"]["manifests"]["train"]))
@@ -199,27 +235,99 @@ def test_retrain_promotes_a_good_candidate_and_stops_a_poor_one(exported, recipe
         poor.write_text("".join(json.dumps({**r, "text": t}, ensure_ascii=False) + "\n"
                                 for r, t in zip(rows, texts, strict=True)) +
                         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in leaks), encoding="utf-8")  # fmt: skip
-        cmd = retrain_cmd("ko-life", recipe, poor, tmp_path / "work", hook, "--promote", "--holdout", "0",
-                          "trainer.max_steps=40", "model.optim.lr=0.01", "model.optim.sched.warmup_steps=2")  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        assert proc.returncode == 1, proc.stderr[-4000:]
+        poor_cmd = retrain_cmd("ko-life", recipe, poor, tmp_path / "work", hook, "--promote", "--holdout", "0",
+                               "trainer.max_steps=40", "model.optim.lr=0.01", "model.optim.sched.warmup_steps=2")  # fmt: skip
+        proc = subprocess.run(poor_cmd, capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 3, proc.stderr[-4000:]
         assert "FAIL" in proc.stderr and "failed the gate" in proc.stderr
-        first = Path(state["stages"]["ingest"]["manifests"]["train"]).parent.parent
-        work = next(p for p in (tmp_path / "work").iterdir() if p != first)
-        refused = read_rows(work / "ingest" / "refused.jsonl")
+        poor_work = next(p for p in (tmp_path / "work").iterdir() if p != work)
+        refused = read_rows(poor_work / "ingest" / "refused.jsonl")
         reasons = sorted(r["reason"].split(" of the fixed split")[0] for r in refused)
         assert "audio identical to an utterance" in reasons and "text identical to an utterance" in reasons
         assert registry.show("ko-life", alias="production").version == 2
-        assert [v.version for v in registry.list_versions("ko-life")] == [1, 2]
-        assert not (work / "export").exists()
-        assert len(received) == 2 and not received[1]["korasr"]["passed"] and "FAIL" in received[1]["text"]
+        assert [v.version for v in registry.list_versions("ko-life")] == [1, 2, 3]
+        assert not (poor_work / "export").exists()
+        assert len(received) == 4 and not received[3]["korasr"]["passed"] and "FAIL" in received[3]["text"]
+
+        # the first drop again with other training settings: a new training in its own folder, never the old result
+        other = subprocess.run(retrain_cmd("ko-life", recipe, drop, tmp_path / "work", hook, "--tolerance-rel", "50",
+                                           "--tolerance-abs", "5", "trainer.max_steps=2", "model.optim.lr=0.05"),
+                               capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        assert other.returncode in (0, 3), other.stderr[-4000:]
+        assert "finished before with other inputs" in other.stderr and "overrides" in other.stderr
+        assert len(list((work / "train").iterdir())) == 2
+        retrained = state_of(work)["stages"]["train"]
+        assert retrained["nemo_sha256"] != state["stages"]["train"]["nemo_sha256"] and retrained["parent"] == 2
+        assert registry.show("ko-life", alias="production").version == 2
 
 
-def test_the_service_follows_the_alias_and_keeps_serving_through_a_bad_version(exported, recipe, tmp_path):
+def test_retrain_never_runs_blind(tmp_path):
+    """A registry that does not answer (a port nothing listens on, with credentials in its URI) stops `korasr
+    retrain` before any work, naming the URI without the password and how long MLflow was let retry; a production
+    alias whose version was deleted stops it too; only a registry that answered "nothing in production" lets a
+    first model train. Production never moves."""
+    from korasr import registry
+
+    manifest = tmp_path / "eval_clean.jsonl"
+    manifest.write_text('{"audio_filepath": "x.wav", "text": "가"}\n', encoding="utf-8")
+    args = ["retrain", "--name", "ko-blind", "--recipe", "recipes/sample", "--new-data", str(manifest), "--eval",
+            str(manifest), "--work", str(tmp_path / "work"), "--promote"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://korasr:s3cret@127.0.0.1:9"}
+    proc = subprocess.run(korasr_cmd(*args), capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "cannot tell what is in production" in proc.stderr and "http://***@127.0.0.1:9" in proc.stderr
+    assert "s3cret" not in proc.stderr and "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in proc.stderr
+    assert not (tmp_path / "work").exists()
+
+    with registry_store(tmp_path):
+        assert registry.production("ko-blind") is None  # the registry answered: no such model
+        c = registry.client()
+        c.create_registered_model("ko-blind")
+        assert registry.production("ko-blind") is None  # the model, no alias ever
+        run_id = c.create_run(registry._experiment_id(c)).info.run_id
+        for _ in range(2):
+            c.create_model_version("ko-blind", source=f"runs:/{run_id}/export", run_id=run_id)
+        registry.promote("ko-blind", 2)
+        assert registry.production("ko-blind").version == 2
+        c.delete_model_version("ko-blind", "2")  # MLflow drops the alias with the version
+        with pytest.raises(registry.RegistryError, match=r"@production is gone \(it pointed at version 2"):
+            registry.production("ko-blind")
+        proc = subprocess.run(korasr_cmd(*args), capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert proc.returncode == 2 and "@production is gone" in proc.stderr, proc.stderr[-3000:]
+        assert not (tmp_path / "work").exists()
+        assert "production" not in c.get_registered_model("ko-blind").aliases
+
+
+def test_promotion_is_a_compare_and_set(tmp_path):
+    """The promote stage reads production again and moves it only when it still names the version the gate
+    compared against; otherwise it refuses naming both, and production stays where it was moved."""
+    from korasr import registry
+    from korasr.retrain import RetrainError, RetrainOptions, promote_stage
+
+    with registry_store(tmp_path):
+        c = registry.client()
+        c.create_registered_model("ko-cas")
+        run_id = c.create_run(registry._experiment_id(c)).info.run_id
+        for _ in range(3):
+            c.create_model_version("ko-cas", source=f"runs:/{run_id}/export", run_id=run_id)
+        registry.promote("ko-cas", 3)  # moved by hand after a gate that compared version 2 against version 1
+        options = RetrainOptions(name="ko-cas", recipe="r", new_data=str(tmp_path), eval_manifests=[], promote=True)
+        with pytest.raises(RetrainError, match="compared version 2 against version 1, and production is now version 3"):
+            promote_stage(options, {"parent": 1}, {"version": 2})
+        assert registry.production("ko-cas").version == 3
+        assert promote_stage(options, {"parent": 3}, {"version": 2}) == {"promoted": True, "previous": 3}
+        assert registry.production("ko-cas").version == 2
+        assert promote_stage(options, {"parent": 3}, {"version": 2})["already"]  # a rerun: nothing to move
+        options.promote = False
+        assert not promote_stage(options, {"parent": 2}, {"version": 1})["promoted"]
+        assert registry.history("ko-cas") == [3, 2]
+
+
+def test_the_service_follows_the_alias_and_keeps_serving_through_a_bad_version(exported, recipe, tmp_path, monkeypatch):
     """`korasr serve --model models:/NAME@production --follow 1`: a promotion and a rollback are each loaded, warmed
     and swapped in while requests keep being answered; a version whose files are damaged in the store does not
-    load, the service says so (/health, the reload counter) and keeps serving; /metrics names the version and its
-    registered CER; POST /admin/reload needs the key."""
+    load, the service says so (/admin/status, the reload counter), keeps serving and retries it with back-off;
+    /metrics names the version and its registered CER; POST /admin/reload takes the operator key only."""
     from korasr import registry
 
     wav = eval_rows(recipe, 1)[0]["audio_filepath"]
@@ -228,11 +336,13 @@ def test_the_service_follows_the_alias_and_keeps_serving_through_a_bad_version(e
         for _ in range(3):
             registry.register(exported, "ko-serve", report=report)
         registry.promote("ko-serve", 1)
-        key = "k" * 24
+        key, admin = "k" * 24, "a" * 24
         headers = {"Authorization": f"Bearer {key}"}
+        monkeypatch.setenv("KORASR_ADMIN_KEY", admin)
 
-        def get(url: str) -> dict:
-            with urllib.request.urlopen(url, timeout=10) as r:
+        def get(url: str) -> dict:  # the operator's view
+            request = urllib.request.Request(url.replace("/health", "/admin/status"), headers={"X-API-Key": admin})
+            with urllib.request.urlopen(request, timeout=10) as r:
                 return json.loads(r.read())
 
         def transcribe(url: str) -> tuple[int, dict]:
@@ -281,7 +391,14 @@ def test_the_service_follows_the_alias_and_keeps_serving_through_a_bad_version(e
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(urllib.request.Request(f"{url}/admin/reload", method="POST"), timeout=10)
             assert refused.value.code == 401
-            forced = urllib.request.Request(f"{url}/admin/reload?force=true", method="POST", headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as refused:  # a client key is no operator key
+                urllib.request.urlopen(urllib.request.Request(f"{url}/admin/reload", method="POST", headers=headers),
+                                       timeout=10)  # fmt: skip
+            assert refused.value.code == 403
+            with urllib.request.urlopen(f"{url}/health", timeout=10) as r:  # a load balancer's view: no details
+                assert json.loads(r.read()) == {"status": "ok", "ready": True}
+            forced = urllib.request.Request(f"{url}/admin/reload?force=true", method="POST",
+                                            headers={"X-API-Key": admin})  # fmt: skip
             with pytest.raises(urllib.error.HTTPError) as failed:  # version 3 still does not load: 502, nothing moves
                 urllib.request.urlopen(forced, timeout=60)
             assert failed.value.code == 502 and json.loads(failed.value.read())["version"] == 1
@@ -355,3 +472,61 @@ def test_redo_starts_the_stage_afresh(tmp_path):
     assert reread.done("ingest") and not reread.done("train") and not reread.done("gate")
     assert not (tmp_path / "work" / "train").exists() and (tmp_path / "work" / "ingest").is_dir()
     assert not (tmp_path / "work" / "eval").exists()  # the evaluation of the old candidate is gone with it
+
+
+def _fetch_in_a_process(ref: str, out: str) -> None:
+    from korasr import registry
+
+    try:
+        path = registry.fetch(registry.resolve_version(ref))
+        Path(out).write_text(str(path), encoding="utf-8")
+    except Exception as e:
+        Path(out).write_text(f"ERROR {type(e).__name__}: {e}", encoding="utf-8")
+
+
+def test_concurrent_fetches_of_one_version_end_with_one_complete_copy(tmp_path):
+    """Six processes and four threads fetch the same version into one cache at once (as the workers of `serve
+    --workers N` and replicas on a shared volume do after a promotion): every one gets the same complete copy, none
+    fails, and no temporary folder is left. Then, with the registry down, `resolve(..., offline_ok=True)` serves the
+    version the alias last resolved to from that cache (and without offline_ok the outage is an error)."""
+    import concurrent.futures
+    import multiprocessing
+
+    import numpy as np
+
+    from korasr import registry
+
+    with registry_store(tmp_path):
+        export = tmp_path / "export"
+        export.mkdir()
+        payload = np.random.default_rng(0).bytes(24 << 20)  # a download that takes a while
+        (export / "model.onnx").write_bytes(payload)
+        (export / "model.json").write_text("{}", encoding="utf-8")
+        c = registry.client()
+        c.create_registered_model("ko-fetch")
+        run_id = c.create_run(registry._experiment_id(c)).info.run_id
+        c.log_artifacts(run_id, str(export), "export")
+        c.create_model_version("ko-fetch", source=f"runs:/{run_id}/export", run_id=run_id)
+        registry.promote("ko-fetch", 1)
+        ref = "models:/ko-fetch@production"
+
+        ctx = multiprocessing.get_context("spawn")
+        outs = [tmp_path / f"p{i}.txt" for i in range(6)]
+        procs = [ctx.Process(target=_fetch_in_a_process, args=(ref, str(o))) for o in outs]
+        for p in procs:
+            p.start()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            threads = list(pool.map(lambda _: registry.fetch(registry.resolve_version(ref)), range(4)))
+        for p in procs:
+            p.join(120)
+        answers = {o.read_text(encoding="utf-8") for o in outs} | {str(t) for t in threads}
+        target = registry.cache_root() / "ko-fetch" / "v1" / "export"
+        assert answers == {str(target)}, answers
+        assert (target / "model.onnx").read_bytes() == payload
+        assert sorted(p.name for p in target.parent.iterdir()) == [".export.lock", "export"]
+
+        os.environ["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:9"
+        with pytest.raises(registry.RegistryUnavailable, match=r"127\.0\.0\.1:9"):
+            registry.resolve(ref)
+        assert registry.resolve(ref, offline_ok=True) == target
+        assert registry.resolve_version(ref, offline_ok=True).from_cache

@@ -79,3 +79,23 @@ def test_release_refuses_a_folder_it_did_not_write(released, trained, exported, 
                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert proc.returncode != 0 and "thesis.tex" in proc.stderr
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me\n"
+
+
+def test_check_exempts_only_the_top_level_checksums_and_marker(tmp_path):
+    """Issue 34 §6: a ``SHA256SUMS`` or ``.korasr*`` file below the top is an extra file like any other."""
+    from korasr.fsutil import sha256_file
+    from korasr.release import SUMS, ReleaseError, check
+
+    folder = tmp_path / "release"
+    (folder / "export").mkdir(parents=True)
+    (folder / "README.md").write_text("card\n")
+    (folder / "export" / "tokens.txt").write_text("a 0\n")
+    (folder / ".korasr-artifact").write_text("{}\n")  # the top-level marker staged_dir writes: exempt
+    listed = ("README.md", "export/tokens.txt")
+    (folder / SUMS).write_text("".join(f"{sha256_file(folder / n)}  {n}\n" for n in listed))
+    assert check(folder)["files"] == 2
+    (folder / "export" / SUMS).write_text("planted\n")
+    (folder / "export" / ".korasr-anything").write_text("planted\n")
+    with pytest.raises(ReleaseError) as raised:
+        check(folder)
+    assert f"not in SHA256SUMS: export/.korasr-anything, export/{SUMS}" in str(raised.value)

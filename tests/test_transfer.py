@@ -17,7 +17,7 @@ from korasr.text.codec import from_model_text
 from korasr.train import compose, recipe_configs, resolve
 from korasr.transfer import InitError, initialize
 from tests.conftest import eval_rows, korasr_cmd, nemo_path, run, train_args
-from tests.standins import standin
+from tests.standins import CHARACTERS, standin
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,6 +113,46 @@ def test_keep_tokenizer_trains_with_the_checkpoints_own(recipe, checkpoints, oth
     assert torch.equal(own["decoder.decoder_layers.0.weight"], source["decoder.decoder_layers.0.weight"])
     with pytest.raises(InitError, match="rnnt checkpoint has none"):
         build(recipe, checkpoints["rnnt_128_8x"], "korasr.keep_tokenizer=true")
+
+
+@pytest.fixture(scope="module")
+def char_checkpoint(recipe) -> Path:
+    """An older released model's kind: NeMo's ``EncDecCTCModel`` over characters (no tokenizer), 128 mel bands,
+    8× subsampling, 2 layers."""
+    return standin(recipe["tmp"] / "standins" / "char_ctc_128_8x.nemo", "char_ctc", recipe["tokenizer"],
+                   recipe["manifests"] / "train.jsonl", n_mels=128, subsampling=8, layers=2, seed=11)  # fmt: skip
+
+
+def test_a_character_ctc_checkpoint_trains_with_a_new_head_over_the_recipes_tokenizer(recipe, char_checkpoint):
+    """Issue 34 §6: `make train INIT=` from a character-vocabulary CTC checkpoint crashed in transfer.initialize
+    (``'EncDecCTCModel' object has no attribute 'tokenizer'``). A few steps with the encoder frozen: it arrives
+    unchanged, the head is new, over the recipe's pieces."""
+    import torch
+
+    steps = 3
+    proc = run(*train_args(recipe, recipe["tmp"] / "exp_from_char", "--init", str(char_checkpoint),
+                           "--drop-infeasible", "--freeze-encoder-steps", str(steps), f"trainer.max_steps={steps}",
+                           f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=1",
+                           "model.train_ds.perturb_speed=false", "exp_manager.create_wandb_logger=false"))  # fmt: skip
+    nemo = nemo_path(proc.stdout)
+    source, trained = state(char_checkpoint), state(nemo)
+    assert all(torch.equal(trained[k], source[k]) for k in trained if k.startswith(("encoder.", "preprocessor.")))
+    assert source["decoder.decoder_layers.0.weight"].shape[0] == len(CHARACTERS) + 1
+    assert trained["decoder.decoder_layers.0.weight"].shape[0] == 80 + 1  # the recipe's pieces and the blank
+    record = yaml.safe_load((nemo.parent / "korasr_run.yaml").read_text())["korasr"]
+    info = record["init_source"]
+    assert (info["kind"], info["n_mels"], info["subsampling"]) == ("ctc", 128, 8)
+    assert info["target"].endswith("EncDecCTCModel")
+    assert [m["from"] == "new" for m in record["init_modules"]] == [False, False, True]
+    assert record["feasibility"]["dropped"] > 0  # jamo pieces at 8×: some utterances cannot be emitted
+
+
+def test_keep_tokenizer_on_a_character_checkpoint_is_refused_with_the_reason(recipe, char_checkpoint):
+    with pytest.raises(InitError) as raised:
+        build(recipe, char_checkpoint, "korasr.keep_tokenizer=true")
+    message = str(raised.value)
+    assert str(char_checkpoint) in message and "--keep-tokenizer" in message
+    assert f"a character vocabulary ({len(CHARACTERS)} characters), not a SentencePiece tokenizer" in message
 
 
 def fake_nemo(path: Path, target: str) -> Path:

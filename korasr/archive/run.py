@@ -12,6 +12,7 @@ replaced whole, never appended to, so no row is ever written twice.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -82,15 +83,28 @@ def transcribe_archive(opts: ArchiveOptions) -> dict:
 # --- the output folder -----------------------------------------------------------------------------------------
 
 
+def _folder_sha256(folder: Path) -> str:
+    """One hash of a folder's content: every file's relative path and SHA-256, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def _fingerprint(opts: ArchiveOptions) -> dict:
     from korasr.runtime import GRAPHS
 
     s = opts.settings
     model_json = json.loads((opts.model / "model.json").read_text(encoding="utf-8"))
+    # the decoder's label names the LM folder and the hotwords file; their content decides the transcripts
+    lm = opts.lm if opts.lm is not None else (opts.model / s.lm if s.lm else None)  # --lm, or the export's own
+    hotwords = "\n".join(s.hotword_lines).encode() if s.hotword_lines else None
     return {"format": FORMAT, "source": opts.source, "source_kind": kind_of(opts.source),
             "model": opts.model_label, "model_source_sha256": model_json.get("source_sha256"),
             "graph_sha256": sha256_file(opts.model / GRAPHS[s.precision]), "precision": s.precision,
-            "decoder": opts.decoder_label, "timestamps": s.timestamps, "chunk_seconds": s.chunk_seconds,
+            "decoder": opts.decoder_label, "lm_sha256": _folder_sha256(lm) if lm is not None else None,
+            "hotwords_sha256": hashlib.sha256(hotwords).hexdigest() if hotwords is not None else None,
+            "timestamps": s.timestamps, "chunk_seconds": s.chunk_seconds,
             "max_audio_seconds": s.max_audio_seconds, "shard_size": opts.shard_size, "output_format": opts.fmt,
             "actors": opts.actors, "threads_per_actor": s.threads, "gpus_per_actor": opts.gpus_per_actor,
             "address": opts.address, "batch_size": s.batch_size, "command": " ".join(sys.argv),

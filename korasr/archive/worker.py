@@ -1,6 +1,8 @@
 """One actor of an archive run: it holds one runtime session (:class:`korasr.runtime.Recognizer`) and turns batches
 of entries into rows. A file that cannot be transcribed (missing, unreadable, a bad format, too long) becomes a row
-with its error; it never stops the batch. Nothing here imports Ray: Ray Data calls :class:`Transcriber` as the class
+with its error; it never stops the batch. What an actor holds is bounded in audio, not in rows: local files are read
+by the runtime a model batch at a time (long ones in chunks); remote files are fetched and decoded one by one and
+transcribed whenever the next would take the decoded audio held past ``Settings.max_held_seconds``. Nothing here imports Ray: Ray Data calls :class:`Transcriber` as the class
 of an actor pool, and a test can call it directly."""
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class Settings:
     timestamps: bool = False
     max_audio_seconds: float = 4 * 3600.0
     max_file_bytes: int = 2 << 30  # a remote file is read into memory whole, so it is bounded
+    # Decoded remote audio an actor holds at once (float32 at 16 kHz: 30 min ≈ 115 MB), plus the file just read:
+    # a batch of 64 hour-long remote files would otherwise be 14.7 GB before the first is transcribed.
+    max_held_seconds: float = 1800.0
 
 
 def bundle(export_dir: Path, precision: str, lm: Path | None = None) -> dict[str, bytes]:
@@ -63,6 +68,11 @@ def bundle(export_dir: Path, precision: str, lm: Path | None = None) -> dict[str
         if path.is_file():
             files[f"{EXTERNAL_LM}/{path.relative_to(lm).as_posix()}"] = path.read_bytes()
     return files
+
+
+def _remote(path: str) -> bool:
+    """Read whole into memory by pyarrow's filesystems (``file://`` is a local path)."""
+    return is_uri(path) and not path.startswith("file://")
 
 
 class Transcriber:
@@ -101,27 +111,43 @@ class Transcriber:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         done: dict[int, dict] = {}
-        local, loaded = [], []  # (row, path, seconds), (row, audio, seconds)
+        local, remote = [], []  # (row, path, seconds); rows
         for row in rows:
+            if _remote(row["path"]):
+                remote.append(row)
+                continue
             try:
-                source, seconds = self._probe(row["path"])
+                path, seconds = self._probe(row["path"])
             except AudioError as e:
                 done[row["index"]] = self._row(row, error=e)
                 continue
-            (local if isinstance(source, str) else loaded).append((row, source, seconds))
-        for group, decode in ((local, self._decode_paths), (loaded, self._decode_arrays)):
-            group.sort(key=lambda item: item[2])  # by length, as the runtime batches
-            for (row, _, seconds), outcome in zip(group, self._each(group, decode), strict=True):
-                done[row["index"]] = self._row(row, seconds, outcome)
+            local.append((row, path, seconds))
+        self._transcribe(local, self._decode_paths, done)  # the runtime reads them a batch at a time
+        held, held_seconds = [], 0.0  # (row, audio, seconds): fetched and decoded, not yet transcribed
+        for row in remote:
+            try:
+                audio = read_audio(io.BytesIO(self._fetch(row["path"])), row["path"], self.limits)
+            except AudioError as e:
+                done[row["index"]] = self._row(row, error=e)
+                continue
+            seconds = len(audio) / SAMPLE_RATE
+            if held and held_seconds + seconds > self.settings.max_held_seconds:
+                self._transcribe(held, self._decode_arrays, done)
+                held, held_seconds = [], 0.0
+            held.append((row, audio, seconds))
+            held_seconds += seconds
+        self._transcribe(held, self._decode_arrays, done)
         return pa.Table.from_pylist([done[r["index"]] for r in rows], schema=SCHEMA)
+
+    def _transcribe(self, group: list, decode, done: dict[int, dict]) -> None:  # type: ignore[no-untyped-def]
+        group.sort(key=lambda item: item[2])  # by length, as the runtime batches
+        for (row, _, seconds), outcome in zip(group, self._each(group, decode), strict=True):
+            done[row["index"]] = self._row(row, seconds, outcome)
 
     # --- reading ---------------------------------------------------------------------------------------------
 
-    def _probe(self, path: str) -> tuple[str | Any, float]:
-        """A local file's path after its header is checked, or a remote file's audio; and its duration."""
-        if is_uri(path) and not path.startswith("file://"):
-            audio = read_audio(io.BytesIO(self._fetch(path)), path, self.limits)
-            return audio, len(audio) / SAMPLE_RATE
+    def _probe(self, path: str) -> tuple[str, float]:
+        """A local file's path after its header is checked, and its duration."""
         local = path.removeprefix("file://")
         if not os.path.isfile(local):
             raise AudioError("missing", f"{path}: no such file")

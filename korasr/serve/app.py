@@ -21,7 +21,7 @@ def create_app(config: ServeConfig) -> Service:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):  # type: ignore[no-untyped-def]
-        redact_logs(config.api_key)  # after the server configured its logging
+        redact_logs(",".join(k for k in (config.api_key, config.admin_key) if k))  # after the server set up logging
         await state.start()
         yield
         await state.stop()
@@ -41,7 +41,9 @@ def create_app(config: ServeConfig) -> Service:
 DESCRIPTION = """Korean speech recognition (FastConformer-CTC, onnxruntime).
 
 With an API key set (KORASR_API_KEY), every route but /health and the page at / needs `Authorization: Bearer KEY`
-or `X-API-Key: KEY`, checked before the body is read; these docs too, unless the server runs with --public-docs.
+or `X-API-Key: KEY` (one of them: a request with two key headers gets 400), checked before the body is read; these
+docs too, unless the server runs with --public-docs. `/admin/*` (status, reload) takes only the operator key
+(KORASR_ADMIN_KEY; without one those routes are off).
 Limits: uploads over the size limit get 413 while they stream; audio over the duration limit gets 413 from its
 header, before it is decoded; sample rates outside 8–384 kHz, more than 8 channels, empty, truncated or corrupt
 bodies get 400, unknown formats 415; more requests in progress than the server admits get 503 with Retry-After,

@@ -10,6 +10,7 @@ from pathlib import Path
 from korasr.runtime import CHUNK_SECONDS, GRAPHS, check_chunk_seconds
 
 ENV = "KORASR_SERVE_CONFIG"  # the whole config as JSON, for `uvicorn --factory` worker processes
+SECRETS = ("api_key", "callback_secret", "admin_key")  # these travel in their own environment variables
 
 
 @dataclass
@@ -73,6 +74,7 @@ class ServeConfig:
     job_max_audio_seconds: float = 4 * 3600.0  # from the header, at submission; longer gets 413
     job_fetch_max_bytes: int = 2 * 2**30  # a `url` source fetched over HTTP, at most this many bytes
     job_fetch_timeout_s: float = 600.0  # and within this many seconds
+    job_fetches: int = 4  # URL fetches at once per process (they hold no admission slot); one more gets 503
     job_retention_s: float = 24 * 3600.0  # finished jobs (their results) are kept this long after finishing
     job_max_attempts: int = 3  # a job whose decoding the server died in this many times fails
     # callbacks: POSTed to URLs under these prefixes only, signed with the deployment's secret
@@ -83,6 +85,8 @@ class ServeConfig:
     callback_secret: str | None = field(
         default_factory=lambda: os.environ.get("KORASR_CALLBACK_SECRET") or None, repr=False
     )
+    # the operators' key: /admin/* takes it and no other (None: those routes are off); never a client key
+    admin_key: str | None = field(default_factory=lambda: os.environ.get("KORASR_ADMIN_KEY") or None, repr=False)
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
@@ -136,6 +140,10 @@ class ServeConfig:
 
         need(self.api_key is None or all(k.strip() for k in self.api_key.split(",")),
              "KORASR_API_KEY: one key, or several separated by commas, none empty")  # fmt: skip
+        need(self.admin_key is None or 16 <= len(self.admin_key.strip()) <= 4096,
+             "operator key (KORASR_ADMIN_KEY): 16 to 4096 characters")  # fmt: skip
+        clients = [key.strip() for key in (self.api_key or "").split(",")]
+        need(self.admin_key is None or (self.admin_key.strip() not in clients and "," not in self.admin_key), "KORASR_ADMIN_KEY: one key, none of the client keys (KORASR_API_KEY)")  # fmt: skip
         need(self.job_db is None or (0 < len(self.job_db) <= 2000 and "://" in self.job_db),
              "job_db: a SQLAlchemy URL (sqlite:///PATH, postgresql://…)")  # fmt: skip
         need(0 <= self.job_workers <= 16, f"job_workers {self.job_workers}: 0 to 16")
@@ -150,6 +158,7 @@ class ServeConfig:
             1024 <= self.job_fetch_max_bytes <= 2**40, f"job_fetch_max_bytes {self.job_fetch_max_bytes}: 1 KiB to 1 TiB"
         )
         need(0 < self.job_fetch_timeout_s <= 3600, f"job_fetch_timeout_s {self.job_fetch_timeout_s}: (0, 3600]")
+        need(1 <= self.job_fetches <= 256, f"job_fetches {self.job_fetches}: 1 to 256")
         need(1 <= self.job_retention_s <= 30 * 86400, f"job_retention_s {self.job_retention_s}: 1 s to 30 days")
         need(1 <= self.job_max_attempts <= 100, f"job_max_attempts {self.job_max_attempts}: 1 to 100")
         need(1 <= self.callback_max_attempts <= 20, f"callback_max_attempts {self.callback_max_attempts}: 1 to 20")
@@ -170,15 +179,15 @@ class ServeConfig:
             need(not (reason := check_prefix(prefix)), f"callback prefix {prefix[:100]!r}: {reason}")
 
     def to_env(self) -> str:
-        secret = ("api_key", "callback_secret")  # these travel in their own environment variables
-        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in secret})
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in SECRETS}
+        return json.dumps(values)
 
     @classmethod
     def from_env(cls) -> ServeConfig:
         """For `uvicorn --factory` workers: every field from KORASR_SERVE_CONFIG (the API key from KORASR_API_KEY, the
-        callback secret from KORASR_CALLBACK_SECRET)."""
+        callback secret from KORASR_CALLBACK_SECRET, the operator key from KORASR_ADMIN_KEY)."""
         if not os.environ.get(ENV):
             raise ValueError(f"{ENV} is not set (korasr serve --workers N sets it for its workers)")
         values = json.loads(os.environ[ENV])
-        known = {f.name for f in fields(cls)} - {"api_key", "callback_secret"}
+        known = {f.name for f in fields(cls)} - set(SECRETS)
         return cls(**{k: v for k, v in values.items() if k in known})

@@ -2,7 +2,8 @@
 
 - the API key, checked from the headers before any body byte is read (every path but ``/health`` and the page
   at ``/``; the docs too unless ``public_docs``), and before a WebSocket is accepted (a refused upgrade is an HTTP
-  403); never from the URL, which reaches access logs;
+  403); never from the URL, which reaches access logs; one key header per request (``presented_key``, the parser
+  the jobs name their owner with too: two key headers get 400); ``/admin/*`` takes only the operator key;
 - admission: at most ``queue_size`` transcription requests (job submissions included) at once; up to
   ``max_waiting`` more wait for a slot in arrival order (so a client that retries in a tight loop cannot starve one
   that waits its turn), and beyond that, or with no slot before the upload deadline, 503 with Retry-After;
@@ -27,8 +28,11 @@ from typing import Any
 
 from starlette.routing import Match
 
+from korasr.errors import without_credentials
+
 UPLOAD_ROUTES = frozenset({"/v1/transcribe", "/v1/audio/transcriptions", "/v1/jobs"})
 PUBLIC_ROUTES = frozenset({"/health", "/"})
+ADMIN_PREFIX = "/admin/"  # operators' routes: the operator key only (KORASR_ADMIN_KEY)
 DOC_ROUTES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 UNMATCHED = "unmatched"
 
@@ -68,13 +72,42 @@ def subprotocol_key(protocols: list[str]) -> str:
     return ""
 
 
+KEY_HEADERS = ("authorization", "x-api-key")
+
+
+class KeyHeaders(ValueError):
+    """A request with more than one key header: which one names its owner would be a guess (400)."""
+
+
+def key_headers(headers: Any) -> list[tuple[str, str]]:
+    """Every ``Authorization`` and ``X-API-Key`` header of a request, repeated ones included: from raw ASGI headers
+    (``(bytes, bytes)`` pairs), a Starlette ``Headers`` (its raw list) or a plain mapping of lower-case names."""
+    pairs = getattr(headers, "raw", headers)
+    pairs = pairs.items() if hasattr(pairs, "items") else pairs
+    found = []
+    for name, value in pairs:
+        name = (name.decode("latin-1") if isinstance(name, bytes) else name).lower()
+        if name in KEY_HEADERS:
+            found.append((name, value.decode("latin-1") if isinstance(value, bytes) else value))
+    return found
+
+
 def presented_key(headers: Any, subprotocols: list[str] | None = None) -> str:
-    """The key a request presents: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (lower-case header names),
-    or for a WebSocket the subprotocol ``korasr.key.<base64url(KEY)>`` ('' if none). Never from the URL: it reaches
-    logs."""
-    auth = headers.get("authorization", "")
-    given = auth[7:].strip() if auth.startswith("Bearer ") else headers.get("x-api-key", "")
-    return given or subprotocol_key(subprotocols or [])
+    """The key a request presents: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, or for a WebSocket the
+    subprotocol ``korasr.key.<base64url(KEY)>`` ('' if none). Never from the URL: it reaches logs. The one parser
+    of keys: the gate checks the key with it and the jobs name their owner with it, so both read the same header.
+    More than one key header (two ``X-API-Key``, two ``Authorization``, or one of each) raises :class:`KeyHeaders`:
+    a client sends one key."""
+    found = key_headers(headers)
+    if len(found) > 1:
+        raise KeyHeaders(f"{len(found)} key headers ({', '.join(name for name, _ in found)}): send one key, in "
+                         "Authorization: Bearer KEY or X-API-Key: KEY")  # fmt: skip
+    if not found:
+        return subprotocol_key(subprotocols or [])
+    name, value = found[0]
+    if name == "authorization":
+        return value[7:].strip() if value.startswith("Bearer ") else ""
+    return value.strip()
 
 
 def api_keys(api_key: str) -> list[str]:
@@ -101,7 +134,7 @@ class Redact(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = _SECRET_QUERY.sub(r"\1[redacted]", message)
+        cleaned = without_credentials(_SECRET_QUERY.sub(r"\1[redacted]", message))
         for key in api_keys(self.secret or ""):
             cleaned = cleaned.replace(key, "[redacted]")
         if cleaned != message:
@@ -132,17 +165,36 @@ class Gate:
                 return getattr(route, "path", UNMATCHED)
         return UNMATCHED
 
-    def key_ok(self, scope: dict) -> bool:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        return key_matches(
-            headers, self.config.api_key, scope.get("subprotocols") if scope["type"] == "websocket" else None
-        )
+    def refusal(self, scope: dict, route: str) -> tuple[int, str] | None:
+        """Why the request may not reach ``route`` (status, reason), or None. ``/admin/*`` takes only the operator key
+        (``admin_key``): without one configured those routes are off (404), a client key gets 403. Every other route
+        but the open ones takes a client key (``api_key``), when one is set."""
+        admin = route.startswith(ADMIN_PREFIX)
+        if not admin and (not self.config.api_key or route in self.open_routes):
+            return None
+        if admin and not self.config.admin_key:
+            return 404, "the admin routes are off: the server has no operator key (KORASR_ADMIN_KEY)"
+        try:
+            given = presented_key(scope.get("headers", []),
+                                  scope.get("subprotocols") if scope["type"] == "websocket" else None)  # fmt: skip
+        except KeyHeaders as e:
+            return 400, str(e)
+        if not admin:
+            return None if key_matches({"x-api-key": given}, self.config.api_key) else (401, f"missing or wrong API "
+                                                                                         f"key ({KEY_HELP})")  # fmt: skip
+        if secrets.compare_digest(given.encode(), self.config.admin_key.encode()):
+            return None
+        if self.config.api_key and key_matches({"x-api-key": given}, self.config.api_key):
+            return 403, "an operator key is needed (KORASR_ADMIN_KEY): a client key does not open /admin"
+        return 401, "missing or wrong operator key (KORASR_ADMIN_KEY; Authorization: Bearer KEY or X-API-Key: KEY)"
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
-            if self.config.api_key and not self.key_ok(scope):  # refused before the upgrade is accepted: HTTP 403
-                self.metrics.stream_closes.labels("403").inc()
-                await refuse_upgrade(scope, send, 403, f"missing or wrong API key ({KEY_HELP})")
+            refused = self.refusal(scope, self.route_of(scope))
+            if refused:  # refused before the upgrade is accepted: an HTTP error
+                status, reason = refused
+                self.metrics.stream_closes.labels(str(403 if status == 401 else status)).inc()
+                await refuse_upgrade(scope, send, 403 if status == 401 else status, reason)
                 return
             await self.app(scope, receive, send)
             return
@@ -161,8 +213,8 @@ class Gate:
 
         self.metrics.in_flight.inc()
         try:
-            if self.config.api_key and route not in self.open_routes and not self.key_ok(scope):
-                await reply(observed, 401, f"missing or wrong API key ({KEY_HELP})")
+            if refused := self.refusal(scope, route):
+                await reply(observed, *refused)
             elif route in UPLOAD_ROUTES and scope.get("method") == "POST":
                 await self._admit(scope, receive, observed)
             else:
@@ -232,13 +284,22 @@ class Gate:
                 replied = True
                 await reply(send, 408, f"upload not complete within {self.config.upload_timeout_s:g} s")
 
+        held = True
+
+        def release_slot() -> None:  # once: by the route when what remains holds no slot (a job's URL fetch), or here
+            nonlocal held
+            if held:
+                held = False
+                self._release()
+
+        scope["korasr.release_slot"] = release_slot
         try:
             await self.app(scope, receive_by_deadline, send_or_408)
         except UploadTimeout:
             if not replied:
                 await reply(send, 408, f"upload not complete within {self.config.upload_timeout_s:g} s")
         finally:
-            self._release()
+            release_slot()
 
 
 class UploadTimeout(Exception):

@@ -24,6 +24,10 @@ class Metrics:
                                registry=r)  # fmt: skip
         self.reloads = Counter("korasr_model_reloads", "model reloads by outcome (swapped, failed)", ["outcome"],
                                registry=r)  # fmt: skip
+        self.follow_errors = Counter("korasr_registry_follow_errors", "reads of the followed alias that failed (the "
+                                     "registry unreachable, or the alias names nothing)", registry=r)  # fmt: skip
+        self.registry_reachable = Gauge("korasr_registry_reachable", "1 while the followed registry answers, 0 while "
+                                        "it does not (the serving model keeps serving)", registry=r)  # fmt: skip
         self.streams = Gauge("korasr_streams_active", "open WebSocket streams", registry=r)
         self.chunk_seconds = Histogram("korasr_stream_chunk_seconds", "compute per streaming encoder call (one "
                                        "batch of streams)", registry=r,

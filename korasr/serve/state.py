@@ -75,12 +75,14 @@ class ServiceState:
     current: Generation | None = None
     decoders: ThreadPoolExecutor | None = None
     retiring: list[Generation] = field(default_factory=list)
-    reload_error: str | None = None  # the last failed reload's reason, until one succeeds (/health shows it)
+    reload_error: str | None = None  # the last failed reload's reason, until one succeeds (/admin/status shows it)
+    follow: dict = field(default_factory=dict)  # the follower's view of the registry (follow.py; /admin/status)
     jobs: JobWorker | None = None  # asynchronous jobs (korasr/serve/jobs/), once started
 
     def __post_init__(self) -> None:
         self.limits = AudioLimits(max_seconds=self.config.max_audio_seconds)
         self._swap_lock = asyncio.Lock()
+        self.reloading = asyncio.Lock()  # one reload at a time (follow.reload): another meanwhile is refused
         self._follower: asyncio.Task | None = None
         self._releases: set[asyncio.Task] = set()  # held until done (the loop keeps only weak references)
 
@@ -104,6 +106,10 @@ class ServiceState:
         version, path = None, self.config.model
         if self.config.model_ref:  # the version the alias names now, and its export (the one the CLI fetched)
             version, path = await asyncio.to_thread(pinned, self.config)
+            self.metrics.registry_reachable.set(0 if version["from_cache"] else 1)
+            if version["from_cache"]:
+                self.follow.update(reachable=False, error="the registry did not answer at start: serving version "
+                                   f"{version['version']} from the local cache", failing_since=time.time())  # fmt: skip
         self.current = await load_generation(self.config, path, self.metrics, version)
         self.describe(self.current)
         self.decoders = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="korasr-audio")

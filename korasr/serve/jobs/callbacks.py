@@ -11,8 +11,12 @@ Headers: ``X-Korasr-Timestamp`` (unix seconds) and ``X-Korasr-Signature: sha256=
                           request.headers["X-Korasr-Signature"])   # False: answer 400 and ignore the body
 
 Delivery: the target is checked against the allow-list and its address (``net.resolve``) before every attempt;
-each attempt has a timeout; redirects are not followed; 5xx, 408, 429 and network errors are retried with
-exponential back-off (1, 2, 4 … s) up to ``attempts`` tries and ``DEADLINE_S`` in all; any other answer ends it."""
+each attempt has one deadline for all of it (connect, send, the answer's headers), so a receiver that trickles its
+answer cannot stretch it; redirects are not followed; 5xx, 408, 429, network errors and a missed deadline are retried
+with exponential back-off (1, 2, 4 … s) up to ``attempts`` tries and ``DEADLINE_S`` in all; any other answer ends it.
+Every attempt of one callback carries the same ``X-Korasr-Delivery`` id (the job's): a receiver that sees it twice
+(the answer to the first attempt was lost) keeps one. The worker claims a callback in the database before sending
+it, so one process sends it, whatever the number of workers, and a restart sends only those not delivered."""
 
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 
 TIMESTAMP_HEADER = "X-Korasr-Timestamp"
 SIGNATURE_HEADER = "X-Korasr-Signature"
+DELIVERY_HEADER = "X-Korasr-Delivery"
 DEADLINE_S = 600.0  # one callback's deliveries, back-off included, end within this
 MAX_BACKOFF_S = 60.0
 RETRIED = frozenset({408, 429})
@@ -59,6 +64,8 @@ def payload(job: dict, result: object) -> bytes:
     """The callback's body: the job's id, status, format and times, and its ``result`` or ``error``."""
     body = {"id": job["id"], "status": job["status"], "response_format": job["response_format"],
             "attempts": job["attempts"], "created_at": job["created_at"], "finished_at": job["finished_at"]}  # fmt: skip
+    if job.get("model"):
+        body["model"] = json.loads(job["model"])
     if job["status"] == "succeeded":
         body["result"] = result
     else:
@@ -67,8 +74,9 @@ def payload(job: dict, result: object) -> bytes:
 
 
 async def deliver(url: str, body: bytes, *, allow: tuple[str, ...], secret: str, attempts: int, timeout_s: float,
-                  backoff_s: float = 1.0) -> str:  # fmt: skip
-    """POST ``body`` to ``url`` until it is taken (2xx: ''), or the reason it never was."""
+                  delivery: str, backoff_s: float = 1.0) -> str:  # fmt: skip
+    """POST ``body`` to ``url`` until it is taken (2xx: ''), or the reason it never was; each attempt within
+    ``timeout_s`` in all, each with the id ``delivery``."""
     import httpx
 
     started, reason = time.monotonic(), "not attempted"
@@ -80,9 +88,13 @@ async def deliver(url: str, body: bytes, *, allow: tuple[str, ...], secret: str,
                     return f"{reason}; gave up after {attempt} attempts ({DEADLINE_S:g} s in all)"
                 await asyncio.sleep(wait)
             try:
-                status = await post(client, url, body, allow, secret)
+                async with asyncio.timeout(timeout_s):
+                    status = await post(client, url, body, allow, secret, delivery)
             except Refused as e:
                 return e.reason
+            except TimeoutError:
+                reason = f"no answer within {timeout_s:g} s"
+                continue
             except httpx.HTTPError as e:
                 reason = f"{type(e).__name__}: {e}"[:300]
                 continue
@@ -94,12 +106,12 @@ async def deliver(url: str, body: bytes, *, allow: tuple[str, ...], secret: str,
     return f"{reason}, {attempts} attempts"
 
 
-async def post(client, url: str, body: bytes, allow: tuple[str, ...], secret: str) -> int:  # type: ignore[no-untyped-def]
+async def post(client, url: str, body: bytes, allow: tuple[str, ...], secret: str, delivery: str) -> int:  # type: ignore[no-untyped-def]
     """One signed POST to the checked address of ``url``: the answer's status."""
     target = await resolve(url, allow, "callback_url", "--callback-allow")
     pinned, headers, extensions = target.request()
     timestamp = int(time.time())
     headers |= {"Content-Type": "application/json", "User-Agent": "korasr", TIMESTAMP_HEADER: str(timestamp),
-                SIGNATURE_HEADER: sign(secret, timestamp, body)}  # fmt: skip
+                SIGNATURE_HEADER: sign(secret, timestamp, body), DELIVERY_HEADER: delivery}  # fmt: skip
     async with client.stream("POST", pinned, content=body, headers=headers, extensions=extensions) as response:
         return response.status_code  # the answer's body is never read: its size is the receiver's to choose

@@ -3,7 +3,12 @@ operator allows, and never an address that is not globally routable (loopback, p
 metadata service at 169.254.169.254, shared, reserved) unless the prefix itself names that address (an IP literal,
 or ``localhost`` for loopback). A name that resolves to such an address is refused whatever the prefix, so a
 public-looking host cannot point the server at its own network. The address checked is the address connected to
-(:meth:`Target.request`): the name is not resolved a second time, so DNS cannot change the answer in between."""
+(:meth:`Target.request`): the name is not resolved a second time, so DNS cannot change the answer in between.
+
+IPv6 forms that carry an IPv4 address (NAT64 ``64:ff9b::/96`` and ``64:ff9b:1::/48``, IPv4-mapped ``::ffff:0:0/96``,
+IPv4-translated ``::ffff:0:0:0/96``, IPv4-compatible ``::/96``, 6to4 ``2002::/16``) count as not global: a translator
+would take the server to the IPv4 address inside, which may be private. A backslash anywhere in a URL (or ``%5C`` in
+its path) is refused: servers and proxies that read it as ``/`` would see another path than the prefix check did."""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ RESOLVE_TIMEOUT_S = 5.0
 MAX_URL = 2000
 DEFAULT_PORTS = {"http": 80, "https": 443}
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+CARRY_IPV4 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0/96",
+                                                       "::ffff:0:0:0/96", "::/96", "2002::/16"))  # fmt: skip
 
 
 class Refused(Exception):
@@ -32,6 +39,8 @@ def parse(url: str, what: str) -> httpx.URL:
     """An absolute http(s) URL with a host, no user name or password and no ``..`` segment; else Refused(400)."""
     if len(url) > MAX_URL:
         raise Refused(400, f"{what}: longer than {MAX_URL} characters")
+    if "\\" in url:
+        raise Refused(400, f"{what} {url[:100]!r}: a backslash in a URL is not allowed")
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError, TypeError) as e:
@@ -40,8 +49,8 @@ def parse(url: str, what: str) -> httpx.URL:
         raise Refused(400, f"{what} {url[:100]!r}: an http:// or https:// URL with a host")
     if parsed.userinfo:
         raise Refused(400, f"{what} {url[:100]!r}: a user name or password in the URL is not allowed")
-    if ".." in parsed.path.split("/"):
-        raise Refused(400, f"{what} {url[:100]!r}: '..' in the path")
+    if ".." in parsed.path.split("/") or "%5c" in parsed.raw_path.decode("ascii", "replace").lower():
+        raise Refused(400, f"{what} {url[:100]!r}: '..' or an encoded backslash in the path")
     return parsed
 
 
@@ -84,7 +93,7 @@ def named_by(prefix: httpx.URL, ip: Address) -> bool:
 
 
 def reachable(ip: Address) -> bool:
-    return ip.is_global and not ip.is_multicast
+    return ip.is_global and not ip.is_multicast and not any(ip in network for network in CARRY_IPV4)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,19 @@
 database. Every state change is one conditional UPDATE, so several processes (``--workers N``, or hosts sharing a
 server database and a jobs folder) can share it: a job is claimed by one worker, which holds it under a lease it
 renews while decoding; a lease that runs out (the process died) puts the job back in the queue, or fails it after
-``max_attempts`` claims. Calls block: the service makes them in a thread."""
+``max_attempts`` claims. A callback is claimed the same way before it is sent, so one process sends it.
+
+The limits (queue length, a key's quota) are counted and the job inserted in one transaction that holds the write
+lock from its first statement: ``BEGIN IMMEDIATE`` on SQLite, and on a server database ``SELECT … FOR UPDATE`` of
+one row of ``korasr_job_admission`` that every admission locks; so processes and hosts admit one at a time and no
+two see the same room. Calls block: the service makes them in a thread."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import (
@@ -21,14 +28,18 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     create_engine,
     delete,
     event,
     func,
+    inspect,
+    or_,
     select,
     update,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -59,9 +70,12 @@ jobs = Table(
     Column("finished_at", Float),
     Column("lease_until", Float),
     Column("worker", String(200)),
+    Column("model", String(1000)),  # JSON: the model that decoded it (registry name and version, export, hash)
+    Column("callback_until", Float),  # a callback being sent is claimed until then (then another process may)
     Index("korasr_jobs_status", "status", "seq"),
     Index("korasr_jobs_owner", "owner", "status"),
 )
+admission = Table("korasr_job_admission", metadata, Column("name", String(16), primary_key=True))
 
 
 class JobLimit(Exception):
@@ -73,10 +87,17 @@ class JobLimit(Exception):
 
 
 def sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+    connection.isolation_level = None  # the driver's own BEGIN off: sqlite_begin says which (SQLAlchemy's recipe)
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer, nor it for them
     cursor.execute("PRAGMA busy_timeout=10000")  # a writer waits at most 10 s for another
     cursor.close()
+
+
+def sqlite_begin(connection) -> None:  # type: ignore[no-untyped-def]
+    """Writes take SQLite's write lock when they begin (``BEGIN IMMEDIATE``), so a transaction that counts and then
+    inserts cannot be overtaken between the two; reads begin deferred."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.get_execution_options().get("korasr_write") else "BEGIN")
 
 
 class JobStore:
@@ -85,11 +106,35 @@ class JobStore:
         self.engine = create_engine(url, connect_args={"timeout": 10} if sqlite else {}, pool_pre_ping=not sqlite)
         if sqlite:
             event.listen(self.engine, "connect", sqlite_pragmas)
-        try:
-            metadata.create_all(self.engine)
-        except OperationalError:  # another process (--workers N) created the table meanwhile
-            metadata.create_all(self.engine)
+            event.listen(self.engine, "begin", sqlite_begin)
+        for attempt in range(3):  # another process (--workers N) may create or alter the tables meanwhile
+            try:
+                metadata.create_all(self.engine)
+                self._add_columns()
+                with self._write() as c:
+                    if c.execute(select(admission.c.name)).first() is None:
+                        c.execute(admission.insert().values(name="admit"))
+                break
+            except (OperationalError, ProgrammingError, IntegrityError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
         self._admit = threading.Lock()  # this process's limit checks and inserts, one at a time
+
+    def _add_columns(self) -> None:
+        """Columns a newer korasr added to a database an older one made (its jobs kept)."""
+        have = {c["name"] for c in inspect(self.engine).get_columns(jobs.name)}
+        for column in jobs.columns:
+            if column.name not in have:
+                with self._write() as c:
+                    c.exec_driver_sql(f"ALTER TABLE {jobs.name} ADD COLUMN {column.name} "
+                                      f"{column.type.compile(self.engine.dialect)}")  # fmt: skip
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A transaction that writes: on SQLite it holds the write lock from its first statement."""
+        with self.engine.connect().execution_options(korasr_write=True) as c, c.begin():
+            yield c
 
     def close(self) -> None:
         self.engine.dispose()
@@ -118,8 +163,10 @@ class JobStore:
         return None
 
     def add(self, row: dict, queue_max: int, quota: int) -> None:
-        """Queue a job, the limits checked in the same transaction."""
-        with self._admit, self.engine.begin() as c:
+        """Queue a job, the limits checked in the same transaction, which every admission serializes on (SQLite's
+        write lock; on a server database the admission row's)."""
+        with self._admit, self._write() as c:
+            c.execute(select(admission.c.name).where(admission.c.name == "admit").with_for_update())
             self.check(row["owner"], queue_max, quota, c)
             c.execute(jobs.insert().values(**row, status="queued", attempts=0))
 
@@ -130,7 +177,7 @@ class JobStore:
     def claim(self, worker: str, lease_s: float) -> dict | None:
         """The oldest queued job, now running under ``worker``'s lease; None when the queue is empty."""
         for _ in range(16):  # another worker may take the same job first: then the next one
-            with self.engine.begin() as c:
+            with self._write() as c:
                 seq = c.execute(select(jobs.c.seq).where(jobs.c.status == "queued").order_by(jobs.c.seq).limit(1))
                 seq = seq.scalar_one_or_none()
                 if seq is None:
@@ -147,20 +194,22 @@ class JobStore:
         return update(jobs).where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status == "running")
 
     def renew(self, job_id: str, worker: str, lease_s: float) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(self._mine(job_id, worker).values(lease_until=time.time() + lease_s))
 
-    def finish(self, job_id: str, worker: str, *, result: str | None = None, error: str | None = None) -> bool:
-        """Succeeded with ``result`` or failed with ``error``; False when the job was no longer this worker's."""
+    def finish(self, job_id: str, worker: str, *, result: str | None = None, error: str | None = None,
+               model: str | None = None) -> bool:  # fmt: skip
+        """Succeeded with ``result`` or failed with ``error`` (``model``: what decoded it, JSON); False when the job
+        was no longer this worker's."""
         status = "failed" if error is not None else "succeeded"
         values: dict[str, Any] = {"status": status, "result": result, "error": error and error[:2000],
-                                  "finished_at": time.time(), "lease_until": None}  # fmt: skip
-        with self.engine.begin() as c:
+                                  "finished_at": time.time(), "lease_until": None, "model": model}  # fmt: skip
+        with self._write() as c:
             return c.execute(self._mine(job_id, worker).values(**values)).rowcount == 1
 
     def release(self, job_id: str, worker: str) -> None:
         """Back to the queue, the claim not counted: the server is stopping, no fault of the job's."""
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(self._mine(job_id, worker).values(status="queued", attempts=jobs.c.attempts - 1,
                                                          lease_until=None, worker=None))  # fmt: skip
 
@@ -168,7 +217,7 @@ class JobStore:
         """Jobs whose lease ran out (their process died): queued again, or failed once claimed ``max_attempts``
         times. Returns those failed."""
         now, failed = time.time(), []
-        with self.engine.begin() as c:
+        with self._write() as c:
             stale = c.execute(select(jobs.c.id, jobs.c.attempts).where(jobs.c.status == "running",
                                                                         jobs.c.lease_until < now)).all()  # fmt: skip
             for job_id, attempts in stale:
@@ -184,13 +233,13 @@ class JobStore:
 
     def cancel(self, job_id: str, owner: str) -> bool:
         """A queued job cancelled (True), or it was not queued."""
-        with self.engine.begin() as c:
+        with self._write() as c:
             done = c.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.owner == owner, jobs.c.status == "queued")
                              .values(status="cancelled", finished_at=time.time()))  # fmt: skip
         return done.rowcount == 1
 
     def delete(self, job_ids: list[str]) -> None:
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(delete(jobs).where(jobs.c.id.in_(job_ids)))
 
     def expired(self, before: float, limit: int = 1000) -> list[dict]:
@@ -205,12 +254,29 @@ class JobStore:
         with self.engine.connect() as c:
             return {a for (a,) in c.execute(select(jobs.c.audio).where(jobs.c.spooled))}
 
-    def set_callback(self, job_id: str, state: str, error: str = "") -> None:
-        with self.engine.begin() as c:
-            c.execute(update(jobs).where(jobs.c.id == job_id).values(callback_state=state,
-                                                                      callback_error=error[:500] or None))  # fmt: skip
+    def claim_callback(self, job_id: str, hold_s: float) -> dict | None:
+        """The finished job whose callback is now the caller's to send, claimed until ``hold_s`` from now (its
+        ``callback_until``, the claim's token); None when it was sent, or another process holds it."""
+        now = time.time()
+        waiting = or_(jobs.c.callback_state == "pending",
+                      and_(jobs.c.callback_state == "sending", jobs.c.callback_until < now))  # fmt: skip
+        with self._write() as c:
+            taken = c.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(("succeeded", "failed")),
+                                                 waiting).values(callback_state="sending", callback_until=now + hold_s))  # fmt: skip
+        return self.get(job_id, None) if taken.rowcount == 1 else None
+
+    def set_callback(self, job_id: str, claim: float, state: str, error: str = "") -> None:
+        """The outcome of the callback claimed as ``claim``: delivered, failed, or pending again (the server stopped
+        while sending)."""
+        with self._write() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.callback_state == "sending",
+                                         jobs.c.callback_until == claim).values(
+                callback_state=state, callback_error=error[:500] or None, callback_until=None))  # fmt: skip
 
     def pending_callbacks(self, limit: int = 1000) -> list[dict]:
-        query = select(jobs).where(jobs.c.callback_state == "pending", jobs.c.status.in_(("succeeded", "failed")))
+        """Finished jobs whose callback waits to be sent: never claimed, or claimed by a process that died."""
+        waiting = or_(jobs.c.callback_state == "pending",
+                      and_(jobs.c.callback_state == "sending", jobs.c.callback_until < time.time()))  # fmt: skip
+        query = select(jobs.c.id).where(waiting, jobs.c.status.in_(("succeeded", "failed")))
         with self.engine.connect() as c:
             return [dict(r) for r in c.execute(query.order_by(jobs.c.seq).limit(limit)).mappings()]

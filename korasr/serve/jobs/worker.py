@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import secrets
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,8 +22,8 @@ from korasr.runtime.audio import AudioLimits
 from korasr.serve.errors import ClientError
 from korasr.serve.formats import encoded, shaped
 from korasr.serve.hotwords import parse_hotwords, prompt_hotwords
-from korasr.serve.jobs.callbacks import deliver, payload
-from korasr.serve.jobs.sources import probe
+from korasr.serve.jobs.callbacks import DEADLINE_S, deliver, payload
+from korasr.serve.jobs.sources import Spool, probe
 from korasr.serve.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -33,14 +31,25 @@ log = logging.getLogger(__name__)
 LEASE_S = 60.0  # a running job's lease, renewed every third of it; a job whose lease ran out is taken back
 POLL_S = 1.0  # an idle loop looks at the queue this often (jobs other processes queued), or when woken
 CALLBACKS_AT_ONCE = 8
+# a callback being sent stays claimed this long (its deliveries end within DEADLINE_S)
+CALLBACK_HOLD_S = DEADLINE_S + 60
+
+
+JOBS_DIR = "exp/jobs"  # the default, under the working directory, as the registry's cache (KORASR_JOBS_DIR: another)
 
 
 def jobs_dir(config: Any) -> Path:
-    """``config.jobs_dir``, or a folder in the system's temporary directory named after the model."""
-    if config.jobs_dir is not None:
-        return Path(config.jobs_dir)
-    tag = hashlib.sha256(str(Path(config.model).resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"korasr-jobs-{tag}"
+    """``config.jobs_dir``, else ``KORASR_JOBS_DIR``, else ``exp/jobs`` under the working directory: never named after
+    the model, so a promotion (a new version's folder) and a restart find the jobs queued before."""
+    return Path(config.jobs_dir or os.environ.get("KORASR_JOBS_DIR") or JOBS_DIR).resolve()
+
+
+def model_identity(generation: Any) -> str:
+    """What decoded a job, as JSON for its row: the registry's name and version (when the service follows one),
+    the export folder's name and the hash of the checkpoint it was exported from."""
+    version, info = generation.version, generation.recognizer.info
+    return json.dumps({"name": version.get("name"), "version": version.get("version"), "export": generation.path.name,
+                       "source_sha256": str(info.get("source_sha256", ""))[:12] or None})  # fmt: skip
 
 
 def db_url(config: Any) -> str:
@@ -55,7 +64,8 @@ class JobWorker:
         self.store: JobStore | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"[:200]
         self.wake = asyncio.Event()
-        self.spool_lock = asyncio.Lock()  # an upload's room check and its copy, one at a time
+        self.room = Spool(self.spool, self.config.job_spool_max_bytes)  # what spooled files reserve
+        self.fetching = 0  # URL fetches in progress (at most job_fetches)
         self._tasks: set[asyncio.Task] = set()
         self._callbacks: set[asyncio.Task] = set()
         self._callback_slots = asyncio.Semaphore(CALLBACKS_AT_ONCE)
@@ -66,10 +76,7 @@ class JobWorker:
         self.store = await asyncio.to_thread(JobStore, db_url(self.config))
         log.info("jobs: %s, spool %s, %d workers", redacted(db_url(self.config)), self.spool, self.config.job_workers)
         if self.config.job_workers:
-            pending = await asyncio.to_thread(self.store.pending_callbacks)  # before the sweep sends its own
-            await self.sweep()
-            for job in pending:
-                self.callback(job["id"])
+            await self.sweep()  # also sends the callbacks left pending (each claimed first: one process sends it)
             self._spawn(self._sweep_loop(), self._tasks)
         for _ in range(self.config.job_workers):
             self._spawn(self._decode_loop(), self._tasks)
@@ -138,21 +145,27 @@ class JobWorker:
             raise
 
     async def _run(self, job: dict) -> None:
+        model = None
         try:
-            result, error = encoded(await self._transcribe(job)), None
+            shaped_result, model = await self._transcribe(job)
+            result, error = encoded(shaped_result), None
         except ClientError as e:
             result, error = None, e.message
         except Exception as e:
             log.exception("job %s failed", job["id"])
             result, error = None, f"{type(e).__name__}: {e}"[:2000]
-        if not await asyncio.to_thread(self.store.finish, job["id"], self.name, result=result, error=error):
+        if not await asyncio.to_thread(self.store.finish, job["id"], self.name, result=result, error=error,
+                                       model=model):  # fmt: skip
             log.warning("job %s: its lease ran out while it was decoded; another worker has it", job["id"])
             return
         self.finished(job, "failed" if error is not None else "succeeded")
 
-    async def _transcribe(self, job: dict) -> str | dict:
+    async def _transcribe(self, job: dict) -> tuple[str | dict, str]:
+        """The job's result in its format, and the model that made it (JSON: :func:`model_identity`): the one in
+        service when the job is decoded, whichever served when it was queued."""
         path, limits = self.audio_path(job), AudioLimits(max_seconds=self.config.job_max_audio_seconds)
         with self.state.lease() as generation:
+            model = model_identity(generation)
             recognizer = generation.recognizer
             hotwords = self._hotwords(recognizer, job)
             seconds = await asyncio.to_thread(probe, path, job["source"][:200], limits)  # the file may have changed
@@ -162,7 +175,7 @@ class JobWorker:
             decoding.add_done_callback(lambda f: f.cancelled() or f.exception())  # stopped at shutdown: not an error
             result = (await self._hold(job, decoding))[0]
         self.metrics.audio_seconds.inc(seconds)
-        return shaped(result, seconds, job["response_format"])
+        return shaped(result, seconds, job["response_format"]), model
 
     def _hotwords(self, recognizer: Any, job: dict) -> Any:
         if job["hotwords_field"] == "prompt":
@@ -190,18 +203,27 @@ class JobWorker:
         self._spawn(self._deliver(job_id), self._callbacks)
 
     async def _deliver(self, job_id: str) -> None:
+        """Send a job's callback once it is claimed (no other process sends it meanwhile); a stop while sending
+        hands it back, so the next start sends it again (the receiver sees the same delivery id twice only after an
+        attempt that did not finish)."""
         async with self._callback_slots:
-            job = await asyncio.to_thread(self.store.get, job_id, None)
+            job = await asyncio.to_thread(self.store.claim_callback, job_id, CALLBACK_HOLD_S)
             if job is None or not job["callback_url"]:
                 return
-            if not self.config.callback_secret:
-                error = "the server has no callback secret (KORASR_CALLBACK_SECRET)"
-            else:
-                result = job["result"]
-                if result is not None and job["response_format"] in ("json", "verbose_json"):
-                    result = json.loads(result)
-                error = await self._send(job, result)
-            await asyncio.to_thread(self.store.set_callback, job_id, "failed" if error else "delivered", error)
+            claim = job["callback_until"]
+            try:
+                if not self.config.callback_secret:
+                    error = "the server has no callback secret (KORASR_CALLBACK_SECRET)"
+                else:
+                    result = job["result"]
+                    if result is not None and job["response_format"] in ("json", "verbose_json"):
+                        result = json.loads(result)
+                    error = await self._send(job, result)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    self.store.set_callback(job_id, claim, "pending")
+                raise
+            await asyncio.to_thread(self.store.set_callback, job_id, claim, "failed" if error else "delivered", error)
             self.metrics.job_callbacks.labels("failed" if error else "delivered").inc()
             if error:
                 log.warning("job %s: callback not delivered: %s", job_id, error)
@@ -210,7 +232,7 @@ class JobWorker:
         try:
             return await deliver(job["callback_url"], payload(job, result), allow=self.config.callback_allow,
                                  secret=self.config.callback_secret, attempts=self.config.callback_max_attempts,
-                                 timeout_s=self.config.callback_timeout_s)  # fmt: skip
+                                 timeout_s=self.config.callback_timeout_s, delivery=job["id"])  # fmt: skip
         except Exception as e:  # a URL that passed the checks and still broke the client: failed, said why
             return f"{type(e).__name__}: {e}"[:500]
 
@@ -233,6 +255,8 @@ class JobWorker:
             if expired:
                 await asyncio.to_thread(self.store.delete, [job["id"] for job in expired])
             await asyncio.to_thread(self._orphans)
+            for job in await asyncio.to_thread(self.store.pending_callbacks):  # a process died while sending one
+                self.callback(job["id"])
             await self.refresh()
         except Exception:
             log.exception("jobs: the sweep failed (the next one retries)")

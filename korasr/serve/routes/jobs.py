@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import time
 import uuid
@@ -15,21 +16,22 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from korasr.runtime.audio import AudioLimits
 from korasr.serve.errors import ClientError
 from korasr.serve.formats import MEDIA_TYPES, check_format
-from korasr.serve.gate import presented_key
+from korasr.serve.gate import KeyHeaders, presented_key
 from korasr.serve.hotwords import parse_hotwords
 from korasr.serve.jobs.net import Refused, resolve
-from korasr.serve.jobs.sources import fetch, is_url, local_source, probe, spool_room, spool_upload
+from korasr.serve.jobs.sources import fetch, is_url, local_source, probe, spool_upload
 from korasr.serve.jobs.store import JobLimit
 from korasr.serve.jobs.worker import JobWorker
 from korasr.serve.state import ServiceState, service
 
 router = APIRouter()
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+RESULT_BLOCK = 64 * 1024  # a larger result is sent in blocks of this size
 SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})  # a spooled upload keeps its extension
 
 
@@ -41,8 +43,14 @@ def jobs_of(state: ServiceState) -> JobWorker:
 
 
 def owner_of(request: Request, state: ServiceState) -> str:
-    """SHA-256 of the API key the request presents (never the key itself); '' on a server without keys."""
-    return hashlib.sha256(presented_key(request.headers).encode()).hexdigest() if state.config.api_key else ""
+    """SHA-256 of the API key the request presents (never the key itself); '' on a server without keys. The gate's
+    own parser (``presented_key``), so the key checked is the key that owns."""
+    if not state.config.api_key:
+        return ""
+    try:
+        return hashlib.sha256(presented_key(request.headers).encode()).hexdigest()
+    except KeyHeaders as e:  # the gate refused it already
+        raise ClientError(400, str(e)) from None
 
 
 @router.post("/v1/jobs", status_code=202)
@@ -66,7 +74,7 @@ async def create_job(
     owner = owner_of(request, state)
     await limits(jobs, owner)
     job_id = uuid.uuid4().hex
-    audio, spooled, source = await intake(jobs, job_id, file, url)
+    audio, spooled, source = await intake(request, jobs, job_id, file, url)
     try:
         name = Path(source).name[:200] if spooled else source[:200]
         seconds = await asyncio.to_thread(probe, jobs.audio_path({"audio": audio, "spooled": spooled}), name,
@@ -123,26 +131,33 @@ async def limits(jobs: JobWorker, owner: str) -> None:
         raise limit_error(e) from None
 
 
-async def intake(jobs: JobWorker, job_id: str, file: UploadFile | None, url: str | None) -> tuple[str, bool, str]:
+async def intake(request: Request, jobs: JobWorker, job_id: str, file: UploadFile | None,
+                 url: str | None) -> tuple[str, bool, str]:  # fmt: skip
     """The job's audio: (the spooled file's name or the allowed file's path, whether spooled, what the client
-    named)."""
+    named). Its room in the spool is reserved before it is written. A URL is fetched after the request gives back
+    its admission slot (the body is read: what remains is the fetch, bounded by ``job_fetches`` per process), so
+    slow fetches never hold the slots of the synchronous routes."""
     config = jobs.config
     if file is not None:
         name = (file.filename or "upload")[:200]
         suffix = Path(name).suffix.lower()
         dest = jobs.spool / f"{job_id}{suffix if suffix in SUFFIXES else '.audio'}"
-        async with jobs.spool_lock:  # this process's uploads: the room checked and taken together
-            size = file.size if file.size is not None else 0
-            await asyncio.to_thread(spool_room, jobs.spool, config.job_spool_max_bytes, size)
-            await asyncio.to_thread(spool_upload, file.file, dest)
+        await asyncio.to_thread(spool_upload, file.file, dest, jobs.room)
         return dest.name, True, name
     if not is_url(url):
         return str(local_source(url, config.job_sources)), False, url
     suffix = Path(url.split("?", 1)[0]).suffix.lower()
     dest = jobs.spool / f"{job_id}{suffix if suffix in SUFFIXES else '.audio'}"
-    used = await asyncio.to_thread(spool_room, jobs.spool, config.job_spool_max_bytes, 0)
-    await fetch(url, dest, prefixes=config.job_sources, max_bytes=config.job_fetch_max_bytes,
-                timeout_s=config.job_fetch_timeout_s, room=config.job_spool_max_bytes - used)  # fmt: skip
+    if jobs.fetching >= config.job_fetches:
+        raise ClientError(503, f"{jobs.fetching} URL fetches in progress (--job-fetches {config.job_fetches}); retry "
+                          "later", {"Retry-After": "10"})  # fmt: skip
+    request.scope.get("korasr.release_slot", lambda: None)()
+    jobs.fetching += 1
+    try:
+        await fetch(url, dest, prefixes=config.job_sources, max_bytes=config.job_fetch_max_bytes,
+                    timeout_s=config.job_fetch_timeout_s, spool=jobs.room)  # fmt: skip
+    finally:
+        jobs.fetching -= 1
     return dest.name, True, url
 
 
@@ -161,6 +176,7 @@ def public(job: dict) -> dict:
     keys = ("id", "status", "response_format", "source", "attempts", "audio_seconds", "created_at", "started_at",
             "finished_at", "error")  # fmt: skip
     body = {k: round(job[k], 3) if k.endswith("_at") and job[k] is not None else job[k] for k in keys}
+    body["model"] = json.loads(job["model"]) if job.get("model") else None  # what decoded it
     if job["callback_url"]:
         body["callback"] = {"url": job["callback_url"], "state": job["callback_state"], "error": job["callback_error"]}
     return body
@@ -177,7 +193,14 @@ async def job_result(job_id: str, request: Request, state: Annotated[ServiceStat
     if job["status"] != "succeeded":
         detail = f": {job['error']}" if job["error"] else ""
         raise ClientError(409, f"job {job_id} is {job['status']}{detail}"[:2000])
-    return Response(job["result"], media_type=MEDIA_TYPES[job["response_format"]])
+    body = job["result"].encode()
+    if len(body) <= RESULT_BLOCK:
+        return Response(body, media_type=MEDIA_TYPES[job["response_format"]])
+    # in blocks, each send under its own deadline: a client that reads slowly but steadily gets all of it, one that
+    # stops is aborted at the first block it does not take
+    blocks = (body[i : i + RESULT_BLOCK] for i in range(0, len(body), RESULT_BLOCK))
+    return StreamingResponse(blocks, media_type=MEDIA_TYPES[job["response_format"]],
+                             headers={"Content-Length": str(len(body))})  # fmt: skip
 
 
 @router.delete("/v1/jobs/{job_id}")
