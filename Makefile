@@ -75,7 +75,7 @@ UNTIL ?=
 # with `;`, `$(...)` or quotes is one literal argument (ARGS and the lists: words split on blanks, never globbed).
 export NEW_DATA REGISTRY_NAME WEBHOOK RETRAIN_EVAL RETRAIN_REPLAY UNTIL ARGS
 
-.PHONY: help setup espeak browser kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap release transcribe-archive bench-archive
+.PHONY: help setup espeak browser postgres kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap release transcribe-archive bench-archive
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -91,6 +91,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[train,dev]"
 	@$(MAKE) --no-print-directory espeak
 	@$(MAKE) --no-print-directory browser
+	@$(MAKE) --no-print-directory postgres
 	@touch $@
 
 espeak: ## eSpeak NG: Debian's espeak-ng when it can be had, else the pip-only espeakng-loader wheel
@@ -114,6 +115,17 @@ browser: ## Debian's chromium + chromium-driver for the service page's browser t
 	  echo "Chromium: installed Debian's chromium and chromium-driver"; \
 	else \
 	  echo "Chromium: not installable here (needs root and apt); the browser test will fail"; \
+	fi
+
+postgres: ## Debian's PostgreSQL server binaries, for the tests' throwaway job database (root and apt only; none is started)
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+	  echo "PostgreSQL: $$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	     { apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 || \
+	       { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1; }; }; then \
+	  echo "PostgreSQL: installed Debian's postgresql"; \
+	else \
+	  echo "PostgreSQL: not installable here (needs root and apt); the tests on a server database are skipped"; \
 	fi
 
 # KenLM's lmplz and build_binary: on neither PyPI nor Debian as binaries, but the PyPI source package holds the

@@ -333,3 +333,42 @@ def receive_all(ws) -> tuple[list[dict], int | None, str]:  # type: ignore[no-un
             messages.append(ws.receive_json())
         except WebSocketDisconnect as e:
             return messages, e.code, e.reason
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A throwaway PostgreSQL cluster on loopback for the session (Debian's server binaries; initdb refuses root, so
+    its folders belong to ``postgres``): yields a SQLAlchemy URL. Skipped where no PostgreSQL server is installed."""
+    import glob
+    import socket
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not found:
+        pytest.skip("no PostgreSQL server installed (Debian: apt-get install postgresql)")
+    bin_dir = Path(found[-1]).parent
+    pytest.importorskip("psycopg")
+    base = tmp_path_factory.mktemp("postgres")
+    data, sockets = base / "data", base / "sock"
+    sockets.mkdir()
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(base, "postgres")
+        shutil.chown(sockets, "postgres")
+        base.chmod(0o755)
+        for parent in base.parents:  # the server must reach its folder
+            if parent == Path(parent.anchor):
+                break
+            parent.chmod(parent.stat().st_mode | 0o011)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                    "--no-sync"], check=True, capture_output=True)  # fmt: skip
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=100"
+    subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-o", options,
+                    "-w", "start"], check=True, capture_output=True)  # fmt: skip
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True)  # fmt: skip

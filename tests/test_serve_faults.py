@@ -361,12 +361,16 @@ def _admit_many(url: str, owner: str, n: int, queue_max: int, quota: int, start,
             results.put(f"{type(e).__name__}: {e}")
 
 
-def test_quotas_and_the_queue_bound_hold_across_processes(tmp_path):
-    """Eight processes admit jobs at once into one SQLite database: a key's quota and the queue's bound are exact, and
-    no admission fails on a locked database (a count and an insert in one transaction that holds the write lock)."""
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_quotas_and_the_queue_bound_hold_across_processes(tmp_path, database, request):
+    """Eight processes admit jobs at once into one database (SQLite, and a PostgreSQL server the test starts): a key's
+    quota and the queue's bound are exact, and no admission fails on a locked database (a count and an insert in one
+    transaction that holds the write lock: BEGIN IMMEDIATE on SQLite, SELECT … FOR UPDATE on a server)."""
+    from sqlalchemy import create_engine, text
+
     from korasr.serve.jobs.store import JobStore
 
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    url = f"sqlite:///{tmp_path / 'jobs.db'}" if database == "sqlite" else request.getfixturevalue("postgres")
     JobStore(url).close()
     context = multiprocessing.get_context("spawn")
     for owner_of, quota, queue_max, expected in ((lambda i: "one-key", 5, 1000, 5), (lambda i: f"key{i}", 1000, 7, 7)):
@@ -382,8 +386,10 @@ def test_quotas_and_the_queue_bound_hold_across_processes(tmp_path):
             p.join()
         assert outcomes.count("added") == expected, sorted(set(outcomes))
         assert set(outcomes) <= {"added", "quota", "queue"}, sorted(set(outcomes))
-        with sqlite3.connect(tmp_path / "jobs.db") as db:
-            db.execute("DELETE FROM korasr_jobs")
+        engine = create_engine(url)
+        with engine.begin() as db:
+            db.execute(text("DELETE FROM korasr_jobs"))
+        engine.dispose()
 
 
 # --- large results ----------------------------------------------------------------------------------------------------
