@@ -382,6 +382,10 @@ def test_the_service_follows_the_alias_and_keeps_serving_through_a_bad_version(e
                 assert time.monotonic() < deadline
                 time.sleep(0.3)
             assert get(f"{url}/health")["registered"]["version"] == 1
+            deadline = time.monotonic() + 60  # tried again, 2 then 4 follow intervals later, not given up on
+            while (get(f"{url}/health")["follow"].get("retrying") or {}).get("attempts", 0) < 2:
+                assert time.monotonic() < deadline, get(f"{url}/health")
+                time.sleep(0.3)
             status, body = transcribe(url)
             assert status == 200 and body["version"] == 1
             with urllib.request.urlopen(urllib.request.Request(f"{url}/metrics", headers=headers), timeout=10) as r:
@@ -530,3 +534,42 @@ def test_concurrent_fetches_of_one_version_end_with_one_complete_copy(tmp_path):
             registry.resolve(ref)
         assert registry.resolve(ref, offline_ok=True) == target
         assert registry.resolve_version(ref, offline_ok=True).from_cache
+
+
+def test_replayed_rows_whose_audio_is_an_eval_utterance_stay_out_of_the_mix(tmp_path):
+    """The leak guard checks the replay manifests too: a replayed row whose audio is an evaluation utterance (the
+    same samples in another file and container) is left out of the fine-tuning mix and recorded with its reason;
+    rows that only share an evaluation sentence's text stay (a corpus's train split does by design)."""
+    import numpy as np
+    import soundfile as sf
+
+    from korasr.retrain import RetrainOptions, _mix, ingest, read_rows
+
+    def clip(name: str, seed: int, fmt: str = "WAV") -> str:
+        path = tmp_path / name
+        samples = (np.random.default_rng(seed).standard_normal(16000 + seed) * 3000).astype("int16")
+        sf.write(path, samples, 16000, format=fmt, subtype="PCM_16")
+        return str(path)
+
+    def manifest(name: str, rows: list[tuple[str, str]]) -> str:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"audio_filepath": a, "text": t, "duration": 1.0}, ensure_ascii=False)
+                                + "\n" for a, t in rows), encoding="utf-8")  # fmt: skip
+        return str(path)
+
+    eval_manifest = manifest("eval_clean.jsonl", [(clip("e1.wav", 1), "평가 하나"), (clip("e2.wav", 2), "평가 둘")])
+    replay = manifest("train.jsonl", [(clip("t1.wav", 11), "학습 하나"), (clip("copy.flac", 2, "FLAC"), "다른 글"),
+                                      (clip("t3.wav", 13), "평가 하나")])  # fmt: skip
+    drop = manifest("drop.jsonl", [(clip("n1.wav", 21), "새 문장 하나"), (clip("n2.wav", 22), "새 문장 둘")])
+    options = RetrainOptions(name="x", recipe="r", new_data=drop, eval_manifests=[eval_manifest], replay=[replay],
+                             holdout=0.0, replay_ratio=10.0)  # fmt: skip
+    result = ingest(options, tmp_path / "work")
+    assert result["replay_refused"] == 1
+    leaks = read_rows(Path(result["manifests"]["replay_refused"]))
+    assert leaks == [{"manifest": replay, "row": 2, "utt_id": None,
+                      "reason": "audio identical to an utterance of the fixed split eval_clean"}]  # fmt: skip
+    mix = _mix(options, Path(result["manifests"]["train"]), tmp_path / "mix.jsonl",
+               Path(result["manifests"]["replay_refused"]))  # fmt: skip
+    mixed = {r["audio_filepath"] for r in read_rows(tmp_path / "mix.jsonl")}
+    assert mix["replayed_utterances"] == 2 and str(tmp_path / "copy.flac") not in mixed
+    assert {str(tmp_path / "t1.wav"), str(tmp_path / "t3.wav")} <= mixed
