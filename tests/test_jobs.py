@@ -4,6 +4,7 @@ sources and callback targets, every limit, and jobs kept apart by API key."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -181,9 +182,10 @@ class Loopback:
 
 
 class Receiver(Loopback):
-    """A real HTTP server on loopback that records every POST and answers from a script of statuses (then 200)."""
+    """A real HTTP server on loopback that records every POST and answers from a script of statuses (then 200); with
+    ``trickle``, each answer's status line is spread byte by byte over that many seconds."""
 
-    def __init__(self, answers: list[int] | None = None):
+    def __init__(self, answers: list[int] | None = None, trickle: float = 0.0):
         self.answers, self.received = list(answers or []), []
         receiver = self
 
@@ -192,6 +194,14 @@ class Receiver(Loopback):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append((dict(self.headers), body, time.monotonic()))
                 status = receiver.answers.pop(0) if receiver.answers else 200
+                if trickle:
+                    line = f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode()
+                    with contextlib.suppress(OSError):
+                        for i in range(len(line)):
+                            self.wfile.write(line[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(trickle / len(line))
+                    return
                 self.send_response(status)
                 if 300 <= status < 400:
                     self.send_header("Location", f"http://127.0.0.1:{receiver.port}/elsewhere")

@@ -28,6 +28,7 @@ from fastapi.testclient import TestClient
 
 from korasr.serve import ServeConfig, create_app
 from tests.conftest import eval_rows, serve_process, serving
+from tests.test_jobs import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -238,40 +239,6 @@ def test_url_fetches_reserve_the_spool_and_hold_no_admission_slot(exported, tmp_
 
 
 # --- callbacks --------------------------------------------------------------------------------------------------------
-
-
-class Receiver:
-    """A real HTTP server on loopback recording every POST; answers from a script of statuses (then 200), each
-    after ``trickle`` seconds spread over its status line, byte by byte."""
-
-    def __init__(self, answers: list[int] | None = None, trickle: float = 0.0):
-        self.answers, self.received = list(answers or []), []
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append((dict(self.headers), body, time.monotonic()))
-                status = receiver.answers.pop(0) if receiver.answers else 200
-                line = f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode()
-                try:
-                    for i in range(len(line)):
-                        self.wfile.write(line[i : i + 1])
-                        self.wfile.flush()
-                        time.sleep(trickle / len(line))
-                except OSError:
-                    pass
-
-            def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def callback_state(folder: Path, job_id: str) -> tuple[str, str | None]:
