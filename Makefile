@@ -75,13 +75,13 @@ UNTIL ?=
 # with `;`, `$(...)` or quotes is one literal argument (ARGS and the lists: words split on blanks, never globbed).
 export NEW_DATA REGISTRY_NAME WEBHOOK RETRAIN_EVAL RETRAIN_REPLAY UNTIL ARGS
 
-.PHONY: help setup espeak browser postgres kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap release transcribe-archive bench-archive
+.PHONY: help setup espeak browser postgres containers image kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap release transcribe-archive bench-archive
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
 	@grep -hE '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed $(BIN)/lmplz ## create .venv: CPU torch 2.13.0, NeMo 3.0.0, korasr (editable), eSpeak NG, KenLM
+setup: $(VENV)/.installed $(BIN)/lmplz ## create .venv: CPU torch 2.13.0, NeMo 3.0.0, korasr (editable), eSpeak NG, KenLM; Debian tools (make containers, postgres…)
 
 # torch goes first and pinned, so that nothing pulls a multi-GB CUDA build; then NeMo and korasr.
 $(VENV)/.installed: pyproject.toml
@@ -92,6 +92,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(MAKE) --no-print-directory espeak
 	@$(MAKE) --no-print-directory browser
 	@$(MAKE) --no-print-directory postgres
+	@$(MAKE) --no-print-directory containers
 	@touch $@
 
 espeak: ## eSpeak NG: Debian's espeak-ng when it can be had, else the pip-only espeakng-loader wheel
@@ -159,7 +160,7 @@ format: setup ## ruff: fix what can be fixed, format the code
 	$(BIN)/ruff format .
 
 test: setup lint airflow ## lint, then every test tier (unit, config, end to end) on CPU
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=30
 
 sample-corpus: setup ## synthesize the sample corpus (eSpeak NG Korean, KsponSpeech layout) into SAMPLE_ROOT
 	$(BIN)/korasr sample-corpus $(SAMPLE_ROOT) --utterances $(SAMPLE_UTTERANCES) --variety $(SAMPLE_VARIETY) --jobs $(JOBS)
@@ -240,6 +241,25 @@ export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .ne
 serve: setup ## the FastAPI service over EXPORT (default: MODEL's export/ folder) on 127.0.0.1:8000 (HOST= PORT= PRECISION=)
 	@if [ ! -f "$(EXPORT)/model.json" ]; then echo "no export at '$(EXPORT)': run make export first, or pass EXPORT=dir"; exit 2; fi
 	$(BIN)/korasr serve --model $(EXPORT) --host $(HOST) --port $(PORT) --precision $(PRECISION)
+
+# The service image (deploy/Dockerfile; docs/deploy.md). LOCAL_BASE=1: its base from Debian's mirror (no registry
+# reachable); EXPORT=DIR on the command line bakes that export in at /model (else it is mounted at run time).
+LOCAL_BASE ?=
+IMAGE ?= localhost/korasr
+image: setup ## the service image (docker, else podman): prints TAG and size last; LOCAL_BASE=1, EXPORT=dir bakes one in
+	@deploy/image.sh --name $(IMAGE) $(if $(LOCAL_BASE),--local-base) $(if $(filter command line,$(origin EXPORT)),--export $(EXPORT))
+
+containers: ## Debian's podman, buildah, runc, mmdebstrap and podman-compose, for make image and its tests (root and apt only)
+	@if command -v podman >/dev/null && command -v mmdebstrap >/dev/null && command -v podman-compose >/dev/null; then \
+	  echo "podman: $$(podman --version)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	     { apt-get install -y -q --no-install-recommends $(CONTAINER_PACKAGES) >/dev/null 2>&1 || \
+	       { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $(CONTAINER_PACKAGES) >/dev/null 2>&1; }; }; then \
+	  echo "podman: installed Debian's $(CONTAINER_PACKAGES)"; \
+	else \
+	  echo "podman: not installable here (needs root and apt); the image tests are skipped"; \
+	fi
+CONTAINER_PACKAGES := podman buildah runc mmdebstrap podman-compose
 
 # An archive on Ray Data: IN = a manifest, a list of paths, a folder or a glob (local or s3://, gs://, file://);
 # OUT = sharded results + summary.json (a killed run started again resumes); RAY_ADDRESS= an existing cluster.

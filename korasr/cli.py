@@ -695,6 +695,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--upload-timeout", type=bounded(float, 0.1, 3600), default=60.0, metavar="S",
                    help="a request not admitted with its body complete within S s gets 503/408 (default: 60)")  # fmt: skip
     p.add_argument("--public-docs", action="store_true", help="/docs and /openapi.json without the API key")
+    p.add_argument("--drain-timeout", type=bounded(float, 1, 3600), default=30.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT: /health 503, new requests 503, admitted ones, open streams (their finals, "
+                   "then 1001) and running jobs finished (released to the queue a margin before) within SECONDS, then "
+                   "exit 0; a second signal or the timeout ends it at once (default: 30)")  # fmt: skip
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="json: one JSON object per line on stdout, one per request (request id, route, status, "
+                   "latency, audio seconds, model version) and per other record (default: text)")  # fmt: skip
     p.add_argument("--max-streams", type=bounded(int, 0, 4096), default=32,
                    help="WebSocket streams open at once (/v1/stream; more: closed with 1013)")  # fmt: skip
     p.add_argument("--stream-idle", type=bounded(float, 0.1, 3600), default=10.0, metavar="S",
@@ -748,6 +755,15 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--job-fetches", type=bounded(int, 1, 256), default=4,
                    help="jobs' URL sources fetched at once per process (they hold no admission slot); more get 503 "
                    "(default: 4)")  # fmt: skip
+    p.add_argument("--job-lease", type=bounded(float, 2, 3600), default=60.0, metavar="SECONDS",
+                   help="a running job's lease, renewed every third of it; a replica that dies holds its jobs this "
+                   "long before another takes them back (default: 60)")  # fmt: skip
+    p.add_argument("--callback-timeout", type=bounded(float, 0.1, 120), default=10.0, metavar="S",
+                   help="one callback attempt (connect, send, the answer's headers) within S s "
+                   "(default: 10)")  # fmt: skip
+    p.add_argument("--callback-attempts", type=bounded(int, 1, 20), default=5,
+                   help="tries of one callback, with back-off 1, 2, 4 … s (default: 5); a callback a replica was "
+                   "sending when it died is sent by another once these could have ended")  # fmt: skip
     p.set_defaults(func=_serve)
 
 
@@ -779,6 +795,8 @@ def _serve(args: argparse.Namespace) -> int:
         batch_seconds=args.batch_seconds,
         upload_timeout_s=args.upload_timeout,
         public_docs=args.public_docs,
+        drain_timeout_s=args.drain_timeout,
+        log_format=args.log_format,
         threads=args.threads,
         precision=args.precision,
         decoder=args.decoder,
@@ -806,6 +824,9 @@ def _serve(args: argparse.Namespace) -> int:
         job_workers=args.job_workers,
         job_max_audio_seconds=args.job_max_audio_seconds,
         job_fetches=args.job_fetches,
+        job_lease_s=args.job_lease,
+        callback_timeout_s=args.callback_timeout,
+        callback_max_attempts=args.callback_attempts,
     )
     if not (config.model / "model.json").is_file():
         raise FileNotFoundError(f"{config.model}: not a korasr export directory (run `make export`)")
@@ -1104,11 +1125,65 @@ def _resolve_model_ref(args: argparse.Namespace) -> None:
     args.model = str(registry.resolve(ref, "nemo" if args.command == "export" else "export"))
 
 
+# `korasr serve` takes every flag from the environment too: --drain-timeout 20 is KORASR_DRAIN_TIMEOUT=20 (a container's
+# settings, docs/deploy.md); a flag given beats its variable.
+ENV_PREFIX = "KORASR_"
+TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def flag_variables(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """``KORASR_<FLAG>`` → the action of ``--flag`` (dashes as underscores), for every option of ``parser``."""
+    names = {}
+    for action in parser._actions:
+        flags = [f for f in action.option_strings if f.startswith("--")]
+        if flags and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            names[ENV_PREFIX + flags[0][2:].upper().replace("-", "_")] = action
+    return names
+
+
+def env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
+    """Defaults of ``parser``'s options from their variables, each parsed and checked as its flag would be (a switch
+    takes 1/0, true/false, yes/no, on/off; a repeatable flag a comma-separated list); a bad value stops the parser
+    naming the variable. An empty variable counts as unset."""
+    for name, action in flag_variables(parser).items():
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        flag = action.option_strings[-1]
+        try:
+            if isinstance(action, argparse._StoreTrueAction):
+                if text.lower() not in TRUE | FALSE:
+                    raise argparse.ArgumentTypeError(f"{text!r} is not one of 1/0, true/false, yes/no, on/off")
+                value: object = text.lower() in TRUE
+            elif isinstance(action, argparse._AppendAction):
+                value = [_env_value(action, part.strip()) for part in text.split(",") if part.strip()]
+            else:
+                value = _env_value(action, text)
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            parser.error(f"{name}={text!r} (the variable of {flag}): {e}")
+        action.default, action.required = value, False
+
+
+def _env_value(action: argparse.Action, text: str) -> object:
+    value = action.type(text) if callable(action.type) else text
+    if action.choices is not None and value not in action.choices:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     from korasr import log as korasr_log
     from korasr.errors import KorasrError
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        env_defaults(subparser(parser, "serve"), dict(os.environ))
     args, extra = parser.parse_known_args(argv)
     # `korasr train` takes dotted overrides anywhere (make puts ARGS after the --evaluate options, and argparse
     # gives a positional list only its first run of words)

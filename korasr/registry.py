@@ -462,19 +462,41 @@ def _ref_record(name: str, alias: str | None, version: int | None) -> Path:
 
 
 def _remember(ref: str, version: Version) -> None:
-    """What ``ref`` resolved to, for ``resolve_version(..., offline_ok=True)`` during an outage."""
-    from korasr.fsutil import write_json
-
+    """What ``ref`` resolved to, for ``resolve_version(..., offline_ok=True)`` during an outage. Several threads,
+    processes or replicas sharing the cache may write it at once, each under a name of its own (not the pid's: in
+    containers every server may have the same one), so the record is always one writer's whole; a damaged record is
+    written again."""
     name, alias, number = parse_ref(ref)
     record = _ref_record(name, alias, number)
+    previous = _read_record(record)
+    if previous and previous.get("version") == version.version and previous.get("tags") == version.tags:
+        return
+    data = {**version.as_dict(), "tags": version.tags, "resolved_at": _now()}
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        data = {**version.as_dict(), "tags": version.tags, "resolved_at": _now()}
-        previous = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
-        if previous is None or previous.get("version") != version.version or previous.get("tags") != version.tags:
-            write_json(record, data)
+        fd, tmp = tempfile.mkstemp(prefix=f".{record.name}.", suffix=".tmp", dir=record.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, ensure_ascii=False, indent=2, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, record)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     except (OSError, ValueError) as e:  # a read-only cache still serves; the outage fallback is then unavailable
         log.warning("cannot record %s → version %d in %s: %s", ref, version.version, record, e)
+
+
+def _read_record(record: Path) -> dict | None:
+    """A ref's record, or None when there is none or it cannot be read (damaged: then it is as good as none)."""
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) and isinstance(data.get("version"), int) else None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("%s cannot be read (%s): taken as not cached", record, e)
+        return None
 
 
 def _now() -> str:
@@ -484,10 +506,9 @@ def _now() -> str:
 
 
 def _cached_resolution(name: str, alias: str | None, number: int | None) -> Version | None:
-    record = _ref_record(name, alias, number)
-    if not record.is_file():
+    data = _read_record(_ref_record(name, alias, number))
+    if data is None:
         return None
-    data = json.loads(record.read_text(encoding="utf-8"))
     if not (cache_root() / name / f"v{data['version']}" / "export").is_dir():
         return None
     tags = {**data.get("tags", {}), "korasr.resolved_at": data.get("resolved_at", "")}

@@ -30,6 +30,37 @@ def pytest_configure(config) -> None:  # type: ignore[no-untyped-def]
     os.environ["KORASR_INIT_TOKENIZERS"] = str(store / "init-tokenizers")  # korasr train --init --keep-tokenizer
 
 
+IMAGE_BUILD: dict = {}  # the service image's build, started as the session starts (tests/test_image.py)
+
+
+def pytest_collection_finish(session) -> None:  # type: ignore[no-untyped-def]
+    """The service image takes minutes to build, mostly waiting on PyPI and copying layers: when a collected test
+    needs it, `make image` starts now in the background and the tests before it run meanwhile."""
+    import os
+    import shutil
+    import tempfile
+
+    if not any("image" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    if not shutil.which("podman") or not shutil.which("mmdebstrap") or os.geteuid() != 0:
+        IMAGE_BUILD["skip"] = "podman and mmdebstrap as root are needed (make containers)"
+        return
+    from tests.test_image import CONTAINERS_ENV, NAME
+
+    log = Path(tempfile.mkdtemp(prefix="korasr-image-")) / "make-image.log"
+    with open(log, "wb") as out:
+        IMAGE_BUILD["proc"] = subprocess.Popen(
+            ["make", "--no-print-directory", "-s", "image", "LOCAL_BASE=1", f"IMAGE={NAME}"], cwd=ROOT,
+            env={**os.environ, **CONTAINERS_ENV}, stdout=subprocess.PIPE, stderr=out, text=True)  # fmt: skip
+    IMAGE_BUILD["log"] = log
+
+
+def pytest_sessionfinish(session) -> None:  # type: ignore[no-untyped-def]
+    proc = IMAGE_BUILD.get("proc")
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+
+
 def korasr_cmd(*args: str) -> list[str]:
     return [str(BIN / "korasr"), *args]
 

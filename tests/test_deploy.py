@@ -30,9 +30,6 @@ HEALTHCHECK = DEPLOY / "docker" / "healthcheck.py"
 # The oldest Kubernetes the manifests are written for (the preStop sleep is an exec, not the 1.30+ sleep action) and
 # the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.30.0", "latest")
-# TODO(issue 35 §3): korasr serve has no drain timeout yet (uvicorn waits on open connections without a bound). Until
-# it has one, this is the drain the manifests are written for (docs/deploy.md); then read its default from ServeConfig.
-DRAIN_TIMEOUT_S = 30.0
 # Set by korasr serve itself for its worker processes: never a deployment's to set.
 INTERNAL_ENV = {"KORASR_SERVE_CONFIG"}
 # The modules `korasr serve` runs, whose environment reads make the names a deployment may set.
@@ -307,6 +304,7 @@ def serve_env_names() -> set[str]:
         path = ROOT / entry
         sources += [p.read_text() for p in ([path] if path.is_file() else sorted(path.rglob("*.py")))]
     names = {n for text in sources for n in ENV_READ.findall(text)} - INTERNAL_ENV
+    names |= set(cli.flag_variables(cli.subparser(cli.build_parser(), "serve")))  # KORASR_<FLAG> for every flag
     assert {"KORASR_API_KEY", "KORASR_ADMIN_KEY", "KORASR_JOBS_DIR", "MLFLOW_TRACKING_URI"} <= names, "the scan broke"
     spec = importlib.util.find_spec("mlflow")  # the registry's client reads its own (credentials, TLS)
     if spec and spec.submodule_search_locations:
@@ -415,7 +413,7 @@ def test_deployment_contract_with_the_server(rendered, app_routes, name):
     # drain: the grace period covers preStop and the drain timeout
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    assert pod["spec"]["terminationGracePeriodSeconds"] > float(pre_stop[1]) + DRAIN_TIMEOUT_S
+    assert pod["spec"]["terminationGracePeriodSeconds"] > float(pre_stop[1]) + options.drain_timeout
 
     # non-root, as the image's USER
     image_user = int(dict(final_stage(DEPLOY / "Dockerfile"))["USER"].split(":")[0])
@@ -437,3 +435,84 @@ def test_deployment_contract_with_the_server(rendered, app_routes, name):
     if container["securityContext"].get("readOnlyRootFilesystem"):
         for folder in (env.get("KORASR_JOBS_DIR"), env.get("KORASR_REGISTRY_CACHE"), "/tmp"):
             assert folder and any(folder == m or folder.startswith(m + "/") for m in mounts), f"{folder}: read-only"
+
+
+# --- the compose stack ---------------------------------------------------------------------------------------------
+
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+
+
+def compose_config(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """`podman-compose config`: the file as compose reads it (variables interpolated, paths resolved)."""
+    return subprocess.run([tool("podman-compose"), "-f", str(COMPOSE), "config"], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("KORASR_")} | env,
+                          cwd=tmp_path, timeout=60)  # fmt: skip
+
+
+def test_compose_file_validates_against_the_compose_spec():
+    proc = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compose_stack_renders_and_keeps_the_image_contract(tmp_path):
+    from korasr.cli import build_parser
+
+    missing = compose_config(tmp_path)
+    assert missing.returncode != 0 and "KORASR_EXPORT" in missing.stderr, "an export must be named"
+    proc = compose_config(tmp_path, KORASR_EXPORT=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stack = yaml.safe_load(proc.stdout)["services"]
+    assert {"korasr", "postgres", "mlflow", "prometheus", "grafana"} <= set(stack)
+    korasr = stack["korasr"]
+    assert korasr["build"]["dockerfile"] == "deploy/Dockerfile" and Path(korasr["build"]["context"]) == ROOT
+    assert f"{tmp_path}:/model:ro" in korasr["volumes"]
+    assert not set(korasr["environment"]) - (serve_env_names() | entrypoint_env_names())
+    options = build_parser().parse_args(["serve", "--model", "/model", *korasr["command"]])
+    assert options.job_db.startswith("postgresql+psycopg://") and "@postgres:" in options.job_db
+    assert korasr["depends_on"]["postgres"]["condition"] == "service_healthy"
+    grace = float(korasr["stop_grace_period"].removesuffix("s"))
+    assert grace > options.drain_timeout, "compose's stop grace period outlasts the drain"
+    for service in stack.values():  # a laptop stack: nothing published beyond loopback
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), port
+    prometheus = yaml.safe_load((DEPLOY / "monitoring" / "prometheus.yml").read_text())
+    (target,) = [t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
+    assert target == f"korasr:{korasr['environment']['KORASR_PORT']}"
+    assert "mlflow" in korasr["environment"]["MLFLOW_TRACKING_URI"]
+    mlflow_pin = pyproject_pin("registry", "mlflow")
+    assert stack["mlflow"]["image"].endswith(f":v{mlflow_pin}"), "the MLflow server at the registry extra's version"
+
+
+# --- every setting from the environment --------------------------------------------------------------------------
+
+
+def test_every_serve_flag_has_its_variable_checked_as_the_flag_is():
+    """KORASR_<FLAG> sets every flag of korasr serve, parsed and bounded as the flag; a flag beats its variable; a bad
+    value stops korasr naming the variable (a process, as a container starts it)."""
+    from korasr import cli
+
+    serve = cli.subparser(cli.build_parser(), "serve")
+    variables = cli.flag_variables(serve)
+    flags = {a.option_strings[-1] for a in serve._actions if a.option_strings and a.dest != "help"}
+    assert {a.option_strings[-1] for a in variables.values()} == flags, "a flag without its variable"
+    assert {"KORASR_MODEL", "KORASR_PORT", "KORASR_DRAIN_TIMEOUT", "KORASR_JOB_DB", "KORASR_LOG_FORMAT"} <= set(
+        variables
+    )
+
+    env = {"KORASR_MODEL": "/exports/one", "KORASR_PORT": "9001", "KORASR_DRAIN_TIMEOUT": "12.5",
+           "KORASR_PUBLIC_DOCS": "yes", "KORASR_CALLBACK_ALLOW": "http://a.example/, https://b.example/hooks/",
+           "KORASR_LOG_FORMAT": "json", "KORASR_THREADS": ""}  # fmt: skip
+    parser = cli.build_parser()
+    cli.env_defaults(cli.subparser(parser, "serve"), env)
+    args = parser.parse_args(["serve", "--port", "9002"])
+    assert (args.serve_model, args.port, args.drain_timeout, args.public_docs, args.log_format, args.threads) == (
+        "/exports/one", 9002, 12.5, True, "json", None)  # fmt: skip
+    assert args.callback_allow == ["http://a.example/", "https://b.example/hooks/"]
+
+    for name, value, reason in [("KORASR_DRAIN_TIMEOUT", "0", "out of range"), ("KORASR_PORT", "http", "not an integer"),
+                                ("KORASR_LOG_FORMAT", "xml", "not one of text, json"),
+                                ("KORASR_PUBLIC_DOCS", "maybe", "not one of 1/0")]:  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", "korasr.cli", "serve", "--model", "/nonexistent"],
+                              env={**os.environ, name: value}, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 2 and name in proc.stderr and reason in proc.stderr, (name, proc.stderr[-500:])

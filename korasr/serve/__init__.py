@@ -13,6 +13,10 @@ API key and admits at most ``queue_size`` transcription requests before a body i
 bytes while they stream and in time; audio is probed from its container header and decoded in blocks under the
 duration, rate and channel limits (``korasr.runtime.audio``); the batcher (``batcher.py``) decodes long audio in
 chunks under a padded-seconds budget, and a failure fails only its own request.
+
+SIGTERM drains the server (``drain.py``): readiness off, new work refused with 503, what it holds finished or its
+jobs released, then exit 0, within ``drain_timeout_s``. ``log_format`` json: one JSON line per request and per other
+record on stdout, under the request's ``X-Request-Id`` (``logs.py``).
 """
 
 from __future__ import annotations
@@ -33,13 +37,19 @@ def app_from_env():  # type: ignore[no-untyped-def]
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     import uvicorn
 
+    from korasr.serve.drain import Supervisor
+    from korasr.serve.logs import uvicorn_log_config
+
     # ws_max_size: a larger WebSocket frame is refused (1009) before it is buffered. No keepalive pings: a client's
     # pong waits behind the audio the server is not reading yet (backpressure), so a client sending a file faster
     # than real time would be closed (1011) at the ping timeout; the idle, pace and send-deadline rules bound what
     # pings would catch (a dead peer, a client that stops reading).
-    options = {"host": host, "port": port, "ws_max_size": config.max_frame_bytes, "ws_ping_interval": None}
-    if workers > 1:
+    options: dict = {"host": host, "port": port, "ws_max_size": config.max_frame_bytes, "ws_ping_interval": None}
+    if config.log_format == "json":  # one JSON line per record on stdout; the gate writes the requests' records
+        options.update(log_config=uvicorn_log_config(), access_log=False)
+    if workers > 1:  # each worker drains on SIGTERM; the supervisor passes it (and a second one) on
         os.environ[ENV] = config.to_env()  # every field, so no worker runs with a default the user overrode
-        uvicorn.run("korasr.serve:app_from_env", factory=True, workers=workers, **options)
+        server = uvicorn.Config("korasr.serve:app_from_env", factory=True, workers=workers, **options)
+        Supervisor(server, sockets=[server.bind_socket()]).run()
     else:
         uvicorn.run(create_app(config), **options)

@@ -23,6 +23,7 @@ def create_app(config: ServeConfig) -> Service:
     async def lifespan(app):  # type: ignore[no-untyped-def]
         redact_logs(",".join(k for k in (config.api_key, config.admin_key) if k))  # after the server set up logging
         await state.start()
+        state.drain.take_signals()  # SIGTERM drains from now on (drain.py)
         yield
         await state.stop()
 
@@ -32,7 +33,7 @@ def create_app(config: ServeConfig) -> Service:
     app.on_send_timeout = lambda kind: state.metrics.send_timeouts.labels(kind).inc()
     for router in ROUTERS:  # their routes themselves (include_router would nest them, hiding templates from the gate)
         app.router.routes.extend(router.routes)
-    app.add_middleware(Gate, config=config, routes=app.router.routes, metrics=state.metrics)
+    app.add_middleware(Gate, config=config, routes=app.router.routes, metrics=state.metrics, state=state)
     install_error_handlers(app)
     app.state.korasr = state
     return app
@@ -56,6 +57,14 @@ greedy server). A phrase with characters the model cannot spell gets 400 naming 
 
 `/v1/audio/transcriptions` returns utterance segments in `verbose_json` (a pause of `--endpoint-silence` seconds
 ends one) and subtitles with `response_format` `srt` or `vtt`.
+
+Every response carries `X-Request-Id`: the client's when it is a token of 1–128 characters `A-Za-z0-9._-`, else one
+the server made; with `--log-format json` the server's log has one JSON line per request under that id.
+
+Shutdown (SIGTERM): `/health` turns 503 (`"status": "draining"`) at once, new requests to `/v1/*` get 503 with
+Retry-After (send them to another replica), requests already admitted finish, open streams get the finals of the
+audio they sent and a close with 1001, running jobs finish or go back to the queue for another replica, all within
+`--drain-timeout` seconds.
 
 Asynchronous jobs, for long audio (up to `--job-max-audio-seconds`, 4 h by default): `POST /v1/jobs` with an upload
 `file` or a `url` the server allows (`--job-source`), `response_format` as above, optional `callback_url`

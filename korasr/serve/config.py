@@ -55,6 +55,10 @@ class ServeConfig:
     endpoint_silence_s: float = 0.8  # trailing silence after speech that ends an utterance (a final)
     max_utterance_s: float = 20.0  # an utterance is cut (a final) at this length
     public_docs: bool = False  # /docs, /redoc and /openapi.json without the API key
+    # SIGTERM/SIGINT drain the server (korasr/serve/drain.py): new work refused, admitted requests, open streams and
+    # running jobs finished, all within drain_timeout_s (jobs released to the queue a margin before it), then exit 0
+    drain_timeout_s: float = 30.0
+    log_format: str = "text"  # text (uvicorn's lines), or json: one object per line on stdout, one per request
     # models:/NAME@ALIAS the service was started from (model is its local copy); with follow_s, the alias is checked
     # that often and a new version is loaded, warmed and swapped in (korasr/serve/follow.py)
     model_ref: str | None = None
@@ -77,6 +81,9 @@ class ServeConfig:
     job_fetches: int = 4  # URL fetches at once per process (they hold no admission slot); one more gets 503
     job_retention_s: float = 24 * 3600.0  # finished jobs (their results) are kept this long after finishing
     job_max_attempts: int = 3  # a job whose decoding the server died in this many times fails
+    # a running job's lease, renewed every third of it: a replica that dies (kill -9, a lost node) holds its jobs at
+    # most this long before another takes them back
+    job_lease_s: float = 60.0
     # callbacks: POSTed to URLs under these prefixes only, signed with the deployment's secret
     callback_allow: tuple[str, ...] = ()
     callback_max_attempts: int = 5
@@ -133,6 +140,8 @@ class ServeConfig:
         need(1 <= self.stream_batch <= 256, f"stream_batch {self.stream_batch}: 1 to 256")
         need(0 < self.endpoint_silence_s <= 60, f"endpoint_silence_s {self.endpoint_silence_s}: (0, 60]")
         need(1 <= self.max_utterance_s <= 600, f"max_utterance_s {self.max_utterance_s}: 1 to 600")
+        need(1 <= self.drain_timeout_s <= 3600, f"drain_timeout_s {self.drain_timeout_s}: 1 to 3600")
+        need(self.log_format in ("text", "json"), f"log_format {self.log_format!r}: text or json")
         self.validate_jobs(need)
 
     def validate_jobs(self, need) -> None:  # type: ignore[no-untyped-def]
@@ -161,6 +170,7 @@ class ServeConfig:
         need(1 <= self.job_fetches <= 256, f"job_fetches {self.job_fetches}: 1 to 256")
         need(1 <= self.job_retention_s <= 30 * 86400, f"job_retention_s {self.job_retention_s}: 1 s to 30 days")
         need(1 <= self.job_max_attempts <= 100, f"job_max_attempts {self.job_max_attempts}: 1 to 100")
+        need(2 <= self.job_lease_s <= 3600, f"job_lease_s {self.job_lease_s}: 2 to 3600 s")
         need(1 <= self.callback_max_attempts <= 20, f"callback_max_attempts {self.callback_max_attempts}: 1 to 20")
         need(0 < self.callback_timeout_s <= 120, f"callback_timeout_s {self.callback_timeout_s}: (0, 120]")
         need(self.callback_secret is None or 16 <= len(self.callback_secret) <= 4096,
@@ -177,6 +187,14 @@ class ServeConfig:
                 need(not (reason := check_prefix(source)), f"job source {source[:100]!r}: {reason}")
         for prefix in self.callback_allow:
             need(not (reason := check_prefix(prefix)), f"callback prefix {prefix[:100]!r}: {reason}")
+
+    @property
+    def callback_hold_s(self) -> float:
+        """How long a callback being sent stays claimed (then another process may send it): its longest delivery under
+        these attempts and timeouts, and 10 s for the database; never shorter, so no two processes send it at once."""
+        from korasr.serve.jobs.callbacks import longest_delivery_s
+
+        return longest_delivery_s(self.callback_max_attempts, self.callback_timeout_s) + 10.0
 
     def to_env(self) -> str:
         values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in SECRETS}

@@ -10,7 +10,11 @@
 - an upload deadline: a request not admitted with its body complete within ``upload_timeout_s`` of arriving gets
   503 or 408, so slow clients cannot hold the slots;
 - the request metrics, labelled by route template (unknown paths share the label ``unmatched``, so labels are a
-  fixed set), counting every outcome, the 500 of an exception that escapes the routes included.
+  fixed set), counting every outcome, the 500 of an exception that escapes the routes included;
+- the drain (``drain.py``): from SIGTERM on, ``/v1/*`` requests and stream handshakes get 503, requests waiting for
+  a slot too, and every response says ``Connection: close``;
+- the request's id (``X-Request-Id``, ``logs.py``), echoed on every response, and with ``--log-format json`` the
+  request's one record when it ends.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from typing import Any
 from starlette.routing import Match
 
 from korasr.errors import without_credentials
+from korasr.serve.logs import REQUEST, request_id, write_request
 
 UPLOAD_ROUTES = frozenset({"/v1/transcribe", "/v1/audio/transcriptions", "/v1/jobs"})
 PUBLIC_ROUTES = frozenset({"/health", "/"})
 ADMIN_PREFIX = "/admin/"  # operators' routes: the operator key only (KORASR_ADMIN_KEY)
 DOC_ROUTES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 UNMATCHED = "unmatched"
+DRAINING = "server shutting down (draining): send it to another replica"
 
 
 async def reply(send: Any, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -143,20 +149,33 @@ class Redact(logging.Filter):
 
 
 def redact_logs(secret: str | None, loggers: tuple[str, ...] = ("uvicorn.access", "uvicorn.error", "uvicorn")) -> None:
-    """Install :class:`Redact` on uvicorn's loggers (replacing one installed before, so the newest key counts)."""
-    for name in loggers:
-        logger = logging.getLogger(name)
-        for old in [f for f in logger.filters if isinstance(f, Redact)]:
-            logger.removeFilter(old)
-        logger.addFilter(Redact(secret))
+    """Install :class:`Redact` on uvicorn's loggers and on the root logger's handlers, which write korasr's records
+    (replacing one installed before, so the newest key counts)."""
+    for target in [*map(logging.getLogger, loggers), *logging.getLogger().handlers]:
+        for old in [f for f in target.filters if isinstance(f, Redact)]:
+            target.removeFilter(old)
+        target.addFilter(Redact(secret))
 
 
 class Gate:
-    def __init__(self, app: Any, *, config: Any, routes: list, metrics: Any):
-        self.app, self.config, self.routes, self.metrics = app, config, routes, metrics
+    def __init__(self, app: Any, *, config: Any, routes: list, metrics: Any, state: Any = None):
+        self.app, self.config, self.routes, self.metrics, self.state = app, config, routes, metrics, state
         self.admitted = 0  # requests holding a slot
         self.waiters: deque[asyncio.Future] = deque()  # requests waiting for one, in arrival order
+        self.working = 0  # requests to /v1/ routes in progress (what a drain waits for)
         self.open_routes = PUBLIC_ROUTES | (DOC_ROUTES if config.public_docs else frozenset())
+        if state is not None:
+            state.drain.gate = self
+
+    @property
+    def draining(self) -> bool:
+        return self.state is not None and self.state.drain.active
+
+    def refuse_waiting(self) -> None:
+        """The drain began: requests waiting for a slot (not admitted, no body read) get 503 now."""
+        for turn in self.waiters:
+            if not turn.done():
+                turn.set_result(False)
 
     def route_of(self, scope: dict) -> str:
         for route in self.routes:
@@ -189,39 +208,84 @@ class Gate:
         return 401, "missing or wrong operator key (KORASR_ADMIN_KEY; Authorization: Bearer KEY or X-API-Key: KEY)"
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket":
-            refused = self.refusal(scope, self.route_of(scope))
-            if refused:  # refused before the upgrade is accepted: an HTTP error
-                status, reason = refused
-                self.metrics.stream_closes.labels(str(403 if status == 401 else status)).inc()
-                await refuse_upgrade(scope, send, 403 if status == 401 else status, reason)
-                return
-            await self.app(scope, receive, send)
-            return
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         route = self.route_of(scope)
-        status = 500  # what an exception escaping the routes becomes (ServerErrorMiddleware answers it)
+        context = {"request_id": request_id(scope.get("headers", [])), "method": scope.get("method", "GET"),
+                   "route": route}  # fmt: skip
+        token = REQUEST.set(context)
         started = time.perf_counter()
+        try:
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, self._sender(send, context), route)
+            else:
+                await self._http(scope, receive, self._sender(send, context), route, context, started)
+        finally:
+            REQUEST.reset(token)
+            if self.config.log_format == "json":
+                context["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+                if "model" not in context and self.state is not None and self.state.current is not None:
+                    context.update(self.state.current.log_fields())
+                write_request(context)
 
-        async def observed(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+    def _sender(self, send: Any, context: dict) -> Any:
+        """``send`` that echoes the request id on the response (a refused or accepted WebSocket upgrade too), adds
+        ``Connection: close`` while draining (a keep-alive client moves on), and notes the status and close code."""
+        echo = (b"x-request-id", context["request_id"].encode())
+
+        async def tracked(message: dict) -> None:
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.http.response.start", "websocket.accept"):
+                context["status"] = message.get("status", 101)
+                headers = [*message.get("headers", []), echo]
+                if kind == "http.response.start" and self.draining:
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            elif kind == "websocket.close":
+                if "status" in context:
+                    context["close_code"] = message.get("code", 1000)
+                else:  # closed before the upgrade: uvicorn answers 403
+                    context["status"] = 403
             await send(message)
 
+        return tracked
+
+    async def _websocket(self, scope: dict, receive: Any, send: Any, route: str) -> None:
+        refused = self.refusal(scope, route)
+        if refused is None and self.draining and route.startswith("/v1/"):
+            refused = 503, DRAINING
+        if refused:  # refused before the upgrade is accepted: an HTTP error
+            status, reason = refused
+            self.metrics.stream_closes.labels(str(403 if status == 401 else status)).inc()
+            await refuse_upgrade(scope, send, 403 if status == 401 else status, reason)
+            return
+        await self.app(scope, receive, send)
+
+    async def _http(self, scope: dict, receive: Any, send: Any, route: str, context: dict, started: float) -> None:
+        work = route.startswith("/v1/")
         self.metrics.in_flight.inc()
+        counted = False
         try:
             if refused := self.refusal(scope, route):
-                await reply(observed, *refused)
-            elif route in UPLOAD_ROUTES and scope.get("method") == "POST":
-                await self._admit(scope, receive, observed)
+                await reply(send, *refused)
+            elif work and self.draining:
+                await reply(send, 503, DRAINING, {"Retry-After": "1"})
             else:
-                await self.app(scope, receive, observed)
+                counted = work
+                self.working += counted
+                if route in UPLOAD_ROUTES and scope.get("method") == "POST":
+                    await self._admit(scope, receive, send)
+                else:
+                    await self.app(scope, receive, send)
+        except Exception as e:  # answered here, not by the server-error handler outside: the response carries its id
+            if "status" not in context:
+                await reply(send, 500, f"internal error: {type(e).__name__}")
+            raise
         finally:
+            self.working -= counted
             self.metrics.in_flight.dec()
-            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.requests.labels(route, str(context.get("status", 500))).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
     async def _slot(self, timeout: float) -> bool:
@@ -234,13 +298,12 @@ class Gate:
             return False
         turn = asyncio.get_running_loop().create_future()
         self.waiters.append(turn)
-        try:
-            await asyncio.wait_for(turn, timeout)  # a slot handed over at the timeout still counts
-            return True
+        try:  # a slot handed over at the timeout still counts; False: refused, the server began draining
+            return await asyncio.wait_for(turn, timeout) is not False
         except TimeoutError:
             return False
         except BaseException:  # cancelled (server shutdown): a slot handed over just then is passed on
-            if turn.done() and not turn.cancelled():
+            if turn.done() and not turn.cancelled() and turn.result() is not False:
                 self._release()
             raise
         finally:
@@ -259,8 +322,8 @@ class Gate:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.upload_timeout_s
         if not await self._slot(self.config.upload_timeout_s):
-            await reply(send, 503, f"server busy: {self.config.queue_size} requests in progress and "
-                        f"{len(self.waiters)} waiting", {"Retry-After": "1"})  # fmt: skip
+            await reply(send, 503, DRAINING if self.draining else f"server busy: {self.config.queue_size} requests in "
+                        f"progress and {len(self.waiters)} waiting", {"Retry-After": "1"})  # fmt: skip
             return
         body_done = timed_out = replied = False
 

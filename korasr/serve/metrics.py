@@ -16,6 +16,8 @@ class Metrics:
         self.rtf = Histogram("korasr_real_time_factor", "processing time / audio duration", registry=r,
                              buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))  # fmt: skip
         self.in_flight = Gauge("korasr_in_flight_requests", "requests being processed", registry=r)
+        self.draining = Gauge("korasr_draining", "1 while the server drains after SIGTERM (new work refused, what it "
+                              "holds finished or released), else 0", registry=r)  # fmt: skip
         self.batch_size = Histogram("korasr_batch_size", "requests per decoding batch", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32))  # fmt: skip
         self.model = Info("korasr_model", "the served export (name and version: the registry's, when followed)",

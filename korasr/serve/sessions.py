@@ -17,6 +17,7 @@ from fastapi import WebSocket
 
 from korasr import SAMPLE_RATE
 from korasr.serve.config import ServeConfig
+from korasr.serve.logs import note
 
 if TYPE_CHECKING:
     from korasr.serve.state import ServiceState
@@ -31,7 +32,7 @@ class StreamClosed(Exception):
         self.code, self.reason = code, reason
 
 
-SERVER_CODES = frozenset({1000, 1007, 1008, 1009, 1011, 1013})  # the close codes this server sends
+SERVER_CODES = frozenset({1000, 1001, 1007, 1008, 1009, 1011, 1013})  # the close codes this server sends
 
 
 class Pace:
@@ -124,7 +125,7 @@ async def stream_session(ws: WebSocket, state: ServiceState) -> None:
             await close_stream(ws, e.code, e.reason)
             return
         conn = hub.open(rate)
-        outcome = await run_stream(ws, conn, config, hub)
+        outcome = await run_stream(ws, conn, config, hub, going_away=state.drain.started)
     except asyncio.CancelledError:  # the server shutting down (or the connection's task cancelled): not a 1000
         outcome = "cancelled"
         raise
@@ -137,6 +138,7 @@ async def stream_session(ws: WebSocket, state: ServiceState) -> None:
             await close_stream(ws, 1011, f"internal error: {type(e).__name__}")
     finally:
         if conn is not None:
+            note(audio_seconds=round(conn.received / conn.stream.sample_rate, 3))
             hub.close(conn)
         lease.close()
         metrics.stream_closes.labels(outcome).inc()
@@ -145,10 +147,12 @@ async def stream_session(ws: WebSocket, state: ServiceState) -> None:
         asyncio.get_running_loop().call_later(config.send_timeout_s, ws.scope.get("korasr.abort", lambda: None))
 
 
-async def run_stream(ws: WebSocket, conn, config: ServeConfig, hub) -> str:  # type: ignore[no-untyped-def]
+async def run_stream(ws: WebSocket, conn, config: ServeConfig, hub,  # type: ignore[no-untyped-def]
+                     going_away: asyncio.Event | None = None) -> str:  # fmt: skip
     """The reader (audio in) and the writer (results out, then the close; the only task that sends) of an open
-    stream, until the writer has closed it, the client left, or the client stopped reading (aborted). What it ended
-    with: a close code, ``client`` or ``aborted``."""
+    stream, until the writer has closed it, the client left, or the client stopped reading (aborted). When
+    ``going_away`` is set (the server drains) the reader stops: the stream ends with the audio it received, its
+    finals, then a close with 1001. What it ended with: a close code, ``client`` or ``aborted``."""
     from starlette.websockets import WebSocketDisconnect
 
     from korasr.serve.deadline import SendTimeout
@@ -156,7 +160,8 @@ async def run_stream(ws: WebSocket, conn, config: ServeConfig, hub) -> str:  # t
     reader = asyncio.ensure_future(read_frames(ws, conn, config, hub))
     writer = asyncio.ensure_future(write_results(ws, conn))
     unread = asyncio.ensure_future(conn.unread.wait())
-    waiting = {reader, writer, unread}
+    drained = asyncio.ensure_future((going_away or asyncio.Event()).wait())
+    waiting = {reader, writer, unread, drained}
     try:
         while True:
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -183,8 +188,17 @@ async def run_stream(ws: WebSocket, conn, config: ServeConfig, hub) -> str:  # t
                     raise error
                 elif reader.result() == "client":
                     return "client"
+            if drained in done:
+                waiting.discard(drained)
+                if reader in waiting:
+                    reader.cancel()  # a frame it was handing to the hub still goes in (the feed is shielded)
+                    await asyncio.wait({reader})
+                    if reader.cancelled():  # else it ended by itself: the next round takes its outcome
+                        waiting.discard(reader)
+                        conn.going_away = True
+                        await hub.feed(conn, None)
     finally:
-        for task in (reader, writer, unread):
+        for task in (reader, writer, unread, drained):
             task.cancel()
 
 
@@ -221,7 +235,9 @@ async def read_frames(ws: WebSocket, conn, config: ServeConfig, hub) -> str:  # 
                 conn.close_reason = f"maximum stream duration {config.max_stream_seconds:g} s reached"
                 await hub.feed(conn, None)
                 return "end"
-            await hub.feed(conn, pcm)  # waits (reading nothing more) while the stream holds enough undecoded audio
+            # waits (reading nothing more) while the stream holds enough undecoded audio; shielded: a drain that
+            # stops the reader meanwhile still has this frame decoded
+            await asyncio.shield(hub.feed(conn, pcm))
         elif text is not None:
             try:
                 parsed = json.loads(text)
@@ -257,5 +273,8 @@ async def write_results(ws: WebSocket, conn) -> str:  # type: ignore[no-untyped-
         if conn.close_reason:
             await close_stream(ws, 1008, conn.close_reason)
             return "1008"
+        if conn.going_away:  # the server drains: this stream's audio is decoded, the client reconnects elsewhere
+            await close_stream(ws, 1001, "server shutting down: reconnect to go on", error=False)
+            return "1001"
         await close_stream(ws, 1000, "end of stream", error=False)
         return "1000"

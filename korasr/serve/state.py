@@ -21,8 +21,10 @@ from korasr.runtime import SAMPLE_RATE, Recognizer, Result
 from korasr.runtime.audio import AudioLimits
 from korasr.serve.batcher import Batcher
 from korasr.serve.config import ServeConfig
+from korasr.serve.drain import Drain
 from korasr.serve.errors import ClientError, decode_upload
 from korasr.serve.jobs.worker import JobWorker
+from korasr.serve.logs import note
 from korasr.serve.metrics import Metrics
 from korasr.serve.streams import StreamHub
 
@@ -47,6 +49,12 @@ class Generation:
         if self.hub is not None:
             await self.hub.stop()
         await self.batcher.stop()
+
+    def log_fields(self) -> dict:
+        """What a request's log record names the model by: the export folder, and the registry's version when
+        followed, else the hash of the checkpoint it was exported from."""
+        version = self.version.get("version") or str(self.recognizer.info.get("source_sha256", ""))[:12] or None
+        return {"model": self.path.name, "model_version": None if version is None else str(version)}
 
 
 async def load_generation(config: ServeConfig, path: Path, metrics: Metrics, version: dict | None = None) -> Generation:
@@ -85,6 +93,7 @@ class ServiceState:
         self.reloading = asyncio.Lock()  # one reload at a time (follow.reload): another meanwhile is refused
         self._follower: asyncio.Task | None = None
         self._releases: set[asyncio.Task] = set()  # held until done (the loop keeps only weak references)
+        self.drain = Drain(self)  # SIGTERM: finish what is held, refuse the rest, exit (drain.py)
 
     # the current generation's parts, for the routes
     @property
@@ -155,6 +164,7 @@ class ServiceState:
         self.require_ready()
         generation = self.current
         generation.users += 1
+        note(**generation.log_fields())
         try:
             yield generation
         finally:
@@ -212,6 +222,7 @@ class ServiceState:
             loop = asyncio.get_running_loop()
             audio = await loop.run_in_executor(self.decoders, decode_upload, upload.file, name, raw, self.limits)
         duration = len(audio) / SAMPLE_RATE
+        note(audio_seconds=round(duration, 3))
         result = await generation.batcher.submit(audio, hotwords)
         elapsed = time.perf_counter() - started
         self.metrics.audio_seconds.inc(duration)

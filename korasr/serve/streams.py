@@ -47,6 +47,8 @@ class Connection:
     unsent: int = 0  # results queued for the client and not yet written (the writer counts them down)
     unread: asyncio.Event = field(default_factory=asyncio.Event)  # set when unsent passed the hub's max_unsent
     close_reason: str | None = None  # a limit ended the stream after its finals (1008)
+    going_away: bool = False  # the server drains: after its finals, a close with 1001
+    received: int = 0  # samples fed, at the stream's rate
 
     def __post_init__(self) -> None:
         self.room.set()
@@ -102,6 +104,7 @@ class StreamHub(Worker):
             if conn.received_at is None:
                 conn.received_at = time.perf_counter()
             if pcm is not None:
+                conn.received += len(pcm)
                 conn.pending_samples += len(pcm)
                 if conn.pending_samples * SAMPLE_RATE / conn.stream.sample_rate > self.inbox_limit:
                     conn.room.clear()

@@ -73,6 +73,13 @@ def payload(job: dict, result: object) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def longest_delivery_s(attempts: int, timeout_s: float, backoff_s: float = 1.0) -> float:
+    """The longest :func:`deliver` can take: every attempt to its deadline with the back-off between them, and never
+    past ``DEADLINE_S``."""
+    waits = sum(min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S) for attempt in range(1, attempts))
+    return min(DEADLINE_S, attempts * timeout_s + waits)
+
+
 async def deliver(url: str, body: bytes, *, allow: tuple[str, ...], secret: str, attempts: int, timeout_s: float,
                   delivery: str, backoff_s: float = 1.0) -> str:  # fmt: skip
     """POST ``body`` to ``url`` until it is taken (2xx: ''), or the reason it never was; each attempt within

@@ -175,19 +175,22 @@ class JobStore:
             return c.execute(select(func.count()).where(jobs.c.status == "queued")).scalar_one()
 
     def claim(self, worker: str, lease_s: float) -> dict | None:
-        """The oldest queued job, now running under ``worker``'s lease; None when the queue is empty."""
-        for _ in range(16):  # another worker may take the same job first: then the next one
+        """The oldest queued job no other claim holds, now running under ``worker``'s lease; None when there is none.
+        On a server database the row is locked as it is read (``FOR UPDATE SKIP LOCKED``), so replicas claiming at
+        once take different jobs and never wait on each other's transactions; on SQLite ``BEGIN IMMEDIATE`` orders
+        them."""
+        for _ in range(16):  # a database that ignores the row lock: another worker may take the job first
             with self._write() as c:
-                seq = c.execute(select(jobs.c.seq).where(jobs.c.status == "queued").order_by(jobs.c.seq).limit(1))
-                seq = seq.scalar_one_or_none()
+                oldest = select(jobs.c.seq).where(jobs.c.status == "queued").order_by(jobs.c.seq).limit(1)
+                seq = c.execute(oldest.with_for_update(skip_locked=True)).scalar_one_or_none()
                 if seq is None:
                     return None
                 now = time.time()
                 taken = c.execute(update(jobs).where(jobs.c.seq == seq, jobs.c.status == "queued").values(
                     status="running", worker=worker, attempts=jobs.c.attempts + 1, started_at=now,
                     lease_until=now + lease_s))  # fmt: skip
-            if taken.rowcount == 1:
-                return self._row(select(jobs).where(jobs.c.seq == seq))
+                if taken.rowcount == 1:
+                    return dict(c.execute(select(jobs).where(jobs.c.seq == seq)).mappings().one())
         return None
 
     def _mine(self, job_id: str, worker: str):  # type: ignore[no-untyped-def]
@@ -217,9 +220,9 @@ class JobStore:
         """Jobs whose lease ran out (their process died): queued again, or failed once claimed ``max_attempts``
         times. Returns those failed."""
         now, failed = time.time(), []
-        with self._write() as c:
-            stale = c.execute(select(jobs.c.id, jobs.c.attempts).where(jobs.c.status == "running",
-                                                                        jobs.c.lease_until < now)).all()  # fmt: skip
+        lapsed = select(jobs.c.id, jobs.c.attempts).where(jobs.c.status == "running", jobs.c.lease_until < now)
+        with self._write() as c:  # rows another replica's sweep has locked are its to take back
+            stale = c.execute(lapsed.with_for_update(skip_locked=True)).all()
             for job_id, attempts in stale:
                 lost = update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running", jobs.c.lease_until < now)
                 if attempts >= max_attempts:
@@ -260,10 +263,15 @@ class JobStore:
         now = time.time()
         waiting = or_(jobs.c.callback_state == "pending",
                       and_(jobs.c.callback_state == "sending", jobs.c.callback_until < now))  # fmt: skip
-        with self._write() as c:
-            taken = c.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(("succeeded", "failed")),
-                                                 waiting).values(callback_state="sending", callback_until=now + hold_s))  # fmt: skip
-        return self.get(job_id, None) if taken.rowcount == 1 else None
+        claimable = and_(jobs.c.id == job_id, jobs.c.status.in_(("succeeded", "failed")), waiting)
+        with self._write() as c:  # a row another process is claiming (locked) is its to send: skipped, not waited for
+            if c.execute(select(jobs.c.id).where(claimable).with_for_update(skip_locked=True)).first() is None:
+                return None
+            taken = c.execute(update(jobs).where(claimable).values(callback_state="sending",
+                                                                   callback_until=now + hold_s))  # fmt: skip
+            if taken.rowcount != 1:
+                return None
+            return dict(c.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one())
 
     def set_callback(self, job_id: str, claim: float, state: str, error: str = "") -> None:
         """The outcome of the callback claimed as ``claim``: delivered, failed, or pending again (the server stopped

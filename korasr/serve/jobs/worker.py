@@ -2,7 +2,8 @@
 with the current generation (long audio in chunks, in a thread), a sweep that puts back jobs whose process died and
 deletes expired ones, and the delivery of callbacks. Started by ``ServiceState.start``, stopped by ``stop``: a job
 being decoded then goes back to the queue (not counted as an attempt; its decoding ends after the chunk in hand)
-and pending callbacks resume at the next start."""
+and pending callbacks resume at the next start. While the server drains (``drain.py``) no job is claimed; the ones
+in hand finish, or are released (``release``, or ``release_now`` from another thread when the process ends at once)."""
 
 from __future__ import annotations
 
@@ -22,17 +23,14 @@ from korasr.runtime.audio import AudioLimits
 from korasr.serve.errors import ClientError
 from korasr.serve.formats import encoded, shaped
 from korasr.serve.hotwords import parse_hotwords, prompt_hotwords
-from korasr.serve.jobs.callbacks import DEADLINE_S, deliver, payload
+from korasr.serve.jobs.callbacks import deliver, payload
 from korasr.serve.jobs.sources import Spool, probe
 from korasr.serve.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
-LEASE_S = 60.0  # a running job's lease, renewed every third of it; a job whose lease ran out is taken back
 POLL_S = 1.0  # an idle loop looks at the queue this often (jobs other processes queued), or when woken
 CALLBACKS_AT_ONCE = 8
-# a callback being sent stays claimed this long (its deliveries end within DEADLINE_S)
-CALLBACK_HOLD_S = DEADLINE_S + 60
 
 
 JOBS_DIR = "exp/jobs"  # the default, under the working directory, as the registry's cache (KORASR_JOBS_DIR: another)
@@ -70,6 +68,9 @@ class JobWorker:
         self._callbacks: set[asyncio.Task] = set()
         self._callback_slots = asyncio.Semaphore(CALLBACKS_AT_ONCE)
         self._stopping = threading.Event()  # a long decode ends after its current chunk
+        self.draining = False  # the server is draining (korasr/serve/drain.py): no more claims
+        self.running: set[str] = set()  # the jobs this process is decoding
+        self.sending: dict[str, float] = {}  # the callbacks it is sending, with their claims
 
     async def start(self) -> None:
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -83,13 +84,37 @@ class JobWorker:
         await self.refresh()
 
     async def stop(self) -> None:
+        await self.release()
+        if self.store is not None:
+            self.store.close()
+
+    async def release(self) -> None:
+        """Stop every loop: a job being decoded goes back to the queue (its decoding ends after the chunk in hand),
+        a callback being sent is handed back (pending), the sweep ends."""
         self._stopping.set()
         tasks = [*self._tasks, *self._callbacks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.store is not None:
-            self.store.close()
+
+    def drain(self) -> None:
+        """Claim no more jobs (the server is draining); the jobs in hand and the callbacks being sent go on."""
+        self.draining = True
+        self.wake.set()  # an idle loop sees it now
+
+    def release_now(self) -> None:
+        """From any thread, as the process ends at once: the jobs in hand back to the queue, the callbacks being sent
+        pending again. A release that fails leaves its job leased: a sweep takes it back when the lease runs out."""
+        self.draining = True
+        self._stopping.set()
+        for job_id in list(self.running):
+            try:
+                self.store.release(job_id, self.name)
+            except Exception:
+                log.exception("job %s: not released (it returns to the queue when its lease runs out)", job_id)
+        for job_id, claim in list(self.sending.items()):
+            with contextlib.suppress(Exception):
+                self.store.set_callback(job_id, claim, "pending")
 
     def _spawn(self, coroutine: Any, tasks: set[asyncio.Task]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -113,17 +138,21 @@ class JobWorker:
     # --- decoding ----------------------------------------------------------------------------------------------
 
     async def _decode_loop(self) -> None:
-        while True:
+        while not self.draining:
             self.wake.clear()
             try:
                 job = await self._claim()
             except Exception:
                 log.exception("jobs: cannot claim a job")
                 job = None
+            if job is not None and self.draining:  # claimed as the drain began: another process takes it
+                await asyncio.to_thread(self.store.release, job["id"], self.name)
+                return
             if job is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), POLL_S)
                 continue
+            self.running.add(job["id"])
             try:
                 await self.refresh()
                 await self._run(job)
@@ -132,10 +161,12 @@ class JobWorker:
                 raise
             except Exception:  # the database failed us: the job's lease runs out and the sweep takes it back
                 log.exception("job %s: cannot record its outcome", job["id"])
+            finally:
+                self.running.discard(job["id"])
 
     async def _claim(self) -> dict | None:
         """The next job; when the server stops meanwhile, a claim the database already took is handed back."""
-        claiming = asyncio.ensure_future(asyncio.to_thread(self.store.claim, self.name, LEASE_S))
+        claiming = asyncio.ensure_future(asyncio.to_thread(self.store.claim, self.name, self.config.job_lease_s))
         try:
             return await asyncio.shield(claiming)
         except asyncio.CancelledError:
@@ -185,10 +216,10 @@ class JobWorker:
     async def _hold(self, job: dict, decoding: asyncio.Future) -> Any:
         """Wait for the decoding, renewing the job's lease meanwhile."""
         while True:
-            done, _ = await asyncio.wait({decoding}, timeout=LEASE_S / 3)
+            done, _ = await asyncio.wait({decoding}, timeout=self.config.job_lease_s / 3)
             if done:
                 return decoding.result()
-            await asyncio.to_thread(self.store.renew, job["id"], self.name, LEASE_S)
+            await asyncio.to_thread(self.store.renew, job["id"], self.name, self.config.job_lease_s)
 
     def finished(self, job: dict, status: str) -> None:
         """A job that reached ``status``: its spooled audio deleted, counted, its callback sent."""
@@ -207,10 +238,10 @@ class JobWorker:
         hands it back, so the next start sends it again (the receiver sees the same delivery id twice only after an
         attempt that did not finish)."""
         async with self._callback_slots:
-            job = await asyncio.to_thread(self.store.claim_callback, job_id, CALLBACK_HOLD_S)
+            job = await asyncio.to_thread(self.store.claim_callback, job_id, self.config.callback_hold_s)
             if job is None or not job["callback_url"]:
                 return
-            claim = job["callback_until"]
+            claim = self.sending[job_id] = job["callback_until"]
             try:
                 if not self.config.callback_secret:
                     error = "the server has no callback secret (KORASR_CALLBACK_SECRET)"
@@ -222,8 +253,10 @@ class JobWorker:
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     self.store.set_callback(job_id, claim, "pending")
+                self.sending.pop(job_id, None)
                 raise
             await asyncio.to_thread(self.store.set_callback, job_id, claim, "failed" if error else "delivered", error)
+            self.sending.pop(job_id, None)
             self.metrics.job_callbacks.labels("failed" if error else "delivered").inc()
             if error:
                 log.warning("job %s: callback not delivered: %s", job_id, error)
@@ -239,8 +272,8 @@ class JobWorker:
     # --- the sweep ---------------------------------------------------------------------------------------------
 
     async def _sweep_loop(self) -> None:
-        interval = min(max(self.config.job_retention_s / 4, 0.5), LEASE_S / 2)
-        while True:
+        interval = min(max(self.config.job_retention_s / 4, 0.5), self.config.job_lease_s / 2)
+        while not self.draining:  # a draining server sends no more callbacks: another process's sweep does
             await asyncio.sleep(interval)
             await self.sweep()
 

@@ -1,9 +1,9 @@
-"""Operations: ``GET /health`` (for a load balancer, without a key: ready or not, nothing more), ``GET /metrics``
-(Prometheus), the page at ``/``, and the operators' routes, which take only the operator key (``KORASR_ADMIN_KEY``;
-without one they are off, the gate answers 404): ``GET /admin/status`` (the version served and by which process, the
-follower's view of the registry, the last failed reload, the jobs' database; every URI without its credentials) and
-``POST /admin/reload`` (read the followed alias now and swap when it moved; ``?force=true`` reloads even when it has
-not; one at a time, another meanwhile gets 409)."""
+"""Operations: ``GET /health`` (for a load balancer, without a key: ready or not, nothing more; 503 while loading
+and again while draining), ``GET /metrics`` (Prometheus), the page at ``/``, and the operators' routes, which take only
+the operator key (``KORASR_ADMIN_KEY``; without one they are off, the gate answers 404): ``GET /admin/status`` (the
+version served and by which process, the follower's view of the registry, the last failed reload, the jobs'
+database; every URI without its credentials) and ``POST /admin/reload`` (read the followed alias now and swap when it
+moved; ``?force=true`` reloads even when it has not; one at a time, another meanwhile gets 409)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ STARTED = time.time()
 
 @router.get("/health")
 async def health(state: Annotated[ServiceState, Depends(service)]):  # type: ignore[no-untyped-def]
+    if state.drain.active:  # readiness off at once on SIGTERM (drain.py)
+        return JSONResponse({"status": "draining", "ready": False}, status_code=503)
     if not state.ready:
         return JSONResponse({"status": "loading", "ready": False}, status_code=503)
     return {"status": "ok", "ready": True}
@@ -34,7 +36,8 @@ async def health(state: Annotated[ServiceState, Depends(service)]):  # type: ign
 async def admin_status(state: Annotated[ServiceState, Depends(service)]) -> dict:
     from korasr.serve.jobs.worker import db_url, redacted
 
-    body: dict = {"status": "ok" if state.ready else "loading", "ready": state.ready, "pid": os.getpid(),
+    status = "draining" if state.drain.active else "ok" if state.ready else "loading"
+    body: dict = {"status": status, "ready": state.ready and not state.drain.active, "pid": os.getpid(),
                   "up_s": round(time.time() - STARTED, 1)}  # fmt: skip
     generation = state.current
     if generation is not None:

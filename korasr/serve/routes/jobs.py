@@ -27,6 +27,7 @@ from korasr.serve.jobs.net import Refused, resolve
 from korasr.serve.jobs.sources import fetch, is_url, local_source, probe, spool_upload
 from korasr.serve.jobs.store import JobLimit
 from korasr.serve.jobs.worker import JobWorker
+from korasr.serve.logs import note
 from korasr.serve.state import ServiceState, service
 
 router = APIRouter()
@@ -79,6 +80,7 @@ async def create_job(
         name = Path(source).name[:200] if spooled else source[:200]
         seconds = await asyncio.to_thread(probe, jobs.audio_path({"audio": audio, "spooled": spooled}), name,
                                           AudioLimits(max_seconds=config.job_max_audio_seconds))  # fmt: skip
+        note(audio_seconds=round(seconds, 3))
         row = {"id": job_id, "owner": owner, "response_format": response_format, "source": source[:2000],
                "audio": audio, "spooled": spooled, "audio_seconds": seconds, "hotwords": words,
                "hotwords_field": words_field, "callback_url": callback_url or None,
