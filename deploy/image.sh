@@ -9,6 +9,7 @@
 # CONTAINERS_CONF and CONTAINERS_STORAGE_CONF yourself to use others); docker reads its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd -P)
 
 LOCAL_BASE= EXPORT= NAME=localhost/korasr
 while (($#)); do
@@ -33,10 +34,10 @@ fi
 note() { echo "make image: $*" >&2; }
 
 if [ -n "$EXPORT" ]; then
-  real=$(realpath -m "$EXPORT")
-  case $real/ in "$PWD"/*) ;; *) echo "make image: EXPORT=$EXPORT is outside the repository (the build context)" >&2; exit 2 ;; esac
+  real=$(cd "$EXPORT" 2>/dev/null && pwd -P) || { echo "make image: EXPORT=$EXPORT is not a folder" >&2; exit 2; }
+  case $real/ in "$ROOT"/*) ;; *) echo "make image: EXPORT=$EXPORT is outside the repository (the build context)" >&2; exit 2 ;; esac
   [ -f "$real/model.onnx" ] || { echo "make image: EXPORT=$EXPORT has no model.onnx (not a korasr export folder)" >&2; exit 2; }
-  EXPORT=${real#"$PWD"/}
+  EXPORT=${real#"$ROOT"/}
 fi
 
 BASE_ARGS=()
@@ -63,7 +64,7 @@ fi
 
 args=(-f deploy/Dockerfile -t "$TAG" -t "$NAME:$VERSION"
       --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION"
-      --build-arg CONSTRAINTS=deploy/.build/constraints.txt "${BASE_ARGS[@]}")
+      --build-arg CONSTRAINTS=deploy/.build/constraints.txt ${BASE_ARGS[@]+"${BASE_ARGS[@]}"})
 [ -z "$EXPORT" ] || args+=(--build-arg "EXPORT=$EXPORT")
 note "building $TAG with $BUILDER"
 case $BUILDER in
@@ -74,6 +75,13 @@ case $BUILDER in
   buildah) buildah bud --isolation chroot --network host --format docker --ignorefile deploy/Dockerfile.dockerignore \
              "${args[@]}" . >&2 ;;
 esac
+# Earlier builds whose tags moved to this one, and their build stages, are of no use to anyone (no tag names them):
+# removed, unless a container uses them. vfs storage (podman here) holds every layer whole, so they add up fast.
+if [ "$BUILDER" != buildah ]; then
+  for title in korasr korasr-build; do
+    "$BUILDER" image prune --force --filter "label=org.opencontainers.image.title=$title" >/dev/null 2>&1 || true
+  done
+fi
 if [ "$BUILDER" = buildah ]; then
   size=$(buildah images --format '{{.Size}}' "$TAG")
 else

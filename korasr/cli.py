@@ -1143,8 +1143,8 @@ def flag_variables(parser: argparse.ArgumentParser) -> dict[str, argparse.Action
 
 def env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
     """Defaults of ``parser``'s options from their variables, each parsed and checked as its flag would be (a switch
-    takes 1/0, true/false, yes/no, on/off; a repeatable flag a comma-separated list); a bad value stops the parser
-    naming the variable. An empty variable counts as unset."""
+    takes 1/0, true/false, yes/no, on/off; a repeatable flag a comma-separated list, which the flag given replaces); a
+    bad value stops the parser naming the variable. An empty variable counts as unset."""
     for name, action in flag_variables(parser).items():
         text = environ.get(name, "").strip()
         if not text:
@@ -1157,11 +1157,22 @@ def env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str]) -> No
                 value: object = text.lower() in TRUE
             elif isinstance(action, argparse._AppendAction):
                 value = [_env_value(action, part.strip()) for part in text.split(",") if part.strip()]
+                action.__class__ = _ReplacingAppend  # the flag given replaces the variable's list, never widens it
             else:
                 value = _env_value(action, text)
         except (argparse.ArgumentTypeError, ValueError) as e:
             parser.error(f"{name}={text!r} (the variable of {flag}): {e}")
         action.default, action.required = value, False
+
+
+class _ReplacingAppend(argparse._AppendAction):
+    """A repeatable flag whose default came from its variable: its first use on the command line starts a new list
+    (an allow-list given as flags is the whole list, not the variable's plus more)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        if getattr(namespace, self.dest, None) is self.default:
+            setattr(namespace, self.dest, [])
+        super().__call__(parser, namespace, values, option_string)
 
 
 def _env_value(action: argparse.Action, text: str) -> object:

@@ -49,16 +49,21 @@ def pytest_collection_finish(session) -> None:  # type: ignore[no-untyped-def]
 
     log = Path(tempfile.mkdtemp(prefix="korasr-image-")) / "make-image.log"
     with open(log, "wb") as out:
+        # -o: the venv the tests run in is taken as set up (make test did it), never reinstalled under them
         IMAGE_BUILD["proc"] = subprocess.Popen(
-            ["make", "--no-print-directory", "-s", "image", "LOCAL_BASE=1", f"IMAGE={NAME}"], cwd=ROOT,
-            env={**os.environ, **CONTAINERS_ENV}, stdout=subprocess.PIPE, stderr=out, text=True)  # fmt: skip
+            ["make", "--no-print-directory", "-s", "image", "LOCAL_BASE=1", f"IMAGE={NAME}", "-o", ".venv/.installed",
+             "-o", ".venv/bin/lmplz"], cwd=ROOT, env={**os.environ, **CONTAINERS_ENV}, stdout=subprocess.PIPE,
+            stderr=out, text=True, start_new_session=True)  # fmt: skip
     IMAGE_BUILD["log"] = log
 
 
 def pytest_sessionfinish(session) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+
     proc = IMAGE_BUILD.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
+    if proc is not None and proc.poll() is None:  # the session ended first: the build's whole process group stops
+        os.killpg(proc.pid, signal.SIGTERM)
 
 
 def korasr_cmd(*args: str) -> list[str]:

@@ -509,6 +509,12 @@ def test_every_serve_flag_has_its_variable_checked_as_the_flag_is():
     assert (args.serve_model, args.port, args.drain_timeout, args.public_docs, args.log_format, args.threads) == (
         "/exports/one", 9002, 12.5, True, "json", None)  # fmt: skip
     assert args.callback_allow == ["http://a.example/", "https://b.example/hooks/"]
+    parser = cli.build_parser()  # a repeatable flag given replaces its variable's list: an allow-list never widens
+    cli.env_defaults(cli.subparser(parser, "serve"), env)
+    args = parser.parse_args(
+        ["serve", "--callback-allow", "https://c.example/", "--callback-allow", "https://d.example/"]
+    )
+    assert args.callback_allow == ["https://c.example/", "https://d.example/"]
 
     for name, value, reason in [("KORASR_DRAIN_TIMEOUT", "0", "out of range"), ("KORASR_PORT", "http", "not an integer"),
                                 ("KORASR_LOG_FORMAT", "xml", "not one of text, json"),

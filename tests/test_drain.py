@@ -16,6 +16,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -362,3 +363,234 @@ def test_workers_drain_through_the_supervisor(exported_streaming, recipe, tmp_pa
     assert code == 0
     for stream in streams:
         assert stream.close_code == 1001 and stream.messages[-1][1]["type"] == "final", (stream.error, stream.messages)
+
+
+# --- what the drain holds and hands back, unit by unit ---------------------------------------------------------------
+
+
+def job_worker(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A service's state with a job worker on a SQLite store in ``tmp_path`` (no loops: ``job_workers`` 0), not
+    started; and a finished job whose callback waits to be sent."""
+    from korasr.serve.config import ServeConfig
+    from korasr.serve.jobs.worker import JobWorker
+    from korasr.serve.state import ServiceState
+
+    config = ServeConfig(model=tmp_path, jobs_dir=tmp_path / "jobs", job_workers=0, callback_secret=SECRET,
+                         callback_allow=("http://127.0.0.1:9/",))  # fmt: skip
+    state = ServiceState(config)
+    state.jobs = JobWorker(state)
+    return state
+
+
+def queue_finished_job(state, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    state.jobs.store.add({"id": job_id, "owner": "", "response_format": "json", "source": "a.wav", "audio": "a.wav",
+                          "spooled": False, "audio_bytes": 1, "audio_seconds": 1.0, "hotwords": None,
+                          "hotwords_field": "hotwords", "callback_url": "http://127.0.0.1:9/hook",
+                          "callback_state": "pending", "created_at": time.time()}, 10, 10)  # fmt: skip
+    with sqlite3.connect(state.config.jobs_dir / "jobs.db") as db:
+        db.execute("UPDATE korasr_jobs SET status='succeeded', result='{\"text\": \"x\"}', finished_at=? WHERE id=?",
+                   (time.time(), job_id))  # fmt: skip
+
+
+def test_a_callback_being_claimed_is_held_and_handed_back_when_released(tmp_path):
+    """A job finishing during the drain starts its callback: held (the drain waits for it) from the start, not once
+    its claim returns; released meanwhile, the claim the database took is handed back (pending), not left
+    ``sending`` for callback_hold_s."""
+    import asyncio
+
+    state = job_worker(tmp_path)
+    claiming, claimed = threading.Event(), threading.Event()
+
+    async def run() -> dict:
+        worker = state.jobs
+        await worker.start()
+        queue_finished_job(state, "a" * 32)
+        claim = worker.store.claim_callback
+
+        def slow_claim(*args):  # type: ignore[no-untyped-def]
+            claiming.wait(10)
+            try:
+                return claim(*args)
+            finally:
+                claimed.set()
+
+        worker.store.claim_callback = slow_claim
+        worker.callback("a" * 32)
+        await asyncio.sleep(0.2)
+        held = state.drain.held()
+        threading.Timer(0.3, claiming.set).start()  # the claim commits while the release waits
+        await worker.release()
+        assert claimed.wait(10)
+        await worker.stop()
+        return held
+
+    held = asyncio.run(run())
+    row = job_row(tmp_path / "jobs", "a" * 32)
+    assert (held["callbacks"], row["callback_state"], row["callback_until"]) == (1, "pending", None), (held, row)
+
+
+def test_a_callback_cancelled_while_recording_its_outcome_is_no_longer_held(tmp_path):
+    import asyncio
+
+    state = job_worker(tmp_path)
+    recording, recorded = threading.Event(), threading.Event()
+
+    async def run() -> tuple[dict, dict]:
+        worker = state.jobs
+        await worker.start()
+        queue_finished_job(state, "b" * 32)
+        record = worker.store.set_callback
+
+        def slow_record(*args):  # type: ignore[no-untyped-def]
+            recording.set()
+            time.sleep(0.5)
+            record(*args)
+            recorded.set()
+
+        async def delivered(job, result) -> str:  # type: ignore[no-untyped-def]
+            return ""
+
+        worker.store.set_callback, worker._send = slow_record, delivered
+        worker.callback("b" * 32)
+        while not recording.is_set():
+            await asyncio.sleep(0.01)
+        await worker.release()  # cancelled in the final set_callback
+        held, sending = state.drain.held(), dict(worker.sending)
+        assert recorded.wait(10)
+        await worker.stop()
+        return held, sending
+
+    held, sending = asyncio.run(run())
+    assert sending == {} and held["callbacks"] == 0, (sending, held)
+    assert job_row(tmp_path / "jobs", "b" * 32)["callback_state"] == "delivered"  # the thread still recorded it
+
+
+ENDS_NOW = """
+import logging, sys, threading, types
+from korasr.serve import drain
+
+drain.HARD_EXIT_S = 1.0
+
+class Jobs:
+    running, sending, callbacks = {"j"}, {}, 0
+
+    def release_now(self):
+        with open(sys.argv[1], "w") as out:
+            out.write("released")
+
+class FullPipe(logging.Handler):  # a write that never returns, its handler's lock held meanwhile
+    def emit(self, record):
+        threading.Event().wait()
+
+logging.getLogger().addHandler(FullPipe())
+state = types.SimpleNamespace(config=types.SimpleNamespace(drain_timeout_s=3.0), jobs=Jobs(),
+                              active_streams=lambda: 0)
+drain.Drain(state).end_now("a test")
+"""
+
+
+def test_ending_at_once_releases_the_jobs_and_exits_even_when_logging_blocks(tmp_path):
+    """The drain timeout or a second signal ends the process from the drain's thread: a log line that never returns
+    (stdout a full pipe) neither keeps the jobs from being released nor the process from exiting."""
+    marker = tmp_path / "released"
+    began = time.monotonic()
+    ended = subprocess.run([sys.executable, "-c", ENDS_NOW, str(marker)], cwd=ROOT, timeout=30,
+                           capture_output=True, text=True)  # fmt: skip
+    print(f"\nending at once with logging blocked: exit {ended.returncode} after {time.monotonic() - began:.2f} s")
+    assert ended.returncode == 0, ended.stderr[-2000:]
+    assert marker.read_text() == "released"
+
+
+class SlowSource:
+    """A real HTTP server on loopback whose every answer is 200 with a large body trickled a few bytes a second (a
+    job's URL source that takes far longer than the drain); ``asked`` is set at the first GET."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        self.asked, self.stop = threading.Event(), threading.Event()
+        source = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                source.asked.set()
+                self.send_response(200)
+                self.send_header("Content-Length", str(10**6))
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    while not source.stop.wait(0.2):
+                        self.wfile.write(b"RIFF")
+                        self.wfile.flush()
+
+            def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def read_answer(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends on ``sock`` until it closes (a reset ends it too), and when it ended."""
+    data = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data, time.monotonic()
+
+
+def test_uploads_and_url_fetches_longer_than_the_drain_get_503_not_a_reset(exported_streaming, tmp_path):
+    """An upload whose body is still arriving and a job submission still fetching its URL when the drain's release
+    point comes (``--drain-timeout 4``: 1 s before the end) are answered 503 with Retry-After, no job queued, and the
+    drain ends in time, instead of being reset by the exit at the timeout."""
+    source, jobs, log = SlowSource(), tmp_path / "jobs", tmp_path / "serve.log"
+    try:
+        with server(exported_streaming, log, "--drain-timeout", "4", "--log-format", "json", "--jobs-dir", str(jobs),
+                    "--job-source", f"{source.url}/") as (proc, url):  # fmt: skip
+            host, port = urllib.parse.urlsplit(url).netloc.split(":")
+            upload = socket.create_connection((host, int(port)), timeout=30)
+            upload.sendall(b"POST /v1/transcribe HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b"
+                           b"\r\nContent-Length: 100000\r\n\r\n--b\r\n")  # fmt: skip
+            submission: dict = {}
+
+            def submit() -> None:
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                presigned = f"{source.url}/long.wav?X-Amz-Signature=PRESIGNED"
+                conn.request("POST", "/v1/jobs", urllib.parse.urlencode({"url": presigned}),
+                             {"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+                answer = conn.getresponse()
+                submission.update(status=answer.status, retry=answer.getheader("Retry-After"), body=answer.read(),
+                                  at=time.monotonic())  # fmt: skip
+
+            submitting = threading.Thread(target=submit, daemon=True)
+            submitting.start()
+            assert source.asked.wait(30)
+            time.sleep(0.5)  # the upload admitted, its body waiting
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            answer, answered_at = read_answer(upload)
+            submitting.join(timeout=30)
+            code = proc.wait(timeout=4 + 15)
+            drain_s = time.monotonic() - signalled
+    finally:
+        source.close()
+    status_line = answer.split(b"\r\n", 1)[0]
+    print(f"\nuploads and fetches past the drain: exit {code} after {drain_s:.2f} s; the upload got "
+          f"{status_line!r} after {answered_at - signalled:.2f} s, the submission "
+          f"{submission.get('status')} after {submission.get('at', 0) - signalled:.2f} s")  # fmt: skip
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in head, answer[:500]
+    assert b"draining" in answer and answered_at - signalled >= 2.0  # at the release point, not at once
+    assert submission["status"] == 503 and submission["retry"] and b"draining" in submission["body"], submission
+    assert code == 0 and drain_s < 4 + 2
+    with sqlite3.connect(jobs / "jobs.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM korasr_jobs").fetchone()[0] == 0
+    messages = [r["message"] for r in records(log)]
+    assert any("503 to 1 uploads still arriving and 1 job submissions" in m for m in messages), messages
+    assert not any("cut short" in m for m in messages)
+    assert "PRESIGNED" not in log.read_text()  # httpx's line per request (its URL and query) is not printed

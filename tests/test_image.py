@@ -57,6 +57,11 @@ def image() -> dict:
     match = LAST_LINE.match(last)
     assert match, f"make image's last line is not 'TAG SIZE': {last!r}"
     inspect = json.loads(podman("image", "inspect", match["tag"]).stdout)[0]
+    # this test's images of earlier commits: untagged and removed (vfs keeps each one whole, ~0.5 GB)
+    for ref in podman("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={NAME}").stdout.split():
+        if ref.startswith(f"{NAME}:") and ref not in (match["tag"], f"{NAME}:{match['version']}"):
+            podman("untag", ref, ref, check=False)
+    podman("image", "prune", "--force", "--filter", "label=org.opencontainers.image.title=korasr", check=False)
     return {**match.groupdict(), "inspect": inspect, "stderr": stderr}
 
 

@@ -450,3 +450,28 @@ def test_jobs_belong_to_their_key_which_never_reaches_the_database(exported, tmp
     stored += (tmp_path / "jobs" / "jobs.db").read_bytes()
     for key in (KEY, OTHER):
         assert key.encode() not in stored
+
+
+def test_database_errors_never_carry_a_jobs_values(tmp_path):
+    """An error's text is logged (a failing ``finish``) or a 500's traceback (a failing ``add``): never a row's
+    values (a transcript, hotwords, a callback URL, a presigned source URL)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from korasr.serve.jobs.store import JobStore
+
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    row = {"id": "c" * 32, "owner": "", "response_format": "json", "audio": "a.wav", "spooled": False,
+           "source": "https://media.example.com/a.wav?X-Amz-Signature=PRESIGNED", "audio_bytes": 1,
+           "audio_seconds": 1.0, "hotwords": "비밀 회의", "hotwords_field": "hotwords",
+           "callback_url": "https://hooks.example.com/hook?sig=HOOKSECRET", "callback_state": "pending",
+           "created_at": time.time()}  # fmt: skip
+    try:
+        store.add(row, 10, 10)
+        with pytest.raises(IntegrityError) as raised:  # the same id twice
+            store.add(row, 10, 10)
+    finally:
+        store.close()
+    text = str(raised.value)
+    assert "UNIQUE" in text and "INSERT INTO korasr_jobs" in text, text  # still says what failed
+    for value in ("PRESIGNED", "비밀", "HOOKSECRET"):
+        assert value not in text, text

@@ -140,3 +140,80 @@ def test_json_logs_one_object_per_request_with_its_id_and_no_secrets(exported_st
     assert KEY not in printed and ADMIN not in printed and "api_key" not in printed and "f" * 32 not in printed
     for said in [text, *(m["text"] for m in streamed if m["text"])]:
         assert said not in printed, said
+
+
+def test_uvicorn_websocket_lines_are_told_by_their_format_not_their_text():
+    """A ``"`` in the path made the formatted line fail the old pattern, so the query was printed; the format string
+    tells the line whatever the client put in it."""
+    fields = RequestFields()
+    quoted = logging.makeLogRecord({"name": "uvicorn.error", "levelno": logging.INFO, "msg": '%s - "WebSocket %s" 403',
+                                    "args": ("127.0.0.1:5", '/v1/stream?x="&api_key=secret')})  # fmt: skip
+    assert not fields.filter(quoted)
+    for line in ("connection open", "connection closed"):
+        assert not fields.filter(logging.makeLogRecord({"name": "uvicorn.error", "levelno": logging.INFO, "msg": line}))
+    imitation = logging.makeLogRecord({"name": "uvicorn.error", "levelno": logging.INFO, "msg": "%s",
+                                       "args": ('1.2.3.4 - "WebSocket /v1/stream" 403',)})  # fmt: skip
+    assert fields.filter(imitation)  # another line that only reads like one is kept
+
+
+def test_tracebacks_are_redacted_in_json_and_text_logs():
+    from korasr.serve.gate import Redact
+
+    for formatter in (JsonFormatter(), logging.Formatter("%(levelname)s %(message)s")):
+        out = io.StringIO()
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(formatter)
+        handler.addFilter(Redact(f"{KEY},{ADMIN}"))
+        logger = logging.getLogger("korasr.test.redact")
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            try:
+                raise RuntimeError(f"https://mlflow:hunter2@registry.example.com/ refused key {KEY} (?token={ADMIN})")
+            except RuntimeError:
+                logger.exception("reload failed")
+        finally:
+            logger.removeHandler(handler)
+        printed = out.getvalue()
+        assert "reload failed" in printed and "RuntimeError" in printed and "[redacted]" in printed, printed
+        assert KEY not in printed and ADMIN not in printed and "hunter2" not in printed, printed
+
+
+def test_tasks_that_outlive_a_request_carry_no_request_id(tmp_path):
+    """A reload starts a batcher (or stream hub) and releases the retired model from inside its request: those tasks
+    run on long after it, and their records must not carry its id."""
+    import asyncio
+
+    from korasr.serve.config import ServeConfig
+    from korasr.serve.state import ServiceState
+    from korasr.serve.worker import Worker
+
+    seen: dict = {}
+
+    class Probe(Worker):
+        async def _run(self) -> None:
+            seen["batcher"] = REQUEST.get()
+
+    class Retired:
+        path, version = tmp_path, {}
+
+        async def stop(self) -> None:
+            seen["release"] = REQUEST.get()
+
+    async def reload() -> None:
+        state = ServiceState(ServeConfig(model=tmp_path))
+        token = REQUEST.set({"request_id": "reload-1"})
+        try:
+            worker = Probe()
+            worker.start()
+            retired = Retired()
+            state.retiring.append(retired)
+            state._release_later(retired)
+            seen["request"] = REQUEST.get()
+            await asyncio.gather(*state._releases)
+            await worker.stop()
+        finally:
+            REQUEST.reset(token)
+
+    asyncio.run(reload())
+    assert seen == {"request": {"request_id": "reload-1"}, "batcher": None, "release": None}, seen

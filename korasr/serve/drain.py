@@ -6,16 +6,20 @@
    WebSocket handshakes get 503; the job loops claim no more jobs; every open stream reads no more audio, gets the
    finals of what it sent, then a close with 1001 (going away).
 2. The listener stays open while what was admitted finishes: requests in progress, streams, jobs being decoded and
-   callbacks being sent. Jobs get until ``drain_timeout_s`` less a margin (a quarter of it, at most 5 s: see
-   :func:`job_margin`); those still running then are released to the queue (another replica takes them, the
-   claim not counted as an attempt) and callbacks being sent are handed back (pending).
+   callbacks being sent (or waiting to be). Jobs get until ``drain_timeout_s`` less a margin (a quarter of it, at
+   most 5 s: see :func:`job_margin`); at that *release point* those still running are released to the queue (another
+   replica takes them, the claim not counted as an attempt), callbacks being claimed or sent are handed back
+   (pending), and requests that could not finish in time are answered rather than reset by the exit: uploads whose
+   body is still arriving and job submissions still fetching their URL (no job queued yet) get 503 with
+   ``Retry-After``. Requests whose body is in keep decoding.
 3. When nothing is left: uvicorn's shutdown (the listener and idle keep-alive connections closed, the lifespan's
    stop, bounded by what remains of the timeout), and the process exits 0.
 4. A second signal (at least a second after the first: a terminal's Ctrl+C reaches a supervisor and its workers
    together, and the supervisor passes it on) or the drain timeout ends the process at once, from a thread of its
    own whatever the event loop is doing: the jobs in hand are released and callbacks being sent handed back first,
-   then exit 0. A release that fails (the database is down) leaves its job leased: another replica's sweep takes it
-   back when the lease runs out.
+   then a log line, then exit 0 (by ``HARD_EXIT_S`` at the latest, whatever blocks: a log line to a full pipe). A
+   release that fails (the database is down) leaves its job leased: another replica's sweep takes it back when the
+   lease runs out.
 
 The signals are taken from uvicorn's server in the lifespan's startup, in every process that serves: with
 ``--workers N`` each worker drains on its own and the supervisor (:class:`Supervisor`) passes SIGTERM on to them,
@@ -41,6 +45,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REPEAT_S = 1.0  # a second signal sooner than this after the first is the same request delivered twice
 POLL_S = 0.05
 RELEASE_S = 5.0  # what ending at once may spend handing jobs back
+HARD_EXIT_S = RELEASE_S + 2.0  # ending at once exits by then, whatever blocks it (a log write to a full pipe)
 
 
 def job_margin(timeout_s: float) -> float:
@@ -54,6 +59,7 @@ class Drain:
         self.timeout_s: float = state.config.drain_timeout_s
         self.began: float | None = None  # time.monotonic() of the first signal
         self.started = asyncio.Event()  # set on the loop when the drain begins (open streams wait on it)
+        self.releasing = asyncio.Event()  # set at the release point: uploads and URL fetches still going get 503
         self.gate: Any = None  # the admission gate registers itself: requests in progress and waiting
         self.signal = self.cut_by = ""
         self._signalled, self._cut = threading.Event(), threading.Event()
@@ -113,7 +119,7 @@ class Drain:
         return {"requests": self.gate.working if self.gate is not None else 0,
                 "streams": self.state.active_streams(),
                 "jobs": len(jobs.running) if jobs is not None else 0,
-                "callbacks": len(jobs.sending) if jobs is not None else 0}  # fmt: skip
+                "callbacks": jobs.callbacks if jobs is not None else 0}  # fmt: skip
 
     async def _run(self) -> None:
         assert self.began is not None
@@ -138,25 +144,49 @@ class Drain:
         release_at = began + self.timeout_s - job_margin(self.timeout_s)
         released = False
         while any((held := self.held()).values()):
-            due = time.monotonic() >= release_at
-            if jobs is not None and due and not released and (held["jobs"] or held["callbacks"]):
+            if not released and time.monotonic() >= release_at:
                 released = True
-                log.warning("drain: %d jobs back to the queue, %d callbacks handed back (%g s before the timeout)",
-                            held["jobs"], held["callbacks"], job_margin(self.timeout_s))  # fmt: skip
-                await jobs.release()
+                await self._release(held)
             await asyncio.sleep(POLL_S)
         log.info("drained in %.1f s; shutting down", time.monotonic() - began)
 
+    async def _release(self, held: dict[str, int]) -> None:
+        """The release point (``job_margin`` before the timeout): what cannot finish in time is answered or handed
+        back while there is time to, instead of being cut by the exit. Requests still receiving their body and job
+        submissions still fetching their URL (no job queued yet) get 503 with Retry-After (the gate and the job route
+        wait on ``releasing``); running jobs go back to the queue, callbacks are handed back. Requests whose body is
+        in keep decoding."""
+        jobs, gate = self.state.jobs, self.gate
+        receiving = gate.receiving if gate is not None else 0
+        fetching = jobs.fetching if jobs is not None else 0
+        self.releasing.set()
+        if receiving or fetching:
+            log.warning("drain: 503 to %d uploads still arriving and %d job submissions still fetching their URL "
+                        "(%g s before the timeout)", receiving, fetching, job_margin(self.timeout_s))  # fmt: skip
+        if jobs is not None and (held["jobs"] or held["callbacks"]):
+            log.warning("drain: %d jobs back to the queue, %d callbacks handed back (%g s before the timeout)",
+                        held["jobs"], held["callbacks"], job_margin(self.timeout_s))  # fmt: skip
+            await jobs.release()
+
+    def left_s(self) -> float:
+        """Seconds until the drain timeout (the whole timeout before the drain began)."""
+        return self.timeout_s if self.began is None else max(self.began + self.timeout_s - time.monotonic(), 0.0)
+
     def end_now(self, why: str) -> None:
         """End the process at once (any thread): the jobs in hand back to the queue and the callbacks being sent
-        handed back first, then exit 0, whatever fails on the way."""
+        handed back first, then exit 0, whatever fails on the way. A timer exits by ``HARD_EXIT_S`` whatever blocks
+        (a log line to a full pipe while the loop's thread holds the handler's lock): the release comes before the
+        log line, which may never be written."""
+        hard_exit = threading.Timer(HARD_EXIT_S, os._exit, args=(0,))
+        hard_exit.daemon = True
+        hard_exit.start()
         try:
-            log.warning("drain cut short by %s, still holding %s: jobs released, exiting now", why,
-                        describe(self.held()))  # fmt: skip
+            held = describe(self.held())
             if self.state.jobs is not None:  # bounded: a database that does not answer leaves the jobs leased
                 releasing = threading.Thread(target=self.state.jobs.release_now, daemon=True)
                 releasing.start()
                 releasing.join(RELEASE_S)
+            log.warning("drain cut short by %s, still holding %s: jobs released, exiting now", why, held)
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
         finally:

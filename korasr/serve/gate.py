@@ -12,7 +12,8 @@
 - the request metrics, labelled by route template (unknown paths share the label ``unmatched``, so labels are a
   fixed set), counting every outcome, the 500 of an exception that escapes the routes included;
 - the drain (``drain.py``): from SIGTERM on, ``/v1/*`` requests and stream handshakes get 503, requests waiting for
-  a slot too, and every response says ``Connection: close``;
+  a slot too, and every response says ``Connection: close``; at the drain's release point, admitted requests whose
+  body is still arriving get 503 too (before the exit would reset them);
 - the request's id (``X-Request-Id``, ``logs.py``), echoed on every response, and with ``--log-format json`` the
   request's one record when it ends.
 """
@@ -41,14 +42,17 @@ ADMIN_PREFIX = "/admin/"  # operators' routes: the operator key only (KORASR_ADM
 DOC_ROUTES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 UNMATCHED = "unmatched"
 DRAINING = "server shutting down (draining): send it to another replica"
+LINGER_S = 1.0  # after a 503 cut an upload short, what the client still sends is read (and dropped) this long
 
 
-async def reply(send: Any, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+async def reply(send: Any, status: int, message: str, headers: dict[str, str] | None = None,
+                more_body: bool = False) -> None:  # fmt: skip
+    """A JSON error response; with ``more_body`` its body is whole but the response not ended (the caller ends it)."""
     body = json.dumps({"error": message}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": more_body})
 
 
 async def refuse_upgrade(scope: dict, send: Any, status: int, message: str) -> None:
@@ -131,8 +135,9 @@ _SECRET_QUERY = re.compile(r"([?&](?:api_key|apikey|key|token|access_token)=)[^&
 
 
 class Redact(logging.Filter):
-    """Takes the API key (and any ``api_key=``/``token=`` query value) out of a log record before it is written:
-    uvicorn logs every path with its query (the access log, and WebSocket handshakes on ``uvicorn.error``)."""
+    """Takes the API key (and any ``api_key=``/``token=`` query value, and a URL's ``user:password@``) out of a log
+    record before it is written, its message and its traceback: uvicorn logs every path with its query (the access
+    log, and WebSocket handshakes on ``uvicorn.error``), and an exception's message may name a key or a URL."""
 
     def __init__(self, secret: str | None):
         super().__init__()
@@ -140,12 +145,22 @@ class Redact(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = without_credentials(_SECRET_QUERY.sub(r"\1[redacted]", message))
+        if (cleaned := self.clean(message)) != message:
+            record.msg, record.args = cleaned, ()
+        if record.exc_info and not record.exc_text:  # a traceback's text (an exception's message may hold a key or a
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)  # URL with credentials), formatted once
+        if record.exc_text:  # the formatters write exc_text when set (JSON and text alike)
+            record.exc_text = self.clean(record.exc_text)
+        return True
+
+    def clean(self, text: str) -> str:
+        cleaned = without_credentials(_SECRET_QUERY.sub(r"\1[redacted]", text))
         for key in api_keys(self.secret or ""):
             cleaned = cleaned.replace(key, "[redacted]")
-        if cleaned != message:
-            record.msg, record.args = cleaned, ()
-        return True
+        return cleaned
+
+
+_TRACEBACKS = logging.Formatter()  # formats a record's exception as every handler's formatter would
 
 
 def redact_logs(secret: str | None, loggers: tuple[str, ...] = ("uvicorn.access", "uvicorn.error", "uvicorn")) -> None:
@@ -163,6 +178,7 @@ class Gate:
         self.admitted = 0  # requests holding a slot
         self.waiters: deque[asyncio.Future] = deque()  # requests waiting for one, in arrival order
         self.working = 0  # requests to /v1/ routes in progress (what a drain waits for)
+        self.receiving = 0  # admitted uploads whose body is still arriving
         self.open_routes = PUBLIC_ROUTES | (DOC_ROUTES if config.public_docs else frozenset())
         if state is not None:
             state.drain.gate = self
@@ -325,27 +341,44 @@ class Gate:
             await reply(send, 503, DRAINING if self.draining else f"server busy: {self.config.queue_size} requests in "
                         f"progress and {len(self.waiters)} waiting", {"Retry-After": "1"})  # fmt: skip
             return
-        body_done = timed_out = replied = False
+        body_done = timed_out = cut = replied = passed = False
+        releasing = self.state.drain.releasing if self.state is not None else None
+        self.receiving += 1
+
+        def arrived() -> None:  # once: the body is complete, or the request ends
+            nonlocal body_done
+            if not body_done:
+                body_done = True
+                self.receiving -= 1
 
         async def receive_by_deadline() -> dict:
-            nonlocal body_done, timed_out
+            nonlocal timed_out, cut
             if body_done:
                 return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
-            except TimeoutError:
-                timed_out = True
-                raise UploadTimeout from None
-            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            message = await first_of(receive(), releasing, max(deadline - loop.time(), 0.0))
+            if message is None:
+                cut = releasing is not None and releasing.is_set()
+                timed_out = not cut
+                raise UploadCut if cut else UploadTimeout
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                arrived()
             return message
 
-        async def send_or_408(message: dict) -> None:
+        async def refuse() -> None:
             nonlocal replied
-            if not timed_out:
+            replied = True
+            if cut:  # the response is ended after the linger below
+                await reply(send, 503, DRAINING, {"Retry-After": "1"}, more_body=True)
+            else:
+                await reply(send, 408, f"upload not complete within {self.config.upload_timeout_s:g} s")
+
+        async def send_or_refuse(message: dict) -> None:
+            nonlocal passed
+            if passed or not (timed_out or cut):  # a response begun before the body ended goes on as it was
+                passed = passed or message["type"] == "http.response.start"
                 await send(message)
             elif not replied and message["type"] == "http.response.start":  # the routes' own 400 for a broken body
-                replied = True
-                await reply(send, 408, f"upload not complete within {self.config.upload_timeout_s:g} s")
+                await refuse()
 
         held = True
 
@@ -357,12 +390,44 @@ class Gate:
 
         scope["korasr.release_slot"] = release_slot
         try:
-            await self.app(scope, receive_by_deadline, send_or_408)
-        except UploadTimeout:
-            if not replied:
-                await reply(send, 408, f"upload not complete within {self.config.upload_timeout_s:g} s")
+            await self.app(scope, receive_by_deadline, send_or_refuse)
+        except (UploadTimeout, UploadCut):
+            if not (replied or passed):
+                await refuse()
         finally:
             release_slot()
+            arrived()
+        if cut and replied:
+            await self._linger(receive, send)
+
+    async def _linger(self, receive: Any, send: Any) -> None:
+        """After the drain's 503 to an upload still arriving: read and drop what the client still sends for a moment
+        (within what is left of the drain), then end the response. Closing with unread bytes is a reset, which can
+        destroy the 503 before the client reads it."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(LINGER_S, self.state.drain.left_s() / 4)):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request" or not message.get("more_body", False):
+                        break
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def first_of(receiving: Any, event: asyncio.Event | None, timeout: float) -> dict | None:
+    """What ``receiving`` (an awaitable) gives, or None when ``timeout`` passes or ``event`` is set first (then it is
+    cancelled)."""
+    task = asyncio.ensure_future(receiving)
+    waits = {task} if event is None else {task, asyncio.ensure_future(event.wait())}
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+    return task.result() if task.done() and not task.cancelled() else None
+
+
+class UploadCut(Exception):
+    """The drain's release point came while the request body was still arriving."""
 
 
 class UploadTimeout(Exception):

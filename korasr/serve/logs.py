@@ -58,13 +58,30 @@ class JsonFormatter(logging.Formatter):
         for name in FIELDS:
             if (value := getattr(record, name, None)) is not None:
                 entry[name] = value
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:  # the gate's redaction has set exc_text: the redacted text
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["error"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-# uvicorn's lines per WebSocket (the gate's record of the request replaces them)
-_HANDSHAKE = re.compile(r'\S* - "WebSocket [^"]*" |connection (open|closed)$')
+# uvicorn's lines per WebSocket (the gate's record of the request replaces them), told by their format string: the
+# formatted line holds the client's path and query, which could imitate anything
+_HANDSHAKE_FORMAT = '%s - "WebSocket %s" '
+_CONNECTION_LINES = frozenset({"connection open", "connection closed"})
+
+
+def websocket_line(record: logging.LogRecord) -> bool:
+    msg = record.msg if isinstance(record.msg, str) else ""
+    return msg.startswith(_HANDSHAKE_FORMAT) or (msg in _CONNECTION_LINES and not record.args)
+
+
+def detached() -> contextvars.Context:
+    """A context for a task that outlives the request that starts it (a batcher or stream hub loaded by a reload, a
+    retired model's release): the request's fields left out, so its later records carry no stale request id."""
+    context = contextvars.copy_context()
+    context.run(REQUEST.set, None)
+    return context
 
 
 class RequestFields(logging.Filter):
@@ -72,7 +89,7 @@ class RequestFields(logging.Filter):
     gate writes the request's own record)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "uvicorn.error" and record.levelno == logging.INFO and _HANDSHAKE.match(record.getMessage()):
+        if record.name == "uvicorn.error" and record.levelno == logging.INFO and websocket_line(record):
             return False
         context = REQUEST.get()
         if context is not None and getattr(record, "request_id", None) is None:
@@ -95,6 +112,8 @@ def uvicorn_log_config() -> dict:
             "uvicorn": {"handlers": [], "level": "INFO", "propagate": True},
             "uvicorn.error": {"level": "INFO"},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            # httpx logs every request's URL at INFO, query included: a presigned source URL, a callback's token
+            "httpx": {"level": "WARNING"},
         },
         "root": {"handlers": ["stdout"], "level": "INFO"},
     }

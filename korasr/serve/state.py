@@ -24,7 +24,7 @@ from korasr.serve.config import ServeConfig
 from korasr.serve.drain import Drain
 from korasr.serve.errors import ClientError, decode_upload
 from korasr.serve.jobs.worker import JobWorker
-from korasr.serve.logs import note
+from korasr.serve.logs import detached, note
 from korasr.serve.metrics import Metrics
 from korasr.serve.streams import StreamHub
 
@@ -175,7 +175,7 @@ class ServiceState:
     def _release_later(self, generation: Generation) -> None:
         """Release a retired generation in a task of its own, so that no caller's frame still holds it when the
         memory is handed back."""
-        task = asyncio.get_running_loop().create_task(self._release(generation))
+        task = asyncio.get_running_loop().create_task(self._release(generation), context=detached())
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 

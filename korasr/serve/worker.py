@@ -10,6 +10,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from korasr.serve.logs import detached
+
 
 class Worker:
     thread_name = "korasr-worker"
@@ -20,8 +22,8 @@ class Worker:
         self.batch_sizes: deque[int] = deque(maxlen=4096)  # the most recent batches (tests, benches)
         self.on_batch = on_batch
 
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
+    def start(self) -> None:  # a reload starts it inside its request: the task outlives it, without its fields
+        self.task = asyncio.get_running_loop().create_task(self._run(), context=detached())
 
     async def stop(self) -> None:
         if self.task:

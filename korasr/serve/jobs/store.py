@@ -103,7 +103,10 @@ def sqlite_begin(connection) -> None:  # type: ignore[no-untyped-def]
 class JobStore:
     def __init__(self, url: str):
         sqlite = url.startswith("sqlite")
-        self.engine = create_engine(url, connect_args={"timeout": 10} if sqlite else {}, pool_pre_ping=not sqlite)
+        # hide_parameters: an error's text (logged, or a 500's traceback) never carries a row's values: a transcript,
+        # hotwords, a callback URL, a presigned source URL
+        self.engine = create_engine(url, connect_args={"timeout": 10} if sqlite else {}, pool_pre_ping=not sqlite,
+                                    hide_parameters=True)  # fmt: skip
         if sqlite:
             event.listen(self.engine, "connect", sqlite_pragmas)
             event.listen(self.engine, "begin", sqlite_begin)

@@ -90,12 +90,18 @@ class JobWorker:
 
     async def release(self) -> None:
         """Stop every loop: a job being decoded goes back to the queue (its decoding ends after the chunk in hand),
-        a callback being sent is handed back (pending), the sweep ends."""
+        a callback being sent or being claimed is handed back (pending), the sweep ends. Until none is left: a job
+        finishing as it is cancelled may still start its callback (refused once stopping: it stays pending)."""
         self._stopping.set()
-        tasks = [*self._tasks, *self._callbacks]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        while tasks := [*self._tasks, *self._callbacks]:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def callbacks(self) -> int:
+        """Callbacks this process holds: waiting for a slot, being claimed or being sent (a drain waits for them)."""
+        return len(self._callbacks)
 
     def drain(self) -> None:
         """Claim no more jobs (the server is draining); the jobs in hand and the callbacks being sent go on."""
@@ -231,35 +237,53 @@ class JobWorker:
     # --- callbacks ---------------------------------------------------------------------------------------------
 
     def callback(self, job_id: str) -> None:
-        self._spawn(self._deliver(job_id), self._callbacks)
+        """Send a job's callback in a task of its own; none once stopping (it stays pending: the next start, or
+        another process's sweep, sends it)."""
+        if not self._stopping.is_set():
+            self._spawn(self._deliver(job_id), self._callbacks)
 
     async def _deliver(self, job_id: str) -> None:
-        """Send a job's callback once it is claimed (no other process sends it meanwhile); a stop while sending
-        hands it back, so the next start sends it again (the receiver sees the same delivery id twice only after an
-        attempt that did not finish)."""
+        """Send a job's callback once it is claimed (no other process sends it meanwhile); a stop while claiming or
+        sending hands it back, so the next start sends it again (the receiver sees the same delivery id twice only
+        after an attempt that did not finish)."""
         async with self._callback_slots:
-            job = await asyncio.to_thread(self.store.claim_callback, job_id, self.config.callback_hold_s)
+            job = await self._claim_callback(job_id)
             if job is None or not job["callback_url"]:
                 return
             claim = self.sending[job_id] = job["callback_until"]
             try:
-                if not self.config.callback_secret:
-                    error = "the server has no callback secret (KORASR_CALLBACK_SECRET)"
-                else:
-                    result = job["result"]
-                    if result is not None and job["response_format"] in ("json", "verbose_json"):
-                        result = json.loads(result)
-                    error = await self._send(job, result)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    self.store.set_callback(job_id, claim, "pending")
+                try:
+                    if not self.config.callback_secret:
+                        error = "the server has no callback secret (KORASR_CALLBACK_SECRET)"
+                    else:
+                        result = job["result"]
+                        if result is not None and job["response_format"] in ("json", "verbose_json"):
+                            result = json.loads(result)
+                        error = await self._send(job, result)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        self.store.set_callback(job_id, claim, "pending")
+                    raise
+                outcome = "failed" if error else "delivered"
+                await asyncio.to_thread(self.store.set_callback, job_id, claim, outcome, error)
+            finally:  # cancelled while recording the outcome too: the thread still records it; the claim is let go
                 self.sending.pop(job_id, None)
-                raise
-            await asyncio.to_thread(self.store.set_callback, job_id, claim, "failed" if error else "delivered", error)
-            self.sending.pop(job_id, None)
-            self.metrics.job_callbacks.labels("failed" if error else "delivered").inc()
+            self.metrics.job_callbacks.labels(outcome).inc()
             if error:
                 log.warning("job %s: callback not delivered: %s", job_id, error)
+
+    async def _claim_callback(self, job_id: str) -> dict | None:
+        """Claim a job's callback; when the server stops meanwhile, a claim the database already took is handed
+        back (pending), not left ``sending`` until its hold runs out."""
+        claiming = asyncio.ensure_future(asyncio.to_thread(self.store.claim_callback, job_id,
+                                                           self.config.callback_hold_s))  # fmt: skip
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                if job := await claiming:
+                    self.store.set_callback(job_id, job["callback_until"], "pending")
+            raise
 
     async def _send(self, job: dict, result: object) -> str:
         try:

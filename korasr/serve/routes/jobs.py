@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from korasr.runtime.audio import AudioLimits
 from korasr.serve.errors import ClientError
 from korasr.serve.formats import MEDIA_TYPES, check_format
-from korasr.serve.gate import KeyHeaders, presented_key
+from korasr.serve.gate import DRAINING, KeyHeaders, presented_key
 from korasr.serve.hotwords import parse_hotwords
 from korasr.serve.jobs.net import Refused, resolve
 from korasr.serve.jobs.sources import fetch, is_url, local_source, probe, spool_upload
@@ -156,11 +156,30 @@ async def intake(request: Request, jobs: JobWorker, job_id: str, file: UploadFil
     request.scope.get("korasr.release_slot", lambda: None)()
     jobs.fetching += 1
     try:
-        await fetch(url, dest, prefixes=config.job_sources, max_bytes=config.job_fetch_max_bytes,
-                    timeout_s=config.job_fetch_timeout_s, spool=jobs.room)  # fmt: skip
+        fetching = fetch(url, dest, prefixes=config.job_sources, max_bytes=config.job_fetch_max_bytes,
+                         timeout_s=config.job_fetch_timeout_s, spool=jobs.room)  # fmt: skip
+        await unless_released(fetching, jobs.state.drain.releasing)
     finally:
         jobs.fetching -= 1
     return dest.name, True, url
+
+
+async def unless_released(fetching: Any, releasing: asyncio.Event) -> None:
+    """Await the fetch, unless the drain's release point comes first (the fetch may take ``job_fetch_timeout_s``,
+    far past the drain): then it is cancelled (its partial file removed) and the client gets 503 with Retry-After,
+    no job queued, instead of a reset when the process exits."""
+    task = asyncio.ensure_future(fetching)
+    released = asyncio.ensure_future(releasing.wait())
+    try:
+        await asyncio.wait({task, released}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        released.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise ClientError(503, DRAINING, {"Retry-After": "1"})
+    task.result()
 
 
 async def find(request: Request, state: ServiceState, job_id: str) -> dict:
