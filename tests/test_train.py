@@ -96,7 +96,7 @@ def test_nemo_restores_without_korasr_and_transcribes_the_same(trained, recipe):
 
 def test_killed_training_resumes_from_the_last_checkpoint(recipe):
     exp = recipe["tmp"] / "exp_resume"
-    args = train_args(recipe, exp, "trainer.max_steps=60", "trainer.val_check_interval=20",
+    args = train_args(recipe, exp, "trainer.max_steps=30", "trainer.val_check_interval=10",
                       "exp_manager.create_wandb_logger=false")  # fmt: skip
     proc = subprocess.Popen(korasr_cmd(*args), cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
@@ -112,9 +112,9 @@ def test_killed_training_resumes_from_the_last_checkpoint(recipe):
     import torch
 
     step_at_kill = torch.load(first[0], map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < step_at_kill < 60
+    assert 0 < step_at_kill < 30
     log = subprocess.run(korasr_cmd(*args), cwd=ROOT, capture_output=True, text=True, check=True)
     assert "Resuming" in log.stderr + log.stdout or "Restoring" in log.stderr + log.stdout
     last = max(checkpoints.glob("*-last.ckpt"), key=lambda p: p.stat().st_mtime)
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 60
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 30
     assert nemo_path(log.stdout).is_file()
