@@ -75,7 +75,7 @@ UNTIL ?=
 # with `;`, `$(...)` or quotes is one literal argument (ARGS and the lists: words split on blanks, never globbed).
 export NEW_DATA REGISTRY_NAME WEBHOOK RETRAIN_EVAL RETRAIN_REPLAY UNTIL ARGS
 
-.PHONY: help setup espeak browser postgres containers image kenlm test lint format sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap release transcribe-archive bench-archive
+.PHONY: help setup espeak browser postgres prometheus containers image kenlm test lint format docs-settings sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap bench-fsync release transcribe-archive bench-archive
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -92,6 +92,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(MAKE) --no-print-directory espeak
 	@$(MAKE) --no-print-directory browser
 	@$(MAKE) --no-print-directory postgres
+	@$(MAKE) --no-print-directory prometheus
 	@$(MAKE) --no-print-directory containers
 	@touch $@
 
@@ -129,6 +130,17 @@ postgres: ## Debian's PostgreSQL server binaries, for the tests' throwaway job d
 	  echo "PostgreSQL: not installable here (needs root and apt); the tests on a server database are skipped"; \
 	fi
 
+prometheus: ## Debian's prometheus and promtool, for the monitoring tests (root and apt only; none is left running)
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then \
+	  echo "Prometheus: $$(prometheus --version 2>&1 | head -n 1)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	     { apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	       { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }; }; then \
+	  echo "Prometheus: installed Debian's prometheus"; \
+	else \
+	  echo "Prometheus: not installable here (needs root and apt); the monitoring tests are skipped"; \
+	fi
+
 # KenLM's lmplz and build_binary: on neither PyPI nor Debian as binaries, but the PyPI source package holds the
 # whole tree with its CMake build. Needs a C++ compiler, cmake, Boost (program_options, system, thread), zlib.
 KENLM_VERSION := 0.3.0
@@ -158,6 +170,9 @@ lint: setup ## ruff: lint and format check
 format: setup ## ruff: fix what can be fixed, format the code
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+docs-settings: setup ## docs/settings.md from the service's settings schema (a test fails when it is stale)
+	$(BIN)/python -m korasr.serve.settings_doc
 
 test: setup lint airflow ## lint, then every test tier (unit, config, end to end) on CPU
 	$(BIN)/pytest -q --durations=30
@@ -316,6 +331,9 @@ bench-decoding: setup ## greedy vs beam vs beam + LM, korasr vs NeMo beam_batch:
 
 bench-hostile: setup ## korasr serve under 32 hostile clients (RSS per request and under attack, 5xx, legit clients served), then non-reading, trickling and flooding WebSocket clients (needs make export; streaming export for the last)
 	$(BIN)/python bench/serve_hostile.py
+
+bench-fsync: setup ## what durable writes (fsync before each rename) cost korasr prepare kspon: fsync vs none in one run
+	$(BIN)/python bench/fsync_prepare.py --jobs $(JOBS)
 
 bench-swap: setup ## a service following the registry under 16 clients + 4 streams while production moves twice: failures, p99 vs steady, RSS (needs a streaming export)
 	$(BIN)/python bench/registry_swap.py

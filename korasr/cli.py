@@ -666,171 +666,82 @@ def _lm_tune(args: argparse.Namespace) -> int:
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the FastAPI transcription service over an export folder")
-    # dest: serve resolves its own models:/ reference (kept for following, and from the local cache during an outage)
-    p.add_argument("--model", required=True, dest="serve_model", metavar="MODEL",
-                   help="an export folder (make export), or models:/NAME@ALIAS (or /VERSION) from the registry; when "
-                   "the registry does not answer at start, the version the alias last named here, from the local "
-                   "cache")  # fmt: skip
-    p.add_argument("--follow", type=bounded(float, 1, 86400), default=None, metavar="SECONDS",
-                   help="with --model models:/NAME@ALIAS: check the alias this often; when it moves, load and warm "
-                   "the new version beside the old and swap it in (POST /admin/reload: now)")  # fmt: skip
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=bounded(int, 0, 65535), default=8000)
-    p.add_argument("--workers", type=bounded(int, 1, 64), default=1, help="server processes, each with its own model")
-    p.add_argument(
-        "--max-batch", type=bounded(int, 1, 256), default=8, help="requests decoded together (1: no batching)"
-    )
-    p.add_argument("--max-wait-ms", type=bounded(float, 0, 10_000), default=10.0, help="how long a batch waits to fill")
-    p.add_argument("--queue-size", type=bounded(int, 1, 4096), default=16,
-                   help="transcription requests admitted at once (uploading, decoding, queued; default: 16)")  # fmt: skip
-    p.add_argument("--max-waiting", type=bounded(int, 0, 65536), default=64,
-                   help="requests waiting for admission in arrival order (default: 64); more get 503")  # fmt: skip
-    p.add_argument("--max-upload-mb", type=bounded(float, 0.001, 2048), default=25.0)
-    p.add_argument("--max-audio-seconds", type=bounded(float, 0.1, 14400), default=300.0,
-                   help="longer audio gets 413, known from its header before it is decoded")  # fmt: skip
-    p.add_argument("--chunk-seconds", type=bounded(float, MIN_CHUNK_SECONDS, 3600), default=30.0,
-                   help="longer audio is decoded in chunks of at most this many seconds (default: 30)")  # fmt: skip
-    p.add_argument("--batch-seconds", type=bounded(float, MIN_CHUNK_SECONDS, 3600), default=30.0,
-                   help="padded audio in one model batch, at most (default: 30; bounds the model memory; raise on a GPU)")  # fmt: skip
-    p.add_argument("--upload-timeout", type=bounded(float, 0.1, 3600), default=60.0, metavar="S",
-                   help="a request not admitted with its body complete within S s gets 503/408 (default: 60)")  # fmt: skip
-    p.add_argument("--public-docs", action="store_true", help="/docs and /openapi.json without the API key")
-    p.add_argument("--drain-timeout", type=bounded(float, 1, 3600), default=30.0, metavar="SECONDS",
-                   help="on SIGTERM/SIGINT: /health 503, new requests 503, admitted ones, open streams (their finals, "
-                   "then 1001) and running jobs finished (released to the queue a margin before) within SECONDS, then "
-                   "exit 0; a second signal or the timeout ends it at once (default: 30)")  # fmt: skip
-    p.add_argument("--log-format", choices=("text", "json"), default="text",
-                   help="json: one JSON object per line on stdout, one per request (request id, route, status, "
-                   "latency, audio seconds, model version) and per other record (default: text)")  # fmt: skip
-    p.add_argument("--max-streams", type=bounded(int, 0, 4096), default=32,
-                   help="WebSocket streams open at once (/v1/stream; more: closed with 1013)")  # fmt: skip
-    p.add_argument("--stream-idle", type=bounded(float, 0.1, 3600), default=10.0, metavar="S",
-                   help="close a stream that sent no frame for S seconds (1008)")  # fmt: skip
-    p.add_argument("--min-stream-rate", type=bounded(float, 0, 10), default=0.5, metavar="X",
-                   help="a stream must send at least X × real time of audio over every window (1008 below; 0: off; "
-                   "default: 0.5)")  # fmt: skip
-    p.add_argument("--stream-rate-window", type=bounded(float, 1, 3600), default=15.0, metavar="S",
-                   help="the window of --min-stream-rate, and its grace period after the stream opens (default: 15)")  # fmt: skip
-    p.add_argument("--send-timeout", type=bounded(float, 0.1, 600), default=10.0, metavar="S",
-                   help="every send to a client (response, result, close) completes within S s or the connection is "
-                   "aborted and released (default: 10)")  # fmt: skip
-    p.add_argument("--send-buffer-kb", type=bounded(float, 1, 64 * 1024), default=64.0, metavar="KB",
-                   help="what the server buffers for a client that does not read, per connection, in the transport and the kernel each; a quarter of it unread for --send-timeout aborts a stream (default: 64)")  # fmt: skip
-    p.add_argument("--max-unsent", type=bounded(int, 1, 65536), default=256, metavar="N",
-                   help="results waiting for a stream's client; beyond, it is taken to read nothing and aborted "
-                   "(default: 256)")  # fmt: skip
-    p.add_argument("--max-stream-seconds", type=bounded(float, 1, 7 * 24 * 3600), default=4 * 3600.0,
-                   help="audio seconds per stream; then its finals and a close with 1008")  # fmt: skip
-    p.add_argument("--max-frame-kb", type=bounded(float, 1, 16 * 1024), default=64.0,
-                   help="largest WebSocket frame (1009 beyond)")  # fmt: skip
-    p.add_argument("--stream-batch", type=bounded(int, 1, 256), default=32, help="streams per streaming encoder call")
-    p.add_argument("--endpoint-silence", type=bounded(float, 0.1, 60), default=0.8, metavar="S",
-                   help="trailing silence after speech that ends an utterance (streams and HTTP segments)")  # fmt: skip
-    p.add_argument("--max-utterance", type=bounded(float, 1, 600), default=20.0, metavar="S",
-                   help="longest utterance before a cut (streams and HTTP segments)")  # fmt: skip
-    p.add_argument("--threads", type=bounded(int, 1, 256), default=None, help="onnxruntime intra-op threads")
-    _add_precision(p)
-    p.add_argument("--decoder", choices=("greedy", "beam"), default=None,
-                   help="default: beam when the export bundles an LM (korasr export --lm), else greedy")  # fmt: skip
-    p.add_argument("--jobs-dir", default=None, metavar="DIR",
-                   help="POST /v1/jobs: the jobs' database and spooled audio (default: $KORASR_JOBS_DIR, else "
-                   "exp/jobs under the working directory; never named after the model, so jobs survive a promotion)")  # fmt: skip
-    p.add_argument("--job-db", default=None, metavar="URL",
-                   help="the jobs' database as a SQLAlchemy URL (default: sqlite:///DIR/jobs.db)")  # fmt: skip
-    p.add_argument("--job-source", action="append", default=[], metavar="DIR_OR_URL_PREFIX",
-                   help="a folder or URL prefix a job's url may name (repeatable; default: none, uploads only)")  # fmt: skip
-    p.add_argument("--callback-allow", action="append", default=[], metavar="URL_PREFIX",
-                   help="a URL prefix job callbacks may go to (repeatable; default: none; signed with "
-                   "KORASR_CALLBACK_SECRET)")  # fmt: skip
-    p.add_argument("--job-queue-max", type=bounded(int, 1, 1_000_000), default=1000,
-                   help="queued jobs, all keys together; more get 429 (default: 1000)")  # fmt: skip
-    p.add_argument("--job-quota", type=bounded(int, 1, 1_000_000), default=100,
-                   help="queued and running jobs per API key; more get 429 (default: 100)")  # fmt: skip
-    p.add_argument("--job-retention", type=bounded(float, 1, 30 * 86400), default=86400.0, metavar="S",
-                   help="finished jobs and their results are kept S seconds (default: 86400)")  # fmt: skip
-    p.add_argument("--job-workers", type=bounded(int, 0, 16), default=1,
-                   help="jobs decoded at once per process (0: accept jobs, decode none; default: 1)")  # fmt: skip
-    p.add_argument("--job-max-audio-seconds", type=bounded(float, 0.1, 86400), default=4 * 3600.0,
-                   help="a job's audio, at most (413 beyond, from its header; default: 14400)")  # fmt: skip
-    p.add_argument("--job-fetches", type=bounded(int, 1, 256), default=4,
-                   help="jobs' URL sources fetched at once per process (they hold no admission slot); more get 503 "
-                   "(default: 4)")  # fmt: skip
-    p.add_argument("--job-lease", type=bounded(float, 2, 3600), default=60.0, metavar="SECONDS",
-                   help="a running job's lease, renewed every third of it; a replica that dies holds its jobs this "
-                   "long before another takes them back (default: 60)")  # fmt: skip
-    p.add_argument("--callback-timeout", type=bounded(float, 0.1, 120), default=10.0, metavar="S",
-                   help="one callback attempt (connect, send, the answer's headers) within S s "
-                   "(default: 10)")  # fmt: skip
-    p.add_argument("--callback-attempts", type=bounded(int, 1, 20), default=5,
-                   help="tries of one callback, with back-off 1, 2, 4 … s (default: 5); a callback a replica was "
-                   "sending when it died is sent by another once these could have ended")  # fmt: skip
     p.set_defaults(func=_serve)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def serve_dest(setting) -> str:  # type: ignore[no-untyped-def]
+    # --model's dest: serve resolves its own models:/ reference (kept for following, and from the local cache during
+    # an outage), not main's _resolve_model_ref
+    return "serve_model" if setting.name == "model" else setting.flag[2:].replace("-", "_")
+
+
+def add_serve_options(p: argparse.ArgumentParser) -> None:
+    """`korasr serve`'s flags, from the settings schema (korasr/serve/config.py): help, type, bounds, default and the
+    variable each. Added only when serve runs (the schema imports the service), or for build_parser()'s callers."""
+    from korasr.serve.config import check_flag, flag_settings, number
+
+    for s in flag_settings():
+        shown = s.flag_default if not isinstance(s.flag_default, float) else number(s.flag_default)
+        notes = [f"default: {shown}"] * (s.flag_default not in (None, False, ())) + [s.span(), s.env]
+        options: dict = {"dest": serve_dest(s), "help": f"{s.help} ({'; '.join(n for n in notes if n)})",
+                         "metavar": s.metavar}  # fmt: skip
+        if s.kind is bool:
+            options.update(action="store_true", default=False)
+            del options["metavar"]
+        elif s.repeatable:
+            options.update(action="append", default=[])
+        elif s.choices:
+            options.update(choices=s.choices, default=s.flag_default, metavar=None)
+        else:
+            options.update(default=s.flag_default, required=s.required)
+            if s.kind is not str:
+                options["type"] = _checked(s, check_flag)
+        p.add_argument(s.flag, **options)
+
+
+def _checked(setting, check):  # type: ignore[no-untyped-def]
+    """An argparse type: the flag's text checked by the schema, or a usage error with the reason."""
+
+    def parse(text: str) -> object:
+        try:
+            return check(setting, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = setting.kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def serve_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """serve's parsed flags as the schema's two parts, each field in its own unit: (ServeConfig, Listen); --model
+    models:/NAME@ALIAS resolved to its local copy (kept as model_ref), a release folder to its export."""
     from pathlib import Path
 
     from korasr import registry
     from korasr.release import is_release, model_path
-    from korasr.serve import ServeConfig, serve
+    from korasr.serve.config import Listen, ServeConfig, flag_settings
 
-    model, model_ref = args.serve_model, None
-    if args.follow and not registry.is_ref(model):
+    values = {s.name: s.to_field(getattr(args, serve_dest(s))) for s in flag_settings()}
+    model, model_ref = values.pop("model"), None
+    if values["follow_s"] and not registry.is_ref(model):
         raise ValueError(f"--follow needs --model models:/NAME@ALIAS, not {model!r}")
     if registry.is_ref(model):  # a registry outage: the version it last named here, from the cache (with a warning)
         model_ref, model = model, registry.resolve(model, offline_ok=True)
     elif is_release(model):
         model = model_path(model, "export")
-    config = ServeConfig(
-        model=Path(model),
-        model_ref=model_ref,
-        follow_s=args.follow,
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-        max_audio_seconds=args.max_audio_seconds,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        queue_size=args.queue_size,
-        max_waiting=args.max_waiting,
-        chunk_seconds=args.chunk_seconds,
-        batch_seconds=args.batch_seconds,
-        upload_timeout_s=args.upload_timeout,
-        public_docs=args.public_docs,
-        drain_timeout_s=args.drain_timeout,
-        log_format=args.log_format,
-        threads=args.threads,
-        precision=args.precision,
-        decoder=args.decoder,
-        max_streams=args.max_streams,
-        stream_idle_s=args.stream_idle,
-        min_stream_rate=args.min_stream_rate,
-        stream_rate_window_s=args.stream_rate_window,
-        send_timeout_s=args.send_timeout,
-        send_buffer_bytes=int(args.send_buffer_kb * 1024),
-        max_unsent_results=args.max_unsent,
-        max_stream_seconds=args.max_stream_seconds,
-        max_frame_bytes=int(args.max_frame_kb * 1024),
-        stream_batch=args.stream_batch,
-        endpoint_silence_s=args.endpoint_silence,
-        max_utterance_s=args.max_utterance,
-        jobs_dir=args.jobs_dir,
-        job_db=args.job_db,
-        job_sources=tuple(
-            s if s.startswith(("http://", "https://")) else str(Path(s).resolve()) for s in args.job_source
-        ),
-        callback_allow=tuple(args.callback_allow),
-        job_queue_max=args.job_queue_max,
-        job_quota_per_key=args.job_quota,
-        job_retention_s=args.job_retention,
-        job_workers=args.job_workers,
-        job_max_audio_seconds=args.job_max_audio_seconds,
-        job_fetches=args.job_fetches,
-        job_lease_s=args.job_lease,
-        callback_timeout_s=args.callback_timeout,
-        callback_max_attempts=args.callback_attempts,
-    )
+    values["job_sources"] = tuple(s if s.startswith(("http://", "https://")) else str(Path(s).resolve())
+                                  for s in values["job_sources"])  # fmt: skip
+    listen = Listen(**{name: values.pop(name) for name in ("host", "port", "workers")})
+    return ServeConfig(model=Path(model), model_ref=model_ref, **values), listen
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from korasr.serve import serve
+
+    config, listen = serve_settings(args)
     if not (config.model / "model.json").is_file():
         raise FileNotFoundError(f"{config.model}: not a korasr export directory (run `make export`)")
-    serve(config, host=args.host, port=args.port, workers=args.workers)
+    serve(config, host=listen.host, port=listen.port, workers=listen.workers)
     return 0
 
 
@@ -1097,12 +1008,16 @@ SUBCOMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(serve_options: bool = True) -> argparse.ArgumentParser:
+    """The whole `korasr` parser; ``serve_options=False`` leaves out serve's flags (their schema imports the service,
+    a second for every other command)."""
     parser = argparse.ArgumentParser(prog="korasr", description=__doc__)
     parser.add_argument("--version", action="version", version=f"korasr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add_subcommand in SUBCOMMANDS:
         add_subcommand(sub)
+    if serve_options:
+        add_serve_options(subparser(parser, "serve"))
     return parser
 
 
@@ -1126,43 +1041,34 @@ def _resolve_model_ref(args: argparse.Namespace) -> None:
 
 
 # `korasr serve` takes every flag from the environment too: --drain-timeout 20 is KORASR_DRAIN_TIMEOUT=20 (a container's
-# settings, docs/deploy.md); a flag given beats its variable.
-ENV_PREFIX = "KORASR_"
-TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+# settings, docs/deploy.md, docs/settings.md); a flag given beats its variable.
 
 
 def flag_variables(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """``KORASR_<FLAG>`` → the action of ``--flag`` (dashes as underscores), for every option of ``parser``."""
-    names = {}
-    for action in parser._actions:
-        flags = [f for f in action.option_strings if f.startswith("--")]
-        if flags and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
-            names[ENV_PREFIX + flags[0][2:].upper().replace("-", "_")] = action
-    return names
+    """``KORASR_<FLAG>`` (the schema's name for it) → the action of ``--flag``, for every option of serve's ``parser``."""
+    from korasr.serve.config import flag_settings
+
+    actions = {a.dest: a for a in parser._actions}
+    return {s.env: actions[serve_dest(s)] for s in flag_settings() if serve_dest(s) in actions}
 
 
 def env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
-    """Defaults of ``parser``'s options from their variables, each parsed and checked as its flag would be (a switch
-    takes 1/0, true/false, yes/no, on/off; a repeatable flag a comma-separated list, which the flag given replaces); a
-    bad value stops the parser naming the variable. An empty variable counts as unset."""
-    for name, action in flag_variables(parser).items():
-        text = environ.get(name, "").strip()
-        if not text:
-            continue
-        flag = action.option_strings[-1]
-        try:
-            if isinstance(action, argparse._StoreTrueAction):
-                if text.lower() not in TRUE | FALSE:
-                    raise argparse.ArgumentTypeError(f"{text!r} is not one of 1/0, true/false, yes/no, on/off")
-                value: object = text.lower() in TRUE
-            elif isinstance(action, argparse._AppendAction):
-                value = [_env_value(action, part.strip()) for part in text.split(",") if part.strip()]
+    """Defaults of serve's options from their variables (read by pydantic-settings), each parsed and checked by the
+    schema as its flag is (a switch takes 1/0, true/false, yes/no, on/off; a repeatable flag a comma-separated list,
+    which the flag given replaces); a bad value stops the parser naming the variable. An empty variable is unset."""
+    from korasr.serve.config import SettingError, environment_values, flag_settings
+
+    try:
+        values = environment_values(environ)
+    except SettingError as e:
+        parser.error(str(e))
+    actions = {a.dest: a for a in parser._actions}
+    for s in flag_settings():
+        if s.name in values:
+            action = actions[serve_dest(s)]
+            if s.repeatable:
                 action.__class__ = _ReplacingAppend  # the flag given replaces the variable's list, never widens it
-            else:
-                value = _env_value(action, text)
-        except (argparse.ArgumentTypeError, ValueError) as e:
-            parser.error(f"{name}={text!r} (the variable of {flag}): {e}")
-        action.default, action.required = value, False
+            action.default, action.required = values[s.name], False
 
 
 class _ReplacingAppend(argparse._AppendAction):
@@ -1175,13 +1081,6 @@ class _ReplacingAppend(argparse._AppendAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def _env_value(action: argparse.Action, text: str) -> object:
-    value = action.type(text) if callable(action.type) else text
-    if action.choices is not None and value not in action.choices:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(map(str, action.choices))}")
-    return value
-
-
 def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return sub.choices[name]
@@ -1191,8 +1090,8 @@ def main(argv: list[str] | None = None) -> int:
     from korasr import log as korasr_log
     from korasr.errors import KorasrError
 
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(serve_options=argv[:1] == ["serve"])
     if argv[:1] == ["serve"]:
         env_defaults(subparser(parser, "serve"), dict(os.environ))
     args, extra = parser.parse_known_args(argv)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from korasr.errors import KorasrError, without_credentials
-from korasr.fsutil import sha256_file
+from korasr.fsutil import rename_tree_durably, replace_durably, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -482,9 +482,7 @@ def _remember(ref: str, version: Version) -> None:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f, ensure_ascii=False, indent=2, sort_keys=True)
                 f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, record)
+            replace_durably([(tmp, record)])
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -559,7 +557,7 @@ def _download(version: Version, part: str, folder: Path, target: Path) -> None:
         got = Path(_call(f"{version.name} version {version.version} ({part})", mlflow.artifacts.download_artifacts,
                          artifact_uri=uri, dst_path=str(staging), tracking_uri=tracking_uri()))  # fmt: skip
         try:
-            os.rename(got, target)  # a directory onto a missing name: atomic; onto an existing one: fails
+            rename_tree_durably(got, target)  # a directory onto a missing name: atomic; onto an existing one: fails
         except OSError:
             if not target.exists():
                 raise

@@ -14,7 +14,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from korasr.fsutil import atomic_open, write_json
+from korasr.fsutil import atomic_open, atomic_path, write_json
 from korasr.metrics import SLOTS, cer_counts, cer_detail, cer_space_counts, jamo_analysis, swer_counts, wer_counts
 
 log = logging.getLogger(__name__)
@@ -204,10 +204,11 @@ def plot_error_rates(report: dict, path: str | os.PathLike[str]) -> None:
     ax.set_title(f"{Path(str(report.get('model', ''))).name}: error rates per split")
     ax.legend()
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:  # matplotlib picks the format by the suffix
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 # --- RESULTS.md --------------------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ STAGES = ("ingest", "train", "evaluate", "gate", "export", "register", "promote"
 STAGE_FOLDERS = {"train": ("train",), "evaluate": ("eval",)}  # what a stage leaves that a rerun resumes from
 WEBHOOK_TIMEOUT_S = 10.0
 WEBHOOK_TRIES = 3
+WEBHOOK_BACKOFF_S = 1.0  # the first retry within 1 s, the second within 2 s (korasr/retry.py: jittered)
+WEBHOOK_MAX_WAIT_S = 60.0  # a Retry-After asking for longer ends the notice (logged, not fatal)
 
 
 class RetrainError(KorasrError, RuntimeError):
@@ -623,20 +625,38 @@ def _named(version: int | None) -> str:
 
 
 def notify(webhook: str, payload: dict) -> dict:
-    """POST ``payload`` as JSON; a few tries with a bounded wait each; the outcome, never an exception."""
+    """POST ``payload`` as JSON; up to WEBHOOK_TRIES tries of WEBHOOK_TIMEOUT_S each, retried as ``korasr/retry.py``
+    says (network errors, 408, 429 and 5xx; jittered exponential back-off; a 429's or 503's Retry-After honoured up to
+    WEBHOOK_MAX_WAIT_S, beyond which it gives up); the outcome, never an exception."""
+    from korasr.retry import Backoff, retried, retry_after_s
+
     body = json.dumps(payload, ensure_ascii=False).encode()
-    last = ""
+    backoff, last = Backoff(WEBHOOK_BACKOFF_S, WEBHOOK_MAX_WAIT_S), ""
     for attempt in range(1, WEBHOOK_TRIES + 1):
-        request = urllib.request.Request(webhook, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        asked = None
         try:
+            request = urllib.request.Request(webhook, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})  # fmt: skip
             with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
                 return {"delivered": True, "status": response.status, "attempts": attempt}
-        except Exception as e:  # urllib raises URLError, HTTPError, TimeoutError, OSError
+        except urllib.request.HTTPError as e:  # an answer: retried only when it may change
+            last = f"HTTP {e.code}: {e.reason}"
+            if not retried(e.code):
+                break
+            asked = retry_after_s(e.code, e.headers.get("Retry-After"))
+        except ValueError as e:  # not a URL urllib can send to: another try would not change it
             last = f"{type(e).__name__}: {e}"
-            time.sleep(min(2**attempt, 8) * 0.25)
-    log.warning("webhook %s not delivered after %d tries: %s", webhook, WEBHOOK_TRIES, last)
-    return {"delivered": False, "error": last, "attempts": WEBHOOK_TRIES}
+            break
+        except Exception as e:  # urllib raises URLError, TimeoutError, OSError
+            last = f"{type(e).__name__}: {e}"
+        if attempt == WEBHOOK_TRIES:
+            break  # no wait after the last try
+        if asked is not None and asked > WEBHOOK_MAX_WAIT_S:
+            last += f" (it asked to retry after {asked:g} s, more than {WEBHOOK_MAX_WAIT_S:g} s: not waiting)"
+            break
+        time.sleep(backoff.wait_s(attempt, asked))
+    log.warning("webhook %s not delivered after %d tries: %s", webhook, attempt, last)
+    return {"delivered": False, "error": last, "attempts": attempt}
 
 
 def message(options: RetrainOptions, state: State) -> dict:

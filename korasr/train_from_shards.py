@@ -29,7 +29,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from korasr.data.shar import INDEX, ShardError, read_cuts, read_index, shard_files
-from korasr.fsutil import atomic_open, sha256_file
+from korasr.fsutil import atomic_open, replace_durably, sha256_file, tmp_name
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,10 @@ def shard_rows(folder: str | os.PathLike[str]) -> list[dict]:
 
 def _link(target: Path, link: Path) -> None:
     """``link`` → ``target``, made under a temporary name and renamed (ranks may make the same link at once)."""
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp = tmp_name(link)
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
-    os.replace(tmp, link)
+    replace_durably([(tmp, link)])
 
 
 def model_unit_folder(folder: str, unit: str, out_dir: Path) -> Path:

@@ -38,6 +38,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from korasr.errors import KorasrError
+from korasr.fsutil import replace_durably, sync_dir, sync_tree
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _pretrained(name: str, cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     model.save_to(str(partial))
-    os.replace(partial, target)
+    replace_durably([(partial, target)])
     return target
 
 
@@ -215,11 +216,13 @@ def extract_tokenizer(path: Path, tokenizer: DictConfig) -> Path:
     unit = "jamo" if any(_HANGUL_JAMO.search(p) for p in pieces) else "syllable"
     OmegaConf.save({"unit": unit, "type": "checkpoint", "vocab_size": len(pieces), "source": str(path.resolve())},
                    staging / "tokenizer.yaml")  # fmt: skip
-    if out.exists():
+    sync_tree(staging)
+    if out.exists():  # an earlier copy without its tokenizer.yaml: never complete
         import shutil
 
         shutil.rmtree(out)
     os.replace(staging, out)
+    sync_dir(out.parent)
     return out
 
 

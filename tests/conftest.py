@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import fixture_builds
+
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,12 +36,18 @@ IMAGE_BUILD: dict = {}  # the service image's build, started as the session star
 
 
 def pytest_collection_finish(session) -> None:  # type: ignore[no-untyped-def]
-    """The service image takes minutes to build, mostly waiting on PyPI and copying layers: when a collected test
-    needs it, `make image` starts now in the background and the tests before it run meanwhile."""
+    """The trained fixtures and the service image take minutes to build: when collected tests need them, their
+    builds start now in the background (modules that need neither run first, pytest_collection_modifyitems) and the
+    tests before them run meanwhile."""
     import os
     import shutil
     import tempfile
 
+    if session.config.option.collectonly:
+        return
+    needed = {f for item in session.items for f in fixtures_of(item) if f in fixture_builds.NEEDS}
+    if needed:  # the trained fixtures, in the background from now on (tests/fixture_builds.py)
+        start_fixture_builds(sorted(needed, key=list(fixture_builds.NEEDS).index))
     if not any("image" in getattr(item, "fixturenames", ()) for item in session.items):
         return
     if not shutil.which("podman") or not shutil.which("mmdebstrap") or os.geteuid() != 0:
@@ -62,9 +70,9 @@ def pytest_sessionfinish(session) -> None:  # type: ignore[no-untyped-def]
     import os
     import signal
 
-    proc = IMAGE_BUILD.get("proc")
-    if proc is not None and proc.poll() is None:  # the session ended first: the build's whole process group stops
-        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in (IMAGE_BUILD.get("proc"), FIXTURES.get("proc")):
+        if proc is not None and proc.poll() is None:  # the session ended first: the build's whole process group stops
+            os.killpg(proc.pid, signal.SIGTERM)
 
 
 def korasr_cmd(*args: str) -> list[str]:
@@ -170,112 +178,95 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(korasr_cmd(*args), check=True, capture_output=True, text=True, cwd=ROOT, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def recipe(tmp_path_factory) -> dict[str, Path]:
-    """The sample recipe's stages (another seed, the narrow variety): eSpeak speech, phonetic form, jamo unigram 80.
+FIXTURES: dict = {}  # the background build of the trained fixtures (tests/fixture_builds.py)
+# a test module's rank: the last fixture it needs in build order; modules run by rank, so the build overlaps the
+# modules that need none of it (pytest's order inside a rank, and inside a module, stays as it was)
+RANK = {name: i + 1 for i, name in enumerate(fixture_builds.NEEDS)}
 
-    The narrow corpus (3 voices) leaves CTC's blank plateau within the test suite's 300 steps; the recipe's wide one
-    (12 voices) needs about 600 (recipes/sample/RESULTS.md)."""
+
+def fixtures_of(item) -> set[str]:  # type: ignore[no-untyped-def]
+    """The fixtures a collected test uses (a parametrized argument of the same name is not one)."""
+    callspec = getattr(item, "callspec", None)
+    return set(getattr(item, "fixturenames", ())) - set(callspec.params if callspec else ())
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:  # type: ignore[no-untyped-def]
+    ranks: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        ranks[module] = max([ranks.get(module, 0), *(RANK.get(f, 0) for f in fixtures_of(item))])
+    items.sort(key=lambda item: ranks[item.nodeid.split("::")[0]])  # stable: the order inside a rank is kept
+
+
+def start_fixture_builds(names) -> None:  # type: ignore[no-untyped-def]
+    """Starts tests/fixture_builds.py for ``names`` (and what they are made from) in its own process group, niced
+    so that the tests running beside it come first."""
+    import tempfile
+
     cache = os.environ.get("KORASR_TEST_FIXTURES")  # a developer's persistent copy between runs (never set by CI)
-    tmp = Path(cache) / "recipe" if cache else tmp_path_factory.mktemp("recipe")
-    if cache and (tmp / ".done").is_file():
-        return {"tmp": tmp, "manifests": tmp / "manifests" / "sample", "tokenizer": tmp / "tokenizer"}
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True, exist_ok=True)
-    corpus = tmp / "KsponSpeech"
-    run("sample-corpus", str(corpus), "--seed", "11", "--variety", "narrow", "--quiet")  # 2,500 train utterances
-    manifests = tmp / "manifests" / "sample"
-    run("prepare", "kspon", "--root", str(corpus), "--out", str(manifests), "--audio-dir", str(tmp / "audio"),
-        "--form", "phonetic", "--quiet")  # fmt: skip
-    tokenizer = tmp / "tokenizer"
-    run("tokenizer", "build", "--manifest", str(manifests / "train.jsonl"), "--unit", "jamo", "--vocab", "80",
-        "--out", str(tokenizer))  # fmt: skip
-    (tmp / ".done").touch()
-    return {"tmp": tmp, "manifests": manifests, "tokenizer": tokenizer}
+    root = Path(cache) if cache else Path(FIXTURES.get("root") or tempfile.mkdtemp(prefix="korasr-fixtures-"))
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "build.log"
+    with open(log, "ab") as out:  # one core (OMP_NUM_THREADS, fixture_builds.BUILD_THREADS)
+        FIXTURES.update(root=root, log=log, names=set(fixture_builds.closure(names)), proc=subprocess.Popen(
+            ["nice", "-n", "10", sys.executable, "-m", "tests.fixture_builds", str(root), *names], cwd=ROOT,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"}))  # fmt: skip
 
 
-def _cached(path: Path) -> Path | None:
-    """With KORASR_TEST_FIXTURES, what an earlier run of the suite recorded at ``path`` (a fixture's result)."""
-    marker = path.with_name(path.name + ".done")
-    if os.environ.get("KORASR_TEST_FIXTURES") and marker.is_file():
-        return Path(marker.read_text(encoding="utf-8"))
-    return None
+def built(name: str):  # type: ignore[no-untyped-def]
+    """The background build's result for the fixture ``name``, once recorded (started here if no build covers it)."""
+    import time
+
+    while True:
+        proc = FIXTURES.get("proc")
+        if proc is None or (proc.poll() is not None and name not in FIXTURES["names"]):
+            start_fixture_builds([name])
+            continue
+        record = fixture_builds.record_path(FIXTURES["root"], name)
+        if record.is_file():
+            return json.loads(record.read_text(encoding="utf-8"))
+        if proc.poll() is not None:
+            tail = FIXTURES["log"].read_text(encoding="utf-8", errors="replace")[-8000:]
+            pytest.fail(f"building the {name} fixture failed (exit {proc.returncode}; {FIXTURES['log']}):\n{tail}")
+        time.sleep(0.5)
 
 
-def _record(path: Path, result: Path) -> Path:
-    if os.environ.get("KORASR_TEST_FIXTURES"):
-        path.with_name(path.name + ".done").write_text(str(result), encoding="utf-8")
-    return result
-
-
-def train_args(recipe: dict[str, Path], exp: Path, *extra: str) -> list[str]:
-    return [
-        "train", "--recipe", "recipes/sample",
-        f"model.tokenizer.dir={recipe['tokenizer']}",
-        f"model.train_ds.manifest_filepath={recipe['manifests'] / 'train.jsonl'}",
-        f"model.validation_ds.manifest_filepath={recipe['manifests'] / 'dev.jsonl'}",
-        f"exp_manager.exp_dir={exp}",
-        *extra,
-    ]  # fmt: skip
+@pytest.fixture(scope="session")
+def recipe() -> dict[str, Path]:
+    """The sample recipe's stages on the narrow corpus: tmp, manifests, tokenizer (fixture_builds.build_recipe)."""
+    return {key: Path(value) for key, value in built("recipe").items()}
 
 
 @pytest.fixture(scope="session")
 def trained(recipe) -> Path:
-    exp = recipe["tmp"] / "exp"
-    if _cached(exp):
-        return _cached(exp)  # type: ignore[return-value]
-    # A reduced budget: 300 steps on the narrow corpus without augmentation (the recipe: 1,000 on the wide one with
-    # noise and speed perturbation). The shuffling seed is fixed (recipes/sample/train.yaml), so this is the same
-    # run every time: eval_clean CER 5.88% on a quiet and on a loaded machine (2026-12-01); 6.61% on 2026-12-05, after
-    # the sample corpus gained eval_novel and training an MLflow logger (the cause not yet isolated).
-    proc = run(*train_args(recipe, exp, "trainer.max_steps=300", "trainer.val_check_interval=150",
-                           "model.train_ds.perturb_speed=false"))  # fmt: skip
-    return _record(exp, nemo_path(proc.stdout))
-
-
-STREAMING_STEPS = 300
+    """300 steps on the narrow corpus without augmentation (fixture_builds.build_trained): the .nemo."""
+    return Path(built("trained"))
 
 
 @pytest.fixture(scope="session")
 def trained_streaming(recipe) -> Path:
-    """The streaming variant (korasr train --streaming: causal, chunked attention, look-aheads 480/120/40 ms) on the
-    same narrow corpus, without augmentation, for the streaming tests."""
-    exp = recipe["tmp"] / "exp_streaming"
-    if _cached(exp):
-        return _cached(exp)  # type: ignore[return-value]
-    proc = run(*train_args(recipe, exp, "--streaming", f"trainer.max_steps={STREAMING_STEPS}",
-                           "trainer.val_check_interval=150", "model.train_ds.perturb_speed=false"))  # fmt: skip
-    return _record(exp, nemo_path(proc.stdout))
+    """The streaming variant, 300 steps (fixture_builds.build_trained_streaming): the .nemo."""
+    return Path(built("trained_streaming"))
 
 
 @pytest.fixture(scope="session")
 def exported_streaming(trained_streaming, recipe) -> Path:
-    out = recipe["tmp"] / "export_streaming"
-    if _cached(out):
-        return out
-    proc = run("export", "--model", str(trained_streaming), "--out", str(out),
-               "--parity-manifest", str(recipe["manifests"] / "dev.jsonl"))  # fmt: skip
-    assert proc.stdout.strip().splitlines()[-1] == str(out)
-    return _record(out, out)
+    return Path(built("exported_streaming"))
+
+
+@pytest.fixture(scope="session")
+def exported(trained, recipe) -> Path:
+    return Path(built("exported"))
 
 
 def nemo_path(stdout: str) -> Path:
     """`korasr train` prints the final .nemo as its last line."""
-    last = stdout.strip().splitlines()[-1]
-    assert last.endswith(".nemo"), stdout[-2000:]
-    return Path(last)
+    return Path(fixture_builds.nemo_path(stdout))
 
 
-@pytest.fixture(scope="session")
-def exported(trained, recipe):
-    if _cached(recipe["tmp"] / "export"):
-        return recipe["tmp"] / "export"
-    proc = run("export", "--model", str(trained), "--out", str(recipe["tmp"] / "export"),
-               "--parity-manifest", str(recipe["manifests"] / "dev.jsonl"),
-               "--int8-calibration", str(recipe["manifests"] / "dev.jsonl"), "--int8-utterances", "16")  # fmt: skip
-    out = proc.stdout.strip().splitlines()[-1]
-    assert out == str(recipe["tmp"] / "export")
-    return _record(recipe["tmp"] / "export", recipe["tmp"] / "export")
+def train_args(recipe: dict[str, Path], exp: Path, *extra: str) -> list[str]:
+    return fixture_builds.train_args({key: str(value) for key, value in recipe.items()}, exp, *extra)
 
 
 def eval_rows(recipe, n: int | None = None) -> list[dict]:
@@ -409,3 +400,28 @@ def postgres(tmp_path_factory):  # type: ignore[no-untyped-def]
     finally:
         subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
                        capture_output=True)  # fmt: skip
+
+
+def wait_for(what: str, check, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    """Polls ``check`` until it returns something true (returned), failing with ``what`` after ``timeout`` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(interval)
+    return result
+
+
+def slow_upload(url: str):  # type: ignore[no-untyped-def]
+    """A /v1/transcribe upload whose body never completes: it holds its admission slot (in flight on whichever worker
+    accepted it) until the upload deadline or the socket's close. Returns the socket."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.sendall(b"POST /v1/transcribe HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                 b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"audio\"; "
+                 b'filename="a.wav"\r\n\r\nRIFF')  # fmt: skip
+    return sock

@@ -104,10 +104,12 @@ def test_ray_path_equals_the_single_process_and_failures_are_rows(exported, reci
     assert [r["index"] for r in got] == list(range(43))  # every entry once, in input order
     by_path = {r["path"]: r for r in got}
     assert {p: by_path[p]["text"] for p in expected} == expected  # identical to the single-process path
+    confidences = {json.loads(line)["audio"]: json.loads(line)["confidence"] for line in single.stdout.splitlines()}
+    assert {p: by_path[p]["confidence"] for p in expected} == confidences
     assert all(by_path[r["audio_filepath"]]["id"] == r["utt_id"] for r in rows)
     for kind, path in bad_files.items():
         assert by_path[str(path)]["error_kind"] == kind and str(path) in by_path[str(path)]["error"]
-        assert by_path[str(path)]["text"] is None
+        assert by_path[str(path)]["text"] is None and by_path[str(path)]["confidence"] is None
     assert {r["model"] for r in got} == {
         f"export@{json.loads((exported / 'model.json').read_text())['source_sha256'][:12]}"
     }
@@ -139,6 +141,9 @@ def test_parquet_from_a_uri_glob_with_word_times(exported, recipe, tmp_path):
     results = Recognizer(exported).transcribe([r["audio_filepath"] for r in rows], timestamps=True)
     assert [r["text"] for r in got] == [r.text for r in results]
     assert [[w["word"] for w in r["words"]] for r in got] == [[w.text for w in r.words] for r in results]
+    assert [r["confidence"] for r in got] == [round(r.confidence, 4) for r in results]
+    assert [[w["confidence"] for w in r["words"]] for r in got] == [[round(w.confidence, 4) for w in r.words]
+                                                                    for r in results]  # fmt: skip
     assert all(w["end"] >= w["start"] >= 0 for r in got for w in r["words"])
 
 

@@ -298,6 +298,7 @@ def test_validation_is_strict():
 def serve_env_names() -> set[str]:
     """Environment variables `korasr serve` reads: its modules and its CLI command, by their source."""
     from korasr import cli
+    from korasr.serve.config import settings
 
     sources = [inspect.getsource(cli._serve_parser), inspect.getsource(cli._serve)]
     for entry in SERVE_SOURCES:
@@ -305,6 +306,7 @@ def serve_env_names() -> set[str]:
         sources += [p.read_text() for p in ([path] if path.is_file() else sorted(path.rglob("*.py")))]
     names = {n for text in sources for n in ENV_READ.findall(text)} - INTERNAL_ENV
     names |= set(cli.flag_variables(cli.subparser(cli.build_parser(), "serve")))  # KORASR_<FLAG> for every flag
+    names |= {s.env for s in settings() if s.env}  # the schema's, secrets included (docs/settings.md lists them)
     assert {"KORASR_API_KEY", "KORASR_ADMIN_KEY", "KORASR_JOBS_DIR", "MLFLOW_TRACKING_URI"} <= names, "the scan broke"
     spec = importlib.util.find_spec("mlflow")  # the registry's client reads its own (credentials, TLS)
     if spec and spec.submodule_search_locations:
@@ -479,6 +481,18 @@ def test_compose_stack_renders_and_keeps_the_image_contract(tmp_path):
     prometheus = yaml.safe_load((DEPLOY / "monitoring" / "prometheus.yml").read_text())
     (target,) = [t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
     assert target == f"korasr:{korasr['environment']['KORASR_PORT']}"
+    # every file the configs name inside the containers is mounted there from the repository (the alert rules,
+    # Grafana's dashboard); a relative host path is the compose file's folder's
+    mounts = {svc: {inside: (COMPOSE.parent / host).resolve() for host, inside, *_ in
+                    (v.split(":") for v in stack[svc]["volumes"] if v.startswith((".", "/")))}
+              for svc in ("prometheus", "grafana")}  # fmt: skip
+    for rules in prometheus["rule_files"]:
+        inside = Path("/etc/prometheus") / rules
+        assert mounts["prometheus"][str(inside.parent)] / inside.name == DEPLOY / "monitoring" / rules, rules
+    providers = yaml.safe_load((DEPLOY / "monitoring" / "grafana" / "dashboards.yaml").read_text())["providers"]
+    dashboards = [host for inside, host in mounts["grafana"].items()
+                  if inside.startswith(providers[0]["options"]["path"] + "/")]  # fmt: skip
+    assert dashboards and all(host.is_file() for host in dashboards), mounts["grafana"]
     assert "mlflow" in korasr["environment"]["MLFLOW_TRACKING_URI"]
     mlflow_pin = pyproject_pin("registry", "mlflow")
     assert stack["mlflow"]["image"].endswith(f":v{mlflow_pin}"), "the MLflow server at the registry extra's version"
@@ -518,7 +532,8 @@ def test_every_serve_flag_has_its_variable_checked_as_the_flag_is():
 
     for name, value, reason in [("KORASR_DRAIN_TIMEOUT", "0", "out of range"), ("KORASR_PORT", "http", "not an integer"),
                                 ("KORASR_LOG_FORMAT", "xml", "not one of text, json"),
-                                ("KORASR_PUBLIC_DOCS", "maybe", "not one of 1/0")]:  # fmt: skip
+                                ("KORASR_PUBLIC_DOCS", "maybe", "not one of 1/0"),
+                                ("KORASR_JOB_MAX_ATTEMPTS", "0", "out of range (1 to 100)")]:  # fmt: skip
         proc = subprocess.run([sys.executable, "-m", "korasr.cli", "serve", "--model", "/nonexistent"],
                               env={**os.environ, name: value}, capture_output=True, text=True, timeout=60)  # fmt: skip
         assert proc.returncode == 2 and name in proc.stderr and reason in proc.stderr, (name, proc.stderr[-500:])

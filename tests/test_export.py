@@ -153,6 +153,8 @@ def test_any_rate_and_channel_count_and_word_times(exported, recipe, tmp_path):
     starts = [w.start for w in same.words]
     assert starts == sorted(starts) and all(w.end > w.start for w in same.words)
     assert same.words[-1].end <= row["duration"] + 0.1
+    assert 0.0 <= same.confidence <= 1.0 and all(0.0 <= w.confidence <= 1.0 for w in same.words)
+    assert resampled.confidence == pytest.approx(same.confidence, abs=0.05)  # resampling moves the posteriors a little
 
 
 def test_long_audio_in_chunks_and_beyond_nemos_position_table(exported, recipe, tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
-import json
 import secrets
 import shutil
 import socket
@@ -22,7 +21,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 from korasr.serve import ServeConfig, create_app
-from korasr.serve.jobs.callbacks import sign, verify_signature
+from korasr.serve.jobs.callbacks import legacy_sign, verify_signature
 from tests.conftest import eval_rows
 
 pytestmark = pytest.mark.slow
@@ -182,18 +181,22 @@ class Loopback:
 
 
 class Receiver(Loopback):
-    """A real HTTP server on loopback that records every POST and answers from a script of statuses (then 200); with
-    ``trickle``, each answer's status line is spread byte by byte over that many seconds."""
+    """A real HTTP server on loopback that records every POST and answers from a script of statuses (then ``then``),
+    each a status or (status, headers); with ``trickle``, each answer's status line is spread byte by byte over that
+    many seconds."""
 
-    def __init__(self, answers: list[int] | None = None, trickle: float = 0.0):
+    def __init__(self, answers: list[int | tuple[int, dict]] | None = None, trickle: float = 0.0, then: int = 200):
         self.answers, self.received = list(answers or []), []
+        self.lock = threading.Lock()
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append((dict(self.headers), body, time.monotonic()))
-                status = receiver.answers.pop(0) if receiver.answers else 200
+                with receiver.lock:
+                    receiver.received.append((dict(self.headers), body, time.monotonic()))
+                    answer = receiver.answers.pop(0) if receiver.answers else then
+                status, extra = answer if isinstance(answer, tuple) else (answer, {})
                 if trickle:
                     line = f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode()
                     with contextlib.suppress(OSError):
@@ -205,6 +208,8 @@ class Receiver(Loopback):
                 self.send_response(status)
                 if 300 <= status < 400:
                     self.send_header("Location", f"http://127.0.0.1:{receiver.port}/elsewhere")
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -216,7 +221,12 @@ class Receiver(Loopback):
 
 
 def test_callbacks_are_signed_retried_and_never_redirected(exported, tmp_path, clips, texts):
-    receiver = Receiver([500, 500])
+    """The service's callbacks verify with the Standard Webhooks library under the deployment's plain secret (its
+    UTF-8 bytes the key) and, for this release, with the old X-Korasr-* check; one ``webhook-id`` on every attempt;
+    a 503's Retry-After is waited for; a redirect is neither followed nor retried."""
+    from standardwebhooks import Webhook, WebhookVerificationError
+
+    receiver = Receiver([500, (503, {"Retry-After": "2"})])
     redirecting = Receiver([302])
     prefixes = (f"http://127.0.0.1:{receiver.port}/", f"http://127.0.0.1:{redirecting.port}/")
     config = settings(exported, tmp_path, callback_allow=prefixes, callback_secret=SECRET)
@@ -229,19 +239,25 @@ def test_callbacks_are_signed_retried_and_never_redirected(exported, tmp_path, c
     finally:
         receiver.close()
         redirecting.close()
-    assert status["callback"]["state"] == "delivered" and len(receiver.received) == 3  # 500, 500, then taken
+    assert status["callback"]["state"] == "delivered" and len(receiver.received) == 3  # 500, 503, then taken
     times = [t for _, _, t in receiver.received]
-    assert times[1] - times[0] >= 0.9 and times[2] - times[1] >= 1.9  # exponential back-off: 1 s, then 2 s
+    assert times[2] - times[1] >= 2  # the 503 asked for 2 s
+    assert {h["webhook-id"] for h, _, _ in receiver.received} == {f"job_{job_id}_succeeded"}
     headers, body, _ = receiver.received[-1]
-    timestamp, signature = headers["X-Korasr-Timestamp"], headers["X-Korasr-Signature"]
-    assert verify_signature(SECRET, timestamp, body, signature)
-    sent = json.loads(body)
+    sent = Webhook(SECRET.encode()).verify(body, headers)
     assert sent["id"] == job_id and sent["status"] == "succeeded" and sent["result"] == {"text": texts[0]}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET.encode()).verify(body.replace(b"succeeded", b"succeedeD"), headers)  # tampered
+    with pytest.raises(WebhookVerificationError):
+        Webhook(b"another-secret-of-16+").verify(body, headers)
+    timestamp, signature = headers["X-Korasr-Timestamp"], headers["X-Korasr-Signature"]
+    assert timestamp == headers["webhook-timestamp"] and headers["X-Korasr-Delivery"] == job_id
+    assert verify_signature(SECRET, timestamp, body, signature)
     assert not verify_signature(SECRET, timestamp, body.replace(b"succeeded", b"succeedeD"), signature)  # tampered
     assert not verify_signature("another-secret-of-16+", timestamp, body, signature)
     assert not verify_signature(SECRET, timestamp, body, signature, now=int(timestamp) + 301)  # replayed later
     old = int(timestamp) - 3600  # an old timestamp, however well signed
-    assert not verify_signature(SECRET, old, body, sign(SECRET, old, body))
+    assert not verify_signature(SECRET, old, body, legacy_sign(SECRET, old, body))
     assert moved["callback"]["state"] == "failed" and "redirects are not followed" in moved["callback"]["error"]
     assert [h for h, _, _ in redirecting.received] and len(redirecting.received) == 1  # not followed, not retried
 
@@ -310,7 +326,9 @@ def test_url_prefixes_match_whole_segments_and_prefixes_are_validated(tmp_path):
                         ({"callback_allow": ("https://u:p@x/",)}, "user name or password"),
                         ({"job_queue_max": 0}, "job_queue_max 0"), ({"job_retention_s": 0}, "job_retention_s 0"),
                         ({"job_spool_max_bytes": 10}, "job_spool_max_bytes"), ({"job_workers": 17}, "job_workers"),
-                        ({"callback_secret": "short"}, "16 to 4096"), ({"job_db": "jobs.db"}, "SQLAlchemy URL")]:  # fmt: skip
+                        ({"callback_secret": "short"}, "secret 1 of 1: 5 characters, a plain secret needs at least 16"),
+                        ({"callback_secret": f"{SECRET} whsec_!!"}, "secret 2 of 2: starts with whsec_ but the rest is not"),
+                        ({"job_db": "jobs.db"}, "SQLAlchemy URL")]:  # fmt: skip
         with pytest.raises(ValueError, match=reason):
             ServeConfig(model=tmp_path, **bad)
 

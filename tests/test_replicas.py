@@ -26,8 +26,9 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from standardwebhooks import Webhook, WebhookVerificationError
 
-from korasr.serve.jobs.callbacks import verify_signature
+from korasr.serve.jobs.callbacks import message_id
 from tests.conftest import eval_rows, serve_process
 from tests.test_jobs import Loopback
 
@@ -194,10 +195,11 @@ def peer_gone(conn: socket.socket) -> bool:
 
 
 class HoldingReceiver(Loopback):
-    """A callback receiver on loopback that checks each signature and counts what it took (answered 200) per delivery
-    id. Until ``released``, a POST sent by the process ``victim`` (told by its socket) is read but not answered, so
-    that process holds the callback claimed and unsent; when that process dies meanwhile, the attempt is recorded as
-    lost (never answered: the sender never learned it arrived)."""
+    """A callback receiver on loopback that checks each signature with the Standard Webhooks library and each
+    ``webhook-id`` (its job's and status's), and counts what it took (answered 200) per delivery id. Until
+    ``released``, a POST sent by the process ``victim`` (told by its socket) is read but not answered, so that process
+    holds the callback claimed and unsent; when that process dies meanwhile, the attempt is recorded as lost (never
+    answered: the sender never learned it arrived)."""
 
     def __init__(self) -> None:
         self.victim: int | None = None
@@ -211,10 +213,14 @@ class HoldingReceiver(Loopback):
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                delivery = self.headers["X-Korasr-Delivery"]
-                if not verify_signature(SECRET, self.headers["X-Korasr-Timestamp"], body,
-                                        self.headers["X-Korasr-Signature"]):  # fmt: skip
+                delivery = self.headers["X-Korasr-Delivery"]  # the job's id (this release; then webhook-id's)
+                try:
+                    sent = Webhook(SECRET.encode()).verify(body, dict(self.headers))
+                except WebhookVerificationError:
                     receiver.bad.append(delivery)
+                else:
+                    if self.headers["webhook-id"] != message_id(sent):  # the same on every attempt and replica
+                        receiver.bad.append(delivery)
                 held = receiver.sent_by_victim(self.client_address[1])
                 receiver.attempts.append((delivery, held))
                 while held and not receiver.released.wait(0.05):

@@ -56,6 +56,9 @@ def test_health_transcribe_and_segments(client, clip, expected):
     assert body["duration_s"] == pytest.approx(clip["row"]["duration"], abs=0.01)
     assert body["processing_ms"] > 0 and body["model"] == "export"
     assert [s["word"] for s in body["segments"]] == expected.split()
+    # the utterance's confidence, as the runtime measures it on the same audio (korasr/runtime/confidence.py)
+    assert 0 < body["confidence"] <= 1 and all(0 < s["confidence"] <= 1 for s in body["segments"])
+    assert body["confidence"] <= min(s["confidence"] for s in body["segments"])  # min: its words' tokens' frames
 
 
 def test_openai_audio_api_shape(client, clip, expected):

@@ -18,8 +18,9 @@ from fastapi.testclient import TestClient
 
 from korasr import metrics
 from korasr.runtime import Recognizer
+from korasr.runtime.confidence import path_confidence
 from korasr.runtime.onnx import read_tokens
-from korasr.runtime.streaming import Endpoint, StreamingModel
+from korasr.runtime.streaming import Endpoint, Event, StreamingModel
 from korasr.serve import ServeConfig, create_app
 from tests.conftest import eval_rows, int16_bytes, receive_all, serve_process
 
@@ -114,6 +115,24 @@ def test_stream_matches_whole_file_and_is_independent_of_piece_size_and_batch(mo
     assert [s.text() for s in streams] == whole[:8]
 
 
+def test_finals_score_their_frames_as_the_whole_path_would(model, rows):
+    """A final's confidence is path_confidence's over the chunks' log-probabilities joined: the stream keeps each
+    token's frame confidences across chunk boundaries, and its words aggregate their tokens'."""
+    for row in rows[:6]:
+        stream, seen = model.stream(endpoint=None), []
+        decode = stream._decode  # a spy on the chunks' log-probabilities; the decoding itself runs unchanged
+        stream._decode = lambda logprobs, decode=decode, seen=seen: (seen.append(logprobs.copy()), decode(logprobs))[1]
+        stream.accept(row["audio"])
+        stream.finish()
+        model.run([stream])
+        (segment,) = stream.segments
+        logprobs = np.concatenate(seen)
+        whole = path_confidence(logprobs, logprobs.argmax(-1).tolist(), model.blank)
+        assert len(seen) > 1 and segment.confidence == pytest.approx(whole.utterance, abs=1e-9)
+        assert segment.words and all(segment.confidence <= w.confidence <= 1 for w in segment.words)  # min of mins
+        assert Event("final", segment.text, 0, 1, segment).as_dict()["confidence"] == round(segment.confidence, 4)
+
+
 def test_any_sample_rate_and_int16(model, rows):
     import soxr
 
@@ -198,8 +217,11 @@ def test_websocket_streams_partials_and_finals(app_client, rows, model):
         refs.append(" ".join(s.text for s in model.transcribe(row["audio"], endpoint=Endpoint())))
         hyps.append(" ".join(f["text"] for f in finals if f["text"]))
         assert all({"start", "end", "words"} <= f.keys() for f in finals)
+        assert all(0 <= f["confidence"] <= 1 for f in finals if f["text"])  # as the whole-file routes give it
+        assert all(0 <= w["confidence"] <= 1 for f in finals for w in f["words"])
     assert hyps == refs
     text = app_client.get("/metrics", headers={"X-API-Key": "k3y"}).text
+    assert 'korasr_confidence_count{model_version="' in text  # finals feed the drift histogram too
     assert "korasr_stream_finals_total" in text and 'korasr_stream_closes_total{code="1000"}' in text
     assert "korasr_stream_chunk_seconds_count" in text and "korasr_streams_active 0.0" in text
     assert "korasr_stream_partial_seconds_count" in text

@@ -276,7 +276,8 @@ def _transcribe_shards(opts: ArchiveOptions, record: dict, pending: list[int], c
 def _output_rows(rows: list[dict], record: dict) -> Iterator[dict]:
     for row in sorted(rows, key=lambda r: r["index"]):
         out = {"index": row["index"], "path": row["path"], "id": row["id"], "text": row["text"],
-               "duration": None if row["duration"] is None else round(row["duration"], 3)}  # fmt: skip
+               "duration": None if row["duration"] is None else round(row["duration"], 3),
+               "confidence": row["confidence"]}  # fmt: skip
         if record["timestamps"]:
             out["words"] = json.loads(row["words"]) if row["words"] else None
         out.update(decoder=record["decoder"], model=record["model"], error_kind=row["error_kind"], error=row["error"])

@@ -25,8 +25,8 @@ from korasr.runtime.audio import AudioError, AudioLimits, read_audio
 
 # The rows an actor returns (words as JSON text: one schema whatever a batch holds, nulls included).
 SCHEMA = pa.schema([("index", pa.int64()), ("path", pa.string()), ("id", pa.string()), ("text", pa.string()),
-                    ("duration", pa.float64()), ("words", pa.string()), ("error_kind", pa.string()),
-                    ("error", pa.string())])  # fmt: skip
+                    ("duration", pa.float64()), ("confidence", pa.float64()), ("words", pa.string()),
+                    ("error_kind", pa.string()), ("error", pa.string())])  # fmt: skip
 ERROR_KINDS = ("missing", "unreadable", "unsupported", "corrupt", "truncated", "empty", "out_of_range", "too_long",
                "too_large", "decode_failed")  # fmt: skip
 EXTERNAL_LM = "_lm"  # where a bundle carries an LM directory given with --lm
@@ -214,7 +214,7 @@ class Transcriber:
     def _row(self, row: dict, seconds: float | None = None, outcome: Result | Exception | None = None,
              error: AudioError | None = None) -> dict:  # fmt: skip
         out = {"index": row["index"], "path": row["path"], "id": row.get("id"), "text": None, "duration": seconds,
-               "words": None, "error_kind": None, "error": None}  # fmt: skip
+               "confidence": None, "words": None, "error_kind": None, "error": None}  # fmt: skip
         if isinstance(outcome, Exception):
             error = (
                 outcome if isinstance(outcome, AudioError) else AudioError("decode_failed", f"{row['path']}: {outcome}")
@@ -224,6 +224,7 @@ class Transcriber:
             return out
         assert isinstance(outcome, Result)
         out["text"] = outcome.text
+        out["confidence"] = outcome.as_dict().get("confidence")  # the utterance's, as every output rounds it
         if self.settings.timestamps:
             out["words"] = json.dumps(outcome.as_dict().get("words", []), ensure_ascii=False)
         return out

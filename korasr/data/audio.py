@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 
 from korasr import SAMPLE_RATE
-from korasr.fsutil import tmp_name
+from korasr.fsutil import DurableBatch, atomic_path
 
 SAMPLE_WIDTH = 2  # bytes, signed 16-bit little-endian
 AUDIO_FORMATS = ("wav", "flac")
@@ -41,12 +41,13 @@ def wav_header(data_bytes: int, sample_rate: int = SAMPLE_RATE, channels: int = 
     )
 
 
-def convert_pcm(src: Path, dst: Path, fmt: str = "wav") -> tuple[int, bool]:
+def convert_pcm(src: Path, dst: Path, fmt: str = "wav", *, batch: DurableBatch | None = None) -> tuple[int, bool]:
     """Convert one raw PCM file; return ``(samples, had_odd_byte)``.
 
     An odd trailing byte is dropped (it cannot be half a sample). A destination that is already complete is
-    left alone, so an interrupted run resumes where it stopped; a partial file is never visible under ``dst``.
-    Raises FileNotFoundError for a missing source.
+    left alone, so an interrupted run resumes where it stopped; a partial file is never visible under ``dst``,
+    not even after a power cut (written atomically, :mod:`korasr.fsutil`). With ``batch`` the file appears under
+    ``dst`` when the batch commits. Raises FileNotFoundError for a missing source.
     """
     with open(src, "rb") as fin:
         size = os.fstat(fin.fileno()).st_size
@@ -57,26 +58,21 @@ def convert_pcm(src: Path, dst: Path, fmt: str = "wav") -> tuple[int, bool]:
             raise ValueError(f"{src}: {data_bytes} bytes of PCM, over the {MAX_PCM_BYTES} a WAV header can describe")
         if samples == 0 or _complete(dst, fmt, data_bytes):
             return samples, odd
+        if fmt not in AUDIO_FORMATS:
+            raise ValueError(f"audio format must be one of {AUDIO_FORMATS}, not {fmt!r}")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_name(dst)
-        try:
+        with atomic_path(dst, batch=batch) as tmp:
             if fmt == "wav":
                 with open(tmp, "wb") as fout:
                     fout.write(wav_header(data_bytes))
                     fout.flush()
                     _copy_range(fin.fileno(), fout.fileno(), data_bytes)
-            elif fmt == "flac":
+            else:
                 import numpy as np
                 import soundfile as sf
 
                 pcm = np.frombuffer(fin.read(data_bytes), dtype="<i2")
                 sf.write(tmp, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-            else:
-                raise ValueError(f"audio format must be one of {AUDIO_FORMATS}, not {fmt!r}")
-            os.replace(tmp, dst)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     return samples, odd
 
 

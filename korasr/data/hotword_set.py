@@ -18,7 +18,7 @@ import numpy as np
 
 from korasr.data.audio import SAMPLE_RATE
 from korasr.data.sample_corpus import VARIETIES, SampleOptions, plan
-from korasr.fsutil import atomic_open, write_json
+from korasr.fsutil import atomic_open, durable_batch, write_json
 from korasr.text.normalize import normalize
 
 TERMS = ["카트만두", "리스본", "헬싱키", "몬테비데오", "클레오파트라", "헤르미온느", "나폴레옹", "블록체인",
@@ -60,18 +60,19 @@ def make_hotword_set(out: str | os.PathLike[str], per_term: int = 5, seed: int =
     voices = VARIETIES[SampleOptions().variety]
     (out / "audio").mkdir(parents=True, exist_ok=True)
     rows = []
-    for term in TERMS:
-        for _ in range(per_term):
-            text = normalize(r.choice(FRAMES).format(t=term)).text
-            voice, speed, pitch = r.choice(voices.voices), r.randint(*voices.speed), r.randint(*voices.pitch)
-            audio = soxr.resample(tts.synthesize(text, voice, speed, pitch), tts.ESPEAK_RATE, SAMPLE_RATE)
-            pad = np.zeros(int(0.2 * SAMPLE_RATE), np.float32)
-            audio = np.concatenate([pad, audio.astype(np.float32), pad])
-            path = out / "audio" / f"hw_{len(rows):04d}.wav"
-            with atomic_open(path, "wb") as f:
-                sf.write(f, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-            rows.append({"audio_filepath": str(path), "duration": round(len(audio) / SAMPLE_RATE, 4), "text": text,
-                         "utt_id": path.stem, "term": term, "voice": voice})  # fmt: skip
+    with durable_batch() as batch:  # the audio synced together, before the manifest that lists it
+        for term in TERMS:
+            for _ in range(per_term):
+                text = normalize(r.choice(FRAMES).format(t=term)).text
+                voice, speed, pitch = r.choice(voices.voices), r.randint(*voices.speed), r.randint(*voices.pitch)
+                audio = soxr.resample(tts.synthesize(text, voice, speed, pitch), tts.ESPEAK_RATE, SAMPLE_RATE)
+                pad = np.zeros(int(0.2 * SAMPLE_RATE), np.float32)
+                audio = np.concatenate([pad, audio.astype(np.float32), pad])
+                path = out / "audio" / f"hw_{len(rows):04d}.wav"
+                with atomic_open(path, "wb", batch=batch) as f:
+                    sf.write(f, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+                rows.append({"audio_filepath": str(path), "duration": round(len(audio) / SAMPLE_RATE, 4), "text": text,
+                             "utt_id": path.stem, "term": term, "voice": voice})  # fmt: skip
     with atomic_open(out / "hotwords.txt") as f:
         f.write("".join(f"{t}\n" for t in TERMS))
     with atomic_open(out / "unrelated.txt") as f:

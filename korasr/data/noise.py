@@ -19,7 +19,7 @@ import numpy as np
 
 from korasr import __version__
 from korasr.data.audio import SAMPLE_RATE
-from korasr.fsutil import atomic_open, tmp_name, write_json
+from korasr.fsutil import atomic_open, atomic_path, durable_batch, write_json
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,8 @@ def prepare_noise(root: str | os.PathLike[str], out_dir: str | os.PathLike[str])
     if not recordings:
         raise ValueError(f"{root}: none of its {len(files)} audio files could be read (see {rejects})")
     cuts = CutSet.from_manifests(recordings=RecordingSet.from_recordings(recordings))
-    tmp = tmp_name(manifest).with_name(tmp_name(manifest).name + ".jsonl.gz")  # lhotse picks the format by suffix
-    try:
+    with atomic_path(manifest, suffix=".jsonl.gz") as tmp:  # lhotse picks the format by the suffix
         cuts.to_file(tmp)
-        os.replace(tmp, manifest)
-    finally:
-        tmp.unlink(missing_ok=True)
     with atomic_open(rejects) as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected)
     hours = round(sum(r.duration for r in recordings) / 3600, 4)
@@ -184,21 +180,22 @@ def make_sample_noise(out: str | os.PathLike[str], files_per_kind: int = 8, seco
         pass
     root.mkdir(parents=True, exist_ok=True)
     n = int(seconds * SAMPLE_RATE)
-    for k, kind in enumerate(NOISE_KINDS):
-        for i in range(files_per_kind):
-            rng = np.random.default_rng([seed, k, i])
-            if kind == "babble":
-                audio = _babble(rng, n, seed * 1000 + i) if synth == "espeak" else _tones(rng, n)
-            elif kind == "hum":
-                audio = _hum(rng, n)
-            elif kind == "tones":
-                audio = _tones(rng, n)
-            else:
-                audio = _coloured(rng, n, {"white": 0.0, "pink": 1.0, "brown": 2.0}[kind])
-            path = root / kind / f"{kind}_{i:02d}.wav"
-            path.parent.mkdir(exist_ok=True)
-            with atomic_open(path, "wb") as f:
-                sf.write(f, (0.5 * audio).astype(np.float32), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    with durable_batch() as batch:  # the files synced together, before the record that vouches for them
+        for k, kind in enumerate(NOISE_KINDS):
+            for i in range(files_per_kind):
+                rng = np.random.default_rng([seed, k, i])
+                if kind == "babble":
+                    audio = _babble(rng, n, seed * 1000 + i) if synth == "espeak" else _tones(rng, n)
+                elif kind == "hum":
+                    audio = _hum(rng, n)
+                elif kind == "tones":
+                    audio = _tones(rng, n)
+                else:
+                    audio = _coloured(rng, n, {"white": 0.0, "pink": 1.0, "brown": 2.0}[kind])
+                path = root / kind / f"{kind}_{i:02d}.wav"
+                path.parent.mkdir(exist_ok=True)
+                with atomic_open(path, "wb", batch=batch) as f:
+                    sf.write(f, (0.5 * audio).astype(np.float32), SAMPLE_RATE, format="WAV", subtype="PCM_16")
     write_json(record, wanted)
     log.info("sample noise: %d files of %.0f s (%s) in %s", files_per_kind * len(NOISE_KINDS), seconds,
              ", ".join(NOISE_KINDS), root)  # fmt: skip

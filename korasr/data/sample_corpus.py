@@ -28,7 +28,7 @@ import numpy as np
 from korasr import __version__
 from korasr.data.audio import SAMPLE_RATE
 from korasr.data.sample_text import novel_sentence, sentence
-from korasr.fsutil import atomic_open, write_json
+from korasr.fsutil import atomic_open, durable_batch, write_json
 from korasr.text.normalize import normalize
 
 log = logging.getLogger(__name__)
@@ -210,17 +210,25 @@ def _init(root: str, seed: int, synth: str) -> None:
     _WORKER.update(root=Path(root), seed=seed, synth=synth)
 
 
-def _write(utt: Utterance) -> float:
+_CHUNK = 64  # utterances written, then synced together (fsutil.durable_batch)
+
+
+def _write(utts: list[Utterance]) -> list[float]:
+    """Each utterance's PCM and transcript, on the disk under their final names when this returns; its seconds."""
     root: Path = _WORKER["root"]  # type: ignore[assignment]
-    pcm_path = root / utt.rel_path
-    pcm_path.parent.mkdir(parents=True, exist_ok=True)
-    pcm = render(utt, _WORKER["seed"], _WORKER["synth"])  # type: ignore[arg-type]
-    with atomic_open(pcm_path, "wb") as f:
-        f.write(pcm)
-    # Each utterance's own transcript file, CP949 as in the distributed corpus.
-    with atomic_open(pcm_path.with_suffix(".txt"), "wb") as f:
-        f.write(utt.raw.encode("cp949"))
-    return len(pcm) // 2 / SAMPLE_RATE
+    seconds = []
+    with durable_batch() as batch:
+        for utt in utts:
+            pcm_path = root / utt.rel_path
+            pcm_path.parent.mkdir(parents=True, exist_ok=True)
+            pcm = render(utt, _WORKER["seed"], _WORKER["synth"])  # type: ignore[arg-type]
+            with atomic_open(pcm_path, "wb", batch=batch) as f:
+                f.write(pcm)
+            # Each utterance's own transcript file, CP949 as in the distributed corpus.
+            with atomic_open(pcm_path.with_suffix(".txt"), "wb", batch=batch) as f:
+                f.write(utt.raw.encode("cp949"))
+            seconds.append(len(pcm) // 2 / SAMPLE_RATE)
+    return seconds
 
 
 def make_sample_corpus(
@@ -255,18 +263,18 @@ def make_sample_corpus(
     root.mkdir(parents=True, exist_ok=True)
     init = (str(root), options.seed, options.synth)
     bar = tqdm(total=len(utterances), unit="utt", desc="sample corpus", disable=not progress)
+    chunks = [utterances[i : i + _CHUNK] for i in range(0, len(utterances), _CHUNK)]
+    durations: list[float] = []
     if jobs <= 1:
         _init(*init)
-        durations = []
-        for utt in utterances:
-            durations.append(_write(utt))
-            bar.update()
+        for chunk in chunks:
+            durations.extend(_write(chunk))
+            bar.update(len(chunk))
     else:
         with multiprocessing.get_context("fork").Pool(jobs, _init, init) as pool:
-            durations = []
-            for seconds in pool.imap(_write, utterances, chunksize=16):
-                durations.append(seconds)
-                bar.update()
+            for seconds in pool.imap(_write, chunks):
+                durations.extend(seconds)
+                bar.update(len(seconds))
     bar.close()
 
     scripts = root / "KsponSpeech_scripts"

@@ -265,6 +265,10 @@ class BeamDecoder:
 
     def decode(self, logprobs: np.ndarray) -> list[tuple[int, int]]:
         """``(piece id, frame)`` of the best hypothesis, as greedy decoding returns them."""
+        return collapse(self.path(logprobs), self.blank)
+
+    def path(self, logprobs: np.ndarray) -> list[int]:
+        """The best hypothesis's alignment: one label per frame (blank included), the path it was scored on."""
         frames, width = logprobs.shape
         if width != self.vocab_size + 1:
             raise ValueError(f"log-probabilities have {width} columns, the decoder expects {self.vocab_size + 1}")
@@ -274,4 +278,4 @@ class BeamDecoder:
         lm = FusionLM(self.kenlm, self.options.alpha, self.options.beta, self.trie)
         decoder = LexiconFreeDecoder(self._flashlight_options, lm, self.blank, self.blank, [])
         best = decoder.decode(emissions.ctypes.data, frames, width)[0]
-        return collapse(list(best.tokens)[1 : frames + 1], self.blank)  # flashlight adds a symbol at each end
+        return list(best.tokens)[1 : frames + 1]  # flashlight adds a symbol at each end

@@ -18,6 +18,11 @@ def collapse(path: Iterable[int], blank: int) -> list[tuple[int, int]]:
     return tokens
 
 
+def best_path(logprobs: np.ndarray) -> list[int]:
+    """The most likely label of each frame of ``[frames, vocab + 1]`` log-probabilities (greedy's path)."""
+    return logprobs.argmax(axis=-1).tolist()
+
+
 def greedy(logprobs: np.ndarray, blank: int) -> list[tuple[int, int]]:
     """Best path decoding of ``[frames, vocab + 1]`` log-probabilities."""
-    return collapse(logprobs.argmax(axis=-1).tolist(), blank)
+    return collapse(best_path(logprobs), blank)

@@ -24,7 +24,8 @@ import soundfile as sf
 import soxr
 
 from korasr.runtime.audio import SAMPLE_RATE, AudioLimits, to_mono_16k
-from korasr.runtime.ctc import greedy
+from korasr.runtime.confidence import ConfidenceOptions, join_confidence, path_confidence
+from korasr.runtime.ctc import best_path, collapse
 from korasr.runtime.onnx import pad_batch, read_tokens, session
 from korasr.runtime.results import Result, Segment, Word, token_segments, token_words, tokens_text
 
@@ -59,13 +60,16 @@ def chunk_bounds(audio: np.ndarray, chunk_seconds: float) -> list[tuple[int, int
     return bounds
 
 
-def join(results: list[Result]) -> Result:
-    """One result from the results of consecutive chunks (word times are already absolute)."""
+def join(results: list[Result], aggregation: str = ConfidenceOptions.aggregation) -> Result:
+    """One result from the results of consecutive chunks (word times are already absolute); their utterance
+    confidences joined by ``aggregation`` (the decoder's) as if over all their frames."""
     if len(results) == 1:
         return results[0]
     words = None if results[0].words is None else [w for r in results for w in r.words or []]
     segments = None if results[0].segments is None else [s for r in results for s in r.segments or []]
-    return Result(" ".join(r.text for r in results if r.text), words, segments)
+    frames = [r.confidence_frames for r in results]
+    confidence = join_confidence([r.confidence for r in results], frames, aggregation)
+    return Result(" ".join(r.text for r in results if r.text), words, segments, confidence, sum(frames))
 
 
 class Recognizer:
@@ -76,9 +80,11 @@ class Recognizer:
         threads: int | None = None,
         providers=None,  # type: ignore[no-untyped-def]
         precision: str = "fp32",
+        confidence: ConfidenceOptions | None = None,
     ):
         """``precision``: which graph of the export runs: fp32 (model.onnx), fp16 (model.fp16.onnx) or int8
-        (model.int8.onnx, written by ``korasr export --int8-calibration``)."""
+        (model.int8.onnx, written by ``korasr export --int8-calibration``). ``confidence``: how results' confidence
+        is measured (:mod:`korasr.runtime.confidence`; default NeMo's: Tsallis entropy, alpha 0.33, exp, min)."""
         self.dir = Path(export_dir)
         meta = self.dir / "model.json"
         if not meta.is_file():
@@ -95,6 +101,7 @@ class Recognizer:
             hint = " (export with --int8-calibration MANIFEST)" if precision == "int8" else " (re-export)"
             raise FileNotFoundError(f"{graph}: this export has no {precision} graph{hint}")
         self.precision = precision
+        self.confidence = confidence or ConfidenceOptions()
         self.session = session(graph, threads, providers)
         self._tokenizer = None
         # utterance segments of results with timestamps: the streaming endpoint rule (korasr serve sets these)
@@ -181,16 +188,16 @@ class Recognizer:
         """One utterance's result from its log-probabilities, with ``beam`` (a per-request decoder), the
         recognizer's beam decoder, or greedy CTC."""
         beam = beam or self.beam
-        tokens = beam.decode(logprobs) if beam is not None else greedy(logprobs, self.blank)  # (piece id, frame)
-        result = Result(tokens_text(self.pieces, [t for t, _ in tokens], self.unit))
+        path = beam.path(logprobs) if beam is not None else best_path(logprobs)  # one label per frame
+        tokens = collapse(path, self.blank)  # (piece id, frame)
+        scores = path_confidence(logprobs, path, self.blank, self.confidence)
+        result = Result(tokens_text(self.pieces, [t for t, _ in tokens], self.unit), confidence=scores.utterance,
+                        confidence_frames=scores.frames)  # fmt: skip
         if timestamps:
-            result.words = self._words(tokens, offset)
+            result.words = token_words(tokens, self.pieces, self.unit, self.frame_shift, offset, scores)
             result.segments = token_segments(tokens, self.pieces, self.unit, self.frame_shift, offset,
-                                             self.endpoint_silence, self.max_utterance)  # fmt: skip
+                                             self.endpoint_silence, self.max_utterance, scores)  # fmt: skip
         return result
-
-    def _words(self, tokens: list[tuple[int, int]], offset: float) -> list[Word]:
-        return token_words(tokens, self.pieces, self.unit, self.frame_shift, offset)
 
     # --- audio in ----------------------------------------------------------------------------------------------
 
@@ -238,7 +245,7 @@ class Recognizer:
                 for (i, s, _), lp in zip(batch, self.logprobs([mono[i][s:e] for i, s, e in batch]), strict=True):
                     decoded[(i, s)] = self.decode(lp, s / SAMPLE_RATE, timestamps, beams[i] if beams else shared)
                 batch = []
-        return [join([decoded[(i, s)] for s, _ in b]) for i, b in enumerate(bounds)]
+        return [join([decoded[(i, s)] for s, _ in b], self.confidence.aggregation) for i, b in enumerate(bounds)]
 
     def transcribe(
         self,
@@ -283,7 +290,7 @@ class Recognizer:
         """Read, resample and decode ``chunk_seconds`` at a time; each chunk ends at the quietest 20 ms of its last
         2 s (the rest carries over), so words are rarely cut. Memory: one chunk, whatever the file's length."""
         beam = self._request_beam(hotwords)
-        texts: list[str] = []
+        chunks: list[Result] = []  # without words and segments (kept below), for the text and the confidence
         words: list[Word] = []
         segments: list[Segment] = []
         carry = np.zeros(0, dtype=np.float32)
@@ -301,15 +308,17 @@ class Recognizer:
                 cut = len(audio) if last else _quiet_cut(audio)
                 if cut > 0:
                     result = self.decode(self.logprobs([audio[:cut]])[0], consumed / SAMPLE_RATE, timestamps, beam)
-                    if result.text:
-                        texts.append(result.text)
                     words += result.words or []
                     segments += result.segments or []
+                    chunks.append(Result(result.text, confidence=result.confidence,
+                                         confidence_frames=result.confidence_frames))  # fmt: skip
                 consumed += cut
                 carry = audio[cut:]
                 if last:
                     break
-        return Result(" ".join(texts), words if timestamps else None, segments if timestamps else None)
+        joined = join(chunks, self.confidence.aggregation) if chunks else Result("")
+        joined.words, joined.segments = (words, segments) if timestamps else (None, None)
+        return joined
 
 
 def _quiet_cut(audio: np.ndarray, search_seconds: float = 2.0, frame_seconds: float = 0.02) -> int:

@@ -8,7 +8,9 @@ caches plus less than one chunk of audio, however long it runs.
 
 Greedy CTC runs across chunk boundaries. Endpointing (:class:`Endpoint`, sherpa-onnx's three rules) cuts an
 endless stream into utterances: each ends in a final :class:`Segment` (text, words with times, start, end), and
-the partial text in between is what the current utterance has so far.
+the partial text in between is what the current utterance has so far. Finals carry confidence as offline results
+do (:mod:`korasr.runtime.confidence`, NeMo's measures): each token's from its frames, its words' from their tokens',
+the segment's from its tokens' frames; a stream keeps only the current utterance's frame confidences.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import soxr
 
 from korasr import SAMPLE_RATE
+from korasr.runtime.confidence import ConfidenceOptions, PathConfidence, aggregate, frame_confidence
 from korasr.runtime.onnx import read_tokens, session
 from korasr.runtime.results import Segment, token_words, tokens_text
 
@@ -57,7 +60,10 @@ class Event:
     def as_dict(self) -> dict:
         out = {"type": self.type, "text": self.text, "start": round(self.start, 3), "end": round(self.end, 3)}
         if self.segment is not None:
-            out["words"] = self.segment.as_dict()["words"]
+            segment = self.segment.as_dict()
+            out["words"] = segment["words"]
+            if "confidence" in segment:
+                out["confidence"] = segment["confidence"]
         return out
 
 
@@ -65,7 +71,8 @@ class StreamingModel:
     """The streaming graphs of an export folder (``korasr export`` of a ``--streaming`` model)."""
 
     def __init__(self, export_dir: str | os.PathLike[str], *, threads: int | None = None, providers=None,  # type: ignore[no-untyped-def]
-                 folder: str = FOLDER):  # fmt: skip
+                 folder: str = FOLDER, confidence: ConfidenceOptions | None = None):  # fmt: skip
+        self.confidence = confidence or ConfidenceOptions()
         self.dir = Path(export_dir) / folder
         meta = self.dir / "streaming.json"
         if not meta.is_file():
@@ -171,6 +178,7 @@ class Stream:
         self._frame = 0  # encoder frames decoded
         self._previous_id = model.blank
         self._tokens: list[tuple[int, int]] = []  # the current utterance's (piece id, frame)
+        self._token_frames: list[list[float]] = []  # the frame confidences behind each of those tokens
         self._all_ids: list[int] = []
         self._utterance_start = 0
         self._trailing_blanks = 0
@@ -263,11 +271,18 @@ class Stream:
 
     def _decode(self, logprobs: np.ndarray) -> None:
         model = self.model
-        for label in logprobs.argmax(axis=-1).tolist():
+        exclude_blank = model.confidence.exclude_blank
+        scores = frame_confidence(logprobs, model.confidence).tolist() if len(logprobs) else []
+        for label, score in zip(logprobs.argmax(axis=-1).tolist(), scores, strict=True):
             if label != model.blank and label != self._previous_id:
                 self._tokens.append((label, self._frame))
+                self._token_frames.append([score])
                 if self.keep_segments:  # a served stream keeps nothing that grows with its length
                     self._all_ids.append(label)
+            elif self._tokens and (not exclude_blank or (label != model.blank and label == self._previous_id)):
+                # as offline (confidence.path_confidence): a token's repeats; with exclude_blank off, also the
+                # blanks after it up to the next token
+                self._token_frames[-1].append(score)
             self._trailing_blanks = self._trailing_blanks + 1 if label == model.blank else 0
             self._previous_id = label
             self._frame += 1
@@ -298,15 +313,25 @@ class Stream:
         text = self._text(self._tokens)
         if text:  # a word boundary alone in silence is no utterance
             shift = model.frame_shift
-            words = token_words(self._tokens, model.pieces, model.unit, shift)
+            scores = self._confidence()
+            words = token_words(self._tokens, model.pieces, model.unit, shift, confidence=scores)
             start = self._tokens[0][1] * shift
             end = max(words[-1].end if words else 0.0, (self._tokens[-1][1] + 1) * shift)
-            segment = Segment(text, round(start, 3), round(end, 3), words)
+            segment = Segment(text, round(start, 3), round(end, 3), words, scores.utterance)
             if self.keep_segments:
                 self.segments.append(segment)
             self.events.append(Event("final", text, segment.start, segment.end, segment))
-        self._tokens, self._partial = [], ""
+        self._tokens, self._token_frames, self._partial = [], [], ""
         self._utterance_start, self._trailing_blanks = self._frame, 0
+
+    def _confidence(self) -> PathConfidence:
+        """The current utterance's confidence: its tokens' frames, as :func:`korasr.runtime.confidence.path_confidence`
+        measures a path (the utterance's value aggregates its tokens' frames: its non-blank frames by default)."""
+        how = self.model.confidence.aggregation
+        frames = [np.asarray(f, dtype=np.float64) for f in self._token_frames]
+        joined = np.concatenate(frames) if frames else np.zeros(0)
+        utterance = aggregate(joined, how) if joined.size else None
+        return PathConfidence([aggregate(f, how) for f in frames], frames, utterance, int(joined.size), how)
 
     def _text(self, tokens: list[tuple[int, int]]) -> str:
         """NFC text of tokens, spaces collapsed (a word-boundary piece alone changes nothing a reader sees)."""

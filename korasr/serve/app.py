@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 
+from korasr.serve.canary import Canary
 from korasr.serve.config import ServeConfig
 from korasr.serve.deadline import Service
 from korasr.serve.errors import ClientError, decode_upload, install_error_handlers
@@ -18,13 +19,19 @@ __all__ = ["ClientError", "create_app", "decode_upload"]
 
 def create_app(config: ServeConfig) -> Service:
     state = ServiceState(config)
+    state.canary = Canary.from_config(state)  # the manifest checked now: a bad one stops the start, naming the row
 
     @contextlib.asynccontextmanager
     async def lifespan(app):  # type: ignore[no-untyped-def]
-        redact_logs(",".join(k for k in (config.api_key, config.admin_key) if k))  # after the server set up logging
+        keys = (k.get_secret_value() for k in (config.api_key, config.admin_key) if k)
+        redact_logs(",".join(keys))  # after the server set up logging
         await state.start()
         state.drain.take_signals()  # SIGTERM drains from now on (drain.py)
+        if state.canary is not None:  # after the model is first ready: its first run is on it
+            state.canary.start()
         yield
+        if state.canary is not None:
+            await state.canary.stop()
         await state.stop()
 
     # max_body_size: FastAPI/Starlette count the body as it streams (chunked uploads too) and answer 413
@@ -72,8 +79,9 @@ Asynchronous jobs, for long audio (up to `--job-max-audio-seconds`, 4 h by defau
 `GET /v1/jobs/{id}` gives its status (queued, running, succeeded, failed, cancelled), `GET /v1/jobs/{id}/result` its
 result (409 until it succeeded), `DELETE /v1/jobs/{id}` cancels a queued job or deletes a finished one. A job belongs
 to the API key that made it (another key gets 404); results are kept `--job-retention` seconds. A full queue or a
-key's quota gets 429 with Retry-After, a full spool or audio too long 413. Callbacks are signed:
-`X-Korasr-Signature: sha256=HMAC-SHA256(secret, "{X-Korasr-Timestamp}.{body}")`.
+key's quota gets 429 with Retry-After, a full spool or audio too long 413. Callbacks are signed as Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+`webhook-signature: v1,base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))`, one signature per configured secret):
+verify with the `standardwebhooks` library; the old `X-Korasr-*` headers are also sent for this release.
 
 Live streaming (an export of a model trained with `--streaming`): WebSocket `GET /v1/stream?sample_rate=16000`
 (8000–48000 Hz). Send binary frames of 16-bit little-endian mono PCM at that rate, then the text frame

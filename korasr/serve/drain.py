@@ -200,7 +200,24 @@ def describe(held: dict[str, int]) -> str:
 class Supervisor(Multiprocess):
     """uvicorn's supervisor of ``--workers`` processes. On SIGTERM or SIGINT it passes SIGTERM on to every worker
     (each drains) and waits for them; uvicorn's waits deaf, this one passes a second signal on too, so a drain can
-    be cut short through the supervisor as through a single process."""
+    be cut short through the supervisor as through a single process. A worker that is gone (died and replaced,
+    retired by SIGTTOU or SIGHUP) is marked dead in the shared metrics: its gauges leave the totals."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: set[int] = set()  # the workers' pids, until each is marked dead
+
+    def keep_subprocess_alive(self) -> None:  # every turn of the supervisor's loop, after the signals' handlers
+        super().keep_subprocess_alive()
+        self.mark_gone()
+
+    def mark_gone(self) -> None:
+        from korasr.serve.metrics import mark_dead
+
+        live = {p.pid for p in self.processes if p.pid is not None and p.process.is_alive()}
+        for pid in self.seen - live:
+            mark_dead(pid)
+        self.seen = live
 
     def join_all(self) -> None:
         while any(p.process.is_alive() for p in self.processes):

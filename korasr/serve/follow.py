@@ -10,7 +10,8 @@ Faults, each said in ``GET /admin/status`` (``follow``) and in the metrics, none
 
 - a version that fails to fetch, load or warm up is not swapped in; the service keeps serving and tries it again
   after ``follow_s`` × 2, 4, 8 … (at most ``MAX_RETRY_S``) until it loads or the alias moves
-  (``korasr_model_reloads{outcome="failed"}``, ``reload_error``);
+  (``korasr_model_reloads{outcome="failed"}``, ``reload_error``); ``korasr_registry_behind_seconds`` says how long
+  the alias has named a version not served (0 once it is);
 - a registry that does not answer keeps the serving model serving (``korasr_registry_reachable`` 0,
   ``korasr_registry_follow_errors``); following resumes when it answers again;
 - at start, a registry that does not answer is met with the version the alias last resolved to on this machine, from
@@ -99,8 +100,11 @@ async def follow(state) -> None:  # type: ignore[no-untyped-def]
 
     status, metrics, every = state.follow, state.metrics, state.config.follow_s
     retry: dict | None = None  # the version that failed to load: {version, attempts, at (monotonic)}
+    behind_since: float | None = None  # when the alias was first seen naming a version not served (monotonic)
     while True:
         await asyncio.sleep(every)
+        # as last seen: while the registry does not answer, a service that was behind is still counted behind
+        metrics.registry_behind.set(0 if behind_since is None else time.monotonic() - behind_since)
         try:
             wanted = await asyncio.to_thread(registered_version, state.config)
         except asyncio.CancelledError:
@@ -123,13 +127,17 @@ async def follow(state) -> None:  # type: ignore[no-untyped-def]
             "version"])  # fmt: skip
         if wanted["version"] == state.current.version.get("version"):
             state.current.version.update(metrics=wanted["metrics"], from_cache=False)  # confirmed, if started offline
-            retry = status["retrying"] = None
+            retry = status["retrying"] = behind_since = None
+            metrics.registry_behind.set(0)
             continue
+        behind_since = behind_since or time.monotonic()
+        metrics.registry_behind.set(time.monotonic() - behind_since)
         if retry and retry["version"] == wanted["version"] and time.monotonic() < retry["at"]:
             continue
         try:
             await reload(state)
-            retry = status["retrying"] = None
+            retry = status["retrying"] = behind_since = None
+            metrics.registry_behind.set(0)
         except asyncio.CancelledError:
             raise
         except ReloadBusy:

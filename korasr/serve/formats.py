@@ -8,6 +8,7 @@ import json
 from fastapi.responses import Response
 
 from korasr.runtime import Result, subtitles
+from korasr.runtime.results import CONFIDENCE_DIGITS
 from korasr.serve.errors import ClientError
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
@@ -29,14 +30,22 @@ def shaped(result: Result, duration: float, response_format: str) -> str | dict:
         return {"text": result.text}
     if response_format in ("srt", "vtt"):
         return subtitles(segments, response_format)
-    return {
+    segment_rows = [{"id": i, "start": s.start, "end": s.end, "text": s.text, **_confidence(s.confidence)}
+                    for i, s in enumerate(segments)]  # fmt: skip
+    body = {
         "task": "transcribe",
         "language": "korean",
         "duration": round(duration, 3),
         "text": result.text,
-        "segments": [{"id": i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(segments)],
-        "words": [{"word": w.text, "start": w.start, "end": w.end} for w in result.words or []],
+        "segments": segment_rows,
+        "words": [w.as_dict() for w in result.words or []],
     }
+    body.update(_confidence(result.confidence))  # the utterance's (not in OpenAI's schema: an added field)
+    return body
+
+
+def _confidence(value: float | None) -> dict:
+    return {} if value is None else {"confidence": round(value, CONFIDENCE_DIGITS)}
 
 
 def encoded(body: str | dict) -> str:

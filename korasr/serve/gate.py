@@ -214,12 +214,13 @@ class Gate:
                                   scope.get("subprotocols") if scope["type"] == "websocket" else None)  # fmt: skip
         except KeyHeaders as e:
             return 400, str(e)
+        client_key = self.config.api_key.get_secret_value() if self.config.api_key else ""
         if not admin:
-            return None if key_matches({"x-api-key": given}, self.config.api_key) else (401, f"missing or wrong API "
-                                                                                         f"key ({KEY_HELP})")  # fmt: skip
-        if secrets.compare_digest(given.encode(), self.config.admin_key.encode()):
+            return None if key_matches({"x-api-key": given}, client_key) else (401, f"missing or wrong API key "
+                                                                               f"({KEY_HELP})")  # fmt: skip
+        if secrets.compare_digest(given.encode(), self.config.admin_key.get_secret_value().encode()):
             return None
-        if self.config.api_key and key_matches({"x-api-key": given}, self.config.api_key):
+        if client_key and key_matches({"x-api-key": given}, client_key):
             return 403, "an operator key is needed (KORASR_ADMIN_KEY): a client key does not open /admin"
         return 401, "missing or wrong operator key (KORASR_ADMIN_KEY; Authorization: Bearer KEY or X-API-Key: KEY)"
 

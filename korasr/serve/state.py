@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi import UploadFile
@@ -20,6 +21,7 @@ from starlette.requests import HTTPConnection
 from korasr.runtime import SAMPLE_RATE, Recognizer, Result
 from korasr.runtime.audio import AudioLimits
 from korasr.serve.batcher import Batcher
+from korasr.serve.collect import Collector
 from korasr.serve.config import ServeConfig
 from korasr.serve.drain import Drain
 from korasr.serve.errors import ClientError, decode_upload
@@ -69,10 +71,12 @@ async def load_generation(config: ServeConfig, path: Path, metrics: Metrics, ver
     hub = None
     if (path / "streaming" / "streaming.json").is_file():
         hub = await asyncio.to_thread(stream_hub, config, path, metrics)
+    generation = Generation(path, recognizer, batcher, hub, version or {})
     batcher.start()
     if hub is not None:
+        hub.version = generation.log_fields()["model_version"]
         hub.start()
-    return Generation(path, recognizer, batcher, hub, version or {})
+    return generation
 
 
 @dataclass
@@ -86,6 +90,8 @@ class ServiceState:
     reload_error: str | None = None  # the last failed reload's reason, until one succeeds (/admin/status shows it)
     follow: dict = field(default_factory=dict)  # the follower's view of the registry (follow.py; /admin/status)
     jobs: JobWorker | None = None  # asynchronous jobs (korasr/serve/jobs/), once started
+    collector: Collector | None = None  # low-confidence requests kept for review (--collect; collect.py)
+    canary: Any = None  # the accuracy canary (--canary; canary.py), set by create_app
 
     def __post_init__(self) -> None:
         self.limits = AudioLimits(max_seconds=self.config.max_audio_seconds)
@@ -122,7 +128,14 @@ class ServiceState:
         self.current = await load_generation(self.config, path, self.metrics, version)
         self.describe(self.current)
         self.decoders = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="korasr-audio")
+        if self.config.collect is not None:
+            counter = getattr(self.metrics, "collected", None)  # korasr_collected_total{outcome}, where it exists
+            self.collector = Collector.from_config(
+                self.config, (lambda o: counter.labels(o).inc()) if counter else None
+            )
+            self.collector.start()
         self.ready = True  # before the jobs' loops start: they decode with lease()
+        self.metrics.model_loaded.set(1)
         jobs = JobWorker(self)
         await jobs.start()
         self.jobs = jobs  # the job routes answer 503 until then
@@ -135,6 +148,7 @@ class ServiceState:
         if self.jobs is not None:  # first, while the model still serves: a job being decoded goes back to the queue
             await self.jobs.stop()
         self.ready = False
+        self.metrics.model_loaded.set(0)
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -143,19 +157,19 @@ class ServiceState:
             await generation.stop()
         if self.decoders is not None:
             self.decoders.shutdown(wait=False, cancel_futures=True)
+        if self.collector is not None:  # what is queued is written first (bounded: collect.STOP_WAIT_S)
+            await asyncio.to_thread(self.collector.stop)
 
     def describe(self, generation: Generation) -> None:
         """``korasr_model_info`` and ``stt_model_cer`` for the generation now serving."""
         info, version = generation.recognizer.info, generation.version
-        self.metrics.model.info({"model": generation.path.name, "name": str(version.get("name", "")),
-                                 "version": str(version.get("version", "")),
-                                 "source_sha256": str(info.get("source_sha256", ""))[:12], "unit": info["unit"],
-                                 "precision": self.config.precision,
-                                 "korasr": str(info.get("versions", {}).get("korasr", ""))})  # fmt: skip
-        self.metrics.model_cer.clear()
-        for split, scores in (version.get("metrics") or {}).items():
-            if scores.get("cer") is not None:
-                self.metrics.model_cer.labels(split).set(float(scores["cer"]))
+        self.metrics.serving({"model": generation.path.name, "name": str(version.get("name", "")),
+                              "version": str(version.get("version", "")),
+                              "source_sha256": str(info.get("source_sha256", ""))[:12], "unit": info["unit"],
+                              "precision": self.config.precision,
+                              "korasr": str(info.get("versions", {}).get("korasr", ""))},
+                             {split: float(scores["cer"]) for split, scores in (version.get("metrics") or {}).items()
+                              if scores.get("cer") is not None})  # fmt: skip
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[Generation]:
@@ -227,6 +241,11 @@ class ServiceState:
         elapsed = time.perf_counter() - started
         self.metrics.audio_seconds.inc(duration)
         self.metrics.rtf.observe(elapsed / max(duration, 1e-3))
+        version = generation.log_fields()["model_version"]
+        self.metrics.observe_confidence(version, result.confidence)
+        self.metrics.observe_audio(version, audio, result.text)
+        if self.collector is not None:  # queued for the collector's thread; never waits
+            self.collector.offer(audio, result.text, result.confidence, generation.log_fields())
         return result, duration, elapsed
 
 

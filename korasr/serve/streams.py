@@ -61,6 +61,7 @@ class StreamHub(Worker):
                  max_unsent: int = 256, metrics=None):  # type: ignore[no-untyped-def]  # fmt: skip
         super().__init__(metrics.stream_batch.observe if metrics else None)
         self.model, self.max_batch, self.max_unsent, self.metrics = model, max_batch, max_unsent, metrics
+        self.version: str | None = None  # the model version finals' confidence is counted under (set by its owner)
         self.endpoint = endpoint or Endpoint()
         self.connections: list[Connection] = []
         self.lock = threading.Lock()  # guards inboxes and the connection list between the loop and the worker
@@ -212,6 +213,8 @@ class StreamHub(Worker):
                         self.metrics.partial_latency.observe(now - arrived[id(conn)])
                     elif event.type == "final":
                         self.metrics.finals.inc()
+                        if event.segment is not None:
+                            self.metrics.observe_confidence(self.version, event.segment.confidence)
             conn.loop.call_soon_threadsafe(self._deliver, conn, events, done)
 
     def _deliver(self, conn: Connection, events: list[Event], done: bool) -> None:

@@ -20,6 +20,7 @@ from typing import IO
 
 import soundfile as sf
 
+from korasr.fsutil import replace_durably
 from korasr.runtime.audio import AudioError, AudioLimits
 from korasr.serve.errors import STATUS, ClientError
 from korasr.serve.jobs.net import Refused, resolve
@@ -113,7 +114,7 @@ def spool_upload(file: IO[bytes], dest: Path, spool: Spool) -> int:
         with open(part, "r+b") as out:
             shutil.copyfileobj(file, out, COPY_BLOCK)
             out.truncate(out.tell())
-        os.replace(part, dest)
+        replace_durably([(part, dest)])  # the job row names it next: on disk whole before
     finally:
         part.unlink(missing_ok=True)
     return dest.stat().st_size
@@ -137,7 +138,7 @@ async def fetch(source: str, dest: Path, *, prefixes: tuple[str, ...], max_bytes
                 if response.status_code != 200:
                     raise ClientError(400, f"url {source[:100]!r}: the server answered {response.status_code}")
                 await write_body(response, Reservation(spool, part, max_bytes), source)
-        os.replace(part, dest)
+        await asyncio.to_thread(replace_durably, [(part, dest)])
     except TimeoutError:
         raise ClientError(408, f"url {source[:100]!r}: not fetched within {timeout_s:g} s") from None
     except httpx.HTTPError as e:

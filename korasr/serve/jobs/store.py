@@ -173,9 +173,12 @@ class JobStore:
             self.check(row["owner"], queue_max, quota, c)
             c.execute(jobs.insert().values(**row, status="queued", attempts=0))
 
-    def queued(self) -> int:
+    def backlog(self) -> tuple[int, float]:
+        """The jobs queued and the age in seconds of the oldest of them (0 when none is)."""
         with self.engine.connect() as c:
-            return c.execute(select(func.count()).where(jobs.c.status == "queued")).scalar_one()
+            count, oldest = c.execute(select(func.count(), func.min(jobs.c.created_at))
+                                      .where(jobs.c.status == "queued")).one()  # fmt: skip
+        return count, 0.0 if oldest is None else max(time.time() - oldest, 0.0)
 
     def claim(self, worker: str, lease_s: float) -> dict | None:
         """The oldest queued job no other claim holds, now running under ``worker``'s lease; None when there is none.

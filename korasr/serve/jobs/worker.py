@@ -23,7 +23,7 @@ from korasr.runtime.audio import AudioLimits
 from korasr.serve.errors import ClientError
 from korasr.serve.formats import encoded, shaped
 from korasr.serve.hotwords import parse_hotwords, prompt_hotwords
-from korasr.serve.jobs.callbacks import deliver, payload
+from korasr.serve.jobs.callbacks import deliver, message_id, parse_secrets, payload
 from korasr.serve.jobs.sources import Spool, probe
 from korasr.serve.jobs.store import JobStore
 
@@ -139,7 +139,9 @@ class JobWorker:
             self.audio_path(job).unlink(missing_ok=True)
 
     async def refresh(self) -> None:
-        self.metrics.jobs_queued.set(await asyncio.to_thread(self.store.queued))
+        queued, oldest = await asyncio.to_thread(self.store.backlog)
+        self.metrics.jobs_queued.set(queued)
+        self.metrics.jobs_oldest.set(oldest)
 
     # --- decoding ----------------------------------------------------------------------------------------------
 
@@ -211,6 +213,7 @@ class JobWorker:
                 chunk_seconds=self.config.chunk_seconds, stop=self._stopping))  # fmt: skip
             decoding.add_done_callback(lambda f: f.cancelled() or f.exception())  # stopped at shutdown: not an error
             result = (await self._hold(job, decoding))[0]
+            self.metrics.observe_confidence(generation.log_fields()["model_version"], result.confidence)
         self.metrics.audio_seconds.inc(seconds)
         return shaped(result, seconds, job["response_format"]), model
 
@@ -244,7 +247,7 @@ class JobWorker:
 
     async def _deliver(self, job_id: str) -> None:
         """Send a job's callback once it is claimed (no other process sends it meanwhile); a stop while claiming or
-        sending hands it back, so the next start sends it again (the receiver sees the same delivery id twice only
+        sending hands it back, so the next start sends it again (the receiver sees the same ``webhook-id`` twice only
         after an attempt that did not finish)."""
         async with self._callback_slots:
             job = await self._claim_callback(job_id)
@@ -286,10 +289,13 @@ class JobWorker:
             raise
 
     async def _send(self, job: dict, result: object) -> str:
+        secret = self.config.callback_secret  # a pydantic SecretStr (the config's schema), or its text
         try:
+            keys = parse_secrets(secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret)
             return await deliver(job["callback_url"], payload(job, result), allow=self.config.callback_allow,
-                                 secret=self.config.callback_secret, attempts=self.config.callback_max_attempts,
-                                 timeout_s=self.config.callback_timeout_s, delivery=job["id"])  # fmt: skip
+                                 keys=keys, msg_id=message_id(job), job_id=job["id"],
+                                 attempts=self.config.callback_max_attempts,
+                                 timeout_s=self.config.callback_timeout_s)  # fmt: skip
         except Exception as e:  # a URL that passed the checks and still broke the client: failed, said why
             return f"{type(e).__name__}: {e}"[:500]
 

@@ -2,8 +2,9 @@
 and again while draining), ``GET /metrics`` (Prometheus), the page at ``/``, and the operators' routes, which take only
 the operator key (``KORASR_ADMIN_KEY``; without one they are off, the gate answers 404): ``GET /admin/status`` (the
 version served and by which process, the follower's view of the registry, the last failed reload, the jobs'
-database; every URI without its credentials) and ``POST /admin/reload`` (read the followed alias now and swap when it
-moved; ``?force=true`` reloads even when it has not; one at a time, another meanwhile gets 409)."""
+database, the canary's last run; every URI without its credentials) and ``POST /admin/reload`` (read the followed
+alias now and swap when it moved; ``?force=true`` reloads even when it has not; one at a time, another meanwhile gets
+409)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ async def admin_status(state: Annotated[ServiceState, Depends(service)]) -> dict
     if state.config.model_ref:
         body["follow"] = {"every_s": state.config.follow_s, "reloading": state.reloading.locked(),
                           **{k: without_credentials(v) if isinstance(v, str) else v for k, v in state.follow.items()}}  # fmt: skip
+    if (canary := getattr(state, "canary", None)) is not None:
+        body["canary"] = {"manifest": str(state.config.canary), "rows": len(canary.rows),
+                          "every_s": state.config.canary_every_s, "running": canary.running, "last": canary.last}  # fmt: skip
     if state.jobs is not None:
         database = without_credentials(redacted(db_url(state.config)))
         body["jobs"] = {"database": database, "folder": str(state.jobs.folder)}

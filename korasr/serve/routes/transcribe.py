@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
+from korasr.runtime.results import CONFIDENCE_DIGITS
 from korasr.serve.errors import ClientError
 from korasr.serve.hotwords import parse_hotwords
 from korasr.serve.state import ServiceState, service
@@ -40,6 +41,8 @@ async def v1_transcribe(
         result, duration, elapsed = await state.transcribe(generation, audio, raw, words)
     body = {"text": result.text, "duration_s": round(duration, 3), "processing_ms": round(elapsed * 1000, 1),
             "model": generation.path.name}  # fmt: skip
+    if result.confidence is not None:  # the utterance's, 0 to 1 (korasr/runtime/confidence.py)
+        body["confidence"] = round(result.confidence, CONFIDENCE_DIGITS)
     if generation.version:
         body["version"] = generation.version["version"]
     if segments:
