@@ -19,6 +19,7 @@ from tests.conftest import ROOT, korasr_cmd, nemo_path, train_args
 
 PROBE = "korasr.callbacks=[tests/ddp_probe.py:Probe]"
 COMMON = ("model.train_ds.perturb_speed=false", "exp_manager.create_wandb_logger=false", "trainer.val_check_interval=6")
+pytestmark = pytest.mark.alone  # DDP's ranks step in lockstep: after the background builds (tests/conftest.py)
 
 
 def free_port() -> int:

@@ -166,8 +166,10 @@ def live(exported, recipe, tmp_path_factory):  # type: ignore[no-untyped-def]
     loaded, every ``for:`` cut to 2 s (the test overlay); yields (service URL, Prometheus URL, its log)."""
     prometheus_bin = binary("prometheus")
     base = tmp_path_factory.mktemp("monitoring")
+    canary = base / "canary.jsonl"  # four eval_clean rows, checked at start and after each swap: the canary's gauge
+    canary.write_text("".join(json.dumps({**row, "split": "eval_clean"}) + "\n" for row in eval_rows(recipe, 4)))
     with serve_process(exported, base / "serve.log", "--queue-size", "1", "--max-waiting", "0",
-                       "--upload-timeout", "60") as url:  # fmt: skip
+                       "--upload-timeout", "60", "--canary", str(canary)) as url:  # fmt: skip
         overlay = base / "rules.yml"
         overlay.write_text(re.sub(r"^(\s+for:) \S+$", r"\1 2s", RULES.read_text(), flags=re.MULTILINE))
         config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
@@ -230,6 +232,10 @@ def test_prometheus_records_the_rules_and_fires_an_induced_alert(live, recipe):
     assert 0 < float(p99[0]["value"][1]) < 60
     memory = wait_for("the memory ratio", lambda: query(prometheus, "korasr:process_resident_memory:ratio"))
     assert 0 < float(memory[0]["value"][1]) < 1
+    canary = wait_for("the canary's CER scraped", lambda: query(prometheus, 'korasr_canary_cer{split="eval_clean"}'))
+    assert 0 <= float(canary[0]["value"][1]) < 50  # the suite's model: a few percent on eval_clean
+    confidence = wait_for("the confidence histogram", lambda: query(prometheus, "korasr_confidence_count > 0"))
+    assert confidence[0]["metric"]["model_version"]  # the drift histograms are by model version
     assert not query(prometheus, f'ALERTS{{alertname="{INDUCED}"}}'), "refusals before any were induced"
 
     held = slow_upload(url)  # the one admission slot taken: every upload now gets 503 before its body is read

@@ -73,7 +73,7 @@ def draw(prometheus: str, out: Path, minutes: float, step: float = 1.0) -> Path:
         ax.axis("off")
     fig.suptitle(f"korasr serve, from Prometheus at {time.strftime('%Y-%m-%d %H:%M', time.localtime(end))} "
                  "(deploy/monitoring/picture.py)", fontsize=10)  # fmt: skip
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title above the top row
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=80)
