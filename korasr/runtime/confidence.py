@@ -128,10 +128,16 @@ class PathConfidence:
 
     def part(self, start: int, stop: int) -> PathConfidence:
         """The confidence of tokens ``start:stop`` alone (a segment): its utterance value aggregates their frames."""
-        frames = self.token_frames[start:stop]
+        return PathConfidence.of_tokens(self.token_frames[start:stop], self.aggregation)
+
+    @classmethod
+    def of_tokens(cls, token_frames: Sequence[np.ndarray], aggregation: str) -> PathConfidence:
+        """Tokens scored from their frames alone, the utterance value aggregating all of those frames (a segment of
+        a path; a stream's utterance)."""
+        frames = [np.asarray(f, dtype=np.float64) for f in token_frames]
         joined = np.concatenate(frames) if frames else np.zeros(0)
-        value = aggregate(joined, self.aggregation) if joined.size else None
-        return PathConfidence(self.tokens[start:stop], frames, value, int(joined.size), self.aggregation)
+        value = aggregate(joined, aggregation) if joined.size else None
+        return cls([aggregate(f, aggregation) for f in frames], frames, value, int(joined.size), aggregation)
 
 
 def path_confidence(logprobs: np.ndarray, path: Sequence[int], blank: int,

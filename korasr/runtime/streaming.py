@@ -24,7 +24,7 @@ import numpy as np
 import soxr
 
 from korasr import SAMPLE_RATE
-from korasr.runtime.confidence import ConfidenceOptions, PathConfidence, aggregate, frame_confidence
+from korasr.runtime.confidence import ConfidenceOptions, PathConfidence, frame_confidence
 from korasr.runtime.onnx import read_tokens, session
 from korasr.runtime.results import Segment, token_words, tokens_text
 
@@ -325,13 +325,9 @@ class Stream:
         self._utterance_start, self._trailing_blanks = self._frame, 0
 
     def _confidence(self) -> PathConfidence:
-        """The current utterance's confidence: its tokens' frames, as :func:`korasr.runtime.confidence.path_confidence`
-        measures a path (the utterance's value aggregates its tokens' frames: its non-blank frames by default)."""
-        how = self.model.confidence.aggregation
-        frames = [np.asarray(f, dtype=np.float64) for f in self._token_frames]
-        joined = np.concatenate(frames) if frames else np.zeros(0)
-        utterance = aggregate(joined, how) if joined.size else None
-        return PathConfidence([aggregate(f, how) for f in frames], frames, utterance, int(joined.size), how)
+        """The current utterance's confidence, as :func:`korasr.runtime.confidence.path_confidence` measures a path
+        (the utterance's value aggregates its tokens' frames: its non-blank frames by default)."""
+        return PathConfidence.of_tokens(self._token_frames, self.model.confidence.aggregation)
 
     def _text(self, tokens: list[tuple[int, int]]) -> str:
         """NFC text of tokens, spaces collapsed (a word-boundary piece alone changes nothing a reader sees)."""
