@@ -453,8 +453,12 @@ def train(cfg: DictConfig) -> Path | None:
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
     if "threads" in cfg.get("korasr", {}):  # the machine's threads, shared by the processes on it (CPU DDP)
+        from korasr.runtime.onnx import thread_cap
+
         share = 1 if torch.cuda.is_available() else int(cfg.trainer.devices)
-        torch.set_num_threads(max(1, int(cfg.korasr.threads) // share))
+        # OMP_NUM_THREADS caps it: a process given fewer cores than the recipe assumes never oversubscribes them
+        threads = min(int(cfg.korasr.threads), thread_cap() or int(cfg.korasr.threads))
+        torch.set_num_threads(max(1, threads // share))
     log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
 
     out = run_dir(cfg)

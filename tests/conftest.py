@@ -62,7 +62,7 @@ def pytest_collection_finish(session) -> None:  # type: ignore[no-untyped-def]
         IMAGE_BUILD["proc"] = subprocess.Popen(
             ["nice", "-n", "19", "ionice", "-c", "2", "-n", "7", "make", "--no-print-directory", "-s", "image", "LOCAL_BASE=1", f"IMAGE={NAME}", "-o", ".venv/.installed",
              "-o", ".venv/bin/lmplz"], cwd=ROOT, env={**os.environ, **CONTAINERS_ENV}, stdout=subprocess.PIPE,
-            stderr=out, text=True, start_new_session=True)  # fmt: skip
+            stderr=out, text=True, process_group=0)  # fmt: skip
     IMAGE_BUILD["log"] = log
 
 
@@ -214,8 +214,39 @@ def start_fixture_builds(names) -> None:  # type: ignore[no-untyped-def]
     with open(log, "ab") as out:  # one core (OMP_NUM_THREADS, fixture_builds.BUILD_THREADS)
         FIXTURES.update(root=root, log=log, names=set(fixture_builds.closure(names)), proc=subprocess.Popen(
             ["nice", "-n", "10", sys.executable, "-m", "tests.fixture_builds", str(root), *names], cwd=ROOT,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, process_group=0,
             env={**os.environ, "OMP_NUM_THREADS": "1"}))  # fmt: skip
+    share_cores()
+
+
+# The builds run in a process group of their own but in this session: a new session is a new scheduler autogroup
+# (Linux's sched_autogroup), and between autogroups the CPU is split evenly whatever `nice` says. In this session,
+# nice holds, and while a build runs (one thread) the tests' processes take one thread too (OMP_NUM_THREADS, which
+# korasr's training and onnxruntime sessions honour): three busy threads on two cores made every step wait on a
+# preempted thread (2026-12-07: the notebook's 40 training steps took 476 s beside the build, 56 s alone).
+SESSION_THREADS = {"env": os.environ.get("OMP_NUM_THREADS"), "torch": None}
+
+
+def share_cores() -> None:
+    """One thread for the tests' processes while the background build runs, the session's own setting once it has
+    ended; switched between tests only, so that one test never mixes the two."""
+    proc = FIXTURES.get("proc")
+    building = proc is not None and proc.poll() is None
+    if building:
+        os.environ["OMP_NUM_THREADS"] = "1"
+    elif SESSION_THREADS["env"] is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = SESSION_THREADS["env"]
+    torch = sys.modules.get("torch")  # this process's own PyTorch, when a test has imported it
+    if torch is not None:
+        if SESSION_THREADS["torch"] is None:
+            SESSION_THREADS["torch"] = torch.get_num_threads()
+        torch.set_num_threads(1 if building else SESSION_THREADS["torch"])
+
+
+def pytest_runtest_setup(item) -> None:  # type: ignore[no-untyped-def]
+    share_cores()
 
 
 def built(name: str):  # type: ignore[no-untyped-def]
@@ -229,6 +260,7 @@ def built(name: str):  # type: ignore[no-untyped-def]
             continue
         record = fixture_builds.record_path(FIXTURES["root"], name)
         if record.is_file():
+            share_cores()  # the build may have ended while this test waited: its body gets both cores
             return json.loads(record.read_text(encoding="utf-8"))
         if proc.poll() is not None:
             tail = FIXTURES["log"].read_text(encoding="utf-8", errors="replace")[-8000:]

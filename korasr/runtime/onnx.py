@@ -8,13 +8,22 @@ from pathlib import Path
 import numpy as np
 
 
+def thread_cap() -> int | None:
+    """``OMP_NUM_THREADS`` when it is a positive whole number: the usual cap on one process's compute threads (a
+    container's CPU limit, a batch system's share, a process beside another on the same cores), which PyTorch
+    honours and onnxruntime does not. korasr applies it to both."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def session(path: str | os.PathLike[str], threads: int | None = None, providers=None):  # type: ignore[no-untyped-def]
-    """An onnxruntime session on ``path``: quiet logs, ``threads`` intra-op threads (default: onnxruntime's), CPU
-    unless ``providers`` says otherwise."""
+    """An onnxruntime session on ``path``: quiet logs, ``threads`` intra-op threads (default: ``OMP_NUM_THREADS``
+    when set, else onnxruntime's: one per physical core of the machine), CPU unless ``providers`` says otherwise."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    threads = threads or thread_cap()
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
