@@ -68,7 +68,9 @@ class ServeConfig:
                                       "gets 503/408 (slow clients hold no slot)", flag="--upload-timeout", metavar="S",
                                       gt=0, le=3600)  # fmt: skip
     decode_threads: int = setting(2, "threads decoding uploads from their container format", ge=1, le=64)
-    threads: int | None = setting(None, "onnxruntime intra-op threads (default: OMP_NUM_THREADS when set, else onnxruntime's)", ge=1, le=256)
+    threads: int | None = setting(
+        None, "onnxruntime intra-op threads (default: OMP_NUM_THREADS when set, else onnxruntime's)", ge=1, le=256
+    )
     precision: Precision = setting("fp32", "which graph of the export runs: model.onnx, model.fp16.onnx or "
                                    "model.int8.onnx")  # fmt: skip
     decoder: Decoder | None = setting(None, "greedy or beam (default: beam when the export bundles "
