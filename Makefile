@@ -75,7 +75,7 @@ UNTIL ?=
 # with `;`, `$(...)` or quotes is one literal argument (ARGS and the lists: words split on blanks, never globbed).
 export NEW_DATA REGISTRY_NAME WEBHOOK RETRAIN_EVAL RETRAIN_REPLAY UNTIL ARGS
 
-.PHONY: help setup espeak browser postgres prometheus containers image kenlm test lint format docs-settings sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap bench-fsync release transcribe-archive bench-archive
+.PHONY: help setup triton triton-serve espeak browser postgres prometheus containers image kenlm test lint format docs-settings sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap bench-fsync release transcribe-archive bench-archive
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -174,7 +174,7 @@ format: setup ## ruff: fix what can be fixed, format the code
 docs-settings: setup ## docs/settings.md from the service's settings schema (a test fails when it is stale)
 	$(BIN)/python -m korasr.serve.settings_doc
 
-test: setup lint airflow ## lint, then every test tier (unit, config, end to end) on CPU
+test: setup lint airflow triton ## lint, then every test tier (unit, config, end to end) on CPU
 	$(BIN)/pytest -q --durations=30
 
 sample-corpus: setup ## synthesize the sample corpus (eSpeak NG Korean, KsponSpeech layout) into SAMPLE_ROOT
@@ -312,6 +312,27 @@ $(AIRFLOW_VENV)/bin/airflow:
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip
 	$(AIRFLOW_VENV)/bin/pip install -q "apache-airflow==$(AIRFLOW_VERSION)"
+
+# Triton Inference Server from PyPI's nvidia-pytriton wheel (tritonserver 2.51, python backend only; it pins numpy<2),
+# in a venv of its own; onnxruntime there is the project's version, so Triton's CTC step computes what the runtime does.
+TRITON_VENV := .venv-triton
+PYTRITON_VERSION ?= 0.7.0
+REPO ?= export/triton
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+triton: $(TRITON_VENV)/.installed ## Triton's server (nvidia-pytriton PYTRITON_VERSION, default 0.7.0) in .venv-triton, apart from the project's venv
+
+$(TRITON_VENV)/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/pip install -q "nvidia-pytriton==$(PYTRITON_VERSION)" \
+		"onnxruntime==$$($(BIN)/python -c 'import onnxruntime; print(onnxruntime.__version__)')"
+	@touch $@
+
+triton-serve: triton ## serve the Triton repository REPO (default export/triton; korasr export --triton-backend python) on loopback HTTP_PORT/GRPC_PORT/METRICS_PORT, in the foreground until stopped
+	$(BIN)/python -m korasr.triton_server --repository $(REPO) --venv $(TRITON_VENV) --http-port $(HTTP_PORT) \
+		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo package); prints ratios
 	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)

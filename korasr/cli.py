@@ -412,13 +412,48 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
         help="also write model.int8.onnx (Q/DQ INT8) calibrated on this manifest's utterances (e.g. dev.jsonl)",
     )  # fmt: skip
     p.add_argument("--int8-utterances", type=int, default=64, help="calibration utterances (the manifest's first)")
-    p.add_argument("--triton-device", choices=("cpu", "gpu"), default="cpu", help="Triton instance group kind")
+    _add_triton_options(p)
     p.add_argument("--lookahead", type=int, default=None, metavar="MS",
                    help="streaming models: the look-ahead streaming/ runs at (one trained; default: the first)")  # fmt: skip
     p.add_argument("--lm", default=None, metavar="DIR",
                    help="bundle this LM directory (korasr lm build/tune) as lm/: beam search with it by default")  # fmt: skip
     _add_force(p, "an export")
     p.set_defaults(func=_export)
+
+
+def _add_triton_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--triton-device", choices=("cpu", "gpu"), default="cpu", help="Triton instance group kind")
+    p.add_argument("--triton-backend", choices=("onnxruntime", "python"), default="onnxruntime",
+                   help="the CTC step's Triton backend: onnxruntime (a GPU node's), or python (the same graph through "
+                   "onnxruntime inside Triton's python backend: a CPU node's, and what make triton's server runs)")  # fmt: skip
+    p.add_argument("--triton-instances", type=int, default=1, metavar="N", help="CTC model instances (1-64)")
+    p.add_argument("--triton-keep-versions", type=int, default=1, metavar="N",
+                   help="versions of each model Triton keeps loaded, the newest N (1-16)")  # fmt: skip
+
+
+def _triton_repository_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("triton-repository", help="(re)write an export's Triton model repository with other options")
+    p.add_argument("--model", required=True, help="an export folder (korasr export)")
+    p.add_argument("--out", default=None, help="the repository (default: triton/ inside the export)")
+    _add_triton_options(p)
+    p.add_argument("--max-batch", type=int, default=16, help="Triton's max_batch_size (1-1024)")
+    _add_force(p, "a Triton repository")
+    p.set_defaults(func=_triton_repository)
+
+
+def _triton_repository(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from korasr.triton import validate, write_repository
+
+    if not (Path(args.model) / "model.json").is_file():
+        raise FileNotFoundError(f"{args.model}: not an export folder (no model.json)")
+    out = write_repository(args.model, args.out, device=args.triton_device, backend=args.triton_backend,
+                           instances=args.triton_instances, keep_versions=args.triton_keep_versions,
+                           max_batch=args.max_batch, force=args.force)  # fmt: skip
+    validate(out)
+    print(out)
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -432,6 +467,9 @@ def _export(args: argparse.Namespace) -> int:
             int8_manifest=args.int8_calibration,
             int8_utterances=args.int8_utterances,
             triton_device=args.triton_device,
+            triton_backend=args.triton_backend,
+            triton_instances=args.triton_instances,
+            triton_keep_versions=args.triton_keep_versions,
             lm=args.lm,
             lookahead_ms=args.lookahead,
             force=args.force,
@@ -997,6 +1035,7 @@ SUBCOMMANDS = (
     _evaluate_parser,
     _score_parser,
     _export_parser,
+    _triton_repository_parser,
     _transcribe_parser,
     _lm_parser,
     _serve_parser,

@@ -3,13 +3,17 @@
 ```
 triton/
   korasr_ctc/     config.pbtxt, 1/model.onnx      onnxruntime backend: audio + length → log-probs + lengths
+                  (or, with backend="python": 1/model.py running the same model.onnx with onnxruntime inside
+                  Triton's python backend: a CPU node's choice, and what Triton's PyPI build can serve)
   korasr_decode/  config.pbtxt, 1/model.py, 1/korasr_codec.py, 1/tokens.txt
                                                   python backend: greedy CTC → NFC text
   korasr_asr/     config.pbtxt, 1/                ensemble: audio, audio_length → text
 ```
 
-Dynamic batching on ``korasr_ctc`` (Triton batches requests of equal padded length; ``audio_length`` carries each
-utterance's true length, so a client may pad to coarse buckets to batch more), CPU or GPU instance groups. :func:`validate` parses every config.pbtxt with
+Dynamic batching on ``korasr_ctc`` (the onnxruntime backend batches requests of equal padded length; ``audio_length``
+carries each utterance's true length, so a client may pad to coarse buckets to batch more; the python backend pads the
+requests Triton hands it together itself), CPU or GPU instance groups, and a version policy that keeps the newest N
+versions of each model loaded. :func:`validate` parses every config.pbtxt with
 tritonclient's protobuf schema and checks names, data types and dims against the ONNX graph.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from korasr.fsutil import ArtifactKind, staged_dir
@@ -29,12 +34,46 @@ TRITON_FOLDER = ArtifactKind("triton", (f"{ENSEMBLE}/config.pbtxt", f'name: "{EN
 ONNX_TO_TRITON = {1: "TYPE_FP32", 7: "TYPE_INT64", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32"}
 
 
-def _ctc_config(vocab: int, max_batch: int, kind: str, count: int) -> str:
+BACKENDS = ("onnxruntime", "python")
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """How ``korasr export`` writes ``triton/`` (checked by :func:`write_repository`): the instance groups' kind and
+    count, the CTC step's backend, and how many versions of each model Triton keeps loaded."""
+
+    device: str = "cpu"
+    backend: str = "onnxruntime"
+    instances: int = 1
+    keep_versions: int = 1
+    max_batch: int = 16
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"the Triton device must be cpu or gpu, not {self.device!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"the CTC step's backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.backend == "python" and self.device == "gpu":
+            raise ValueError("the python backend's CTC step runs onnxruntime on CPU: a GPU takes the onnxruntime one")
+        for name, low, high in (("instances", 1, 64), ("keep_versions", 1, 16), ("max_batch", 1, 1024)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"Triton {name} must be a whole number from {low} to {high}, not {value!r}")
+
+
+def _policy(keep: int) -> str:
+    return f"version_policy: {{ latest: {{ num_versions: {keep} }} }}\n"
+
+
+def _ctc_config(vocab: int, max_batch: int, kind: str, count: int, backend: str, keep: int) -> str:
+    # the python backend pads what it is handed itself: Triton may batch requests of any length (ragged)
+    ragged = " allow_ragged_batch: true" if backend == "python" else ""
     return f"""name: "{CTC}"
-backend: "onnxruntime"
+backend: "{backend}"
 max_batch_size: {max_batch}
+{_policy(keep)}
 input [
-  {{ name: "audio" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "audio" data_type: TYPE_FP32 dims: [ -1 ]{ragged} }},
   {{ name: "audio_length" data_type: TYPE_INT64 dims: [ 1 ] reshape: {{ shape: [ ] }} }}
 ]
 output [
@@ -48,12 +87,13 @@ instance_group [ {{ kind: {kind} count: {count} }} ]
 """
 
 
-def _decode_config(vocab: int, max_batch: int) -> str:
+def _decode_config(vocab: int, max_batch: int, keep: int) -> str:
     return f"""name: "{DECODE}"
 backend: "python"
 max_batch_size: {max_batch}
+{_policy(keep)}
 input [
-  {{ name: "logprobs" data_type: TYPE_FP32 dims: [ -1, {vocab} ] }},
+  {{ name: "logprobs" data_type: TYPE_FP32 dims: [ -1, {vocab} ] allow_ragged_batch: true }},
   {{ name: "logprobs_length" data_type: TYPE_INT64 dims: [ 1 ] }}
 ]
 output [
@@ -64,10 +104,11 @@ instance_group [ {{ kind: KIND_CPU count: 1 }} ]
 """
 
 
-def _ensemble_config(max_batch: int) -> str:
+def _ensemble_config(max_batch: int, keep: int) -> str:
     return f"""name: "{ENSEMBLE}"
 platform: "ensemble"
 max_batch_size: {max_batch}
+{_policy(keep)}
 input [
   {{ name: "audio" data_type: TYPE_FP32 dims: [ -1 ] }},
   {{ name: "audio_length" data_type: TYPE_INT64 dims: [ 1 ] }}
@@ -101,11 +142,17 @@ DECODE_MODEL_PY = '''"""Triton python backend: greedy CTC over log-probs, pieces
 
 import json
 import os
+import sys
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
+# Triton's python backend stub embeds an interpreter that ignores PYTHONPATH: the model applies it itself, so that
+# what it imports comes from the server's environment (korasr.triton_server points it at make triton's venv)
+for _entry in reversed([e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]):
+    if _entry not in sys.path:
+        sys.path.insert(0, _entry)
 
-from korasr_codec import from_model_text
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+from korasr_codec import from_model_text  # noqa: E402
 
 
 class TritonPythonModel:
@@ -135,6 +182,62 @@ class TritonPythonModel:
 '''
 
 
+CTC_MODEL_PY = '''"""Triton python backend: the exported CTC graph (model.onnx) run by onnxruntime (korasr export
+--triton-backend python). Triton hands execute() the requests its dynamic batcher gathered; they are padded together
+into one batch (each keeps its own length: audio_length) and each response gets its own rows, cut to its own longest
+output."""
+
+import os
+import sys
+
+# Triton's python backend stub embeds an interpreter that ignores PYTHONPATH: the model applies it itself, so that
+# what it imports comes from the server's environment (korasr.triton_server points it at make triton's venv)
+for _entry in reversed([e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]):
+    if _entry not in sys.path:
+        sys.path.insert(0, _entry)
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if threads.isdigit() and int(threads) > 0:  # the cap korasr honours everywhere (korasr.runtime.onnx)
+            options.intra_op_num_threads = int(threads)
+        graph = os.path.join(os.path.dirname(__file__), "model.onnx")
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        audio, lengths, rows = [], [], []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "audio").as_numpy()
+            n = pb_utils.get_input_tensor_by_name(request, "audio_length").as_numpy().reshape(-1)
+            audio.extend(a)
+            lengths.extend(n.tolist())
+            rows.append(len(a))
+        batch = np.zeros((len(audio), max(len(a) for a in audio)), dtype=np.float32)
+        for i, a in enumerate(audio):
+            batch[i, : len(a)] = a
+        logprobs, out_lengths = self.session.run(
+            ["logprobs", "logprobs_length"], {"audio": batch, "audio_length": np.asarray(lengths, dtype=np.int64)}
+        )
+        responses, start = [], 0
+        for count in rows:
+            own = out_lengths[start : start + count]
+            frames = int(own.max()) if count else 0
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("logprobs", np.ascontiguousarray(logprobs[start : start + count, :frames])),
+                pb_utils.Tensor("logprobs_length", own.reshape(-1, 1).astype(np.int64)),
+            ]))
+            start += count
+        return responses
+'''
+
+
 def write_repository(
     export_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str] | None = None,
@@ -142,25 +245,29 @@ def write_repository(
     device: str = "cpu",
     instances: int = 1,
     max_batch: int = 16,
+    backend: str = "onnxruntime",
+    keep_versions: int = 1,
     force: bool = False,
 ) -> Path:
-    """Write ``triton/`` (default: inside ``export_dir``) for ``device`` cpu or gpu instance groups. An existing
+    """Write ``triton/`` (default: inside ``export_dir``) for ``device`` cpu or gpu instance groups of ``instances``
+    CTC instances each, the CTC step on ``backend`` (onnxruntime, or python: the same graph through onnxruntime inside
+    Triton's python backend), each model keeping its newest ``keep_versions`` versions loaded. An existing
     ``out_dir`` is replaced only when it is a repository korasr wrote (:func:`korasr.fsutil.staged_dir`), or with
     ``force``."""
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"device must be cpu or gpu, not {device!r}")
+    TritonOptions(device, backend, instances, keep_versions, max_batch)  # refused here, before anything is written
     export = Path(export_dir)
     info = json.loads((export / "model.json").read_text(encoding="utf-8"))
     vocab = int(info["vocab_size"])
     out = Path(out_dir) if out_dir else export / "triton"
     kind = "KIND_GPU" if device == "gpu" else "KIND_CPU"
     files = {
-        f"{CTC}/config.pbtxt": _ctc_config(vocab, max_batch, kind, instances),
-        f"{DECODE}/config.pbtxt": _decode_config(vocab, max_batch),
+        f"{CTC}/config.pbtxt": _ctc_config(vocab, max_batch, kind, instances, backend, keep_versions),
+        **({f"{CTC}/1/model.py": CTC_MODEL_PY} if backend == "python" else {}),
+        f"{DECODE}/config.pbtxt": _decode_config(vocab, max_batch, keep_versions),
         f"{DECODE}/1/model.py": DECODE_MODEL_PY,
         f"{DECODE}/1/korasr_codec.py": Path(codec.__file__).read_text(encoding="utf-8"),
         f"{DECODE}/1/decode.json": json.dumps({"unit": info["unit"], "blank_id": info["blank_id"]}),
-        f"{ENSEMBLE}/config.pbtxt": _ensemble_config(max_batch),
+        f"{ENSEMBLE}/config.pbtxt": _ensemble_config(max_batch, keep_versions),
     }
     with staged_dir(out, TRITON_FOLDER, force=force) as tmp:
         for rel, text in files.items():

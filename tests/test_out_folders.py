@@ -285,7 +285,7 @@ def stub_export(monkeypatch):
 
     def write(tmp, model_path, lm_info, **options):  # type: ignore[no-untyped-def]
         calls.append(model_path)
-        if options["triton_device"] == "crash":
+        if options["lookahead_ms"] == -1:  # the trigger of a crash mid-export
             (tmp / "model.onnx").write_bytes(b"half")
             raise RuntimeError("killed mid-export")
         (tmp / "model.onnx").write_bytes(b"graph")
@@ -322,7 +322,7 @@ def test_an_interrupted_export_leaves_the_old_one(stub_export, tmp_path):
     out = offline.export(tmp_path / "model.nemo")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(RuntimeError, match="killed mid-export"):
-        offline.export(tmp_path / "model.nemo", triton_device="crash")
+        offline.export(tmp_path / "model.nemo", lookahead_ms=-1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and leftovers(out) == []
 
 

@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from korasr.model import load_model, nemo_pieces, nemo_tokenizer_sha256
 from korasr.provenance import git_commit, versions
 from korasr.runtime.lm_artifact import LMInfo, check_tokenizer, read_lm
 from korasr.runtime.onnx import pad_batch
+from korasr.triton import TritonOptions
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,9 @@ def export(
     int8_manifest: str | os.PathLike[str] | None = None,
     int8_utterances: int = 64,
     triton_device: str = "cpu",
+    triton_backend: str = "onnxruntime",
+    triton_instances: int = 1,
+    triton_keep_versions: int = 1,
     lm: str | os.PathLike[str] | None = None,
     lookahead_ms: int | None = None,
     force: bool = False,
@@ -241,6 +245,7 @@ def export(
     """
     started = time.time()
     lm_info = None
+    triton = TritonOptions(triton_device, triton_backend, triton_instances, triton_keep_versions)  # before the work
     if lm is not None:
         lm_info = read_lm(lm)  # a missing or corrupt LM fails before the long export
     model_path = Path(model_path)
@@ -248,7 +253,8 @@ def export(
     with staged_dir(out, EXPORT_FOLDER, force=force) as tmp:
         parity = _write_export(tmp, model_path, lm_info, parity_manifest=parity_manifest,
                                parity_utterances=parity_utterances, int8_manifest=int8_manifest,
-                               int8_utterances=int8_utterances, triton_device=triton_device,
+                               int8_utterances=int8_utterances,
+                               triton=triton,
                                lookahead_ms=lookahead_ms, started=started)  # fmt: skip
     log.info("exported %s → %s (parity: max |Δ log-prob| %.2e, transcripts identical)", model_path, out,
              parity["max_abs_logprob_diff"])  # fmt: skip
@@ -264,7 +270,7 @@ def _write_export(
     parity_utterances: int,
     int8_manifest: str | os.PathLike[str] | None,
     int8_utterances: int,
-    triton_device: str,
+    triton: TritonOptions,
     lookahead_ms: int | None,
     started: float,
 ) -> dict:
@@ -290,7 +296,7 @@ def _write_export(
     calibration = _test_audio(int8_manifest, int8_utterances) if int8_manifest else None
     info["precisions"] = _reduced_precision(tmp, feeds, len(pieces), calibration)
     info["tensorrt"] = build_tensorrt(tmp, feeds)
-    _write_info(tmp, info, triton_device)
+    _write_info(tmp, info, triton)
     return parity
 
 
@@ -507,14 +513,24 @@ def _lm_info(lm_info: LMInfo) -> dict:
             "tuned_cer": tuned.get("cer"), "greedy_cer": tuned.get("greedy_cer")}  # fmt: skip
 
 
-def _write_info(tmp: Path, info: dict, triton_device: str) -> None:
+def _write_info(tmp: Path, info: dict, triton: TritonOptions) -> None:
     """model.json with every file's checksum, the Triton repository (recorded in model.json), the README."""
     from korasr.triton import validate, write_repository
 
     info["sha256"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*"))
                       if p.is_file() and p.parent in (tmp, tmp / "lm", tmp / "streaming")}  # fmt: skip
     write_json(tmp / "model.json", info)
-    info["triton"] = validate(write_repository(tmp, tmp / "triton", device=triton_device))
+    info["triton"] = validate(
+        write_repository(
+            tmp,
+            tmp / "triton",
+            device=triton.device,
+            backend=triton.backend,
+            instances=triton.instances,
+            keep_versions=triton.keep_versions,
+        )
+    )
+    info["triton_options"] = asdict(triton)
     write_json(tmp / "model.json", info)
     (tmp / "README.md").write_text(readme(info), encoding="utf-8")
 
