@@ -75,7 +75,7 @@ UNTIL ?=
 # with `;`, `$(...)` or quotes is one literal argument (ARGS and the lists: words split on blanks, never globbed).
 export NEW_DATA REGISTRY_NAME WEBHOOK RETRAIN_EVAL RETRAIN_REPLAY UNTIL ARGS
 
-.PHONY: help setup triton triton-serve espeak browser postgres prometheus containers image kenlm test lint format docs-settings sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap bench-fsync release transcribe-archive bench-archive
+.PHONY: help setup triton triton-serve bench-triton espeak browser postgres prometheus containers image kenlm test lint format docs-settings sample-corpus prepare noise tokenizer train train-only lm evaluate export serve bench bench-inference bench-serve bench-decoding bench-streaming bench-hostile bench-memory docs clean register retrain airflow bench-swap bench-fsync release transcribe-archive bench-archive
 
 help: ## list the targets and their variables
 	@echo "korasr: Korean ASR recipes on NeMo.  Variables: RECIPE=sample|kspon KSPON_ROOT=... JOBS=N"
@@ -314,7 +314,8 @@ $(AIRFLOW_VENV)/bin/airflow:
 	$(AIRFLOW_VENV)/bin/pip install -q "apache-airflow==$(AIRFLOW_VERSION)"
 
 # Triton Inference Server from PyPI's nvidia-pytriton wheel (tritonserver 2.51, python backend only; it pins numpy<2),
-# in a venv of its own; onnxruntime there is the project's version, so Triton's CTC step computes what the runtime does.
+# in a venv of its own; onnxruntime and soxr there are the project's versions, so Triton's models compute what the runtime
+# does.
 TRITON_VENV := .venv-triton
 PYTRITON_VERSION ?= 0.7.0
 REPO ?= export/triton
@@ -327,7 +328,7 @@ $(TRITON_VENV)/.installed: $(VENV)/.installed
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/pip install -q --upgrade pip
 	$(TRITON_VENV)/bin/pip install -q "nvidia-pytriton==$(PYTRITON_VERSION)" \
-		"onnxruntime==$$($(BIN)/python -c 'import onnxruntime; print(onnxruntime.__version__)')"
+		$$($(BIN)/python -c 'import importlib.metadata as m; print(*(f"{p}=={m.version(p)}" for p in ("onnxruntime", "soxr")))')
 	@touch $@
 
 triton-serve: triton ## serve the Triton repository REPO (default export/triton; korasr export --triton-backend python) on loopback HTTP_PORT/GRPC_PORT/METRICS_PORT, in the foreground until stopped
@@ -340,6 +341,9 @@ bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo
 
 bench-inference: setup ## CPU inference: korasr runtime vs sherpa-onnx vs NeMo transcribe (RTFx, p50/p99; needs make train)
 	$(BIN)/python bench/inference.py
+
+bench-triton: setup triton ## korasr serve --triton (the graph in Triton) vs in-process vs Triton alone, 1/8/32 clients (needs make export)
+	$(BIN)/python bench/triton.py
 
 bench-serve: setup ## loopback load on korasr serve, batched vs unbatched, 1/8/32 clients, RSS (needs make export)
 	$(BIN)/python bench/serve_load.py

@@ -429,6 +429,8 @@ def _add_triton_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--triton-instances", type=int, default=1, metavar="N", help="CTC model instances (1-64)")
     p.add_argument("--triton-keep-versions", type=int, default=1, metavar="N",
                    help="versions of each model Triton keeps loaded, the newest N (1-16)")  # fmt: skip
+    p.add_argument("--triton-stream-idle", type=float, default=60.0, metavar="SECONDS",
+                   help="streaming models: a sequence that sends nothing this long is released (0-3600]")  # fmt: skip
 
 
 def _triton_repository_parser(sub: argparse._SubParsersAction) -> None:
@@ -450,7 +452,8 @@ def _triton_repository(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.model}: not an export folder (no model.json)")
     out = write_repository(args.model, args.out, device=args.triton_device, backend=args.triton_backend,
                            instances=args.triton_instances, keep_versions=args.triton_keep_versions,
-                           max_batch=args.max_batch, force=args.force)  # fmt: skip
+                           max_batch=args.max_batch, stream_idle_seconds=args.triton_stream_idle,
+                           force=args.force)  # fmt: skip
     validate(out)
     print(out)
     return 0
@@ -470,6 +473,7 @@ def _export(args: argparse.Namespace) -> int:
             triton_backend=args.triton_backend,
             triton_instances=args.triton_instances,
             triton_keep_versions=args.triton_keep_versions,
+            triton_stream_idle=args.triton_stream_idle,
             lm=args.lm,
             lookahead_ms=args.lookahead,
             force=args.force,

@@ -28,9 +28,15 @@ from pathlib import Path
 from korasr.fsutil import ArtifactKind, staged_dir
 from korasr.text import codec
 
-CTC, DECODE, ENSEMBLE = "korasr_ctc", "korasr_decode", "korasr_asr"
+CTC, DECODE, ENSEMBLE, STREAM = "korasr_ctc", "korasr_decode", "korasr_asr", "korasr_stream"
 # Triton reads only the model folders of a repository: the marker file beside them is not a model.
-TRITON_FOLDER = ArtifactKind("triton", (f"{ENSEMBLE}/config.pbtxt", f'name: "{ENSEMBLE}"'), (CTC, DECODE, ENSEMBLE))
+TRITON_FOLDER = ArtifactKind(
+    "triton", (f"{ENSEMBLE}/config.pbtxt", f'name: "{ENSEMBLE}"'), (CTC, DECODE, ENSEMBLE, STREAM)
+)
+# korasr's streaming runtime, copied into korasr_stream/1/korasr/: what it imports, and no more (numpy, onnxruntime and
+# soxr come from the server's environment)
+STREAM_MODULES = ("__init__.py", "runtime/streaming.py", "runtime/confidence.py", "runtime/onnx.py",
+                  "runtime/results.py", "text/codec.py")  # fmt: skip
 ONNX_TO_TRITON = {1: "TYPE_FP32", 7: "TYPE_INT64", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32"}
 
 
@@ -47,8 +53,11 @@ class TritonOptions:
     instances: int = 1
     keep_versions: int = 1
     max_batch: int = 16
+    stream_idle_seconds: float = 60.0
 
     def __post_init__(self) -> None:
+        if not 0 < self.stream_idle_seconds <= 3600:
+            raise ValueError(f"a stream's idle timeout must be in (0, 3600] seconds, not {self.stream_idle_seconds}")
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"the Triton device must be cpu or gpu, not {self.device!r}")
         if self.backend not in BACKENDS:
@@ -138,18 +147,24 @@ ensemble_scheduling {{
 """
 
 
-DECODE_MODEL_PY = '''"""Triton python backend: greedy CTC over log-probs, pieces → NFC text (korasr export)."""
+_PYTHONPATH_SNIPPET = """# Triton's python backend stub embeds an interpreter that ignores PYTHONPATH: the model applies it itself, so that
+# what it imports comes from the server's environment (korasr.triton_server points it at make triton's venv)
+for _entry in reversed([e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]):
+    if _entry not in sys.path:
+        sys.path.insert(0, _entry)
+"""
+
+
+DECODE_MODEL_PY = (
+    '''"""Triton python backend: greedy CTC over log-probs, pieces → NFC text (korasr export)."""
 
 import json
 import os
 import sys
 
-# Triton's python backend stub embeds an interpreter that ignores PYTHONPATH: the model applies it itself, so that
-# what it imports comes from the server's environment (korasr.triton_server points it at make triton's venv)
-for _entry in reversed([e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]):
-    if _entry not in sys.path:
-        sys.path.insert(0, _entry)
-
+'''
+    + _PYTHONPATH_SNIPPET
+    + """
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from korasr_codec import from_model_text  # noqa: E402
@@ -179,10 +194,12 @@ class TritonPythonModel:
             out = pb_utils.Tensor("text", np.array(texts, dtype=np.object_).reshape(-1, 1))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
         return responses
-'''
+"""
+)
 
 
-CTC_MODEL_PY = '''"""Triton python backend: the exported CTC graph (model.onnx) run by onnxruntime (korasr export
+CTC_MODEL_PY = (
+    '''"""Triton python backend: the exported CTC graph (model.onnx) run by onnxruntime (korasr export
 --triton-backend python). Triton hands execute() the requests its dynamic batcher gathered; they are padded together
 into one batch (each keeps its own length: audio_length) and each response gets its own rows, cut to its own longest
 output."""
@@ -190,12 +207,9 @@ output."""
 import os
 import sys
 
-# Triton's python backend stub embeds an interpreter that ignores PYTHONPATH: the model applies it itself, so that
-# what it imports comes from the server's environment (korasr.triton_server points it at make triton's venv)
-for _entry in reversed([e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]):
-    if _entry not in sys.path:
-        sys.path.insert(0, _entry)
-
+'''
+    + _PYTHONPATH_SNIPPET
+    + """
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -235,7 +249,112 @@ class TritonPythonModel:
             ]))
             start += count
         return responses
+"""
+)
+
+
+def _stream_config(max_batch: int, count: int, keep: int, idle_seconds: float, endpoint: dict) -> str:
+    parameters = {"idle_seconds": idle_seconds, **endpoint}
+    params = "\n".join(f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in parameters.items())
+    return f"""name: "{STREAM}"
+backend: "python"
+max_batch_size: {max_batch}
+{_policy(keep)}
+input [
+  {{ name: "audio" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true }}
+]
+output [
+  {{ name: "events" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+sequence_batching {{
+  max_sequence_idle_microseconds: {int(idle_seconds * 1_000_000)}
+  control_input [
+    {{ name: "START" control [ {{ kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] }} ] }},
+    {{ name: "END" control [ {{ kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] }} ] }},
+    {{ name: "CORRID" control [ {{ kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 }} ] }}
+  ]
+  oldest {{
+    max_candidate_sequences: 1024
+    preferred_batch_size: [ {max_batch} ]
+    max_queue_delay_microseconds: 5000
+  }}
+}}
+instance_group [ {{ kind: KIND_CPU count: {count} }} ]
+{params}
+"""
+
+
+STREAM_MODEL_PY = (
+    '''"""Triton python backend: korasr's streaming runtime (copied beside this file, korasr/) under Triton's sequence
+batcher (korasr export of a --streaming model).
+
+Each request carries one chunk of 16 kHz float32 audio (any size) of one sequence, with the batcher's START, END and
+CORRID controls. The model keeps one korasr Stream (the encoder's caches, less than a chunk of audio) per sequence,
+feeds it the chunk, and advances every sequence of the execution in batched encoder calls; each response is a JSON
+object: the events the chunk produced (partials and finals, as korasr serve's WebSocket sends them) and how many
+sequences the model holds. END finishes the sequence (its last final) and drops its state; a sequence idle longer than
+idle_seconds (the batcher's max_sequence_idle, which frees its slot) is dropped too.
+"""
+
+import json
+import os
+import sys
+import time
+
 '''
+    + _PYTHONPATH_SNIPPET
+    + """
+sys.path.insert(0, os.path.dirname(__file__))  # this copy of korasr, not another the server's directory may hold
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+from korasr.runtime.streaming import Endpoint, StreamingModel  # noqa: E402
+
+
+def _flag(request, name):
+    return bool(pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0])
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
+        self.idle = float(params["idle_seconds"])
+        self.endpoint = Endpoint(float(params["silence_after_speech"]), float(params["silence_alone"]),
+                                 float(params["max_utterance"]))
+        threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+        self.model = StreamingModel(os.path.dirname(__file__), threads=int(threads) if threads.isdigit() else None)
+        self.streams = {}  # correlation id -> [Stream, the monotonic time of its last chunk]
+
+    def execute(self, requests):
+        now = time.monotonic()
+        for cid in [c for c, (_, seen) in self.streams.items() if now - seen > self.idle]:
+            del self.streams[cid]  # the batcher released it: nothing will end it
+        work, responses = [], [None] * len(requests)
+        for i, request in enumerate(requests):
+            cid = int(pb_utils.get_input_tensor_by_name(request, "CORRID").as_numpy().reshape(-1)[0])
+            if _flag(request, "START") or cid not in self.streams:
+                self.streams[cid] = [self.model.stream(endpoint=self.endpoint, keep_segments=False), now]
+            entry = self.streams[cid]
+            entry[1] = now
+            entry[0].accept(pb_utils.get_input_tensor_by_name(request, "audio").as_numpy().reshape(-1))
+            end = _flag(request, "END")
+            if end:
+                entry[0].finish()
+            work.append((i, cid, entry[0], end))
+        self.model.run([stream for _, _, stream, _ in work])  # one encoder call per step for every sequence here
+        for i, cid, stream, end in work:
+            events = [event.as_dict() for event in stream.pop_events()]
+            if end or stream.error is not None:
+                self.streams.pop(cid, None)
+            if stream.error is not None:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"sequence {cid}: {stream.error}"))
+                continue
+            body = json.dumps({"events": events, "sequences": len(self.streams)}, ensure_ascii=False)
+            out = pb_utils.Tensor("events", np.array([body.encode("utf-8")], dtype=np.object_).reshape(1, 1))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
+        return responses
+"""
+)
 
 
 def write_repository(
@@ -247,14 +366,19 @@ def write_repository(
     max_batch: int = 16,
     backend: str = "onnxruntime",
     keep_versions: int = 1,
+    stream_idle_seconds: float = 60.0,
     force: bool = False,
 ) -> Path:
     """Write ``triton/`` (default: inside ``export_dir``) for ``device`` cpu or gpu instance groups of ``instances``
     CTC instances each, the CTC step on ``backend`` (onnxruntime, or python: the same graph through onnxruntime inside
     Triton's python backend), each model keeping its newest ``keep_versions`` versions loaded. An existing
     ``out_dir`` is replaced only when it is a repository korasr wrote (:func:`korasr.fsutil.staged_dir`), or with
-    ``force``."""
-    TritonOptions(device, backend, instances, keep_versions, max_batch)  # refused here, before anything is written
+    ``force``.
+
+    An export of a streaming model also gets ``korasr_stream``: korasr's streaming runtime in the python backend under
+    Triton's sequence batcher (:data:`STREAM_MODEL_PY`), whichever backend the CTC step takes; a sequence that sends
+    nothing for ``stream_idle_seconds`` is released."""
+    TritonOptions(device, backend, instances, keep_versions, max_batch, stream_idle_seconds)  # refused before writing
     export = Path(export_dir)
     info = json.loads((export / "model.json").read_text(encoding="utf-8"))
     vocab = int(info["vocab_size"])
@@ -269,6 +393,20 @@ def write_repository(
         f"{DECODE}/1/decode.json": json.dumps({"unit": info["unit"], "blank_id": info["blank_id"]}),
         f"{ENSEMBLE}/config.pbtxt": _ensemble_config(max_batch, keep_versions),
     }
+    streaming = export / "streaming"
+    if (streaming / "streaming.json").is_file():
+        from korasr.runtime.streaming import Endpoint
+
+        endpoint = Endpoint()
+        files[f"{STREAM}/config.pbtxt"] = _stream_config(max_batch, instances, keep_versions, stream_idle_seconds, {
+            "silence_after_speech": endpoint.silence_after_speech, "silence_alone": endpoint.silence_alone,
+            "max_utterance": endpoint.max_utterance})  # fmt: skip
+        files[f"{STREAM}/1/model.py"] = STREAM_MODEL_PY
+        package = Path(codec.__file__).resolve().parent.parent
+        for rel in STREAM_MODULES:
+            files[f"{STREAM}/1/korasr/{rel}"] = (package / rel).read_text(encoding="utf-8")
+        for rel in ("runtime/__init__.py", "text/__init__.py"):  # empty: the package's own import the whole runtime
+            files[f"{STREAM}/1/korasr/{rel}"] = ""
     with staged_dir(out, TRITON_FOLDER, force=force) as tmp:
         for rel, text in files.items():
             path = tmp / rel
@@ -278,6 +416,8 @@ def write_repository(
         (tmp / CTC / "1").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(export / "model.onnx", tmp / CTC / "1" / "model.onnx")
         shutil.copyfile(export / "tokens.txt", tmp / DECODE / "1" / "tokens.txt")
+        if f"{STREAM}/config.pbtxt" in files:
+            shutil.copytree(streaming, tmp / STREAM / "1" / "streaming")
     return out
 
 

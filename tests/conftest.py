@@ -70,7 +70,8 @@ def pytest_sessionfinish(session) -> None:  # type: ignore[no-untyped-def]
     import os
     import signal
 
-    for proc in (IMAGE_BUILD.get("proc"), FIXTURES.get("proc")):
+    builders = {proc for proc, _ in FIXTURES.get("builders", {}).values()}
+    for proc in (IMAGE_BUILD.get("proc"), *builders):
         if proc is not None and proc.poll() is None:  # the session ended first: the build's whole process group stops
             os.killpg(proc.pid, signal.SIGTERM)
 
@@ -203,19 +204,26 @@ def pytest_collection_modifyitems(session, config, items) -> None:  # type: igno
 
 
 def start_fixture_builds(names) -> None:  # type: ignore[no-untyped-def]
-    """Starts tests/fixture_builds.py for ``names`` (and what they are made from) in its own process group, niced
-    so that the tests running beside it come first."""
+    """Starts tests/fixture_builds.py for ``names`` (and what they are made from), one process per chain
+    (fixture_builds.CHAINS), each in its own process group, niced so that the tests running beside them come first."""
     import tempfile
 
     cache = os.environ.get("KORASR_TEST_FIXTURES")  # a developer's persistent copy between runs (never set by CI)
     root = Path(cache) if cache else Path(FIXTURES.get("root") or tempfile.mkdtemp(prefix="korasr-fixtures-"))
     root.mkdir(parents=True, exist_ok=True)
-    log = root / "build.log"
-    with open(log, "ab") as out:  # one core (OMP_NUM_THREADS, fixture_builds.BUILD_THREADS)
-        FIXTURES.update(root=root, log=log, names=set(fixture_builds.closure(names)), proc=subprocess.Popen(
-            ["nice", "-n", "10", sys.executable, "-m", "tests.fixture_builds", str(root), *names], cwd=ROOT,
-            stdout=out, stderr=subprocess.STDOUT, process_group=0,
-            env={**os.environ, "OMP_NUM_THREADS": "1"}))  # fmt: skip
+    FIXTURES.setdefault("builders", {})
+    FIXTURES["root"] = root
+    for chain in fixture_builds.chains(names):
+        index = next(i for i, c in enumerate(fixture_builds.CHAINS) if chain[-1] in c)
+        log = root / f"build-{index + 1}.log"
+        with open(log, "ab") as out:  # one core (OMP_NUM_THREADS, fixture_builds.BUILD_THREADS)
+            proc = subprocess.Popen(
+                ["nice", "-n", str(fixture_builds.CHAIN_NICE[index]), sys.executable, "-m", "tests.fixture_builds",
+                 str(root), *chain], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, process_group=0,
+                env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        for name in fixture_builds.closure(chain):
+            if name in chain or name not in FIXTURES["builders"]:
+                FIXTURES["builders"][name] = (proc, log)
     share_cores()
 
 
@@ -227,12 +235,18 @@ def start_fixture_builds(names) -> None:  # type: ignore[no-untyped-def]
 SESSION_THREADS = {"env": os.environ.get("OMP_NUM_THREADS"), "torch": None}
 
 
+def building() -> bool:
+    """A background build is still at work: a builder alive with a fixture of it not yet recorded."""
+    root = FIXTURES.get("root")
+    return any(proc.poll() is None and not fixture_builds.record_path(root, name).is_file()
+               for name, (proc, _) in FIXTURES.get("builders", {}).items())  # fmt: skip
+
+
 def share_cores() -> None:
-    """One thread for the tests' processes while the background build runs, the session's own setting once it has
+    """One thread for the tests' processes while a background build runs, the session's own setting once they have
     ended; switched between tests only, so that one test never mixes the two."""
-    proc = FIXTURES.get("proc")
-    building = proc is not None and proc.poll() is None
-    if building:
+    busy = building()
+    if busy:
         os.environ["OMP_NUM_THREADS"] = "1"
     elif SESSION_THREADS["env"] is None:
         os.environ.pop("OMP_NUM_THREADS", None)
@@ -242,7 +256,7 @@ def share_cores() -> None:
     if torch is not None:
         if SESSION_THREADS["torch"] is None:
             SESSION_THREADS["torch"] = torch.get_num_threads()
-        torch.set_num_threads(1 if building else SESSION_THREADS["torch"])
+        torch.set_num_threads(1 if busy else SESSION_THREADS["torch"])
 
 
 def pytest_runtest_setup(item) -> None:  # type: ignore[no-untyped-def]
@@ -254,8 +268,8 @@ def built(name: str):  # type: ignore[no-untyped-def]
     import time
 
     while True:
-        proc = FIXTURES.get("proc")
-        if proc is None or (proc.poll() is not None and name not in FIXTURES["names"]):
+        proc, log = FIXTURES.get("builders", {}).get(name, (None, None))
+        if proc is None:
             start_fixture_builds([name])
             continue
         record = fixture_builds.record_path(FIXTURES["root"], name)
@@ -263,8 +277,8 @@ def built(name: str):  # type: ignore[no-untyped-def]
             share_cores()  # the build may have ended while this test waited: its body gets both cores
             return json.loads(record.read_text(encoding="utf-8"))
         if proc.poll() is not None:
-            tail = FIXTURES["log"].read_text(encoding="utf-8", errors="replace")[-8000:]
-            pytest.fail(f"building the {name} fixture failed (exit {proc.returncode}; {FIXTURES['log']}):\n{tail}")
+            tail = log.read_text(encoding="utf-8", errors="replace")[-8000:]
+            pytest.fail(f"building the {name} fixture failed (exit {proc.returncode}; {log}):\n{tail}")
         time.sleep(0.5)
 
 

@@ -126,7 +126,10 @@ def test_service_image_contract():
     assert (ROOT / arg_default(dockerfile, "EXPORT")).is_dir()
     assert {"korasr-entrypoint", "korasr-healthcheck"} <= {Path(t).name for t in copied.values()}
     build = " ".join(a for op, a in instructions(dockerfile) if op == "RUN")
-    assert '".[serve]"' in build and "torch==" not in build and "[train" not in build, "torch-free: the serve extra"
+    assert '".[${EXTRAS}]"' in build and "torch==" not in build and "[train" not in build, "torch-free: an extra"
+    assert arg_default(dockerfile, "EXTRAS") == "serve", "the serve extra by default (gateway: Triton's client too)"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert extras["gateway"][-1] == "korasr[serve]" and not any("torch" in d or "nemo" in d for d in extras["gateway"])
     assert arg_default(dockerfile, "MLFLOW") == pyproject_pin("registry", "mlflow"), "the registry extra's MLflow"
 
 

@@ -1,10 +1,14 @@
 """A real Triton Inference Server (make triton: the tritonserver PyPI's nvidia-pytriton bundles, python backend only)
 loads the suite's export as a python-backend repository and answers through the ensemble with the runtime's text,
 over gRPC and HTTP, batching concurrent requests; the onnxruntime-backend repository differs from it only in the CTC
-step. Streaming through the sequence batcher and the gateway (issue 37, sections 2 and 3) are not built yet."""
+step. `korasr serve --triton` (the gateway) answers with the in-process service's texts, its graph run by Triton, and
+through a Triton killed and restarted under load answers 503/504 with a reason, never 500, then text again. The
+streaming export's repository streams through Triton's sequence batcher with the streaming runtime's finals, and
+releases a sequence that stops sending."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -20,8 +24,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from korasr.triton import CTC, DECODE, ENSEMBLE, load_config, validate, write_repository
-from tests.conftest import ROOT, eval_rows
+from korasr.triton import CTC, DECODE, ENSEMBLE, STREAM, load_config, validate, write_repository
+from tests.conftest import ROOT, eval_rows, serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -42,16 +46,14 @@ def get(url: str) -> tuple[int, str]:
         return getattr(e, "code", 0), str(e)
 
 
-@pytest.fixture(scope="module")
-def triton(exported, tmp_path_factory):  # type: ignore[no-untyped-def]
-    """tritonserver on loopback over the export's python-backend repository, ready: its ports, process and log."""
+@contextlib.contextmanager
+def tritonserver(repo: Path, tmp: Path, ports: dict | None = None):  # type: ignore[no-untyped-def]
+    """tritonserver on loopback over ``repo`` (on ``ports``, default free ones), ready: its ports, process and log."""
     if not (VENV / ".installed").is_file():
         pytest.fail(f"{VENV}: make triton installs Triton's server (make test does it first)")
-    tmp = tmp_path_factory.mktemp("triton")
-    repo = write_repository(exported, tmp / "repository", backend="python")
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    ports = ports or {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     log = tmp / "tritonserver.log"
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "korasr.triton_server", "--repository", str(repo), "--venv",
                                  str(VENV), "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
                                  "--metrics-port", str(ports["metrics"])],
@@ -62,10 +64,32 @@ def triton(exported, tmp_path_factory):  # type: ignore[no-untyped-def]
             proc.kill()
             pytest.fail(f"tritonserver never became ready (exit {proc.poll()}):\n{log.read_text()[-6000:]}")
         time.sleep(0.3)
-    yield {**ports, "proc": proc, "log": log, "repository": repo}
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(30)
+    try:
+        yield {**ports, "proc": proc, "log": log, "repository": repo}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def triton(exported, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Triton over the suite's export, its CTC step on the python backend."""
+    tmp = tmp_path_factory.mktemp("triton")
+    with tritonserver(write_repository(exported, tmp / "repository", backend="python"), tmp) as server:
+        yield server
+
+
+IDLE_SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def triton_streaming(exported_streaming, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Triton over the streaming export (korasr_stream among its models), a sequence released after 2 s idle."""
+    tmp = tmp_path_factory.mktemp("triton-streaming")
+    repo = write_repository(exported_streaming, tmp / "repository", backend="python", stream_idle_seconds=IDLE_SECONDS)
+    with tritonserver(repo, tmp) as server:
+        yield server
 
 
 def infer_grpc(port: int, wave: np.ndarray) -> str:
@@ -91,26 +115,26 @@ def infer_http(port: int, wave: np.ndarray) -> str:
         c.close()
 
 
-def all_at_once(call, waves: list[np.ndarray]) -> list[str]:  # type: ignore[no-untyped-def]
-    """``call(wave)`` for every wave from its own thread, released together: the server sees them concurrently."""
-    out: list[str | BaseException] = [""] * len(waves)
-    start = threading.Barrier(len(waves))
+def all_at_once(call, items: list) -> list:  # type: ignore[no-untyped-def]
+    """``call(item)`` for every item from its own thread, released together: the server sees them concurrently."""
+    out: list = [None] * len(items)
+    start = threading.Barrier(len(items))
 
     def one(i: int) -> None:
         start.wait()
         try:
-            out[i] = call(waves[i])
+            out[i] = call(items[i])
         except BaseException as e:  # reported below, in the test's thread
             out[i] = e
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(waves))]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(items))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
     errors = [o for o in out if isinstance(o, BaseException)]
     assert not errors, errors[:3]
-    return [str(o) for o in out]
+    return out
 
 
 def metric(port: int, name: str, model: str, required: bool = True) -> float:
@@ -138,6 +162,82 @@ def test_the_ensemble_answers_with_the_runtimes_text_over_grpc_and_http_batching
     executions = metric(triton["metrics"], "nv_inference_exec_count", CTC)
     assert requests == 32 and executions < requests, (requests, executions)  # several requests in one execution
     assert metric(triton["metrics"], "nv_inference_request_failure", ENSEMBLE, required=False) == 0
+
+
+def post(url: str, path: str, timeout: float = 60) -> tuple[int, dict]:
+    import requests
+
+    with open(path, "rb") as f:
+        r = requests.post(f"{url}/v1/transcribe", files={"audio": f}, timeout=timeout)
+    return r.status_code, r.json()
+
+
+def test_the_gateway_answers_with_the_services_texts_its_graph_run_by_triton(triton, exported, recipe, tmp_path):
+    """`korasr serve --triton`: the same export folder, the graph in Triton. Its texts are the in-process
+    service's (korasr transcribe's), the OpenAI route's too, and every clip went through Triton's korasr_ctc."""
+    import requests
+
+    from korasr.runtime.offline import Recognizer
+
+    paths = [r["audio_filepath"] for r in eval_rows(recipe, 8)]
+    expected = [r.text for r in Recognizer(exported).transcribe(paths)]
+    before = metric(triton["metrics"], "nv_inference_count", CTC)  # utterances, however batched
+    with serve_process(exported, tmp_path / "gateway.log", "--triton", f"127.0.0.1:{triton['grpc']}") as url:
+        answers = all_at_once(lambda path: post(url, path), paths)
+        assert [status for status, _ in answers] == [200] * 8, answers
+        assert [body["text"] for _, body in answers] == expected
+        with open(paths[0], "rb") as f:
+            openai = requests.post(f"{url}/v1/audio/transcriptions", files={"file": f}, data={"model": "whisper-1"},
+                                   timeout=60)  # fmt: skip
+        assert openai.status_code == 200 and openai.json() == {"text": expected[0]}
+    assert metric(triton["metrics"], "nv_inference_count", CTC) == before + 10  # the warm-up and the 9 clips
+
+
+def test_a_triton_killed_and_restarted_under_load_costs_503_or_504_with_a_reason_never_500(exported, recipe, tmp_path):
+    """Clients keep sending through the gateway while Triton is killed (SIGKILL) and, a few seconds later, started
+    again on the same ports: meanwhile answers are text, 503 or 504, each failure naming Triton; /health says 503
+    while it is down; once it is back every request gets its text again."""
+    from korasr.runtime.offline import Recognizer
+
+    path = eval_rows(recipe, 1)[0]["audio_filepath"]
+    expected = Recognizer(exported).transcribe([path])[0].text
+    repo = write_repository(exported, tmp_path / "repository", backend="python")
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    answers: list[tuple[int, dict]] = []
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(tritonserver(repo, tmp_path, ports))
+        url = stack.enter_context(serve_process(exported, tmp_path / "gateway.log", "--triton",
+                                                f"127.0.0.1:{ports['grpc']}", "--triton-timeout", "3"))  # fmt: skip
+
+        def load() -> None:
+            while not stop.is_set():
+                answers.append(post(url, path))
+
+        clients = [threading.Thread(target=load) for _ in range(4)]
+        for c in clients:
+            c.start()
+        while len(answers) < 8:
+            time.sleep(0.05)
+        first["proc"].kill()
+        first["proc"].wait(30)
+        down = len(answers)
+        time.sleep(4)
+        assert get(f"{url}/health")[0] == 503
+        with tritonserver(repo, tmp_path, ports):
+            back = len(answers)
+            time.sleep(3)
+            stop.set()
+            for c in clients:
+                c.join(120)
+            final = post(url, path)
+    assert all(status == 200 for status, _ in answers[:down]) and final == (200, final[1])
+    assert final[1]["text"] == expected
+    statuses = {status for status, _ in answers}
+    assert statuses <= {200, 503, 504} and statuses & {503, 504}, statuses
+    assert all("Triton" in body["error"] for status, body in answers if status != 200)
+    assert all(body["text"] == expected for status, body in answers if status == 200)
+    assert [status for status, _ in answers[back + 4 :]] == [200] * len(answers[back + 4 :])
 
 
 def test_sigterm_stops_the_server_it_runs_in_the_foreground(triton) -> None:
@@ -175,3 +275,55 @@ def test_the_two_backends_differ_only_in_the_ctc_step_and_take_their_options(exp
     assert not (tmp_path / "gpu").exists() and not (tmp_path / "many").exists()
     info = json.loads((Path(exported) / "model.json").read_text(encoding="utf-8"))
     assert info["triton"] == sorted([CTC, DECODE, ENSEMBLE])
+
+
+def stream_chunk(client, cid: int, chunk: np.ndarray, start: bool, end: bool) -> dict:  # type: ignore[no-untyped-def]
+    import tritonclient.grpc as grpc
+
+    audio = grpc.InferInput("audio", [1, len(chunk)], "FP32")
+    audio.set_data_from_numpy(np.ascontiguousarray(chunk[None], dtype=np.float32))
+    answer = client.infer(STREAM, [audio], sequence_id=cid, sequence_start=start, sequence_end=end)
+    return json.loads(answer.as_numpy("events")[0][0])
+
+
+def test_eight_sequences_stream_through_the_sequence_batcher_with_the_streaming_runtimes_finals(
+    triton_streaming, exported_streaming, recipe
+) -> None:
+    """8 eval_clean clips sent at once, 0.32 s at a time, each its own sequence (START on the first chunk, END on the
+    last): each sequence's finals are exactly the streaming runtime's on the same clip, partials arrive before them,
+    and Triton ran fewer executions than it got requests (sequences batched into one encoder call)."""
+    import tritonclient.grpc as grpc
+
+    from korasr.runtime.streaming import Endpoint, StreamingModel
+
+    waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in eval_rows(recipe, 8)]
+    model = StreamingModel(exported_streaming)
+    expected = [[seg.text for seg in model.transcribe(w, endpoint=Endpoint(), piece_seconds=0.32)] for w in waves]
+    assert all(expected)
+
+    def one(i: int) -> list[dict]:
+        chunks = [waves[i][s : s + 5120] for s in range(0, len(waves[i]), 5120)]
+        with grpc.InferenceServerClient(f"127.0.0.1:{triton_streaming['grpc']}") as client:
+            return [e for k, chunk in enumerate(chunks)
+                    for e in stream_chunk(client, 100 + i, chunk, k == 0, k == len(chunks) - 1)["events"]]  # fmt: skip
+
+    events = all_at_once(one, list(range(8)))
+    assert [[e["text"] for e in got if e["type"] == "final"] for got in events] == expected
+    assert all(got[0]["type"] == "partial" and got[-1]["type"] == "final" for got in events)
+    requests = metric(triton_streaming["metrics"], "nv_inference_request_success", STREAM)
+    assert metric(triton_streaming["metrics"], "nv_inference_exec_count", STREAM) < requests
+
+
+def test_a_sequence_that_stops_sending_is_released_after_its_idle_timeout(triton_streaming) -> None:
+    import tritonclient.grpc as grpc
+    from tritonclient.utils import InferenceServerException
+
+    silence = np.zeros(5120, np.float32)
+    with grpc.InferenceServerClient(f"127.0.0.1:{triton_streaming['grpc']}") as client:
+        assert stream_chunk(client, 7000, silence, True, False)["sequences"] == 1
+        assert stream_chunk(client, 7000, silence, False, False)["sequences"] == 1  # within its timeout: kept
+        time.sleep(IDLE_SECONDS + 1.5)
+        with pytest.raises(InferenceServerException, match="must specify the START flag"):
+            stream_chunk(client, 7000, silence, False, True)  # the batcher let it go
+        assert stream_chunk(client, 7001, silence, True, False)["sequences"] == 1  # and the model dropped its state
+        assert stream_chunk(client, 7001, silence, False, True)["sequences"] == 0  # END drops it at once

@@ -226,6 +226,7 @@ def export(
     triton_backend: str = "onnxruntime",
     triton_instances: int = 1,
     triton_keep_versions: int = 1,
+    triton_stream_idle: float = 60.0,
     lm: str | os.PathLike[str] | None = None,
     lookahead_ms: int | None = None,
     force: bool = False,
@@ -245,7 +246,9 @@ def export(
     """
     started = time.time()
     lm_info = None
-    triton = TritonOptions(triton_device, triton_backend, triton_instances, triton_keep_versions)  # before the work
+    triton = TritonOptions(
+        triton_device, triton_backend, triton_instances, triton_keep_versions, stream_idle_seconds=triton_stream_idle
+    )  # refused before the work
     if lm is not None:
         lm_info = read_lm(lm)  # a missing or corrupt LM fails before the long export
     model_path = Path(model_path)
@@ -520,16 +523,7 @@ def _write_info(tmp: Path, info: dict, triton: TritonOptions) -> None:
     info["sha256"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*"))
                       if p.is_file() and p.parent in (tmp, tmp / "lm", tmp / "streaming")}  # fmt: skip
     write_json(tmp / "model.json", info)
-    info["triton"] = validate(
-        write_repository(
-            tmp,
-            tmp / "triton",
-            device=triton.device,
-            backend=triton.backend,
-            instances=triton.instances,
-            keep_versions=triton.keep_versions,
-        )
-    )
+    info["triton"] = validate(write_repository(tmp, tmp / "triton", **asdict(triton)))
     info["triton_options"] = asdict(triton)
     write_json(tmp / "model.json", info)
     (tmp / "README.md").write_text(readme(info), encoding="utf-8")

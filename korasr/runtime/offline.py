@@ -81,10 +81,14 @@ class Recognizer:
         providers=None,  # type: ignore[no-untyped-def]
         precision: str = "fp32",
         confidence: ConfidenceOptions | None = None,
+        graph_session=None,  # type: ignore[no-untyped-def]
     ):
         """``precision``: which graph of the export runs: fp32 (model.onnx), fp16 (model.fp16.onnx) or int8
         (model.int8.onnx, written by ``korasr export --int8-calibration``). ``confidence``: how results' confidence
-        is measured (:mod:`korasr.runtime.confidence`; default NeMo's: Tsallis entropy, alpha 0.33, exp, min)."""
+        is measured (:mod:`korasr.runtime.confidence`; default NeMo's: Tsallis entropy, alpha 0.33, exp, min).
+        ``graph_session``: what runs the graph instead of onnxruntime here (its ``run(None, feeds)``; a
+        :class:`korasr.runtime.triton_session.TritonSession`: the export folder then gives everything but the
+        graph)."""
         self.dir = Path(export_dir)
         meta = self.dir / "model.json"
         if not meta.is_file():
@@ -97,12 +101,13 @@ class Recognizer:
         if precision not in GRAPHS:
             raise ValueError(f"precision must be one of {', '.join(GRAPHS)}, got {precision!r}")
         graph = self.dir / GRAPHS[precision]
-        if not graph.is_file():  # exports older than the fp16 graph lack it too
+        if graph_session is None and not graph.is_file():  # exports older than the fp16 graph lack it too
             hint = " (export with --int8-calibration MANIFEST)" if precision == "int8" else " (re-export)"
             raise FileNotFoundError(f"{graph}: this export has no {precision} graph{hint}")
         self.precision = precision
         self.confidence = confidence or ConfidenceOptions()
-        self.session = session(graph, threads, providers)
+        self.session = graph_session if graph_session is not None else session(graph, threads, providers)
+        self.upstream = graph_session  # what /health asks whether it is ready (korasr serve --triton)
         self._tokenizer = None
         # utterance segments of results with timestamps: the streaming endpoint rule (korasr serve sets these)
         self.endpoint_silence, self.max_utterance = 0.8, 20.0

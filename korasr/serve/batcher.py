@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from korasr.runtime import Recognizer, Result
+from korasr.runtime.triton_session import UpstreamError
 from korasr.serve.worker import Worker
 
 
@@ -65,6 +66,8 @@ class Batcher(Worker):
             outcomes: list[Result | BaseException]
             try:
                 outcomes = list(await self.in_thread(self._decode, waves, hotwords))
+            except UpstreamError as e:  # Triton did not answer (gateway mode): one by one would not either
+                outcomes = [e] * len(batch)
             except Exception:
                 outcomes = []
                 for wave, words in zip(waves, hotwords, strict=True):  # the one that failed; the others get text

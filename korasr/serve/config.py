@@ -105,6 +105,13 @@ class ServeConfig:
                                         "segments)", flag="--endpoint-silence", metavar="S", gt=0, le=60)  # fmt: skip
     max_utterance_s: float = setting(20.0, "longest utterance before a cut (streams and HTTP segments)",
                                      flag="--max-utterance", metavar="S", ge=1, le=600)  # fmt: skip
+    triton: str | None = setting(None, "HOST:GRPC_PORT of a Triton server running the export's korasr_ctc (gateway "
+                                 "mode: the graph runs there, decoding, limits and everything else here)",
+                                 metavar="HOST:PORT")  # fmt: skip
+    triton_model: str = setting("korasr_ctc", "with --triton: the model that maps audio to log-probs")
+    triton_timeout_s: float = setting(30.0, "with --triton: one batch's deadline, retries of a restarting server "
+                                      "included (then 504)", flag="--triton-timeout", metavar="S", gt=0, le=600)  # fmt: skip
+    triton_max_in_flight: int = setting(8, "with --triton: requests to Triton at once", ge=1, le=1024)
     public_docs: bool = setting(False, "/docs, /redoc and /openapi.json without the API key")
     # korasr/serve/drain.py
     drain_timeout_s: float = setting(30.0, "on SIGTERM/SIGINT: /health 503, new requests 503, admitted ones, open "

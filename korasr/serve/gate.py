@@ -34,6 +34,7 @@ from typing import Any
 from starlette.routing import Match
 
 from korasr.errors import without_credentials
+from korasr.runtime.triton_session import UpstreamError
 from korasr.serve.logs import REQUEST, request_id, write_request
 
 UPLOAD_ROUTES = frozenset({"/v1/transcribe", "/v1/audio/transcriptions", "/v1/jobs"})
@@ -295,6 +296,9 @@ class Gate:
                     await self._admit(scope, receive, send)
                 else:
                     await self.app(scope, receive, send)
+        except UpstreamError as e:  # gateway mode: Triton could not answer (503) or not in time (504), said why
+            if "status" not in context:
+                await reply(send, e.status, str(e), {"Retry-After": "1"})
         except Exception as e:  # answered here, not by the server-error handler outside: the response carries its id
             if "status" not in context:
                 await reply(send, 500, f"internal error: {type(e).__name__}")

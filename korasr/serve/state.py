@@ -61,10 +61,24 @@ class Generation:
 
 async def load_generation(config: ServeConfig, path: Path, metrics: Metrics, version: dict | None = None) -> Generation:
     """Load an export, warm it up, start its batcher (and its stream hub for a streaming export)."""
-    recognizer = await asyncio.to_thread(Recognizer, path, threads=config.threads, precision=config.precision)
+    upstream = None
+    if config.triton:  # gateway mode: the graph runs in Triton (korasr/runtime/triton_session.py)
+        from korasr.runtime.triton_session import TritonSession
+
+        upstream = TritonSession(config.triton, config.triton_model, timeout_s=config.triton_timeout_s,
+                                 max_in_flight=config.triton_max_in_flight)  # fmt: skip
+    recognizer = await asyncio.to_thread(Recognizer, path, threads=config.threads, precision=config.precision,
+                                         graph_session=upstream)  # fmt: skip
     await asyncio.to_thread(recognizer.use_decoder, config.decoder or ("beam" if recognizer.bundled_lm else "greedy"))
     recognizer.endpoint_silence, recognizer.max_utterance = config.endpoint_silence_s, config.max_utterance_s
-    await asyncio.to_thread(recognizer.transcribe_arrays, [np.zeros(SAMPLE_RATE, dtype=np.float32)])  # warm-up
+    try:
+        await asyncio.to_thread(recognizer.transcribe_arrays, [np.zeros(SAMPLE_RATE, dtype=np.float32)])  # warm-up
+    except Exception as e:
+        from korasr.runtime.triton_session import UpstreamError
+
+        if not isinstance(e, UpstreamError):
+            raise
+        log.warning("%s; serving, /health answers 503 until it does", e)  # Triton may start after the gateway
     batcher = Batcher(recognizer, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000,
                       chunk_seconds=config.chunk_seconds, batch_seconds=config.batch_seconds,
                       on_batch=metrics.batch_size.observe)  # fmt: skip

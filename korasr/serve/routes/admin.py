@@ -8,6 +8,7 @@ alias now and swap when it moved; ``?force=true`` reloads even when it has not; 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ async def health(state: Annotated[ServiceState, Depends(service)]):  # type: ign
         return JSONResponse({"status": "draining", "ready": False}, status_code=503)
     if not state.ready:
         return JSONResponse({"status": "loading", "ready": False}, status_code=503)
+    upstream = getattr(state.recognizer, "upstream", None)
+    if upstream is not None and not await asyncio.to_thread(upstream.ready):  # gateway mode: Triton must answer
+        return JSONResponse({"status": "upstream unavailable", "ready": False}, status_code=503)
     return {"status": "ok", "ready": True}
 
 
