@@ -343,7 +343,7 @@ bench-inference: setup ## CPU inference: korasr runtime vs sherpa-onnx vs NeMo t
 	$(BIN)/python bench/inference.py
 
 bench-triton: setup triton ## korasr serve --triton (the graph in Triton) vs in-process vs Triton alone, 1/8/32 clients (needs make export)
-	$(BIN)/python bench/triton.py
+	$(BIN)/python bench/triton_gateway.py
 
 bench-serve: setup ## loopback load on korasr serve, batched vs unbatched, 1/8/32 clients, RSS (needs make export)
 	$(BIN)/python bench/serve_load.py

@@ -14,7 +14,7 @@ in-process at each concurrency. On 2 CPU cores the three share the cores with th
 batching is meant for a GPU, where one batch costs about what one request does: read the CPU ratios as the cost of
 the extra hop, not as Triton's speed.
 
-    python bench/triton.py [--export exp/sample/.../export] [--requests 200]
+    python bench/triton_gateway.py [--export exp/sample/.../export] [--requests 200]
 """
 
 from __future__ import annotations
