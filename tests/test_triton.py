@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -57,19 +58,19 @@ def tritonserver(repo: Path, tmp: Path, ports: dict | None = None):  # type: ign
         proc = subprocess.Popen([sys.executable, "-m", "korasr.triton_server", "--repository", str(repo), "--venv",
                                  str(VENV), "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
                                  "--metrics-port", str(ports["metrics"])],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, process_group=0)  # fmt: skip
     deadline = time.monotonic() + 120
     while get(f"http://127.0.0.1:{ports['http']}/v2/health/ready")[0] != 200:
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"tritonserver never became ready (exit {proc.poll()}):\n{log.read_text()[-6000:]}")
         time.sleep(0.3)
     try:
         yield {**ports, "proc": proc, "log": log, "repository": repo}
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+    finally:  # the server and its python backend stubs (a SIGKILLed server leaves its stubs running)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +222,7 @@ def test_a_triton_killed_and_restarted_under_load_costs_503_or_504_with_a_reason
         while len(answers) < 8:
             assert time.monotonic() < deadline, answers
             time.sleep(0.05)
-        first["proc"].kill()
+        os.killpg(first["proc"].pid, signal.SIGKILL)  # the server and its stubs, as a container's death would
         first["proc"].wait(30)
         down = len(answers)
         time.sleep(4)
