@@ -36,6 +36,23 @@ def newest(pattern: str) -> Path | None:
     return found[-1] if found else None
 
 
+def add_export_options(parser) -> None:  # type: ignore[no-untyped-def]
+    """``--export`` (default: the newest sample export) and ``--manifest`` (the sample eval_clean), shared by the
+    service benchmarks; :func:`export_of` resolves the default."""
+    parser.add_argument("--export", type=Path, default=None, help="default: the newest exp/sample/*/*/export")
+    parser.add_argument("--manifest", type=Path, default=ROOT / "manifests" / "sample" / "eval_clean.jsonl")
+
+
+def export_of(args) -> Path:  # type: ignore[no-untyped-def]
+    """``args.export``, or the newest sample export (a clear exit when there is none)."""
+    if args.export is not None:
+        return args.export
+    found = newest("exp/sample/*/*/export/model.json")
+    if found is None:
+        raise SystemExit("no export: run `make train` and `make export` first, or pass --export")
+    return found.parent
+
+
 def write_json(path: Path, data: object) -> None:
     """``data`` as indented JSON (UTF-8 as is, anything else JSON lacks as ``str``), its folder made first."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Server, encode, joined_utterances, newest, pct, read_wave, rss_mb
+from common import Server, add_export_options, encode, export_of, joined_utterances, pct, read_wave, rss_mb
 
 
 def clip_5s(manifest: Path) -> bytes:
@@ -112,16 +112,11 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--export", type=Path, default=None, help="default: the newest exp/sample/*/*/export")
-    parser.add_argument("--manifest", type=Path, default=ROOT / "manifests" / "sample" / "eval_clean.jsonl")
+    add_export_options(parser)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--soak", type=int, default=2000)
     args = parser.parse_args()
-    if args.export is None:
-        found = newest("exp/sample/*/*/export/model.json")
-        if found is None:
-            raise SystemExit("no export: run `make train` and `make export` first, or pass --export")
-        args.export = found.parent
+    args.export = export_of(args)
     return asyncio.run(main_async(args))
 
 

@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Server, free_port, newest, pct, read_wave
+from common import ROOT, Server, add_export_options, export_of, free_port, pct, read_wave
 from serve_load import clip_5s, load
 
 
@@ -135,15 +135,10 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--export", type=Path, default=None, help="default: the newest exp/sample/*/*/export")
-    parser.add_argument("--manifest", type=Path, default=ROOT / "manifests" / "sample" / "eval_clean.jsonl")
+    add_export_options(parser)
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
-    if args.export is None:
-        found = newest("exp/sample/*/*/export/model.json")
-        if found is None:
-            raise SystemExit("no export: run `make train` and `make export` first, or pass --export")
-        args.export = found.parent
+    args.export = export_of(args)
     return asyncio.run(main_async(args))
 
 
