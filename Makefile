@@ -42,7 +42,11 @@ NODES ?=
 TRAIN_ARGS = $(if $(STREAMING),--streaming) $(if $(INIT),--init $(INIT)) model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES)) $(if $(NOISE_MANIFEST),model.train_ds.noise_path=$(NOISE_MANIFEST))
 # The fixed evaluation splits: KsponSpeech's two; the sample corpus adds eval_novel (templates and words train never uses).
 EVAL_SPLITS ?= eval_clean eval_other $(if $(filter sample,$(RECIPE)),eval_novel)
-EVAL_ARGS := $(foreach s,$(EVAL_SPLITS),--evaluate manifests/$(RECIPE)/$(s).jsonl) --results recipes/$(RECIPE)/RESULTS.md
+# RESULTS=1 records the evaluation's rows in the recipe's tracked RESULTS.md (RESULTS=path: in that file); without it
+# `make train` and `make evaluate` write their report beside the model (eval/report.md) and print the table only.
+RESULTS ?=
+RESULTS_MD = $(if $(RESULTS),$(if $(filter 1,$(RESULTS)),recipes/$(RECIPE)/RESULTS.md,$(RESULTS)))
+EVAL_ARGS = $(foreach s,$(EVAL_SPLITS),--evaluate manifests/$(RECIPE)/$(s).jsonl) $(if $(RESULTS_MD),--results $(RESULTS_MD))
 # The export folder `make serve` serves, and where.
 EXPORT ?= $(if $(MODEL),$(dir $(MODEL))export)
 HOST ?= 127.0.0.1
@@ -174,8 +178,8 @@ format: setup ## ruff: fix what can be fixed, format the code
 docs-settings: setup ## docs/settings.md from the service's settings schema (a test fails when it is stale)
 	$(BIN)/python -m korasr.serve.settings_doc
 
-test: setup lint airflow triton ## lint, then every test tier (unit, config, end to end) on CPU
-	$(BIN)/pytest -q --durations=30
+test: setup lint airflow triton ## lint, then every test tier (unit, config, end to end) on CPU, in two pytest processes at once (tests/lanes.py)
+	$(BIN)/python -m tests.lanes
 
 sample-corpus: setup ## synthesize the sample corpus (eSpeak NG Korean, KsponSpeech layout) into SAMPLE_ROOT
 	$(BIN)/korasr sample-corpus $(SAMPLE_ROOT) --utterances $(SAMPLE_UTTERANCES) --variety $(SAMPLE_VARIETY) --jobs $(JOBS)
@@ -227,7 +231,7 @@ ifneq ($(SHARDS),)
 train: shards
 endif
 
-train: tokenizer $(if $(NOISE_MANIFEST),noise) ## the recipe: corpus → prepare → tokenizer → train → evaluate (RECIPE=sample|kspon, ARGS=overrides, STREAMING=1: cache-aware streaming model, INIT=checkpoint to start from)
+train: tokenizer $(if $(NOISE_MANIFEST),noise) ## the recipe: corpus → prepare → tokenizer → train → evaluate, the report beside the model (RESULTS=1: + rows in the recipe RESULTS.md; RECIPE=sample|kspon, ARGS=overrides, STREAMING=1: cache-aware streaming model, INIT=checkpoint to start from)
 	$(BIN)/korasr train --recipe recipes/$(RECIPE) $(TRAIN_ARGS) $(EVAL_ARGS) $(ARGS)
 
 train-only: setup ## the train stage alone (manifests and tokenizer must exist)
@@ -244,9 +248,9 @@ lm: tokenizer ## token n-gram LM (KenLM) over the tokenizer's pieces → LM_DIR;
 	  $(BIN)/korasr lm tune --model $(MODEL) --lm $(LM_DIR) --manifest manifests/$(RECIPE)/dev.jsonl; \
 	else echo "no model yet (make train): $(LM_DIR) is not tuned; make lm again after training tunes it"; fi
 
-evaluate: setup ## CER, CER+space, WER, sWER, jamo slots of MODEL (default: newest exp/RECIPE .nemo) → report + RESULTS.md rows (MAX_CER=gate)
+evaluate: setup ## CER, CER+space, WER, sWER, jamo slots of MODEL (default: newest exp/RECIPE .nemo) → report beside the model (RESULTS=1: + rows in the recipe's RESULTS.md; MAX_CER=gate)
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi
-	$(BIN)/korasr evaluate --model $(MODEL) $(foreach s,$(EVAL_SPLITS),--manifest manifests/$(RECIPE)/$(s).jsonl) --results recipes/$(RECIPE)/RESULTS.md $(if $(MAX_CER),--max-cer $(MAX_CER))
+	$(BIN)/korasr evaluate --model $(MODEL) $(foreach s,$(EVAL_SPLITS),--manifest manifests/$(RECIPE)/$(s).jsonl) $(if $(RESULTS_MD),--results $(RESULTS_MD)) $(if $(MAX_CER),--max-cer $(MAX_CER))
 
 export: setup ## ONNX deployment folder of MODEL (default: newest exp/RECIPE .nemo), parity-checked, fp16 too (INT8=1: + INT8 calibrated on dev; LM=DIR: bundles an LM; a streaming model: + streaming/); prints its path last
 	@if [ -z "$(MODEL)" ]; then echo "no model: run make train RECIPE=$(RECIPE) first, or pass MODEL=path.nemo"; exit 2; fi

@@ -317,6 +317,11 @@ def _train(args: argparse.Namespace) -> int:
 
         report = evaluate(model, args.evaluate, results_md=args.results, progress=True)
         print(format_table(report), file=sys.stderr)
+        print(
+            f"report: {model.parent / 'eval' / 'report.md'}"
+            + (f"; rows added to {args.results}" if args.results else ""),
+            file=sys.stderr,
+        )
         from korasr.train import log_evaluation
 
         log_evaluation(model, model.parent / "eval", report)

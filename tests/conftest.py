@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import fixture_builds
+from tests import fixture_builds, lanes
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,8 +45,10 @@ def pytest_collection_finish(session) -> None:  # type: ignore[no-untyped-def]
 
     if session.config.option.collectonly:
         return
-    needed = {f for item in session.items for f in fixtures_of(item) if f in fixture_builds.NEEDS}
-    if needed:  # the trained fixtures, in the background from now on (tests/fixture_builds.py)
+    needed = {f for item in session.items for f in fixture_builds_of(item)}
+    if lanes.lane() == "a":  # lane A builds what either lane needs (tests/lanes.py); lane B reads the records
+        needed = set(fixture_builds.NEEDS)
+    if needed and lanes.lane() != "b":  # the trained fixtures, in the background from now on (tests/fixture_builds.py)
         start_fixture_builds(sorted(needed, key=list(fixture_builds.NEEDS).index))
     if not any("image" in getattr(item, "fixturenames", ()) for item in session.items):
         return
@@ -74,6 +76,8 @@ def pytest_sessionfinish(session) -> None:  # type: ignore[no-untyped-def]
     for proc in (IMAGE_BUILD.get("proc"), *builders):
         if proc is not None and proc.poll() is None:  # the session ended first: the build's whole process group stops
             os.killpg(proc.pid, signal.SIGTERM)
+    if lanes.lane() == "b":  # lane A's `alone` modules may start (tests/lanes.py)
+        lanes.lane_b_done(fixtures_root())
 
 
 def korasr_cmd(*args: str) -> list[str]:
@@ -185,6 +189,22 @@ FIXTURES: dict = {}  # the background build of the trained fixtures (tests/fixtu
 RANK = {name: i + 1 for i, name in enumerate(fixture_builds.NEEDS)}
 
 
+def fixture_builds_of(item) -> set[str]:  # type: ignore[no-untyped-def]
+    return {f for f in fixtures_of(item) if f in fixture_builds.NEEDS}
+
+
+def fixtures_root() -> Path:
+    """Where the trained fixtures are built: KORASR_TEST_FIXTURES (a developer's kept copy, or the folder
+    tests/lanes.py shares between its lanes), else a temporary folder of this session's."""
+    import tempfile
+
+    if "root" not in FIXTURES:
+        cache = os.environ.get("KORASR_TEST_FIXTURES")
+        FIXTURES["root"] = Path(cache) if cache else Path(tempfile.mkdtemp(prefix="korasr-fixtures-"))
+        FIXTURES["root"].mkdir(parents=True, exist_ok=True)
+    return FIXTURES["root"]
+
+
 def fixtures_of(item) -> set[str]:  # type: ignore[no-untyped-def]
     """The fixtures a collected test uses (a parametrized argument of the same name is not one)."""
     callspec = getattr(item, "callspec", None)
@@ -206,13 +226,8 @@ def pytest_collection_modifyitems(session, config, items) -> None:  # type: igno
 def start_fixture_builds(names) -> None:  # type: ignore[no-untyped-def]
     """Starts tests/fixture_builds.py for ``names`` (and what they are made from), one process per chain
     (fixture_builds.CHAINS), each in its own process group, niced so that the tests running beside them come first."""
-    import tempfile
-
-    cache = os.environ.get("KORASR_TEST_FIXTURES")  # a developer's persistent copy between runs (never set by CI)
-    root = Path(cache) if cache else Path(FIXTURES.get("root") or tempfile.mkdtemp(prefix="korasr-fixtures-"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = fixtures_root()
     FIXTURES.setdefault("builders", {})
-    FIXTURES["root"] = root
     for chain in fixture_builds.chains(names):
         index = next(i for i, c in enumerate(fixture_builds.CHAINS) if chain[-1] in c)
         log = root / f"build-{index + 1}.log"
@@ -236,7 +251,10 @@ SESSION_THREADS = {"env": os.environ.get("OMP_NUM_THREADS"), "torch": None}
 
 
 def building() -> bool:
-    """A background build is still at work: a builder alive with a fixture of it not yet recorded."""
+    """A background build is still at work: a builder alive with a fixture of it not yet recorded (in lane B, whose
+    builds are lane A's: a fixture neither recorded nor failed)."""
+    if lanes.lane() == "b":
+        return lanes.builds_pending(fixtures_root())
     root = FIXTURES.get("root")
     return any(proc.poll() is None and not fixture_builds.record_path(root, name).is_file()
                for name, (proc, _) in FIXTURES.get("builders", {}).items())  # fmt: skip
@@ -260,6 +278,8 @@ def share_cores() -> None:
 
 
 def pytest_runtest_setup(item) -> None:  # type: ignore[no-untyped-def]
+    if item.get_closest_marker("alone") and lanes.lane() == "a":
+        lanes.await_lane_b(fixtures_root())  # DDP's ranks step in lockstep: the machine to itself
     share_cores()
 
 
@@ -267,6 +287,8 @@ def built(name: str):  # type: ignore[no-untyped-def]
     """The background build's result for the fixture ``name``, once recorded (started here if no build covers it)."""
     import time
 
+    if lanes.lane() == "b":  # lane A's builders make it (tests/lanes.py)
+        return lanes.await_record(fixtures_root(), name)
     while True:
         proc, log = FIXTURES.get("builders", {}).get(name, (None, None))
         if proc is None:

@@ -189,7 +189,12 @@ def main(argv: list[str]) -> int:
                 continue
             start = time.monotonic()
             print(f"{name}: building", flush=True)
-            made[name] = BUILDS[name](root, made)
+            root.joinpath(f"{name}.failed").unlink(missing_ok=True)  # an earlier run's, in a kept folder
+            try:
+                made[name] = BUILDS[name](root, made)
+            except BaseException as e:  # for whoever waits on the record without watching this process (lanes.py)
+                root.joinpath(f"{name}.failed").write_text(f"{type(e).__name__}: {e}", encoding="utf-8")
+                raise
             tmp = record.with_name(record.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(made[name], f)

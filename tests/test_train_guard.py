@@ -103,3 +103,22 @@ def test_the_guard_checks_at_the_fastest_speed_perturbation(recipe, tmp_path):
         check_feasibility(cfg, tmp_path)
     OmegaConf.update(cfg, "korasr.max_infeasible", 1.0, force_add=True)
     assert check_feasibility(cfg, tmp_path).korasr.feasibility.infeasible == 1
+
+
+def test_make_train_and_evaluate_touch_tracked_files_only_when_asked():
+    """A user's `make train` / `make evaluate` writes its report beside the model and prints the table; the recipe's
+    tracked RESULTS.md gains rows only with RESULTS=1 (or RESULTS=path)."""
+
+    def korasr_lines(*args: str) -> list[str]:
+        proc = subprocess.run(["make", "-n", "--no-print-directory", *args, "MODEL=exp/m.nemo"], capture_output=True,
+                              text=True, cwd=ROOT)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return [line for line in proc.stdout.splitlines() if "korasr train " in line or "korasr evaluate " in line]
+
+    for target in ("train", "evaluate"):
+        plain = korasr_lines(target)
+        assert plain and all("--results" not in line for line in plain), plain
+        assert "--evaluate manifests/sample/eval_novel.jsonl" in plain[-1] or target == "evaluate"
+        asked = korasr_lines(target, "RESULTS=1")
+        assert "--results recipes/sample/RESULTS.md" in asked[-1]
+        assert "--results /tmp/r.md" in korasr_lines(target, "RESULTS=/tmp/r.md")[-1]
