@@ -39,6 +39,7 @@ LANE_B_NICE = 10  # CFS weight 110 against lane A's 1024: about a tenth of a cor
 LANE_ENV = "KORASR_TEST_LANE"  # "a" or "b" in a lane; unset when pytest runs directly (one process, every test)
 LANE_B_PID = "KORASR_TEST_LANE_B_PID"  # lane A's `alone` modules wait for this process to end
 LANE_B_DONE = "lane-b.done"  # in the fixtures folder: lane B's session ended (tests/conftest.py writes it)
+LANE_A_DONE = "lane-a.done"  # lane A's session ended (its builders with it): a record missing now never comes
 
 
 def lane() -> str | None:
@@ -92,6 +93,8 @@ def await_record(root: Path, name: str, timeout: float = 3600) -> object:
     while not record.is_file():
         if failed.is_file():
             pytest.fail(f"lane A's build of the {name} fixture failed:\n{failed.read_text(encoding='utf-8')[-8000:]}")
+        if (root / LANE_A_DONE).is_file() and not record.is_file():
+            pytest.fail(f"lane A ended without building the {name} fixture (build-*.log in {root})")
         if time.monotonic() > deadline:
             pytest.fail(f"no {record} within {timeout:g} s: lane A's builders (build-*.log in {root}) never wrote it")
         time.sleep(0.5)
@@ -102,7 +105,8 @@ def main(argv: list[str]) -> int:
     own = os.environ.get("KORASR_TEST_FIXTURES")  # a developer's kept fixtures: used, never removed
     root = Path(own) if own else Path(tempfile.mkdtemp(prefix="korasr-fixtures-"))
     root.mkdir(parents=True, exist_ok=True)
-    (root / LANE_B_DONE).unlink(missing_ok=True)
+    for done in (LANE_A_DONE, LANE_B_DONE):
+        (root / done).unlink(missing_ok=True)
     env = {**os.environ, "KORASR_TEST_FIXTURES": str(root)}
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     log = root / "lane-b.log"
@@ -117,6 +121,7 @@ def main(argv: list[str]) -> int:
     try:
         rc_a = subprocess.call([*pytest, "--durations=30", *argv, *ignore], cwd=ROOT,
                                env={**env, LANE_ENV: "a", LANE_B_PID: str(lane_b.pid)})  # fmt: skip
+        (root / LANE_A_DONE).write_text(str(rc_a), encoding="utf-8")
         rc_b = lane_b.wait()
     finally:
         if lane_b.poll() is None:  # lane A was interrupted: lane B stops with it

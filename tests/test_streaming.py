@@ -1,6 +1,6 @@
 """Streaming end to end on the test suite's streaming model: the export's parity gate, stream vs whole-file
-equivalence, endpointing, bounded memory, the WebSocket route and its limits, the live page, and sherpa-onnx's
-online recognizer as an independent client."""
+equivalence, endpointing, bounded memory, the WebSocket route and its limits (in process, and through the gateway with
+a real Triton decoding the streams), the live page, and sherpa-onnx's online recognizer as an independent client."""
 
 from __future__ import annotations
 
@@ -193,12 +193,25 @@ def test_memory_of_a_long_stream_is_bounded(model, rows):
 # --- the WebSocket route -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def app_client(exported_streaming):
-    config = ServeConfig(model=exported_streaming, api_key="k3y", max_streams=2, stream_idle_s=1.0,
-                         max_stream_seconds=6.0, max_frame_bytes=8192)  # fmt: skip
-    with TestClient(create_app(config)) as client:
-        yield client
+@pytest.fixture(scope="module", params=["in-process", "gateway"])
+def app_client(request, exported_streaming, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The service over the streaming export: its streams decoded in this process, or (gateway) by a real Triton's
+    korasr_stream behind `korasr serve --triton` (the same WebSocket tests hold for both)."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        upstream = {}
+        if request.param == "gateway":
+            from korasr.triton import write_repository
+            from tests.test_triton import tritonserver
+
+            tmp = tmp_path_factory.mktemp("gateway")
+            server = stack.enter_context(tritonserver(write_repository(exported_streaming, tmp / "repository",
+                                                                       backend="python"), tmp))  # fmt: skip
+            upstream = {"triton": f"127.0.0.1:{server['grpc']}"}
+        config = ServeConfig(model=exported_streaming, api_key="k3y", max_streams=2, stream_idle_s=1.0,
+                             max_stream_seconds=6.0, max_frame_bytes=8192, **upstream)  # fmt: skip
+        yield stack.enter_context(TestClient(create_app(config)))
 
 
 def test_websocket_streams_partials_and_finals(app_client, rows, model):

@@ -330,3 +330,51 @@ def test_a_sequence_that_stops_sending_is_released_after_its_idle_timeout(triton
             stream_chunk(client, 7000, silence, False, True)  # the batcher let it go
         assert stream_chunk(client, 7001, silence, True, False)["sequences"] == 1  # and the model dropped its state
         assert stream_chunk(client, 7001, silence, False, True)["sequences"] == 0  # END drops it at once
+
+
+def stream_over_websocket(url: str, wave: np.ndarray, frame: int = 1600) -> tuple[list[dict], int]:
+    """A clip sent to `korasr serve`'s /v1/stream in 0.1 s int16 frames, then the end: every message and the close
+    code."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    pcm = (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
+    messages = []
+    with connect(url.replace("http", "ws") + "/v1/stream?sample_rate=16000", open_timeout=30) as ws:
+        for start in range(0, len(pcm), 2 * frame):
+            ws.send(pcm[start : start + 2 * frame])
+        ws.send(json.dumps({"type": "end"}))
+        try:
+            while True:
+                messages.append(json.loads(ws.recv(timeout=60)))
+        except ConnectionClosed as e:
+            return messages, e.rcvd.code if e.rcvd else None
+
+
+def test_the_gateway_streams_websockets_through_the_sequence_batcher(triton_streaming, exported_streaming, recipe,
+                                                                    tmp_path):  # fmt: skip
+    """`korasr serve --triton` over the streaming export: 6 WebSocket streams at once decode in Triton's
+    korasr_stream (the gateway keeps the protocol, limits and metrics): each stream's finals are the in-process
+    streaming runtime's on its clip, partials come before them, every chunk went through Triton, and a clip whose
+    length is a whole number of chunks (its END chunk empty) ends like the others."""
+    from korasr.runtime.streaming import Endpoint, StreamingModel
+
+    model = StreamingModel(exported_streaming)
+    waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in eval_rows(recipe, 6)]
+    chunk = round(model.chunk_seconds * 16000)
+    waves[0] = waves[0][: len(waves[0]) // chunk * chunk]  # ends on a chunk boundary
+    expected = [[seg.text for seg in model.transcribe(w, endpoint=Endpoint())] for w in waves]
+    assert all(expected)
+    before = metric(triton_streaming["metrics"], "nv_inference_request_success", STREAM, required=False)
+    with serve_process(exported_streaming, tmp_path / "gateway.log", "--triton",
+                       f"127.0.0.1:{triton_streaming['grpc']}") as url:  # fmt: skip
+        answers = all_at_once(lambda w: stream_over_websocket(url, w), waves)
+        status, text = get(f"{url}/metrics")
+    assert [code for _, code in answers] == [1000] * len(waves), answers
+    finals = [[m["text"] for m in messages if m["type"] == "final"] for messages, _ in answers]
+    assert finals == expected
+    assert all(messages[0]["type"] == "partial" and messages[-1]["type"] == "final" for messages, _ in answers)
+    assert all(0 <= m["confidence"] <= 1 for messages, _ in answers for m in messages if m.get("confidence"))
+    chunks = sum(-(-len(w) // chunk) for w in waves)
+    assert metric(triton_streaming["metrics"], "nv_inference_request_success", STREAM) - before >= chunks
+    assert status == 200 and 'korasr_stream_closes_total{code="1000"} 6.0' in text

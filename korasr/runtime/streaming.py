@@ -261,6 +261,11 @@ class Stream:
         """Finished and every frame decoded (the last final, if any, is in ``events``)."""
         return self.finished and self._new == 0
 
+    @property
+    def decoded_seconds(self) -> float:
+        """How far into the stream decoding has gone (encoder frames decoded, in seconds)."""
+        return self._frame * self.model.frame_shift
+
     def features_seen(self) -> np.ndarray:
         """Every feature frame made so far ``[n_mels, T]`` (``record_features=True`` only; for the export gate)."""
         if self._record is None:

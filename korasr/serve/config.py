@@ -109,6 +109,8 @@ class ServeConfig:
                                  "mode: the graph runs there, decoding, limits and everything else here)",
                                  metavar="HOST:PORT")  # fmt: skip
     triton_model: str = setting("korasr_ctc", "with --triton: the model that maps audio to log-probs")
+    triton_stream_model: str = setting("korasr_stream", "with --triton and a streaming export: the model that decodes "
+                                       "the WebSocket streams (Triton's sequence batcher; its endpointing)")  # fmt: skip
     triton_timeout_s: float = setting(30.0, "with --triton: one batch's deadline, retries of a restarting server "
                                       "included (then 504)", flag="--triton-timeout", metavar="S", gt=0, le=600)  # fmt: skip
     triton_max_in_flight: int = setting(8, "with --triton: requests to Triton at once", ge=1, le=1024)

@@ -268,7 +268,7 @@ async def write_results(ws: WebSocket, conn) -> str:  # type: ignore[no-untyped-
             await close_stream(ws, 1011, f"internal error: {conn.error}")
             return "1011"
         if not sent_final:  # silence only: the client still gets its last final
-            end = round(conn.stream._frame * conn.stream.model.frame_shift, 3)
+            end = round(conn.stream.decoded_seconds, 3)
             await ws.send_json({"type": "final", "text": "", "start": end, "end": end, "words": []})
         if conn.close_reason:
             await close_stream(ws, 1008, conn.close_reason)

@@ -271,6 +271,14 @@ def service(connection: HTTPConnection) -> ServiceState:
 def stream_hub(config: ServeConfig, path: Path, metrics: Metrics) -> StreamHub:
     from korasr.runtime.streaming import Endpoint, StreamingModel
 
+    if config.triton:  # gateway mode: the streams decode in Triton's korasr_stream (korasr/runtime/triton_stream.py)
+        from korasr.runtime.triton_stream import TritonStreamingModel
+
+        remote = TritonStreamingModel(
+            path, config.triton, config.triton_stream_model, timeout_s=config.triton_timeout_s
+        )
+        return StreamHub(remote, max_batch=config.stream_batch, max_unsent=config.max_unsent_results,  # type: ignore[arg-type]
+                         metrics=metrics)  # fmt: skip
     model = StreamingModel(path, threads=config.threads)
     endpoint = Endpoint(silence_after_speech=config.endpoint_silence_s, max_utterance=config.max_utterance_s)
     stream = model.stream(endpoint=None)  # warm-up: one chunk through both graphs
