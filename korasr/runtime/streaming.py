@@ -146,21 +146,37 @@ class StreamingModel:
         return stream.segments
 
 
+def resampler_to_16k(sample_rate: int) -> soxr.ResampleStream | None:
+    """A streaming resampler from ``sample_rate`` to 16 kHz (None at 16 kHz), after checking the rate."""
+    if not 8000 <= int(sample_rate) <= 192000:
+        raise ValueError(f"sample rate must be 8000-192000 Hz, got {sample_rate}")
+    if int(sample_rate) == SAMPLE_RATE:
+        return None
+    return soxr.ResampleStream(int(sample_rate), SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+
+
+def mono_float(audio: np.ndarray) -> np.ndarray:
+    """A stream's audio as float32 mono: float (-1..1) or int16 samples, ``[N]`` or ``[N, channels]``."""
+    audio = np.asarray(audio)
+    if audio.dtype == np.int16:
+        audio = audio.astype(np.float32) / 32768.0
+    audio = audio.astype(np.float32, copy=False)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be [samples] or [samples, channels], got shape {audio.shape}")
+    return audio
+
+
 class Stream:
     """One live audio stream: see :class:`StreamingModel` for how it is advanced."""
 
     def __init__(self, model: StreamingModel, sample_rate: int, endpoint: Endpoint | None, *,
                  keep_segments: bool = True, record_features: bool = False):  # fmt: skip
-        if not 8000 <= int(sample_rate) <= 192000:
-            raise ValueError(f"sample rate must be 8000-192000 Hz, got {sample_rate}")
+        self._resampler = resampler_to_16k(sample_rate)  # checks the rate
         cfg = model.cfg
         self.model, self.endpoint, self.sample_rate = model, endpoint, int(sample_rate)
         self.keep_segments = keep_segments
-        self._resampler = (
-            soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-            if self.sample_rate != SAMPLE_RATE
-            else None
-        )
         self._n_fft, self._hop, self._preemph = cfg["n_fft"], cfg["hop_length"], cfg["preemph"]
         self._previous = np.float32(0.0)  # the pre-emphasis filter's memory
         self._samples = np.zeros(self._n_fft // 2, np.float32)  # NeMo's centre padding, then unframed samples
@@ -193,14 +209,7 @@ class Stream:
         """Audio at the stream's rate: float (-1..1) or int16 samples, mono ``[N]`` or ``[N, channels]``."""
         if self.finished:
             raise ValueError("the stream is finished: no more audio")
-        audio = np.asarray(audio)
-        if audio.dtype == np.int16:
-            audio = audio.astype(np.float32) / 32768.0
-        audio = audio.astype(np.float32, copy=False)
-        if audio.ndim == 2:
-            audio = audio.mean(axis=1)
-        if audio.ndim != 1:
-            raise ValueError(f"audio must be [samples] or [samples, channels], got shape {audio.shape}")
+        audio = mono_float(audio)
         if self._resampler is not None:
             audio = self._resampler.resample_chunk(audio)
         self._add(audio)

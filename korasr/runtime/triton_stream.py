@@ -26,10 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soxr
 
 from korasr import SAMPLE_RATE
-from korasr.runtime.streaming import FOLDER, Event
+from korasr.runtime.streaming import FOLDER, Event, mono_float, resampler_to_16k
 from korasr.runtime.triton_session import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 _MISSING = object()  # no answer within the deadline
@@ -60,14 +59,8 @@ class RemoteStream:
     """One live stream whose decoding runs in Triton (the interface of a local ``Stream`` the hub uses)."""
 
     def __init__(self, model: TritonStreamingModel, sample_rate: int, correlation_id: int):
-        if not 8000 <= int(sample_rate) <= 192000:
-            raise ValueError(f"sample rate must be 8000-192000 Hz, got {sample_rate}")
+        self._resampler = resampler_to_16k(sample_rate)
         self.model, self.sample_rate, self.correlation_id = model, int(sample_rate), correlation_id
-        self._resampler = (
-            soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-            if self.sample_rate != SAMPLE_RATE
-            else None
-        )
         self._audio: list[np.ndarray] = []  # 16 kHz samples not yet sent
         self._waiting = 0
         self._sent = 0  # 16 kHz samples sent and answered
@@ -80,14 +73,7 @@ class RemoteStream:
     def accept(self, audio: np.ndarray) -> None:
         if self.finished:
             raise ValueError("the stream is finished: no more audio")
-        audio = np.asarray(audio)
-        if audio.dtype == np.int16:
-            audio = audio.astype(np.float32) / 32768.0
-        audio = audio.astype(np.float32, copy=False)
-        if audio.ndim == 2:
-            audio = audio.mean(axis=1)
-        if audio.ndim != 1:
-            raise ValueError(f"audio must be [samples] or [samples, channels], got shape {audio.shape}")
+        audio = mono_float(audio)
         if self._resampler is not None:
             audio = self._resampler.resample_chunk(audio)
         self._keep(audio)
