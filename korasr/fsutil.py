@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections import deque
@@ -44,8 +46,71 @@ _SYNC_THREADS = 16  # fsyncs in flight at once when several files are made durab
 
 def tmp_name(path: Path) -> Path:
     """A temporary name beside ``path``, unique per process, that no reader mistakes for the final file.
-    ``korasr.data.kspon.sweep_temporaries`` recognizes this format: change both together."""
+    :func:`sweep_temporaries` recognizes this format: change both together."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+class FolderInUseError(KorasrError, RuntimeError):
+    """Another live run holds an output folder's lock; the message names the folder and that run's PID."""
+
+
+LOCK_NAME = ".korasr.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(*folders: Path) -> Iterator[None]:
+    """Hold the lock of each folder (``LOCK_NAME`` inside it; the folder is created) until the block ends, or raise
+    ``FolderInUseError`` at once, naming the folder and the holder's PID, while another process holds one.
+
+    An flock on the file, not the file's existence: the kernel drops it when its holder exits however it exits
+    (kill -9, the OOM killer), so no stale lock outlives a run and none is ever removed by hand; the file stays.
+    Forked workers share their parent's lock. The PID written inside is for the message only."""
+    with contextlib.ExitStack() as held:
+        for folder in dict.fromkeys(Path(f) for f in folders):  # one folder given twice is locked once
+            held.enter_context(_lock_one(folder))
+        yield
+
+
+@contextlib.contextmanager
+def _lock_one(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "not yet recorded"
+            raise FolderInUseError(
+                f"{folder} is in use by another run (PID {pid} holds {path}): wait for it to finish, or use another "
+                "folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+TEMPORARY = re.compile(r"^\..+\.\d+\.tmp$")  # tmp_name's .NAME.PID.tmp (tests/test_fsutil.py checks both agree)
+
+
+def sweep_temporaries(folder: Path) -> int:
+    """Remove every temporary file (``tmp_name``) under ``folder``; how many. Call it only while holding
+    ``folder_lock(folder)``, before writing anything: every run that writes into ``folder`` holds that lock, so any
+    temporary present then was left by a run that is gone (killed, crashed), whatever PID its name carries. A PID
+    is no test of that (PIDs are reused, and differ between containers sharing the folder); the lock is. A folder
+    below with a lock file of its own is another run's folder, not covered by this lock: it is left to that run."""
+    removed = 0
+    for parent, folders, names in os.walk(folder):
+        if LOCK_NAME in names and Path(parent) != Path(folder):
+            folders.clear()
+            continue
+        for name in names:
+            if TEMPORARY.match(name):
+                Path(parent, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def sync_file(path: str | os.PathLike[str]) -> None:

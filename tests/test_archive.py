@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -168,6 +169,9 @@ def test_a_killed_run_resumes_and_writes_no_row_twice(exported, recipe, tmp_path
     first.wait()
     done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")}
     assert 2 <= len(done_before) < total // 20
+    # What a kill in the middle of a write leaves (whether this kill did depends on timing): the rerun removes them.
+    (out / ".part-00003.jsonl.1.tmp").write_text('{"index": 60}\n', encoding="utf-8")
+    (out / ".done" / ".part-00003.json.1.tmp").write_text("{", encoding="utf-8")
 
     summary = json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
     assert summary["files"] == total and summary["this_run"]["files"] == total - 20 * len(done_before)
@@ -177,6 +181,36 @@ def test_a_killed_run_resumes_and_writes_no_row_twice(exported, recipe, tmp_path
     assert [r["index"] for r in got] == list(range(total))  # every row exactly once
     assert [r["text"] for r in got[: len(rows)]] == [r["text"] for r in got[len(rows) : 2 * len(rows)]]
     assert not list(out.glob(".part-*")) and not list(out.glob("**/*.tmp"))
+
+
+HOLD = """
+import sys
+from pathlib import Path
+from korasr.fsutil import folder_lock
+with folder_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_run_on_a_folder_in_use_stops_at_once_and_touches_nothing(exported, recipe, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(eval_rows(recipe, 1)[0]["audio_filepath"] + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    left = out / ".part-00000.jsonl.1.tmp"  # the live holder's write in progress: not the second run's to remove
+    left.write_text("half", encoding="utf-8")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"  # type: ignore[union-attr]
+        proc = archive(exported, listing, out, check=False)
+        assert proc.returncode == 2 and f"is in use by another run (PID {holder.pid}" in proc.stderr, proc.stderr
+        assert sorted(os.listdir(out)) == [".korasr.lock", left.name]
+    finally:
+        holder.communicate("", timeout=60)
+    archive(exported, listing, out)  # the holder is gone: its temporary is swept, the run completes
+    assert not left.exists() and len(read_parts(out)) == 1
 
 
 @pytest.mark.slow

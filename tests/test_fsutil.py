@@ -17,8 +17,16 @@ from pathlib import Path
 import pytest
 
 from korasr import fsutil
-from korasr.data.kspon import _TEMPORARY, sweep_temporaries
-from korasr.fsutil import atomic_open, atomic_path, background_commits, durable_batch, replace_durably, tmp_name
+from korasr.fsutil import (
+    TEMPORARY,
+    atomic_open,
+    atomic_path,
+    background_commits,
+    durable_batch,
+    replace_durably,
+    sweep_temporaries,
+    tmp_name,
+)
 from tests.conftest import ROOT, korasr_cmd
 
 READY_TIMEOUT_S = 60  # a child that never reports it is writing fails the test instead of hanging it
@@ -26,8 +34,8 @@ READY_TIMEOUT_S = 60  # a child that never reports it is writing fails the test 
 
 def test_tmp_name_is_what_the_sweep_removes(tmp_path: Path) -> None:
     name = tmp_name(tmp_path / "KsponSpeech_000001.wav").name
-    assert _TEMPORARY.match(name), name
-    assert not _TEMPORARY.match("KsponSpeech_000001.wav")
+    assert TEMPORARY.match(name), name
+    assert not TEMPORARY.match("KsponSpeech_000001.wav")
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:

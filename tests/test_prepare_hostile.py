@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 
 from korasr.data.kspon import (
     CorpusError,
-    FolderInUseError,
     PrepareOptions,
     _lexical,
     _split_suffix,
     prepare_kspon,
 )
+from korasr.fsutil import FolderInUseError
 from tests.conftest import QuirkyCorpus, korasr_cmd, pcm_bytes, train_rel
 
 SPLITS = ("train", "dev", "eval_clean", "eval_other")
@@ -170,7 +170,7 @@ def test_one_folder_for_manifests_and_audio_is_locked_once(tmp_path):
 HOLD = """
 import sys
 from pathlib import Path
-from korasr.data.kspon import folder_lock
+from korasr.fsutil import folder_lock
 with folder_lock(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()

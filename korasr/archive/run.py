@@ -6,7 +6,9 @@ The output folder holds ``archive.json`` (what the run is: input, model, decodin
 must match it), ``part-NNNNN.jsonl`` (or ``.parquet``) per shard, ``.done/part-NNNNN.json`` (a shard's counts,
 written after its part: a shard is done when both are there), ``.inputs/`` (the listing, in shards) and
 ``summary.json``. A killed run started again lists nothing twice and transcribes only the shards not done; a part is
-replaced whole, never appended to, so no row is ever written twice.
+replaced whole, never appended to, so no row is ever written twice. A run holds the folder's lock
+(``fsutil.folder_lock``) from start to end: a second run on the same folder stops at once, naming the first's PID,
+and the temporaries of a killed run are removed before anything is written.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from korasr.archive.sources import iter_entries, kind_of
 from korasr.archive.worker import Settings, Transcriber, bundle
 from korasr.errors import KorasrError
-from korasr.fsutil import atomic_open, sha256_file, write_json
+from korasr.fsutil import LOCK_NAME, TEMPORARY, atomic_open, folder_lock, sha256_file, sweep_temporaries, write_json
 
 log = logging.getLogger(__name__)
 FORMAT = "korasr-archive/1"
@@ -68,16 +70,22 @@ def transcribe_archive(opts: ArchiveOptions) -> dict:
     if opts.fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {opts.fmt!r}")
     started = time.monotonic()
-    record = _claim(opts)
-    counts = _list_inputs(opts)
-    done = _done_shards(opts.out, len(counts))
-    pending = [k for k in range(len(counts)) if k not in done]
-    log.info("%s: %d files in %d shards; %d shards done, %d to transcribe", opts.source, sum(counts), len(counts),
-             len(done), len(pending))  # fmt: skip
-    this_run = Counter()
-    if pending:
-        this_run = _run(opts, record, pending, counts)
-    return _summarize(opts, counts, this_run, time.monotonic() - started)
+    _refuse_foreign(opts.out)  # before the lock: a folder that is not a run's gets nothing written into it
+    with folder_lock(opts.out):  # one run per folder; a second stops at once, naming the first's PID
+        # With the lock held no live run writes here: every temporary present is a killed run's half-written shard.
+        swept = sweep_temporaries(opts.out)
+        if swept:
+            log.info("%s: removed %d temporary file(s) left by an interrupted run", opts.out, swept)
+        record = _claim(opts)
+        counts = _list_inputs(opts)
+        done = _done_shards(opts.out, len(counts))
+        pending = [k for k in range(len(counts)) if k not in done]
+        log.info("%s: %d files in %d shards; %d shards done, %d to transcribe", opts.source, sum(counts), len(counts),
+                 len(done), len(pending))  # fmt: skip
+        this_run = Counter()
+        if pending:
+            this_run = _run(opts, record, pending, counts)
+        return _summarize(opts, counts, this_run, time.monotonic() - started)
 
 
 # --- the output folder -----------------------------------------------------------------------------------------
@@ -117,17 +125,32 @@ def _ours(entry: str) -> bool:
     )
 
 
+def _entries(out: Path) -> list[str]:
+    """What ``out`` holds, less the lock file (``folder_lock``'s, there from a run's first moment) and temporaries
+    of a run's own files (a run killed while writing ``archive.json`` leaves one beside nothing else)."""
+    if not out.is_dir():
+        return []
+    return sorted(e for e in os.listdir(out)
+                  if e != LOCK_NAME and not (TEMPORARY.match(e) and _ours(e[1:].rsplit(".", 2)[0])))  # fmt: skip
+
+
+def _refuse_foreign(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a folder holding anything but an archive run (no ``archive.json``)."""
+    if out.exists() and not out.is_dir():
+        raise ArchiveError(f"{out}: is a file, not a folder: choose another --out")
+    entries = _entries(out)
+    if entries and ARCHIVE_JSON not in entries:
+        raise ArchiveError(f"{out}: not an archive run's folder (no {ARCHIVE_JSON}; it holds {', '.join(entries[:5])}"
+                           f"{' …' if len(entries) > 5 else ''}): choose a new or empty --out")  # fmt: skip
+
+
 def _claim(opts: ArchiveOptions) -> dict:
     """Record the run in ``archive.json``, or check that the folder holds this same run (then it resumes). A folder
     holding anything else is refused, naming what it holds; ``force`` starts a different run over, removing only
     what an archive run writes."""
     out, record = opts.out, _fingerprint(opts)
-    entries = sorted(os.listdir(out)) if out.is_dir() else []
-    if out.exists() and not out.is_dir():
-        raise ArchiveError(f"{out}: is a file, not a folder: choose another --out")
-    if entries and ARCHIVE_JSON not in entries:
-        raise ArchiveError(f"{out}: not an archive run's folder (no {ARCHIVE_JSON}; it holds {', '.join(entries[:5])}"
-                           f"{' …' if len(entries) > 5 else ''}): choose a new or empty --out")  # fmt: skip
+    _refuse_foreign(out)
+    entries = _entries(out)
     if entries:
         old = json.loads((out / ARCHIVE_JSON).read_text(encoding="utf-8"))
         differ = sorted(k for k in set(old) | set(record) if k not in RESUMABLE and old.get(k) != record.get(k))

@@ -7,7 +7,6 @@ its reason. The corpus is only read; audio is converted under ``audio_dir``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -30,7 +29,14 @@ from pathlib import Path
 from korasr import __version__
 from korasr.data.audio import AUDIO_FORMATS, MAX_PCM_BYTES, SAMPLE_RATE, convert_pcm
 from korasr.errors import KorasrError
-from korasr.fsutil import DurableBatch, atomic_open, background_commits, write_json
+from korasr.fsutil import (
+    DurableBatch,
+    atomic_open,
+    background_commits,
+    folder_lock,
+    sweep_temporaries,
+    write_json,
+)
 from korasr.text.normalize import DISFLUENCIES, FORMS, normalize
 
 log = logging.getLogger(__name__)
@@ -51,10 +57,6 @@ expected a KsponSpeech tree (AIHub, https://aihub.or.kr, dataset "한국어 음�
 
 class CorpusError(KorasrError, RuntimeError):
     """The corpus tree or its scripts cannot be prepared; the message says which file and why."""
-
-
-class FolderInUseError(KorasrError, RuntimeError):
-    """Another live run holds an output folder's lock; the message names the folder and that run's PID."""
 
 
 @dataclass(frozen=True)
@@ -536,65 +538,6 @@ def _check(counts: dict[str, dict], scripts: dict[str, Path]) -> None:
             raise CorpusError(
                 f"{scripts[split]}: none of its {c['lines']} audio files exists under the corpus root\n" + EXPECTED_TREE
             )
-
-
-LOCK_NAME = ".prepare.lock"
-
-
-@contextlib.contextmanager
-def folder_lock(*folders: Path) -> Iterator[None]:
-    """Hold the lock of each folder (``LOCK_NAME`` inside it; the folder is created) until the block ends, or raise
-    ``FolderInUseError`` at once, naming the folder and the holder's PID, while another process holds one.
-
-    An flock on the file, not the file's existence: the kernel drops it when its holder exits however it exits
-    (kill -9, the OOM killer), so no stale lock outlives a run and none is ever removed by hand; the file stays.
-    Forked workers share their parent's lock. The PID written inside is for the message only."""
-    with contextlib.ExitStack() as held:
-        for folder in dict.fromkeys(Path(f) for f in folders):  # one folder given twice is locked once
-            held.enter_context(_lock_one(folder))
-        yield
-
-
-@contextlib.contextmanager
-def _lock_one(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "not yet recorded"
-            raise FolderInUseError(
-                f"{folder} is in use by another run (PID {pid} holds {path}): wait for it to finish, or use another "
-                "folder"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-_TEMPORARY = re.compile(r"^\..+\.\d+\.tmp$")  # fsutil.tmp_name: .NAME.PID.tmp (tests/test_fsutil.py checks both agree)
-
-
-def sweep_temporaries(folder: Path) -> int:
-    """Remove every temporary file (``fsutil.tmp_name``) under ``folder``; how many. Call it only while holding
-    ``folder_lock(folder)``, before writing anything: every run that writes into ``folder`` holds that lock, so any
-    temporary present then was left by a run that is gone (killed, crashed), whatever PID its name carries. A PID
-    is no test of that (PIDs are reused, and differ between containers sharing the folder); the lock is. A folder
-    below with a lock file of its own is another run's folder, not covered by this lock: it is left to that run."""
-    removed = 0
-    for parent, folders, names in os.walk(folder):
-        if LOCK_NAME in names and Path(parent) != Path(folder):
-            folders.clear()
-            continue
-        for name in names:
-            if _TEMPORARY.match(name):
-                Path(parent, name).unlink(missing_ok=True)
-                removed += 1
-    return removed
 
 
 def _up_to_date(result: PrepareResult, fingerprint: str) -> bool:
