@@ -380,12 +380,14 @@ def serving(config, app=None, send_buffer: int | None = None, **uvicorn_options)
 
 
 @contextlib.contextmanager
-def serve_process(model: Path, log: Path, *args: str, key: str | None = None):  # type: ignore[no-untyped-def]
+def serve_process(model: Path, log: Path, *args: str, key: str | None = None, healthy: bool = True):  # type: ignore[no-untyped-def]
     """``korasr serve`` as its own process on a free loopback port, everything it prints (uvicorn's access log at
-    INFO included) going to ``log``: yields its URL."""
+    INFO included) going to ``log``: yields its URL once ``/health`` answers 200 (with ``healthy=False``: once it
+    answers at all)."""
     import os
     import socket
     import time
+    import urllib.error
     import urllib.request
 
     with socket.socket() as s:
@@ -404,6 +406,10 @@ def serve_process(model: Path, log: Path, *args: str, key: str | None = None):  
                 with urllib.request.urlopen(url + "/health", timeout=2) as r:
                     if r.status == 200:
                         break
+            except urllib.error.HTTPError:
+                if not healthy:
+                    break
+                time.sleep(0.2)
             except OSError:
                 time.sleep(0.2)
         yield url

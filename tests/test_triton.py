@@ -259,6 +259,8 @@ def test_the_two_backends_differ_only_in_the_ctc_step_and_take_their_options(exp
     files = {repo: {p.relative_to(repo).as_posix(): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
              for repo in (onnx, python)}  # fmt: skip
     assert set(files[python]) - set(files[onnx]) == {f"{CTC}/1/model.py"} and set(files[onnx]) < set(files[python])
+    marker = {repo: json.loads(files[repo].pop(".korasr-artifact")) for repo in (onnx, python)}  # says when: differs
+    assert marker[onnx]["entries"] == marker[python]["entries"]
     differ = {rel for rel, data in files[onnx].items() if files[python][rel] != data}
     assert differ == {f"{CTC}/config.pbtxt"}
     a, b = load_config(onnx / CTC / "config.pbtxt"), load_config(python / CTC / "config.pbtxt")
@@ -378,3 +380,26 @@ def test_the_gateway_streams_websockets_through_the_sequence_batcher(triton_stre
     chunks = sum(-(-len(w) // chunk) for w in waves)
     assert metric(triton_streaming["metrics"], "nv_inference_request_success", STREAM) - before >= chunks
     assert status == 200 and 'korasr_stream_closes_total{code="1000"} 6.0' in text
+
+
+def test_health_names_a_streaming_model_triton_does_not_serve_while_files_still_decode(
+    triton_streaming, exported_streaming, recipe, tmp_path
+):  # fmt: skip
+    """The gateway's readiness covers every Triton model it sends work to: pointed at a streaming model Triton does
+    not have, /health answers 503 naming that model (a load balancer takes the replica out), while a file still
+    decodes through korasr_ctc."""
+    import requests
+
+    path = eval_rows(recipe, 1)[0]["audio_filepath"]
+    with serve_process(exported_streaming, tmp_path / "gateway.log", "--triton", f"127.0.0.1:{triton_streaming['grpc']}",
+                       "--triton-stream-model", "korasr_absent", healthy=False) as url:  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            answer = requests.get(f"{url}/health", timeout=10)
+            if answer.json()["status"] != "loading" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert answer.status_code == 503, answer.text
+        assert answer.json() == {"status": "upstream unavailable", "ready": False, "models": ["korasr_absent"]}
+        status, body = post(url, path)
+    assert status == 200 and body["text"]

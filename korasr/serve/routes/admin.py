@@ -31,10 +31,19 @@ async def health(state: Annotated[ServiceState, Depends(service)]):  # type: ign
         return JSONResponse({"status": "draining", "ready": False}, status_code=503)
     if not state.ready:
         return JSONResponse({"status": "loading", "ready": False}, status_code=503)
-    upstream = getattr(state.recognizer, "upstream", None)
-    if upstream is not None and not await asyncio.to_thread(upstream.ready):  # gateway mode: Triton must answer
-        return JSONResponse({"status": "upstream unavailable", "ready": False}, status_code=503)
+    down = await asyncio.to_thread(upstream_down, state)
+    if down:
+        return JSONResponse({"status": "upstream unavailable", "ready": False, "models": down}, status_code=503)
     return {"status": "ok", "ready": True}
+
+
+def upstream_down(state: ServiceState) -> list[str]:
+    """Gateway mode: the Triton models this service sends work to that Triton does not have ready (the CTC model,
+    and the streaming model when the export streams): either one down is a route that would fail."""
+    if not state.config.triton:
+        return []
+    remotes = [state.recognizer.upstream if state.recognizer else None, state.hub.model if state.hub else None]
+    return [r.model for r in remotes if r is not None and not r.ready()]  # TritonSession, TritonStreamingModel
 
 
 @router.get("/admin/status")
