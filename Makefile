@@ -343,14 +343,14 @@ bench: setup ## speed vs peers: data prep (lhotse, raw copy), tokenization (jamo
 	$(BIN)/python bench/prepare_vs_lhotse.py --jobs $(JOBS)
 	$(BIN)/python bench/tokenize_speed.py
 
-bench-inference: setup ## CPU inference: korasr runtime vs sherpa-onnx vs NeMo transcribe (RTFx, p50/p99; needs make train)
-	$(BIN)/python bench/inference.py
+bench-inference: setup ## CPU inference at SIZE=tiny|small|medium|large|all (default all): korasr fp32/fp16/INT8 vs sherpa-onnx vs NeMo transcribe vs the GEMM limit (RTFx, p50/p99, RSS; tiny is make train's model)
+	$(BIN)/python bench/inference.py --sizes $(or $(SIZE),all) --profile
 
 bench-triton: setup triton ## korasr serve --triton (the graph in Triton) vs in-process vs Triton alone, 1/8/32 clients (needs make export)
 	$(BIN)/python bench/triton_gateway.py
 
-bench-serve: setup ## loopback load on korasr serve, batched vs unbatched, 1/8/32 clients, RSS (needs make export)
-	$(BIN)/python bench/serve_load.py
+bench-serve: setup ## loopback load on korasr serve, batched vs unbatched, 1/8/32 clients, RSS (needs make export; SIZE=large: make bench-inference's large graph)
+	$(BIN)/python bench/serve_load.py $(if $(SIZE),--size $(SIZE))
 
 bench-streaming: setup ## korasr streaming runtime vs sherpa-onnx online (chunk compute, concurrent streams), WebSocket at 1/8/32 clients, 8 real-time clients beside 4 flooders, a 10-min stream (needs a streaming export)
 	$(BIN)/python bench/streaming.py

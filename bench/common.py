@@ -40,13 +40,22 @@ def add_export_options(parser) -> None:  # type: ignore[no-untyped-def]
     """``--export`` (default: the newest sample export) and ``--manifest`` (the sample eval_clean), shared by the
     service benchmarks; :func:`export_of` resolves the default."""
     parser.add_argument("--export", type=Path, default=None, help="default: the newest exp/sample/*/*/export")
+    parser.add_argument("--size", choices=("tiny", "small", "medium", "large"), default=None,
+                        help="instead of --export: bench/inference.py's export of conf/size/SIZE.yaml (untrained, "
+                        "seeded; make bench-inference SIZE=SIZE builds it)")  # fmt: skip
     parser.add_argument("--manifest", type=Path, default=ROOT / "manifests" / "sample" / "eval_clean.jsonl")
 
 
 def export_of(args) -> Path:  # type: ignore[no-untyped-def]
-    """``args.export``, or the newest sample export (a clear exit when there is none)."""
+    """``args.export``, ``--size``'s benchmark export, or the newest sample export (a clear exit when there is
+    none)."""
     if args.export is not None:
         return args.export
+    if getattr(args, "size", None):
+        folder = OUT / "inference" / args.size / "export"
+        if not (folder / "model.json").is_file():
+            raise SystemExit(f"{folder}: no {args.size} export yet: run `make bench-inference SIZE={args.size}` first")
+        return folder
     found = newest("exp/sample/*/*/export/model.json")
     if found is None:
         raise SystemExit("no export: run `make train` and `make export` first, or pass --export")

@@ -64,8 +64,9 @@ def _add_force(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                   help="which graph of the export runs: model.onnx, model.fp16.onnx or model.int8.onnx")  # fmt: skip
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8", "int8-dynamic"), default="fp32",
+                   help="which graph of the export runs: model.onnx, model.fp16.onnx, model.int8.onnx (static Q/DQ, "
+                   "TensorRT's) or model.int8-dynamic.onnx (the fast one on CPUs)")  # fmt: skip
 
 
 def _add_report_options(p: argparse.ArgumentParser) -> None:

@@ -70,11 +70,12 @@ def test_fp16_and_int8_graphs_are_gated_and_score_like_fp32(exported, recipe):
     info = json.loads((exported / "model.json").read_text(encoding="utf-8"))
     precisions = info["precisions"]
     assert precisions["int8"]["calibration_utterances"] == 16
-    for precision in ("fp16", "int8"):
+    for precision in ("fp16", "int8", "int8-dynamic"):
         assert precisions[precision]["piece_error_rate_vs_fp32"] <= precisions[precision]["tolerance"]
         assert info["sha256"][f"model.{precision}.onnx"]
         onnx.checker.check_model(str(exported / f"model.{precision}.onnx"))
     assert "model.int8.onnx" in (exported / "README.md").read_text(encoding="utf-8")
+    assert "model.int8-dynamic.onnx" in (exported / "README.md").read_text(encoding="utf-8")
 
     int8 = onnx.load(str(exported / "model.int8.onnx"))
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in int8.graph.initializer}
@@ -96,11 +97,20 @@ def test_fp16_and_int8_graphs_are_gated_and_score_like_fp32(exported, recipe):
     assert {dtypes[w] for w in weights} == {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT}  # front end: float
     assert [i.type.tensor_type.elem_type for i in half.graph.output] == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64]
 
+    fp32 = onnx.load(str(exported / "model.onnx"))
+    weights32 = {i.name for i in fp32.graph.initializer}
+    weight_products = [n for n in fp32.graph.node if n.op_type == "MatMul" and not n.name.startswith("/frontend/")
+                       and any(i in weights32 for i in n.input)]  # fmt: skip
+    dynamic = onnx.load(str(exported / "model.int8-dynamic.onnx"))  # CPUs: INT8 weights, per-call activations
+    ops = [n.op_type for n in dynamic.graph.node]
+    assert weight_products and ops.count("MatMulInteger") == len(weight_products) and "DynamicQuantizeLinear" in ops
+    assert ops.count("MatMul") == sum(n.op_type == "MatMul" for n in fp32.graph.node) - len(weight_products)
+
     rows = eval_rows(recipe)
     refs, paths = [r["text"] for r in rows], [r["audio_filepath"] for r in rows]
     scores = {p: cer(refs, [x.text for x in Recognizer(exported, precision=p).transcribe(paths)])
-              for p in ("fp32", "fp16", "int8")}  # fmt: skip
-    assert abs(scores["fp16"] - scores["fp32"]) <= 1.0 and abs(scores["int8"] - scores["fp32"]) <= 1.0, scores
+              for p in ("fp32", "fp16", "int8", "int8-dynamic")}  # fmt: skip
+    assert all(abs(scores[p] - scores["fp32"]) <= 1.0 for p in scores), scores
     cli = run("transcribe", "--model", str(exported), "--precision", "int8", paths[0])
     assert cli.stdout.strip().splitlines()[-1] == Recognizer(exported, precision="int8").transcribe(paths[:1])[0].text
 
@@ -125,6 +135,9 @@ def test_a_mis_scaled_int8_graph_fails_the_gate(exported, recipe, tmp_path):
     assert check_reduced(exported, "int8", feeds, blank)["piece_error_rate_vs_fp32"] <= 3.0  # the real one passes
     with pytest.raises(ExportError, match=r"model.int8.onnx: its greedy pieces differ from model.onnx's by"):
         check_reduced(tmp_path, "int8", feeds, blank)
+    # an untrained benchmark graph (export(untrained=True)): the same comparison, recorded, not gated
+    compared = check_reduced(tmp_path, "int8", feeds, blank, gate=False)
+    assert compared["piece_error_rate_vs_fp32"] > 3.0 and compared["tolerance"] is None
 
 
 def test_a_missing_precision_is_named(exported, tmp_path):
@@ -133,7 +146,7 @@ def test_a_missing_precision_is_named(exported, tmp_path):
             (tmp_path / path.name).symlink_to(path)
     with pytest.raises(FileNotFoundError, match=r"model.int8.onnx: this export has no int8 graph.*--int8-calibration"):
         Recognizer(tmp_path, precision="int8")
-    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, int8"):
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, int8, int8-dynamic"):
         Recognizer(exported, precision="bf16")
 
 

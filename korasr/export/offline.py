@@ -8,7 +8,8 @@
   subsampling windows, so that clients computing the output length as ``T // subsampling`` read every frame.
 - ``model.fp16.onnx`` and, when asked, ``model.int8.onnx`` (Q/DQ INT8 calibrated on a manifest): reduced-precision
   copies of ``model.onnx`` for TensorRT (korasr.precision), gated against ``model.onnx``; with CUDA and TensorRT,
-  ``model.fp16.plan`` / ``model.int8.plan``.
+  ``model.fp16.plan`` / ``model.int8.plan``. ``model.int8-dynamic.onnx`` (INT8 weights, activations quantized per
+  call, no calibration), gated the same way: the graph that runs faster than float32 on CPUs.
 - ``tokenizer.model``, ``model.json`` (unit, text codec, sample rate, blank id, versions, checksums), and a
   ``README.md`` listing the files with what each gate measured.
 
@@ -230,6 +231,7 @@ def export(
     lm: str | os.PathLike[str] | None = None,
     lookahead_ms: int | None = None,
     force: bool = False,
+    untrained: bool = False,
 ) -> Path:
     """Export ``model_path`` into ``out_dir`` (default: ``export/`` beside the model); returns the directory.
 
@@ -243,6 +245,11 @@ def export(
     ``out_dir`` is replaced only when it is an export korasr wrote (:func:`korasr.fsutil.staged_dir`), or with
     ``force``. With ``int8_manifest``, also ``model.int8.onnx`` calibrated on its first ``int8_utterances``
     utterances.
+
+    ``untrained``: the model is a benchmark graph with untrained weights (bench/inference.py). The graphs are gated
+    against NeMo as always, but the fp16/INT8 graphs are only compared with model.onnx and the comparison recorded:
+    an untrained model's scores are near ties that any rounding flips, so its greedy pieces measure nothing. model.json
+    says ``"untrained": true``.
     """
     started = time.time()
     lm_info = None
@@ -257,8 +264,8 @@ def export(
         parity = _write_export(tmp, model_path, lm_info, parity_manifest=parity_manifest,
                                parity_utterances=parity_utterances, int8_manifest=int8_manifest,
                                int8_utterances=int8_utterances,
-                               triton=triton,
-                               lookahead_ms=lookahead_ms, started=started)  # fmt: skip
+                               triton=triton, lookahead_ms=lookahead_ms, started=started,
+                               untrained=untrained)  # fmt: skip
     log.info("exported %s → %s (parity: max |Δ log-prob| %.2e, transcripts identical)", model_path, out,
              parity["max_abs_logprob_diff"])  # fmt: skip
     return out
@@ -276,6 +283,7 @@ def _write_export(
     triton: TritonOptions,
     lookahead_ms: int | None,
     started: float,
+    untrained: bool = False,
 ) -> dict:
     """Every file of the export folder, written into ``tmp`` and gated; returns the parity summary. The stages:
     load, NeMo's references, build the graphs, gate them, streaming, reduced precision, write model.json, Triton
@@ -297,7 +305,9 @@ def _write_export(
         info["lm"] = _lm_info(lm_info)
     feeds = {"audio": refs.audio, "audio_length": refs.lengths}
     calibration = _test_audio(int8_manifest, int8_utterances) if int8_manifest else None
-    info["precisions"] = _reduced_precision(tmp, feeds, len(pieces), calibration)
+    if untrained:
+        info["untrained"] = True
+    info["precisions"] = _reduced_precision(tmp, feeds, len(pieces), calibration, gate=not untrained)
     info["tensorrt"] = build_tensorrt(tmp, feeds)
     _write_info(tmp, info, triton)
     return parity
@@ -548,14 +558,19 @@ def readme(info: dict) -> str:
         f"| encoder.onnx + tokens.txt | NeMo's features in, sherpa-onnx metadata | vs NeMo on whole subsampling "
         f"windows: {parity['encoder.onnx']['max_abs_logprob_diff']:.1e}, greedy identical |",
     ]
+
+    def gated(tolerance: float | None) -> str:
+        return "not gated: untrained weights" if tolerance is None else f"tolerance {tolerance:g}%"
+
     what = {"fp16": "model.onnx in float16 (front end, positional encoding and softmaxes float32)",
-            "int8": "model.onnx with Q/DQ INT8 MatMuls, symmetric (TensorRT's scheme)"}  # fmt: skip
-    for precision in ("fp16", "int8"):
+            "int8": "model.onnx with Q/DQ INT8 MatMuls, symmetric (TensorRT's scheme)",
+            "int8-dynamic": "model.onnx with INT8 weight MatMuls, activations quantized per call (for CPUs)"}  # fmt: skip
+    for precision in ("fp16", "int8-dynamic", "int8"):
         if precision in precisions:
             p = precisions[precision]
             extra = f"; calibrated on {p['calibration_utterances']} utterances" if precision == "int8" else ""
             lines.append(f"| {p['file']} | {what[precision]}{extra} | vs model.onnx: greedy pieces "
-                         f"{p['piece_error_rate_vs_fp32']:.2f}% off (tolerance {p['tolerance']:g}%), max \\|Δ "
+                         f"{p['piece_error_rate_vs_fp32']:.2f}% off ({gated(p['tolerance'])}), max \\|Δ "
                          f"log-prob\\| {p['max_abs_logprob_diff']:.2f} |")  # fmt: skip
     for name, entry in trt.items():
         if name.endswith(".plan"):
@@ -597,25 +612,30 @@ def readme(info: dict) -> str:
     return "\n".join(lines)
 
 
-def _reduced_precision(tmp: Path, feeds: dict, blank: int, calibration: list[np.ndarray] | None) -> dict:
-    """``model.fp16.onnx`` always, ``model.int8.onnx`` when calibration audio is given; each gated by
-    :func:`check_reduced`."""
-    from korasr.precision import quantize_int8, session, to_float16
+def _reduced_precision(tmp: Path, feeds: dict, blank: int, calibration: list[np.ndarray] | None,
+                       gate: bool = True) -> dict:  # fmt: skip
+    """``model.fp16.onnx`` and ``model.int8-dynamic.onnx`` always, ``model.int8.onnx`` when calibration audio is
+    given; each gated by :func:`check_reduced` (only compared without ``gate``)."""
+    from korasr.precision import quantize_int8, quantize_int8_dynamic, session, to_float16
 
     reference = session(tmp / "model.onnx").run(None, feeds)
     report: dict = {"fp32": {"file": "model.onnx"}}
     to_float16(tmp / "model.onnx", tmp / "model.fp16.onnx")
-    report["fp16"] = {"file": "model.fp16.onnx", **check_reduced(tmp, "fp16", feeds, blank, reference)}
+    report["fp16"] = {"file": "model.fp16.onnx", **check_reduced(tmp, "fp16", feeds, blank, reference, gate)}
+    dynamic = quantize_int8_dynamic(tmp / "model.onnx", tmp / "model.int8-dynamic.onnx")
+    report["int8-dynamic"] = {"file": "model.int8-dynamic.onnx", **dynamic,
+                              **check_reduced(tmp, "int8-dynamic", feeds, blank, reference, gate)}  # fmt: skip
     if calibration is not None:
         calibrated = quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", calibration)
-        gate = check_reduced(tmp, "int8", feeds, blank, reference)
-        report["int8"] = {"file": "model.int8.onnx", **calibrated, **gate}
+        checked = check_reduced(tmp, "int8", feeds, blank, reference, gate)
+        report["int8"] = {"file": "model.int8.onnx", **calibrated, **checked}
     return report
 
 
-def check_reduced(folder: Path, precision: str, feeds: dict, blank: int, reference=None) -> dict:  # type: ignore[no-untyped-def]
+def check_reduced(folder: Path, precision: str, feeds: dict, blank: int, reference=None, gate: bool = True) -> dict:  # type: ignore[no-untyped-def]
     """Gate ``model.<precision>.onnx`` against ``model.onnx`` on ``feeds``: identical output lengths, greedy
-    pieces within korasr.precision.TOLERANCE (% piece edits); raises :class:`ExportError` otherwise.
+    pieces within korasr.precision.TOLERANCE (% piece edits); raises :class:`ExportError` otherwise. Without
+    ``gate`` (an untrained benchmark graph) the pieces are compared, not gated.
     ``reference``: model.onnx's (log-probs, lengths) on ``feeds`` when already computed."""
     from korasr.precision import TOLERANCE, session
 
@@ -626,12 +646,12 @@ def check_reduced(folder: Path, precision: str, feeds: dict, blank: int, referen
     if not entry.pop("lengths_identical"):
         raise ExportError(f"{folder / name}: output lengths {got_len.tolist()} differ from model.onnx's")
     rate, tolerance = entry["piece_error_rate_vs_fp32"], TOLERANCE[precision]
-    if rate > tolerance:
+    if rate > tolerance and gate:
         raise ExportError(f"{folder / name}: its greedy pieces differ from model.onnx's by {rate:.2f}% > "
                           f"{tolerance}% on the parity utterances")  # fmt: skip
     log.info("%s: pieces %.2f%% off model.onnx's (tolerance %.1f%%), max |Δ log-prob| %.3f",
              name, rate, tolerance, entry["max_abs_logprob_diff"])  # fmt: skip
-    return {**entry, "tolerance": tolerance}
+    return {**entry, "tolerance": tolerance if gate else None}
 
 
 def compare_outputs(reference, reference_len, got, got_len, blank: int) -> dict:  # type: ignore[no-untyped-def]

@@ -31,7 +31,8 @@ from korasr.runtime.results import Result, Segment, Word, token_segments, token_
 
 CHUNK_SECONDS = 30.0
 MIN_CHUNK_SECONDS = 4.0  # the quiet cut searches the last 2 s of a chunk
-GRAPHS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+GRAPHS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
+          "int8-dynamic": "model.int8-dynamic.onnx"}  # fmt: skip
 DECODERS = ("greedy", "beam")
 BUNDLED_LM = "lm"  # the export's LM folder (korasr export --lm)
 

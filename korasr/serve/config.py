@@ -71,8 +71,9 @@ class ServeConfig:
     threads: int | None = setting(
         None, "onnxruntime intra-op threads (default: OMP_NUM_THREADS when set, else onnxruntime's)", ge=1, le=256
     )
-    precision: Precision = setting("fp32", "which graph of the export runs: model.onnx, model.fp16.onnx or "
-                                   "model.int8.onnx")  # fmt: skip
+    precision: Precision = setting("fp32", "which graph of the export runs: model.onnx, model.fp16.onnx, "
+                                   "model.int8.onnx (static Q/DQ, TensorRT's) or model.int8-dynamic.onnx (the fast "
+                                   "one on CPUs)")  # fmt: skip
     decoder: Decoder | None = setting(None, "greedy or beam (default: beam when the export bundles "
                                                         "an LM, korasr export --lm, else greedy)")  # fmt: skip
     max_hotwords: int = setting(100, "hotword phrases per request (each at most 100 characters)", ge=0, le=10_000)
