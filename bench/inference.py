@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, SAMPLE_RATE, newest, pct, read_wave, write_json
+from common import OUT, ROOT, SAMPLE_RATE, best_of, newest, pct, read_wave, write_json
 
 SIZES = ("tiny", "small", "medium", "large")
 BATCH = 16
@@ -122,9 +122,6 @@ def exported(nemo_path: Path, folder: Path, parity: Path, calibration: Path, unt
 
 def run_row(spec: dict) -> dict:
     """Time one system on the audio: batch 1 then batch 16 are separate rows (separate processes)."""
-    import torch
-
-    torch.set_num_threads(spec["threads"])
     waves = [read_wave(p) for p in spec["paths"]]
     batch, system = spec["batch"], spec["system"]
     if system == "korasr":
@@ -148,10 +145,12 @@ def run_row(spec: dict) -> dict:
             sherpa.decode_streams(streams) if len(streams) > 1 else sherpa.decode_stream(streams[0])
             return [unicodedata.normalize("NFC", s.result.text) for s in streams]
     else:
+        import torch
         from peers import nemo_transcribe
 
         from korasr.evaluate import load_model
 
+        torch.set_num_threads(spec["threads"])  # only NeMo's rows import torch: the others' RSS is their own
         model = load_model(Path(spec["nemo"])).cpu().eval()
 
         def call(group: list[np.ndarray]) -> list[str]:
@@ -242,15 +241,9 @@ def gemm_throughput(d_model: int, rows: int, threads: int, folder: Path) -> dict
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         sess.run(None, {"x0": x})
-        best = min(_timed(sess.run, None, {"x0": x}) for _ in range(20))
+        best = best_of(lambda sess=sess: sess.run(None, {"x0": x}), 20)
         out[name] = flops / best
     return out
-
-
-def _timed(fn, *args) -> float:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
 
 
 def profile_top(export_dir: Path, waves: list[np.ndarray], threads: int, top: int = 8) -> list[dict]:
@@ -313,7 +306,8 @@ def bench_size(size: str, args: argparse.Namespace, paths: list[str], refs: list
     static = exported(nemo_path, folder, args.manifest, args.calibration, untrained=not trained)
     flops_s, params = flops_per_audio_second(nemo_path)
     d_model = int(OmegaConf.load(ROOT / "conf" / "size" / f"{size}.yaml").model.encoder.d_model)
-    frames_b16 = int(BATCH * np.mean([len(read_wave(p)) for p in paths[:BATCH]]) / SAMPLE_RATE * 12.5)
+    waves = [read_wave(p) for p in paths]  # read once: the limit, the agreement and the profile use them
+    frames_b16 = int(BATCH * np.mean([len(w) for w in waves[:BATCH]]) / SAMPLE_RATE * 12.5)
     throughput = gemm.setdefault(d_model, gemm_throughput(d_model, frames_b16, args.threads, CACHE))
     limit = {k: v / flops_s for k, v in throughput.items()}
     print(f"\n## {size}: {params:.1f} M parameters, {'trained' if trained else 'untrained (seeded)'}; "
@@ -341,7 +335,6 @@ def bench_size(size: str, args: argparse.Namespace, paths: list[str], refs: list
         note = f"{entry['cer']:.2f}%" if trained else ""
         print(f"{system:<12} {precision:<13} {batch:>5} {entry['rtfx']:>7.1f} {entry['p50_ms']:>8.1f} "
               f"{entry['p99_ms']:>8.1f} {entry['rss_mb']:>7} {entry['of_limit']:>8.1%}  {note}", flush=True)  # fmt: skip
-    waves = [read_wave(p) for p in paths[:8]]
     parity = {"int8-static": agreement(static, "int8", waves, args.threads),
               "int8-dynamic": agreement(static, "int8-dynamic", waves, args.threads),
               "fp16": agreement(static, "fp16", waves, args.threads)}  # fmt: skip
@@ -349,14 +342,14 @@ def bench_size(size: str, args: argparse.Namespace, paths: list[str], refs: list
         print(f"{name} vs fp32 on 8 utterances: top-1 frames agree {p['top1_agreement']:.2%}, "
               f"max |Δ log-prob| {p['max_abs_logprob_diff']}")  # fmt: skip
     result = {"size": size, "params_m": round(params, 1), "trained": trained, "audio_s": round(
-        sum(len(read_wave(p)) for p in paths) / SAMPLE_RATE, 1), "threads": args.threads,
+        sum(len(w) for w in waves) / SAMPLE_RATE, 1), "threads": args.threads,
         "gflop_per_audio_s": round(flops_s / 1e9, 3), "gemm_gflops": {k: round(v / 1e9, 1) for k, v in throughput.items()},
         "limit_rtfx": {k: round(v, 1) for k, v in limit.items()}, "rows": rows, "parity": parity}  # fmt: skip
     result["ratios"] = ratios(rows)
     for line in result["ratios"]["lines"]:
         print(line)
     if args.profile:
-        result["profile_fp32_b16"] = profile_top(static, [read_wave(p) for p in paths[:BATCH]], args.threads)
+        result["profile_fp32_b16"] = profile_top(static, waves[:BATCH], args.threads)
         print("onnxruntime profile, model.onnx, batch 16: " +
               ", ".join(f"{p['op']} {p['share']:.0%}" for p in result["profile_fp32_b16"]))  # fmt: skip
     return result
