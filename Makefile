@@ -11,14 +11,19 @@ JOBS   ?= $(shell nproc)
 KSPON_ROOT ?=
 # The embedded sample corpus.
 SAMPLE_ROOT ?= data/sample/KsponSpeech
-SAMPLE_UTTERANCES ?= 2500
+SAMPLE_UTTERANCES ?= 6000
 # wide: 12 voices at 150-230 wpm (the recipe); narrow: 3 voices at 165-180 wpm (learns faster, generalizes not at all)
 SAMPLE_VARIETY ?= wide
+# open: thousands of words from korasr/data/lexicon/ko.tsv beside the templates (eval_novel's words held out);
+# templates: the templates' few hundred words (the corpus before issue 39)
+SAMPLE_TEXT ?= open
 ARGS ?=
 # STREAMING=1: the cache-aware streaming variant of the recipe's model (conf/streaming.yaml, recipes/RECIPE/streaming.yaml)
 STREAMING ?=
-# Tokenizer: unit jamo|syllable|char-jamo|char-syllable, SentencePiece type unigram|bpe, vocabulary size.
-UNIT ?= jamo
+# Tokenizer: unit jamo|syllable|char-jamo|char-syllable, SentencePiece type unigram|bpe, vocabulary size. The sample
+# recipe: one piece per jamo (char-jamo): on the open-vocabulary corpus the jamo unigram 80 stayed on CTC's blank
+# plateau where char-jamo left it (recipes/sample/RESULTS.md, issue 39); kspon: jamo unigram 1024.
+UNIT ?= $(if $(filter sample,$(RECIPE)),char-jamo,jamo)
 TYPE ?= unigram
 ifeq ($(RECIPE),kspon)
 VOCAB ?= 1024
@@ -181,8 +186,17 @@ docs-settings: setup ## docs/settings.md from the service's settings schema (a t
 test: setup lint airflow triton ## lint, then every test tier (unit, config, end to end) on CPU, in two pytest processes at once (tests/lanes.py)
 	$(BIN)/python -m tests.lanes
 
-sample-corpus: setup ## synthesize the sample corpus (eSpeak NG Korean, KsponSpeech layout) into SAMPLE_ROOT
-	$(BIN)/korasr sample-corpus $(SAMPLE_ROOT) --utterances $(SAMPLE_UTTERANCES) --variety $(SAMPLE_VARIETY) --jobs $(JOBS)
+sample-corpus: setup ## synthesize the sample corpus (eSpeak NG Korean, KsponSpeech layout) into SAMPLE_ROOT (SAMPLE_TEXT=open|templates)
+	$(BIN)/korasr sample-corpus $(SAMPLE_ROOT) --utterances $(SAMPLE_UTTERANCES) --variety $(SAMPLE_VARIETY) --text $(SAMPLE_TEXT) --jobs $(JOBS)
+
+# The sample corpus's open-vocabulary lexicon (korasr/data/lexicon/ko.tsv, committed): wordfreq's Korean list tagged and
+# conjugated by Kiwi, in a venv of its own (neither is a dependency of korasr); the same pins write the same file.
+LEXICON_VENV := .venv-lexicon
+.PHONY: lexicon
+lexicon: ## rebuild korasr/data/lexicon/ko.tsv (the sample corpus's open lexicon) from wordfreq 3.1.1 + kiwipiepy 0.24.1 in .venv-lexicon
+	$(PYTHON) -m venv $(LEXICON_VENV)
+	$(LEXICON_VENV)/bin/pip install -q "wordfreq==3.1.1" "kiwipiepy==0.24.1" "kiwipiepy_model==0.24.0"
+	PYTHONPATH=. $(LEXICON_VENV)/bin/python -m korasr.data.lexicon.build
 
 ifeq ($(RECIPE),kspon)
 prepare: setup ## manifests/RECIPE/*.jsonl from the corpus (RECIPE=sample: the sample corpus; kspon: KSPON_ROOT)

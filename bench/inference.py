@@ -384,7 +384,7 @@ def main() -> int:
     parser.add_argument("--manifest", type=Path, default=ROOT / "manifests" / "sample" / "eval_clean.jsonl")
     parser.add_argument("--calibration", type=Path, default=ROOT / "manifests" / "sample" / "dev.jsonl",
                         help="static INT8 calibration manifest (its first 16 utterances)")  # fmt: skip
-    parser.add_argument("--tokenizer", type=Path, default=ROOT / "tokenizers" / "sample" / "jamo_unigram_v80")
+    parser.add_argument("--tokenizer", type=Path, default=ROOT / "tokenizers" / "sample" / "char-jamo")
     parser.add_argument("--seconds", type=float, default=120.0, help="audio per row (≥ 100 s for the issue's table)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="passes over the audio per row; the fastest counts")

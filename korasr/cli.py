@@ -838,6 +838,9 @@ def _sample_corpus_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variety", choices=("wide", "narrow"), default="wide",
                    help="voices and prosody of train/dev/eval_clean: wide (12 voices, 150-230 wpm; default) or narrow "
                    "(3 voices, 165-180 wpm: learns in 300 steps, hears no other voice)")  # fmt: skip
+    p.add_argument("--text", choices=("open", "templates"), default="open",
+                   help="open: the open-vocabulary lexicon (korasr/data/lexicon/ko.tsv) and the templates (default); "
+                   "templates: the templates' few hundred words alone")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample_corpus)
 
@@ -845,7 +848,9 @@ def _sample_corpus_parser(sub: argparse._SubParsersAction) -> None:
 def _sample_corpus(args: argparse.Namespace) -> int:
     from korasr.data.sample_corpus import SampleOptions, make_sample_corpus
 
-    options = SampleOptions(utterances=args.utterances, seed=args.seed, synth=args.synth, variety=args.variety)
+    options = SampleOptions(
+        utterances=args.utterances, seed=args.seed, synth=args.synth, variety=args.variety, text=args.text
+    )
     print(make_sample_corpus(args.out, options, jobs=args.jobs, progress=not args.quiet))
     return 0
 

@@ -174,7 +174,8 @@ def test_retrain_promotes_a_good_candidate_and_stops_a_poor_one(exported, recipe
         registry.register(exported, "ko-life", report=report)
         registry.promote("ko-life", 1)
         drop = tmp_path / "drop" / "KsponSpeech"
-        run("sample-corpus", str(drop), "--utterances", "160", "--seed", "12", "--variety", "narrow", "--quiet")
+        run("sample-corpus", str(drop), "--utterances", "160", "--seed", "12", "--variety", "narrow", "--text",
+            "templates", "--quiet")  # fmt: skip
         cmd = retrain_cmd("ko-life", recipe, drop, tmp_path / "work", hook, "--tolerance-rel", "50",
                           "--tolerance-abs", "5", "trainer.max_steps=30")  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

@@ -37,7 +37,7 @@ def toy(tmp_path_factory):
     heard TARGET often and CONFUSION never."""
     tmp = tmp_path_factory.mktemp("lm")
     r = random.Random(0)
-    texts = [normalize(sentence(r), "phonetic", "df").text for _ in range(300)]
+    texts = [normalize(sentence(r, "templates"), "phonetic", "df").text for _ in range(300)]
     texts = [t for t in texts if t] + [TARGET] * 40 + ["너 바 사 자 마바사"] * 5
     manifest = write_manifest(tmp / "train.jsonl", texts)
     tokenizer = build_tokenizer(manifest, tmp / "tok", TokenizerOptions(unit="char-syllable"), report_manifests=[])

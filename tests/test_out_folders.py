@@ -52,7 +52,7 @@ def leftovers(folder: Path) -> list[str]:
 def manifest(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("out_folders")
     r = random.Random(0)
-    texts = [t for t in (normalize(sentence(r), "phonetic", "df").text for _ in range(200)) if t]
+    texts = [t for t in (normalize(sentence(r, "templates"), "phonetic", "df").text for _ in range(200)) if t]
     path = tmp / "train.jsonl"
     path.write_text("".join(json.dumps({"audio_filepath": "-", "duration": 1.0, "text": t}, ensure_ascii=False) + "\n"
                             for t in texts), encoding="utf-8")  # fmt: skip

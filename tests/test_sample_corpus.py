@@ -12,7 +12,7 @@ import pytest
 
 from korasr.data.korean_numbers import has_final, letters, native, sino
 from korasr.data.sample_corpus import VARIETIES, SampleOptions, archive_of, make_sample_corpus, plan, train_path
-from korasr.data.sample_text import fill
+from korasr.data.sample_text import TEXTS, fill
 from korasr.text import normalize
 from tests.conftest import korasr_cmd
 
@@ -100,11 +100,13 @@ def test_plan_splits_are_disjoint_and_cover_every_marker():
     assert len(words) >= 300
 
 
-@pytest.mark.parametrize(("variety", "seed"), [("wide", 0), ("narrow", 11), ("wide", 5)])
-def test_eval_novel_says_no_word_the_other_splits_say(variety, seed):
+@pytest.mark.parametrize(
+    ("variety", "seed", "text"), [("wide", 0, "open"), ("narrow", 11, "open"), ("wide", 5, "templates")]
+)
+def test_eval_novel_says_no_word_the_other_splits_say(variety, seed, text):
     """eval_novel measures text nobody trained on: not one of its words (after normalization, either form) occurs
     in train, dev, eval_clean or eval_other, while its voices and prosody are eval_clean's."""
-    utts = plan(SampleOptions(utterances=2500, seed=seed, variety=variety))
+    utts = plan(SampleOptions(utterances=2500, seed=seed, variety=variety, text=text))
 
     def words(us) -> set[str]:  # type: ignore[no-untyped-def]
         forms = (("spelling", "df"), ("phonetic", "df"))
@@ -117,6 +119,51 @@ def test_eval_novel_says_no_word_the_other_splits_say(variety, seed):
     assert {u.voice for u in novel} <= set(VARIETIES[variety].voices) and all(u.snr_db is None for u in novel)
 
 
+def test_the_open_lexicon_is_thousands_of_words_with_a_held_out_tenth():
+    """``lexicon/ko.tsv`` (make lexicon: wordfreq's Korean list tagged and conjugated by Kiwi) is what the open text
+    draws from: thousands of nouns, hundreds of adverbs and verbs with every form a pattern uses, all Hangul, none of
+    the blocked words; about a tenth of each kind is eval_novel's, and no template word is."""
+    from korasr.data.lexicon.build import BLOCKED, ENDINGS
+    from korasr.data.sample_text import FORMS, LEXICON, _template_words, lexicon, novel_lemma
+
+    lines = LEXICON.read_text(encoding="utf-8").splitlines()
+    assert "wordfreq 3.1.1" in lines[1] and "kiwipiepy 0.24.1" in lines[1] and "CC BY-SA 4.0" in lines[1]
+    assert tuple(ENDINGS) == FORMS
+    rows = [line.split("\t") for line in lines if not line.startswith("#")]
+    kinds = {kind: [r for r in rows if r[0] == kind] for kind in ("noun", "adverb", "verb")}
+    assert len(kinds["noun"]) >= 10_000 and len(kinds["adverb"]) >= 500 and len(kinds["verb"]) >= 500
+    assert all(len(r) == 3 + len(FORMS) for r in kinds["verb"]) and all(len(r) == 3 for r in kinds["noun"])
+    words = [w for r in rows for w in [r[1], *r[3:]]]
+    assert all(re.fullmatch(r"[가-힣]+", w) for w in words)
+    assert not [w for w in words if any(b in w for b in BLOCKED)]
+    assert {r[1]: r[3:] for r in kinds["verb"]}["돕"][:2] == ["도왔어요", "도와요"]  # Kiwi's irregular conjugation
+    parts = lexicon()
+    for kind in ("nouns", "adverbs", "verbs"):
+        held, kept = len(getattr(parts["novel"], kind)), len(getattr(parts["train"], kind))
+        assert 0.06 < held / (held + kept) < 0.14, kind
+    assert all(novel_lemma(n) for n in parts["novel"].nouns)
+    assert not set(parts["novel"].nouns) & _template_words()
+
+
+@pytest.mark.parametrize("text", ["open", "templates"])
+def test_the_word_report_counts_what_train_says(text):
+    """The report in sample.json: eval_novel shares no word with train, the other eval splits share most of theirs,
+    and the open text has many times the templates' word types (what issue 39 changed)."""
+    from korasr.data.sample_corpus import word_report
+
+    report = word_report(plan(SampleOptions(utterances=2500, seed=0, text=text)))
+    assert report["eval_novel"]["tokens_in_train"] == 0 and report["eval_novel"]["types_in_train"] == 0
+    assert report["train"]["tokens_in_train"] == 1
+    for split in ("dev", "eval_clean", "eval_other"):
+        assert 0.4 < report[split]["tokens_in_train"] < 1, split
+    if text == "open":
+        assert report["train"]["types"] >= 4000 and report["eval_novel"]["types"] >= 300
+    else:
+        assert report["train"]["types"] < 1500
+    with pytest.raises(ValueError, match="text must be one of"):
+        plan(SampleOptions(text="poems"))
+
+
 def test_eval_novel_leaves_the_other_splits_as_they_were():
     """eval_novel draws from a generator of its own after the four splits: the splits without it are the plan of a
     corpus whose eval_novel is removed, whatever its size (the ablation and the published rows stay comparable)."""
@@ -125,7 +172,8 @@ def test_eval_novel_leaves_the_other_splits_as_they_were():
     full = [u for u in plan(SampleOptions(utterances=300, seed=4)) if u.split != "eval_novel"]
     original = sc.novel_sentence
     try:
-        sc.novel_sentence = lambda r: f"{r.random()} 다른 문장"  # any other eval_novel text
+        # any other eval_novel text: one random Hangul word
+        sc.novel_sentence = lambda r, text: "".join(chr(0xAC00 + r.randrange(11172)) for _ in range(6))
         other = [u for u in plan(SampleOptions(utterances=300, seed=4)) if u.split != "eval_novel"]
     finally:
         sc.novel_sentence = original
@@ -155,6 +203,7 @@ def test_varieties_are_the_clis_choices_and_unknown_ones_are_refused():
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["sample-corpus"]
     assert set(next(a for a in sub._actions if a.dest == "variety").choices) == set(VARIETIES)
+    assert set(next(a for a in sub._actions if a.dest == "text").choices) == set(TEXTS)
     with pytest.raises(ValueError, match="variety must be one of"):
         plan(SampleOptions(variety="loud"))
 

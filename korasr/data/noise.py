@@ -153,7 +153,7 @@ def _babble(rng: np.random.Generator, n: int, seed: int) -> np.ndarray:
     for _ in range(rng.integers(3, 7)):
         talker = np.zeros(0)
         while len(talker) < n:
-            text = normalize(sentence(r), "phonetic", "df").text
+            text = normalize(sentence(r, "templates"), "phonetic", "df").text  # the noise set as before issue 39
             if text:
                 speech = soxr.resample(tts.synthesize(text, r.choice(BABBLE_VOICES), r.randint(150, 220),
                                                       r.randint(20, 80)), tts.ESPEAK_RATE, SAMPLE_RATE)  # fmt: skip

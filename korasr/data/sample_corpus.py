@@ -4,8 +4,10 @@ Sentences come from :mod:`korasr.data.sample_text`; the audio is eSpeak NG speak
 (phonetic side of every dual pair, fillers and repeats included, noise tags silent), resampled to 16 kHz s16le
 with soxr. Train, dev and eval sentences are disjoint after normalization. eval_other is harder: faster speech,
 voices never used in train, and added noise. eval_novel has eval_clean's voices and prosody but sentences from
-templates and words no other split uses (``sample_text.NOVEL_TEMPLATES``): what a language model trained on the train
-text gains there is what it gains on text it has not seen.
+patterns and words no other split uses (the held-out tenth of the open lexicon, ``sample_text.NOVEL_PATTERNS``): what
+the model gets right there it learned of Korean spelling, not of the words; what a language model trained on the train
+text gains there is what it gains on text it has not seen. ``sample.json`` counts each split's word types and the
+share of its words train also says.
 
 A few lines reproduce the corpus's known defects so that preparation has something to reject or repair:
 noise-only utterances (empty after normalization), one malformed dual pair, and odd-length PCM files.
@@ -13,6 +15,7 @@ noise-only utterances (empty after normalization), one malformed dual pair, and 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import multiprocessing
@@ -27,7 +30,7 @@ import numpy as np
 
 from korasr import __version__
 from korasr.data.audio import SAMPLE_RATE
-from korasr.data.sample_text import novel_sentence, sentence
+from korasr.data.sample_text import TEXTS, lexicon_sha256, novel_sentence, sentence
 from korasr.fsutil import atomic_open, durable_batch, write_json
 from korasr.text.normalize import normalize
 
@@ -57,7 +60,7 @@ VARIETIES = {
 }
 OTHER_VOICES = ("ko+f4", "ko+m4", "ko+m6", "ko+m7")
 OTHER_SPEED, OTHER_PITCH = (200, 240), (20, 80)
-DESIGN = 3  # bump when voices, prosody or text change, so that a corpus made before is made again
+DESIGN = 4  # bump when voices, prosody or text change, so that a corpus made before is made again
 SYNTHS = ("espeak", "tone")
 SPLITS = ("train", "dev", "eval_clean", "eval_other", "eval_novel")
 # KsponSpeech_0N archives hold these folder numbers (1,000 utterances per folder).
@@ -70,6 +73,7 @@ class SampleOptions:
     seed: int = 0
     synth: str = "espeak"  # "tone": fast stand-in audio for tests and benchmarks, not speech
     variety: str = "wide"  # train/dev/eval_clean voices and prosody: a key of VARIETIES
+    text: str = "open"  # sentences: a key of sample_text.TEXTS ("templates": the few-hundred-word corpus before it)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,8 @@ def plan(options: SampleOptions) -> list[Utterance]:
     """Decide every utterance (text, voice, speed, noise) from the seed; no audio yet."""
     if options.variety not in VARIETIES:
         raise ValueError(f"variety must be one of {sorted(VARIETIES)}, not {options.variety!r}")
+    if options.text not in TEXTS:
+        raise ValueError(f"text must be one of {TEXTS}, not {options.text!r}")
     heard = VARIETIES[options.variety]
     r = random.Random(options.seed)
     n_train = options.utterances
@@ -116,7 +122,7 @@ def plan(options: SampleOptions) -> list[Utterance]:
     for split, size in sizes.items():  # eval first: no eval sentence may appear in training
         texts[split] = []
         while len(texts[split]) < size:
-            raw = sentence(r)
+            raw = sentence(r, options.text)
             key = normalize(raw).text
             if key not in seen:
                 seen.add(key)
@@ -149,12 +155,20 @@ def plan(options: SampleOptions) -> list[Utterance]:
             odd = split == "train" and number["train"] % 97 == 0
             utterances.append(Utterance(split, rel, raw, spoken, voice, speed, pitch, snr, odd, key))
     # eval_novel last, from a generator of its own: the four splits above stay what they were before it existed.
+    # Its words are the lexicon's held-out part; a sentence that says a word another split says (a held-out noun and
+    # its particle spelling some other split's word, say) is drawn again.
     novel = random.Random(f"{options.seed}:eval_novel")
+    said = {w for u in utterances for form in ("spelling", "phonetic") for w in normalize(u.raw, form).text.split()}
     raws: list[str] = []
-    while len(raws) < n_small:
-        raw = novel_sentence(novel)
-        if normalize(raw).text not in seen:
-            seen.add(normalize(raw).text)
+    for tries in itertools.count(1):
+        if len(raws) == n_small:
+            break
+        if tries > 1000 * n_small:  # a generator that cannot say anything new would loop forever
+            raise RuntimeError(f"eval_novel: {len(raws)} of {n_small} sentences whose words no other split says")
+        raw = novel_sentence(novel, options.text)
+        text = normalize(raw).text
+        if text not in seen and not said & set(text.split()):
+            seen.add(text)
             raws.append(raw)
     for raw in raws:
         key += 1
@@ -247,7 +261,13 @@ def make_sample_corpus(
     root = Path(out).resolve()
     record = root / "sample.json"
     engine = f"espeak-ng {tts.version()} ({tts.backend()})" if options.synth == "espeak" else "tone"
-    wanted = {"options": asdict(options), "korasr_version": __version__, "engine": engine, "design": DESIGN}
+    wanted = {
+        "options": asdict(options),
+        "korasr_version": __version__,
+        "engine": engine,
+        "design": DESIGN,
+        "lexicon_sha256": lexicon_sha256() if options.text == "open" else None,
+    }
     try:
         previous = json.loads(record.read_text(encoding="utf-8"))
         if {k: previous.get(k) for k in wanted} == wanted:
@@ -288,6 +308,7 @@ def make_sample_corpus(
         hours[split] = round(sum(d for _, d in rows) / 3600, 4)
         counts[split] = len(rows)
     words = {w for u in utterances for w in normalize(u.raw).text.split()}
+    vocabulary = word_report(utterances)
     elapsed = time.perf_counter() - started
     write_json(
         record,
@@ -297,6 +318,7 @@ def make_sample_corpus(
             "utterances": counts,
             "hours": hours,
             "distinct_words": len(words),
+            "words": vocabulary,
             "seconds_taken": round(elapsed, 1),
             "jobs": jobs,
         },
@@ -304,4 +326,35 @@ def make_sample_corpus(
     log.info(
         "sample corpus: %s utterances, %s hours, %d distinct words, made in %.1f s", counts, hours, len(words), elapsed
     )
+    for line in format_word_report(vocabulary).splitlines():
+        log.info("%s", line)
     return root
+
+
+def word_report(utterances: list[Utterance]) -> dict[str, dict[str, float]]:
+    """Per split: word types and tokens (normalized, space-separated), and the share of its tokens and types that
+    train also says (0 for eval_novel by design)."""
+    tokens = {
+        split: [w for u in utterances if u.split == split for w in normalize(u.raw).text.split()] for split in SPLITS
+    }
+    train = set(tokens["train"])
+    out = {}
+    for split, ws in tokens.items():
+        types = set(ws)
+        out[split] = {
+            "types": len(types),
+            "tokens": len(ws),
+            "tokens_in_train": round(sum(w in train for w in ws) / max(len(ws), 1), 4),
+            "types_in_train": round(len(types & train) / max(len(types), 1), 4),
+        }
+    return out
+
+
+def format_word_report(report: dict[str, dict[str, float]]) -> str:
+    lines = ["| split | word types | words | words train says | types train says |", "|---|---|---|---|---|"]
+    for split, r in report.items():
+        lines.append(
+            f"| {split} | {r['types']:,} | {r['tokens']:,} | {100 * r['tokens_in_train']:.1f}% | "
+            f"{100 * r['types_in_train']:.1f}% |"
+        )
+    return "\n".join(lines)

@@ -1,15 +1,30 @@
-"""Everyday spontaneous Korean sentences in KsponSpeech's raw transcription markup, from our own templates.
+"""Everyday spontaneous Korean sentences in KsponSpeech's raw transcription markup.
 
-Each sentence draws from a lexicon of a few hundred words and carries the corpus's markers at realistic rates:
-dual transcriptions of numbers, times, prices, percents, decimals and English acronyms, fillers (``어/``),
-repeats and cut-offs (``저+ 저는``), noise tags (``b/ n/ o/ l/ u/``), ``*`` and sentence punctuation.
+Two kinds of text (``TEXTS``):
+- ``"templates"``: our own templates over a lexicon of a few hundred words (the sample corpus before issue 39).
+- ``"open"`` (the default): those templates for 40% of the sentences, and for the rest patterns and free word
+  sequences over the open-vocabulary lexicon ``lexicon/ko.tsv`` (13,754 nouns, 664 adverbs and 831 verb and
+  adjective stems with their conjugated forms, from wordfreq's Korean list tagged by Kiwi; ``make lexicon``). Words
+  are drawn with weight 1/sqrt(rank + 10), so frequent words recur and rare ones are still heard. A tenth of the
+  lexicon (by a fixed hash of the lemma) is held out for eval_novel: no other split ever says those words.
+
+Every sentence carries the corpus's markers at realistic rates: dual transcriptions of numbers, times, prices,
+percents, decimals and English acronyms, fillers (``어/``), repeats and cut-offs (``저+ 저는``), noise tags
+(``b/ n/ o/ l/ u/``), ``*`` and sentence punctuation.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
+import hashlib
+import itertools
 import random
 import re
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from korasr.data.korean_numbers import digits, has_final, letters, native, sino
 
@@ -228,15 +243,144 @@ def _decorate(sentence: str, r: random.Random) -> str:
     return " ".join(words)
 
 
-def sentence(r: random.Random) -> str:
-    """One raw transcript in KsponSpeech markup."""
-    return _decorate(fill(r.choice(TEMPLATES), r), r)
+TEXTS = ("open", "templates")
+LEXICON = Path(__file__).with_name("lexicon") / "ko.tsv"
+FORMS = ("past", "polite", "formal", "and", "so", "but", "if", "will", "did")  # ko.tsv's verb columns
+NOVEL_SHARE = 10  # one lemma in NOVEL_SHARE is eval_novel's
 
 
-# eval_novel: templates and words that no train, dev, eval_clean or eval_other sentence uses (formal -습니다 endings,
-# other people, places and things; no numbers, acronyms or fillers), so that a language model trained on the train
-# text knows nothing of these sentences beyond the language itself. tests/test_sample_corpus.py checks that no
-# normalized word of eval_novel occurs in the other splits.
+@dataclass(frozen=True)
+class _Words:
+    """One part of the lexicon (train's or eval_novel's): words of a kind, drawn by frequency."""
+
+    nouns: tuple[str, ...]
+    adverbs: tuple[str, ...]
+    verbs: tuple[dict[str, str], ...]
+    weights: dict[str, tuple[float, ...]]  # cumulative, per kind
+
+    def pick(self, kind: str, r: random.Random) -> str | dict[str, str]:
+        items = getattr(self, kind)
+        cum = self.weights[kind]
+        return items[bisect.bisect(cum, r.random() * cum[-1])]
+
+
+def _template_words() -> set[str]:
+    lists = (SUBJECTS, PLACES, FOODS, THINGS, TIMES, ADVERBS, ADJECTIVES, MOVES, EATS, HAVES, CONNECTIVES, FILLERS)
+    return {word for words in lists for phrase in words for word in phrase.split()} | {
+        word for t in TEMPLATES for word in re.sub(r"\{\w+\}", " ", t).replace(".", " ").replace("?", " ").split()
+    }
+
+
+def novel_lemma(lemma: str) -> bool:
+    """Whether ``lemma`` is held out for eval_novel (a fixed hash: the same on every seed and machine)."""
+    return zlib.crc32(lemma.encode()) % NOVEL_SHARE == 0
+
+
+@functools.cache
+def lexicon() -> dict[str, _Words]:
+    """``ko.tsv`` split into ``"train"`` (every split but eval_novel) and ``"novel"`` words."""
+    rows = [line.split("\t") for line in LEXICON.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    taken = _template_words()
+    parts: dict[str, dict[str, list]] = {"train": {}, "novel": {}}
+    for kind, lemma, rank, *forms in rows:
+        # A template's word never goes to eval_novel; a word that is also a template's goes to neither side twice.
+        part = "novel" if novel_lemma(lemma) and lemma not in taken else "train"
+        item = dict(zip(FORMS, forms, strict=True)) if kind == "verb" else lemma
+        parts[part].setdefault(kind + "s", []).append((item, 1 / (int(rank) + 10) ** 0.5))
+    out = {}
+    for part, kinds in parts.items():
+        fields = {kind: tuple(item for item, _ in kinds[kind]) for kind in ("nouns", "adverbs", "verbs")}
+        weights = {kind: tuple(itertools.accumulate(w for _, w in kinds[kind])) for kind in fields}
+        out[part] = _Words(**fields, weights=weights)
+    return out
+
+
+def lexicon_sha256() -> str:
+    return hashlib.sha256(LEXICON.read_bytes()).hexdigest()
+
+
+PARTICLES = ("_s", "_t", "_o", "_w", "_ro", "에", "에서", "도", "만", "까지", "의", "")
+
+
+def _open_fill(pattern: str, words: _Words, r: random.Random) -> str:
+    """Fill ``{n…}`` (a noun, with ``_s``/``_t``/``_o``/``_w``/``_ro`` as in the templates), ``{a}`` (an adverb) and
+    ``{v.FORM}`` (a verb in one of ``FORMS``); other slots are the templates' own."""
+
+    def slot(match: re.Match[str]) -> str:
+        name = match[1]
+        if name.startswith("v."):
+            return words.pick("verbs", r)[name[2:]]
+        if name == "a":
+            return words.pick("adverbs", r)
+        if name == "n" or name.startswith("n_"):
+            return _josa(name, words.pick("nouns", r))
+        base = re.sub(r"_(s|t|o|w|ro)$", "", name)
+        return _josa(name, _SLOTS[base](r))
+
+    return re.sub(r"\{([\w.]+)\}", slot, pattern)
+
+
+def _free(words: _Words, r: random.Random, forms: tuple[str, ...]) -> str:
+    """A freer sequence: 3–6 words (nouns with a particle, adverbs), ending in a verb."""
+    parts = []
+    for _ in range(r.randint(2, 5)):
+        pick = r.random()
+        if pick < 0.6:
+            particle = r.choice(PARTICLES)
+            noun = words.pick("nouns", r)
+            parts.append(_josa("n" + particle, noun) if particle.startswith("_") else noun + particle)
+        elif pick < 0.8:
+            parts.append(words.pick("adverbs", r))
+        else:
+            parts.append(words.pick("verbs", r)[r.choice(("and", "so", "but", "if", "did", "will"))])
+    form = r.choice(forms)
+    parts.append(words.pick("verbs", r)[form] + (" 거예요" if form == "will" else ""))
+    return " ".join(parts) + r.choice((".", ".", "?"))
+
+
+# Patterns over the open lexicon for train, dev, eval_clean and eval_other (informal endings) ...
+OPEN_PATTERNS = [
+    "{n_t} {a} {v.past}.",
+    "{time} {n_s} {n_o} {v.past}.",
+    "{n}에서 {n_o} {v.and} {n_o} {v.past}.",
+    "{v.did} {n_s} {n}에 있어요.",
+    "{n_w} {n_t} {a} {v.polite}?",
+    "{n}도 {v.so} {a} {v.past}.",
+    "{subj_t} {n}까지 {v.will} 거예요.",
+    "{v.if} {n_o} {v.polite}.",
+    "{n}의 {n_s} {v.but} {n_t} {v.past}.",
+    "{conn} {n_s} {a} {v.polite}.",
+    "{time} {place}에서 {n_o} {v.past}.",
+    "{n_o} {price} 주고 {v.past}.",
+    "{date}에 {n_o} {v.past}.",
+]
+# ... and eval_novel's (formal -습니다 endings; every word is a held-out noun, adverb or verb form).
+NOVEL_PATTERNS = [
+    "{n_t} {a} {v.formal}.",
+    "{n_s} {n_o} {v.so} {v.formal}.",
+    "{n}에서 {n_o} {v.and} {v.formal}.",
+    "{v.did} {n_s} {n_ro} {v.formal}.",
+    "{a} {n_w} {n_o} {v.formal}.",
+    "{n}의 {n_t} {v.but} {a} {v.formal}.",
+]
+
+
+def sentence(r: random.Random, text: str = "open") -> str:
+    """One raw transcript in KsponSpeech markup (``text``: one of ``TEXTS``)."""
+    if text not in TEXTS:
+        raise ValueError(f"text must be one of {TEXTS}, not {text!r}")
+    if text == "templates" or r.random() < 0.4:
+        return _decorate(fill(r.choice(TEMPLATES), r), r)
+    words = lexicon()["train"]
+    if r.random() < 0.3:
+        return _decorate(_free(words, r, ("past", "polite", "will")), r)
+    return _decorate(_open_fill(r.choice(OPEN_PATTERNS), words, r), r)
+
+
+# eval_novel, text "templates": templates and words that no train, dev, eval_clean or eval_other sentence uses
+# (formal -습니다 endings, other people, places and things; no numbers, acronyms or fillers), so that a language model
+# trained on the train text knows nothing of these sentences beyond the language itself. tests/test_sample_corpus.py
+# checks that no normalized word of eval_novel occurs in the other splits.
 NOVEL_PEOPLE = [
     "고모", "외삼촌", "손녀", "부장님", "과장님", "간호사", "교수님", "조카", "며느리", "사위", "이웃", "반장",
     "경비원", "택배 기사님", "주인아주머니", "막내",
@@ -294,8 +438,13 @@ NOVEL_TEMPLATES = [
 ]
 
 
-def novel_sentence(r: random.Random) -> str:
-    """One eval_novel transcript: a novel template filled from the novel lexicon, without disfluency markup."""
+def novel_sentence(r: random.Random, text: str = "open") -> str:
+    """One eval_novel transcript, without disfluency markup: with ``text="open"`` a novel pattern over the held-out
+    part of the open lexicon, else a novel template filled from the novel word lists."""
+    if text not in TEXTS:
+        raise ValueError(f"text must be one of {TEXTS}, not {text!r}")
+    if text == "open":
+        return _open_fill(r.choice(NOVEL_PATTERNS), lexicon()["novel"], r)
 
     def slot(match: re.Match[str]) -> str:
         name = match[1]
