@@ -45,7 +45,7 @@ INIT ?=
 DEVICES ?=
 NODES ?=
 TRAIN_ARGS = $(if $(STREAMING),--streaming) $(if $(INIT),--init $(INIT)) model.tokenizer.dir=$(TOKENIZER_DIR) $(if $(DEVICES),trainer.devices=$(DEVICES)) $(if $(NODES),trainer.num_nodes=$(NODES)) $(if $(NOISE_MANIFEST),model.train_ds.noise_path=$(NOISE_MANIFEST))
-# The fixed evaluation splits: KsponSpeech's two; the sample corpus adds eval_novel (templates and words train never uses).
+# The fixed evaluation splits: KsponSpeech's two; the sample corpus adds eval_novel (words train never says).
 EVAL_SPLITS ?= eval_clean eval_other $(if $(filter sample,$(RECIPE)),eval_novel)
 # RESULTS=1 records the evaluation's rows in the recipe's tracked RESULTS.md (RESULTS=path: in that file); without it
 # `make train` and `make evaluate` write their report beside the model (eval/report.md) and print the table only.
@@ -71,9 +71,10 @@ NEW_DATA ?=
 PROMOTE ?=
 WEBHOOK ?=
 # The retraining gate's absolute bounds: one CER for every split, or SPLIT=CER words (MAX_CER=N sets one for all).
-# The sample recipe's default model scores eval_other at 11% (voices no training utterance uses) and eval_novel at 44%
-# (words no training utterance uses; 2026-12-05): they get their own bounds, and the regression rule guards them.
-RETRAIN_MAX_CER ?= $(if $(MAX_CER),$(MAX_CER),$(if $(filter sample,$(RECIPE)),5 eval_other=15 eval_novel=100,5))
+# The sample recipe's default model on the open corpus scores eval_clean at 11%, eval_other at 26% (voices no training
+# utterance uses) and eval_novel at 26% (words no training utterance says; 2026-12-07, recipes/sample/RESULTS.md): the
+# bounds sit above them (15, 35, 35), and the regression rule (no worse than production) guards the rest.
+RETRAIN_MAX_CER ?= $(if $(MAX_CER),$(MAX_CER),$(if $(filter sample,$(RECIPE)),15 eval_other=35 eval_novel=35,5))
 # The fixed splits the gate scores and the earlier training data replayed (manifests, separated by blanks); UNTIL=STAGE
 # stops after that stage (the Airflow DAG runs this recipe once per stage); RETRAIN_STATUS=FILE receives korasr's exit
 # status when it fails (make's own is 2 for every failure; the DAG tells a refused candidate from a crash by it).
