@@ -145,6 +145,18 @@ def test_the_open_lexicon_is_thousands_of_words_with_a_held_out_tenth():
     assert not set(parts["novel"].nouns) & _template_words()
 
 
+def test_the_open_corpus_never_says_a_hotword_term():
+    """The hotword evaluation set's terms are words the sample corpus must never say (korasr.data.hotword_set refuses
+    to build otherwise); the lexicon has five of them, which stand in for nearby words without shifting the draws."""
+    from korasr.data.hotword_set import TERMS, UNRELATED
+    from korasr.data.sample_text import LEXICON
+
+    listed = LEXICON.read_text(encoding="utf-8")
+    assert [t for t in (*TERMS, *UNRELATED) if f"\t{t}\t" in listed]  # the lexicon does list some
+    text = " ".join(u.spoken.replace(" ", "") for u in plan(SampleOptions(utterances=6000)))  # make train's corpus
+    assert not [t for t in (*TERMS, *UNRELATED) if t in text]
+
+
 @pytest.mark.parametrize("text", ["open", "templates"])
 def test_the_word_report_counts_what_train_says(text):
     """The report in sample.json: eval_novel shares no word with train, the other eval splits share most of theirs,

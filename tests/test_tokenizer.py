@@ -85,7 +85,10 @@ def test_ctc_length_and_encoder_frames():
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("tok")
-    corpus = make_sample_corpus(tmp / "K", SampleOptions(utterances=300, seed=5, synth="tone"), progress=False)
+    # the templates' text: its few hundred syllables fit the syllable tokenizers' vocabularies below (the open text
+    # has about 600 in 300 utterances)
+    options = SampleOptions(utterances=300, seed=5, synth="tone", text="templates")
+    corpus = make_sample_corpus(tmp / "K", options, progress=False)
     return prepare_kspon(corpus, tmp / "manifests" / "sample", audio_dir=tmp / "a", progress=False).out_dir
 
 

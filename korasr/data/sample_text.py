@@ -289,10 +289,28 @@ def lexicon() -> dict[str, _Words]:
         parts[part].setdefault(kind + "s", []).append((item, 1 / (int(rank) + 10) ** 0.5))
     out = {}
     for part, kinds in parts.items():
+        for items in kinds.values():
+            _stand_in_for_hotwords(items)
         fields = {kind: tuple(item for item, _ in kinds[kind]) for kind in ("nouns", "adverbs", "verbs")}
         weights = {kind: tuple(itertools.accumulate(w for _, w in kinds[kind])) for kind in fields}
         out[part] = _Words(**fields, weights=weights)
     return out
+
+
+def _stand_in_for_hotwords(items: list) -> None:
+    """Replace, in place, each word that says a term of the hotword evaluation set (korasr.data.hotword_set: terms
+    the sample corpus must never say) by the nearest word before it that does not, keeping its weight: the draws,
+    and so every other sentence of a seed, stay what they were."""
+    from korasr.data.hotword_set import TERMS, UNRELATED
+
+    def says(item: str | dict[str, str]) -> bool:
+        words = item.values() if isinstance(item, dict) else (item,)
+        return any(term in word for word in words for term in (*TERMS, *UNRELATED))
+
+    for i, (item, weight) in enumerate(items):
+        if says(item):
+            j = next(j for j in range(i - 1, -1, -1) if not says(items[j][0]))
+            items[i] = (items[j][0], weight)
 
 
 def lexicon_sha256() -> str:
