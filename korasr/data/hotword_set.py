@@ -17,14 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from korasr.data.audio import SAMPLE_RATE
+from korasr.data.hotword_terms import TERMS, UNRELATED
 from korasr.data.sample_corpus import VARIETIES, SampleOptions, plan
 from korasr.fsutil import atomic_open, durable_batch, write_json
 from korasr.text.normalize import normalize
 
-TERMS = ["카트만두", "리스본", "헬싱키", "몬테비데오", "클레오파트라", "헤르미온느", "나폴레옹", "블록체인",
-         "하이퍼루프", "메타버스", "양자컴퓨터", "트램펄린"]  # fmt: skip
-UNRELATED = ["바르셀로나", "코펜하겐", "셰익스피어", "모차르트", "알고리즘", "플랫폼", "캥거루", "오케스트라",
-             "타임머신", "에스컬레이터", "스테고사우루스", "파인애플"]  # fmt: skip
 FRAMES = [
     "저는 어제 {t} 얘기를 들었어요",
     "{t} 때문에 회의가 길어졌어요",

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from korasr.data.hotword_terms import TERMS, UNRELATED
 from korasr.data.korean_numbers import digits, has_final, letters, native, sino
 
 SUBJECTS = [
@@ -301,7 +302,6 @@ def _stand_in_for_hotwords(items: list) -> None:
     """Replace, in place, each word that says a term of the hotword evaluation set (korasr.data.hotword_set: terms
     the sample corpus must never say) by the nearest word before it that does not, keeping its weight: the draws,
     and so every other sentence of a seed, stay what they were."""
-    from korasr.data.hotword_set import TERMS, UNRELATED
 
     def says(item: str | dict[str, str]) -> bool:
         words = item.values() if isinstance(item, dict) else (item,)
