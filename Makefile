@@ -228,7 +228,7 @@ noise: setup
 	$(BIN)/korasr prepare noise --root $(NOISE_ROOT) --out manifests/$(RECIPE)/noise
 endif
 
-tokenizer: prepare ## tokenizers/RECIPE/UNIT_TYPE_vVOCAB from the train manifest (UNIT=jamo TYPE=unigram VOCAB=...)
+tokenizer: prepare ## tokenizers/RECIPE/UNIT_TYPE_vVOCAB (char units: tokenizers/RECIPE/UNIT) from the train manifest (UNIT=char-jamo for sample, jamo TYPE=unigram VOCAB=1024 for kspon)
 	$(BIN)/korasr tokenizer build --manifest manifests/$(RECIPE)/train.jsonl --unit $(UNIT) --type $(TYPE) --vocab $(VOCAB) --out $(TOKENIZER_DIR)
 
 # Shards for many nodes (docs/train.md#training-from-shards): the train manifest as lhotse Shar shards of SHARD_SIZE

@@ -284,7 +284,7 @@ def lexicon() -> dict[str, _Words]:
     taken = _template_words()
     parts: dict[str, dict[str, list]] = {"train": {}, "novel": {}}
     for kind, lemma, rank, *forms in rows:
-        # A template's word never goes to eval_novel; a word that is also a template's goes to neither side twice.
+        # A word the templates say stays on train's side, whatever its hash: eval_novel must not share it.
         part = "novel" if novel_lemma(lemma) and lemma not in taken else "train"
         item = dict(zip(FORMS, forms, strict=True)) if kind == "verb" else lemma
         parts[part].setdefault(kind + "s", []).append((item, 1 / (int(rank) + 10) ** 0.5))
