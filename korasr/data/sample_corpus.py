@@ -60,7 +60,7 @@ VARIETIES = {
 }
 OTHER_VOICES = ("ko+f4", "ko+m4", "ko+m6", "ko+m7")
 OTHER_SPEED, OTHER_PITCH = (200, 240), (20, 80)
-DESIGN = 4  # bump when voices, prosody or text change, so that a corpus made before is made again
+DESIGN = 5  # bump when voices, prosody or text change, so that a corpus made before is made again
 SYNTHS = ("espeak", "tone")
 SPLITS = ("train", "dev", "eval_clean", "eval_other", "eval_novel")
 # KsponSpeech_0N archives hold these folder numbers (1,000 utterances per folder).

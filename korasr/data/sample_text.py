@@ -3,7 +3,7 @@
 Two kinds of text (``TEXTS``):
 - ``"templates"``: our own templates over a lexicon of a few hundred words (the sample corpus before issue 39).
 - ``"open"`` (the default): those templates for 40% of the sentences, and for the rest patterns and free word
-  sequences over the open-vocabulary lexicon ``lexicon/ko.tsv`` (13,754 nouns, 664 adverbs and 831 verb and
+  sequences over the open-vocabulary lexicon ``lexicon/ko.tsv`` (13,737 nouns, 664 adverbs and 831 verb and
   adjective stems with their conjugated forms, from wordfreq's Korean list tagged by Kiwi; ``make lexicon``). Words
   are drawn with weight 1/sqrt(rank + 10), so frequent words recur and rare ones are still heard. A tenth of the
   lexicon (by a fixed hash of the lemma) is held out for eval_novel: no other split ever says those words.
@@ -356,7 +356,9 @@ def _free(words: _Words, r: random.Random, forms: tuple[str, ...]) -> str:
     return " ".join(parts) + r.choice((".", ".", "?"))
 
 
-# Patterns over the open lexicon for train, dev, eval_clean and eval_other (informal endings) ...
+# Patterns over the open lexicon for train, dev, eval_clean and eval_other (mostly informal endings; the formal -습니다
+# too, on their own verbs and in their own patterns, so that eval_novel measures words train never says, not an ending
+# it never heard: without them the model wrote 채웠습니다 as 채, recipes/sample/RESULTS.md) ...
 OPEN_PATTERNS = [
     "{n_t} {a} {v.past}.",
     "{time} {n_s} {n_o} {v.past}.",
@@ -371,6 +373,9 @@ OPEN_PATTERNS = [
     "{time} {place}에서 {n_o} {v.past}.",
     "{n_o} {price} 주고 {v.past}.",
     "{date}에 {n_o} {v.past}.",
+    "{time} {n_s} {n_o} {v.formal}.",
+    "{n}에서 {v.so} {a} {v.formal}.",
+    "{conn} {n_t} {n}에 {v.formal}.",
 ]
 # ... and eval_novel's (formal -습니다 endings; every word is a held-out noun, adverb or verb form).
 NOVEL_PATTERNS = [
@@ -391,7 +396,7 @@ def sentence(r: random.Random, text: str = "open") -> str:
         return _decorate(fill(r.choice(TEMPLATES), r), r)
     words = lexicon()["train"]
     if r.random() < 0.3:
-        return _decorate(_free(words, r, ("past", "polite", "will")), r)
+        return _decorate(_free(words, r, ("past", "polite", "formal", "will")), r)
     return _decorate(_open_fill(r.choice(OPEN_PATTERNS), words, r), r)
 
 

@@ -30,7 +30,9 @@ HANGUL = re.compile(r"[가-힣]{2,4}")
 # Profanity, slurs and crude words seen in wordfreq's subtitle-heavy Korean list; a token containing one is dropped.
 BLOCKED = ("씨발", "씨팔", "시발", "개새", "새끼", "병신", "존나", "좆", "좃", "지랄", "썅", "니미", "엿먹", "빠순",
            "창녀", "걸레", "섹스", "성교", "강간", "자위", "음란", "변태", "년놈", "쌍놈", "등신", "또라이", "미친",
-           "닥쳐", "꺼져", "죽여", "살해", "시체", "자살", "마약", "매춘", "포르노", "야동", "성기", "항문", "불알")  # fmt: skip
+           "닥쳐", "꺼져", "죽여", "살해", "시체", "자살", "마약", "매춘", "포르노", "야동", "성기", "항문", "불알",
+           "콜걸", "성매매", "성폭", "성추행", "유흥업소", "룸살롱", "음경", "정액", "알몸", "누드", "나체", "에로",
+           "애무", "젖꼭지", "호모", "정신병자", "살인마")  # fmt: skip
 # The verb forms, as (ending morphemes) Kiwi joins to the stem; the names are the columns' order.
 ENDINGS = {
     "past": [("었", "EP"), ("어요", "EF")],  # 먹었어요
