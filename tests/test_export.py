@@ -335,8 +335,8 @@ def test_sherpa_onnx_scores_as_the_runtime_does(sherpa, recipe, exported):
     outputs sit near many decision boundaries) about 40% of its transcripts differ from the runtime's in a jamo or
     two: the CERs must not differ beyond what 125 utterances can tell (a paired bootstrap 95% interval of the
     difference that holds 0), and by at most 1.5 points (a broken filterbank or token table differs by tens). Measured
-    on the fixture trained with two threads: within a point; with one (2026-12-07): sherpa-onnx 5.71% against 6.72%,
-    -1.01 (-2.34 … 0.33)."""
+    on the fixture trained with two threads: within a point; with one (2026-12-07, with dropout, before 8880f95):
+    sherpa-onnx 5.71% against 6.72%, -1.01 (-2.34 … 0.33)."""
     from korasr.metrics import cer_detail
     from korasr.retrain import paired_interval
 

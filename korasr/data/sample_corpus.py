@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 # no training utterance uses, faster speech, added white noise. The babble of the sample noise set
 # (korasr.data.noise) uses voices of neither list.
 # - "wide" (the recipe's default): twelve of eSpeak NG's Korean variants at 150–230 words per minute and pitch
-#   25–75. With the sample noise set and speed perturbation it takes eval_other from 64% to about 13% CER, but a
-#   tiny model needs about 600 steps to leave CTC's blank plateau on it (recipes/sample/RESULTS.md).
+#   25–75. With the sample noise set and speed perturbation it took eval_other from 64% to about 10% CER on the
+#   templates' text; on the open text the recipe's tiny model leaves CTC's blank plateau by step 300 with a 400-step
+#   warmup and ends near 24% (recipes/sample/RESULTS.md).
 # - "narrow": three voices at 165–180 wpm, pitch 45–55. Learns in 300 steps (eval_clean ~6% CER) and hears no
 #   other voice (eval_other ~64%): the test suite's reduced-budget model.
 @dataclass(frozen=True)
