@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from korasr.serve import ServeConfig, create_app
 from korasr.serve.jobs.callbacks import legacy_sign, verify_signature
-from tests.conftest import eval_rows
+from tests.conftest import eval_rows, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -103,13 +103,14 @@ def test_a_job_gives_what_the_synchronous_route_gives(exported, tmp_path, clips,
         assert spool(tmp_path) == []  # decoded audio leaves the spool
         # the worker counts a job once the store has it finished, so a client may see the status a moment before the
         # counter moves (a loaded CI machine did): wait for it, boundedly
-        deadline = time.monotonic() + 10
-        while True:
-            metrics = c.get("/metrics", headers=auth()).text
-            if 'korasr_jobs_finished_total{status="succeeded"} 2.0' in metrics or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert 'korasr_jobs_finished_total{status="succeeded"} 2.0' in metrics and "korasr_jobs_queued 0.0" in metrics
+        counted = 'korasr_jobs_finished_total{status="succeeded"} 2.0'
+
+        def scraped() -> str | None:
+            text = c.get("/metrics", headers=auth()).text
+            return text if counted in text else None
+
+        metrics = wait_for("two jobs counted", scraped, timeout=10, interval=0.05)
+        assert counted in metrics and "korasr_jobs_queued 0.0" in metrics
         bad = submit(c, clips[0], response_format="xml")
         assert bad.status_code == 400 and "response_format" in bad.json()["error"]
         assert submit(c).status_code == 400  # neither file nor url

@@ -309,7 +309,9 @@ def _stand_in_for_hotwords(items: list) -> None:
 
     for i, (item, weight) in enumerate(items):
         if says(item):
-            j = next(j for j in range(i - 1, -1, -1) if not says(items[j][0]))
+            j = next((j for j in range(i - 1, -1, -1) if not says(items[j][0])), None)
+            if j is None:  # the list's first words all say a term: nothing before them to stand in
+                raise ValueError(f"{LEXICON}: {item!r} says a hotword term and no word before it can stand in")
             items[i] = (items[j][0], weight)
 
 
