@@ -29,7 +29,7 @@ import soundfile as sf
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from korasr.serve.jobs.callbacks import message_id
-from tests.conftest import eval_rows, serve_process
+from tests.conftest import eval_rows, serve_process, wait_for
 from tests.test_jobs import Loopback
 
 pytestmark = pytest.mark.slow
@@ -226,7 +226,7 @@ class HoldingReceiver(Loopback):
                 while held and not receiver.released.wait(0.05):
                     if peer_gone(self.connection):
                         break
-                if held and peer_gone(self.connection):
+                if held and (peer_gone(self.connection) or receiver.victim_dead()):  # answered, it would reach no one
                     receiver.lost.append(delivery)
                     self.close_connection = True
                     return
@@ -250,6 +250,15 @@ class HoldingReceiver(Loopback):
             return any(c.laddr and c.laddr.port == client_port and c.raddr and c.raddr.port == self.port
                        for c in psutil.Process(self.victim).net_connections(kind="tcp"))  # fmt: skip
         return False
+
+    def victim_dead(self) -> bool:
+        """Whether ``victim`` has exited (a zombie not yet reaped counts: its sockets are closed)."""
+        import psutil
+
+        try:
+            return psutil.Process(self.victim).status() == psutil.STATUS_ZOMBIE  # type: ignore[arg-type]
+        except psutil.NoSuchProcess:
+            return True
 
     def close(self) -> None:
         self.released.set()
@@ -337,6 +346,9 @@ def test_a_replica_killed_mid_way_loses_no_job_and_no_callback(exported, recipe,
                 time.sleep(0.02)
             os.kill(receiver.victim, signal.SIGKILL)
             killed_at = time.monotonic()
+            # On a loaded machine a killed process's teardown (and so the closing of its sockets) can take a while:
+            # wait until it has exited before answering anything it held, so no answer goes to a process still dying.
+            wait_for("the killed replica to exit", receiver.victim_dead, 30, 0.02)
             time.sleep(0.5)
             held = {delivery for delivery, by_victim in receiver.attempts if by_victim}
             interrupted = running_on_a()  # A's rows as it left them: running under its lease
