@@ -367,8 +367,8 @@ bench-triton: setup triton ## korasr serve --triton (the graph in Triton) vs in-
 bench-serve: setup ## loopback load on korasr serve, batched vs unbatched, 1/8/32 clients, RSS (needs make export; SIZE=large: make bench-inference's large graph)
 	$(BIN)/python bench/serve_load.py $(if $(SIZE),--size $(SIZE))
 
-bench-streaming: setup ## korasr streaming runtime vs sherpa-onnx online (chunk compute, concurrent streams), WebSocket at 1/8/32 clients, 8 real-time clients beside 4 flooders, a 10-min stream (needs a streaming export)
-	$(BIN)/python bench/streaming.py
+bench-streaming: setup ## korasr streaming runtime vs sherpa-onnx online (chunk compute, concurrent streams), WebSocket at 1/8/32 clients, 8 real-time clients beside 4 flooders, a 10-min stream (needs a streaming export; SIZE=small|medium|large: an untrained cache-aware model of that size at every look-ahead, WebSocket at 1/8 clients)
+	$(BIN)/python bench/streaming.py $(if $(SIZE),--size $(SIZE))
 
 bench-decoding: setup ## greedy vs beam vs beam + LM, korasr vs NeMo beam_batch: CER, RTFx, hotword recall (needs make train, make lm, make export)
 	$(BIN)/python bench/decoding.py

@@ -74,9 +74,10 @@ def bench_audio(manifest: Path, seconds: float) -> tuple[list[str], list[str]]:
 # --- the models ---------------------------------------------------------------------------------------------------
 
 
-def untrained(size: str, tokenizer_dir: Path, folder: Path) -> Path:
+def untrained(size: str, tokenizer_dir: Path, folder: Path, streaming: bool = False) -> Path:
     """``conf/size/SIZE.yaml``'s FastConformer-CTC over the sample tokenizer, seeded, untrained, saved as .nemo
-    (cached: built once)."""
+    (cached: built once). ``streaming``: the cache-aware one (``conf/streaming.yaml`` on top, as ``korasr train
+    --streaming`` composes it)."""
     path = folder / "untrained.nemo"
     if path.is_file():
         return path
@@ -84,10 +85,11 @@ def untrained(size: str, tokenizer_dir: Path, folder: Path) -> Path:
     from nemo.collections.asr.models import EncDecCTCModelBPE
     from omegaconf import OmegaConf
 
-    from korasr.train import BASE, CONF, compose
+    from korasr.train import BASE, CONF, STREAMING, compose
 
     torch.manual_seed(0)
-    cfg = compose([BASE, CONF / "size" / f"{size}.yaml"], [f"model.tokenizer.dir={tokenizer_dir}"])
+    configs = [BASE, CONF / "size" / f"{size}.yaml", *([STREAMING] if streaming else [])]
+    cfg = compose(configs, [f"model.tokenizer.dir={tokenizer_dir}"])
     for key in ("train_ds", "validation_ds", "test_ds"):
         cfg.model.pop(key, None)
     OmegaConf.set_struct(cfg, False)

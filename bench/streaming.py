@@ -20,6 +20,12 @@ zero errors; flat memory. Issue 22: the final p99 beside 4 flooders within 2× o
 
     python bench/streaming.py [--export exp/sample/<run>/export] [--limit 60] [--clients 1,8,32] [--no-flood]
         [--no-in-process] [--long-minutes 10]
+
+At a deployed size (issue 38), ``--size small|medium|large`` (``make bench-streaming SIZE=medium``): the cache-aware
+FastConformer of ``conf/size/SIZE.yaml`` + ``conf/streaming.yaml``, seeded and untrained (speed does not depend on
+training; its CER means nothing), exported once per trained look-ahead under ``bench/out/streaming-SIZE/``; parts 1
+and 2 at each look-ahead (the WebSocket at 1 and 8 clients; flooding and the long stream only when asked), a table,
+and ``bench/out/streaming-SIZE.json``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    OUT,
     ROOT,
     RSSSampler,
     Server,
@@ -302,6 +309,8 @@ async def websocket_bench(export: Path, waves: list[np.ndarray], refs: list[str]
                   f"{r['errors']}; server RSS {r['rss_mb']:.0f} MB; CER {r['cer']:.2f}%", flush=True)  # fmt: skip
         if args.flood:
             out["flood"] = await flood_bench(server, waves, refs, args)
+        if not args.long:
+            return out
         # one long stream, RSS sampled along it
         long_audio = long_wave(waves, args.long_minutes * 60)
         stats = client_stats()
@@ -345,6 +354,81 @@ def in_process(export: Path, model, waves: list[np.ndarray], refs: list[str], au
     return result
 
 
+# --- a deployed size, untrained, at each look-ahead ----------------------------------------------------------------
+
+SIZES = ("small", "medium", "large")
+
+
+def sized_exports(args) -> list[Path]:  # type: ignore[no-untyped-def]
+    """The untrained cache-aware model of ``args.size`` (seeded; bench/inference.py builds it the same way) exported
+    once per look-ahead under ``bench/out/streaming-SIZE/`` (cached by the .nemo and the look-ahead; the export's
+    parity check compares the runtime with NeMo's cache-aware step on the same graph, not an accuracy gate)."""
+    from inference import untrained
+
+    from korasr.export import export
+    from korasr.lookahead import lookaheads
+    from korasr.model import load_model
+
+    folder = OUT / f"streaming-{args.size}"
+    nemo_path = untrained(args.size, args.tokenizer, folder, streaming=True)
+    stamp = f"{nemo_path.stat().st_size}:{nemo_path.stat().st_mtime_ns}"
+    options = [o["lookahead_ms"] for o in lookaheads(load_model(nemo_path))]
+    wanted = options if args.lookaheads == "all" else [int(x) for x in args.lookaheads.split(",")]
+    if missing := sorted(set(wanted) - set(options)):
+        raise SystemExit(f"look-ahead {missing} ms: the {args.size} streaming model has {options} ms")
+    exports = []
+    for ms in wanted:
+        out = folder / f"lookahead-{ms}"
+        if not ((out / "stamp").is_file() and (out / "stamp").read_text(encoding="utf-8") == stamp):
+            print(f"exporting {args.size} at look-ahead {ms} ms → {out / 'export'}", flush=True)
+            export(nemo_path, out / "export", parity_manifest=args.parity, lookahead_ms=ms, force=True,
+                   untrained=True)  # fmt: skip
+            (out / "stamp").write_text(stamp, encoding="utf-8")
+        exports.append(out / "export")
+    return exports
+
+
+def sized(args) -> int:  # type: ignore[no-untyped-def]
+    """``--size``: parts 1 and 2 (the WebSocket at ``--clients``; flooding and the long stream only when asked) at
+    each look-ahead, a table at the end, ``bench/out/streaming-SIZE.json``."""
+    from korasr.runtime.streaming import StreamingModel
+
+    if "--clients" not in sys.argv:
+        args.clients = [1, 8]
+    if "--flood" not in sys.argv:
+        args.flood = False
+    if "--long" not in sys.argv:
+        args.long = False
+    exports = sized_exports(args)
+    rows, waves = read_utterances(args.manifest, args.limit)
+    refs = [r["text"] for r in rows]
+    audio_s = audio_seconds(waves)
+    table = []
+    for export in exports:
+        model = StreamingModel(export, threads=args.threads)
+        print(f"\n## {args.size} (untrained), look-ahead {model.lookahead_ms} ms, chunk {model.chunk_seconds * 1000:.0f} "
+              f"ms; {len(waves)} utterances, {audio_s:.1f} s; {args.threads} threads", flush=True)  # fmt: skip
+        result: dict = {"export": str(export), "lookahead_ms": model.lookahead_ms, "chunk_s": model.chunk_seconds}
+        result.update(in_process(export, model, waves, refs, audio_s, args.threads))
+        print("WebSocket (korasr serve, real-time clients):", flush=True)
+        result["websocket"] = asyncio.run(websocket_bench(export, waves, refs, args))
+        table.append(result)
+        del model
+    print(f"\n## {args.size} streaming, untrained, {args.threads} threads: real-time streams and final p99")
+    print("| look-ahead | chunk | korasr streams | sherpa-onnx streams | ratio | chunk p99 korasr / sherpa | "
+          "final p99 at 8 clients | look-ahead + 200 ms |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in table:
+        c, eight = r["concurrent"], r["websocket"].get(8)
+        final = f"{eight['final_p99_ms']:.0f} ms" if eight else "—"
+        met = "" if not eight else (" met" if eight["final_p99_ms"] <= r["lookahead_ms"] + 200 else " MISSED")
+        print(f"| {r['lookahead_ms']} ms | {r['chunk_s'] * 1000:.0f} ms | {c['korasr']} | {c['sherpa-onnx']} | "
+              f"{c['korasr'] / max(c['sherpa-onnx'], 1):.2f}× | {r['korasr']['chunk_p99_ms']:.1f} / "
+              f"{r['sherpa-onnx']['chunk_p99_ms']:.1f} ms | {final}{met} | {r['lookahead_ms'] + 200} ms |")  # fmt: skip
+    write_json(args.json or OUT / f"streaming-{args.size}.json", {"size": args.size, "lookaheads": table})
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", type=Path, default=None)
@@ -370,7 +454,18 @@ def main() -> int:
     parser.add_argument("--flood-rounds", type=int, default=5, help="utterances each of them streams, one by one")
     parser.add_argument("--flooders", type=int, default=4, help="flooding clients (each a --long-minutes file)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--long", action=argparse.BooleanOptionalAction, default=True,
+                        help="the --long-minutes stream with RSS sampled (default: on)")  # fmt: skip
+    parser.add_argument("--size", choices=SIZES, default=None,
+                        help="an untrained (seeded) cache-aware model of conf/size/SIZE.yaml instead of the trained "
+                             "export, measured at every look-ahead it has (--lookaheads)")  # fmt: skip
+    parser.add_argument("--lookaheads", default="all", help="with --size: comma-separated ms, or all")
+    parser.add_argument("--tokenizer", type=Path, default=ROOT / "tokenizers" / "sample" / "char-jamo")
+    parser.add_argument("--parity", type=Path, default=ROOT / "manifests" / "sample" / "dev.jsonl",
+                        help="with --size: the export's parity check against NeMo runs on its first utterances")  # fmt: skip
     args = parser.parse_args()
+    if args.size is not None:
+        return sized(args)
 
     from korasr.runtime.streaming import StreamingModel
 

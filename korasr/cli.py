@@ -11,6 +11,8 @@ import sys
 
 from korasr import __version__
 
+GREEDY = ("greedy", "greedy-hangul")  # the decoders without an LM or hotwords
+
 log = logging.getLogger("korasr")
 MIN_CHUNK_SECONDS = 4.0  # korasr.runtime.MIN_CHUNK_SECONDS, which checks it too (not imported: the CLI starts light)
 
@@ -45,9 +47,11 @@ def _floats(text: str) -> list[float]:
 
 
 def _add_decoder(p: argparse.ArgumentParser, repeatable: bool = False) -> None:
-    p.add_argument("--decoder", choices=("greedy", "beam", "nemo-beam") if repeatable else ("greedy", "beam"),
-                   action="append" if repeatable else "store", default=None,
-                   help="greedy CTC, or beam search with --lm and --hotwords (default: beam when the export bundles "
+    p.add_argument("--decoder", choices=("greedy", "greedy-hangul", "beam", "nemo-beam") if repeatable else
+                   ("greedy", "greedy-hangul", "beam"), action="append" if repeatable else "store", default=None,
+                   help="greedy CTC; greedy-hangul, greedy's best path restricted to whole Hangul syllables (a "
+                   "jamo model then writes no orphan jamo); or beam search with --lm and --hotwords (default: beam "
+                   "when the export bundles "
                    "an LM, else greedy)" + ("; repeatable: one report row per decoder; nemo-beam: NeMo's own "
                    "beam_batch on a .nemo" if repeatable else ""))  # fmt: skip
     p.add_argument("--lm", default=None, help="an LM directory (korasr lm build); default: the export's bundled LM")
@@ -351,10 +355,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     decodings = []
     for d in args.decoder or ["greedy"]:
-        beam = d != "greedy"
+        beam = d not in GREEDY
         lm, hotwords = (args.lm, args.hotwords) if beam else (None, None)
         decodings.append(Decoding(d, lm, hotwords, args.beam, args.alpha, args.beta))
-    if (args.lm or args.hotwords) and all(d.decoder == "greedy" for d in decodings):
+    if (args.lm or args.hotwords) and all(d.decoder in GREEDY for d in decodings):
         raise ValueError("--lm and --hotwords need a beam decoder: add --decoder beam")
     try:
         report = evaluate(
@@ -546,8 +550,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     recognizer = Recognizer(args.model, threads=args.threads, precision=args.precision)
     decoder = args.decoder or ("beam" if recognizer.bundled_lm or args.lm or args.hotwords else "greedy")
     decoding = with_bundled_lm(Decoding(decoder, args.lm, args.hotwords, args.beam, args.alpha, args.beta), recognizer)
-    if decoder == "beam":
-        use_decoding(recognizer, decoding)
+    use_decoding(recognizer, decoding)
     results = recognizer.transcribe(
         args.audio, batch_size=args.batch_size, timestamps=args.timestamps, chunk_seconds=args.chunk_seconds
     )
@@ -613,8 +616,8 @@ def _transcribe_streaming(args: argparse.Namespace) -> int:
 
     from korasr.runtime.streaming import Endpoint, StreamingModel
 
-    if args.decoder == "beam" or args.lm or args.hotwords:
-        raise ValueError("--streaming decodes greedily (beam search and hotwords are for whole files)")
+    if args.decoder in ("beam", "greedy-hangul") or args.lm or args.hotwords:
+        raise ValueError("--streaming decodes greedily (greedy-hangul, beam search and hotwords are for whole files)")
     model = StreamingModel(args.model, threads=args.threads)
     endpoint = Endpoint(silence_after_speech=args.endpoint_silence)
     for path in args.audio:

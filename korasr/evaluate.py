@@ -38,12 +38,14 @@ class GateFailed(RuntimeError):
     pass
 
 
-DECODERS = ("greedy", "beam", "nemo-beam")
+DECODERS = ("greedy", "greedy-hangul", "beam", "nemo-beam")
+GREEDY = ("greedy", "greedy-hangul")  # no LM, no hotwords
 
 
 @dataclass(frozen=True)
 class Decoding:
-    """One decoder setting: ``greedy``; ``beam`` (korasr's runtime beam search with an LM directory and hotwords,
+    """One decoder setting: ``greedy``; ``greedy-hangul`` (greedy's best path restricted to whole Hangul syllables,
+    korasr.runtime.hangul: on an export's or a .nemo's log-probabilities); ``beam`` (korasr's runtime beam search with an LM directory and hotwords,
     on an export's or a .nemo's log-probabilities); ``nemo-beam`` (NeMo's own ``beam_batch`` with the same LM's
     ARPA through NGPU-LM, and hotwords through its boosting tree; a .nemo only). Unset beam/alpha/beta come from
     the LM's tuning (``korasr lm tune``), else korasr's defaults."""
@@ -58,7 +60,7 @@ class Decoding:
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
-        if self.decoder == "greedy" and (self.lm or self.hotwords):
+        if self.decoder in GREEDY and (self.lm or self.hotwords):
             raise ValueError("--lm and --hotwords need a beam decoder (--decoder beam)")
 
     def options(self, lm_info=None):  # type: ignore[no-untyped-def]
@@ -78,8 +80,8 @@ class Decoding:
         return read_lm(self.lm) if self.lm else None
 
     def label(self, lm_info=None) -> str:  # type: ignore[no-untyped-def]
-        if self.decoder == "greedy":
-            return "greedy"
+        if self.decoder in GREEDY:
+            return self.decoder
         o = self.options(lm_info)
         parts = [f"lm {Path(self.lm).name}" if self.lm else "no lm", f"α {o.alpha:g}", f"β {o.beta:g}"]
         if self.hotwords:
@@ -115,6 +117,8 @@ def transcribe(model, rows: list[dict], batch_size: int = 32, progress: bool = T
         return _korasr_beam_on_nemo(model, paths, batch_size, decoding, unit, progress)
     if decoding.decoder == "nemo-beam":
         return _nemo_beam(model, paths, batch_size, decoding, unit, progress)
+    if decoding.decoder == "greedy-hangul":
+        return _hangul_on_nemo(model, paths, batch_size, unit, progress)
     outputs = model.transcribe(paths, batch_size=batch_size, verbose=progress)
     if isinstance(outputs, tuple):  # some NeMo versions return (best, all)
         outputs = outputs[0]
@@ -124,8 +128,8 @@ def transcribe(model, rows: list[dict], batch_size: int = 32, progress: bool = T
 def use_decoding(recognizer, decoding: Decoding) -> None:  # type: ignore[no-untyped-def]
     """Set an export's :class:`korasr.runtime.Recognizer` to decode as ``decoding`` says (its LM, its hotwords file,
     its beam options; greedy otherwise)."""
-    if decoding.decoder != "beam":
-        recognizer.use_decoder("greedy")
+    if decoding.decoder in GREEDY:
+        recognizer.use_decoder(decoding.decoder)
         return
     from korasr.runtime.beam import hotword_file_lines
 
@@ -160,6 +164,17 @@ def _nemo_hotwords(model, decoding: Decoding, unit: str):  # type: ignore[no-unt
     sp = model.tokenizer.tokenizer
     lines = hotword_file_lines(decoding.hotwords)
     return hotwords_from_lines(lines, lambda p: piece_variants(sp, unit, p), decoding.hotwords)
+
+
+def _hangul_on_nemo(model, paths, batch_size, unit, progress) -> list[str]:  # type: ignore[no-untyped-def]
+    from korasr.runtime import tokens_text
+    from korasr.runtime.ctc import collapse
+    from korasr.runtime.hangul import HangulPath
+
+    pieces = nemo_pieces(model)
+    decoder = HangulPath(pieces)
+    return [tokens_text(pieces, [t for t, _ in collapse(decoder.path(lp), len(pieces))], unit)
+            for lp in nemo_logprobs(model, paths, batch_size, progress)]  # fmt: skip
 
 
 def _korasr_beam_on_nemo(model, paths, batch_size, decoding, unit, progress) -> list[str]:  # type: ignore[no-untyped-def]

@@ -6,8 +6,12 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -503,3 +507,58 @@ def slow_upload(url: str):  # type: ignore[no-untyped-def]
                  b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"audio\"; "
                  b'filename="a.wav"\r\n\r\nRIFF')  # fmt: skip
     return sock
+
+
+# --- Triton (make triton): test_triton, and test_serve's gateway variant -------------------------------------------
+
+VENV_TRITON = ROOT / ".venv-triton"  # make triton
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except OSError as e:
+        return getattr(e, "code", 0), str(e)
+
+
+@contextlib.contextmanager
+def tritonserver(repo: Path, tmp: Path, ports: dict | None = None):  # type: ignore[no-untyped-def]
+    """tritonserver on loopback over ``repo`` (on ``ports``, default free ones), ready: its ports, process and log."""
+    if not (VENV_TRITON / ".installed").is_file():
+        pytest.fail(f"{VENV_TRITON}: make triton installs Triton's server (make test does it first)")
+    ports = ports or {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    log = tmp / "tritonserver.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "korasr.triton_server", "--repository", str(repo), "--venv",
+                                 str(VENV_TRITON), "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
+                                 "--metrics-port", str(ports["metrics"])],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, process_group=0)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while get(f"http://127.0.0.1:{ports['http']}/v2/health/ready")[0] != 200:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"tritonserver never became ready (exit {proc.poll()}):\n{log.read_text()[-6000:]}")
+        time.sleep(0.3)
+    try:
+        yield {**ports, "proc": proc, "log": log, "repository": repo}
+    finally:  # the server and its python backend stubs (a SIGKILLed server leaves its stubs running)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def triton(exported, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Triton over the suite's export, its CTC step on the python backend."""
+    from korasr.triton import write_repository
+
+    tmp = tmp_path_factory.mktemp("triton")
+    with tritonserver(write_repository(exported, tmp / "repository", backend="python"), tmp) as server:
+        yield server

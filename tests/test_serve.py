@@ -33,9 +33,13 @@ def expected(exported, clip) -> str:
     return Recognizer(exported).transcribe([clip["row"]["audio_filepath"]])[0].text
 
 
-@pytest.fixture(scope="module")
-def client(exported):
-    app = create_app(ServeConfig(model=exported, max_upload_bytes=1_000_000, max_audio_seconds=20, api_key=None))
+@pytest.fixture(scope="module", params=["in-process", "gateway"])
+def client(exported, request):
+    """The service over the export, its graph run in process, or by Triton (``--triton``, the gateway: issue 37
+    asks the same HTTP tests of it, same texts included). Triton starts only for the gateway's tests."""
+    triton = f"127.0.0.1:{request.getfixturevalue('triton')['grpc']}" if request.param == "gateway" else None
+    app = create_app(ServeConfig(model=exported, max_upload_bytes=1_000_000, max_audio_seconds=20, api_key=None,
+                                 triton=triton))  # fmt: skip
     with TestClient(app) as c:
         yield c
 

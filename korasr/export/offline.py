@@ -290,16 +290,16 @@ def _write_export(
     and the README."""
     model, pieces = _load(model_path)
     unit = str(model.cfg.get("korasr_text_unit", "jamo"))
+    streaming_model = _check_lookahead(model, model_path, lookahead_ms)  # before the references: they use it
     refs = _nemo_references(model, _test_audio(parity_manifest, parity_utterances))
-    streaming_model = _check_lookahead(model, model_path, lookahead_ms)
     frontend = _build_graphs(tmp, model, refs)
     _write_vocabulary(tmp, model, pieces, unit)
     if lm_info is not None:
         _bundle_lm(tmp, model, lm_info, model_path)
-    parity = _gate(tmp, model, refs, len(pieces))
+    parity = _gate(tmp, model, refs, len(pieces), untrained)
     streaming_info = None
     if streaming_model:
-        streaming_info = _write_streaming(tmp, model, frontend, pieces, unit, lookahead_ms, refs.waves)
+        streaming_info = _write_streaming(tmp, model, frontend, pieces, unit, lookahead_ms, refs.waves, untrained)
     info = _model_info(model_path, model, unit, len(pieces), parity, streaming_info, started)
     if lm_info is not None:
         info["lm"] = _lm_info(lm_info)
@@ -451,8 +451,9 @@ def _bundle_lm(tmp: Path, model, lm_info: LMInfo, model_path: Path) -> None:  # 
     shutil.copytree(lm_info.dir, tmp / "lm", ignore=shutil.ignore_patterns(".*"))
 
 
-def _gate(tmp: Path, model, refs: _References, blank: int) -> dict:  # type: ignore[no-untyped-def]
-    """Both graphs against NeMo on the parity batch (:func:`_parity`)."""
+def _gate(tmp: Path, model, refs: _References, blank: int, untrained: bool = False) -> dict:  # type: ignore[no-untyped-def]
+    """Both graphs against NeMo on the parity batch (:func:`_parity`; an untrained graph's transcripts are compared,
+    not gated: its scores are near ties)."""
     checks = {
         "model.onnx": ({"audio": refs.audio, "audio_length": refs.lengths}, refs.logprobs, refs.logprobs_len),
         "encoder.onnx": (
@@ -461,19 +462,20 @@ def _gate(tmp: Path, model, refs: _References, blank: int) -> dict:  # type: ign
             refs.whole_len,
         ),
     }
-    parity = _parity(tmp, checks, blank, logprob_tolerance(model))
+    parity = _parity(tmp, checks, blank, logprob_tolerance(model), transcripts=not untrained)
     parity["encoder.onnx"]["reference"] = "NeMo's encoder and decoder on the features cut to whole subsampling windows"
     return parity
 
 
 def _write_streaming(tmp: Path, model, frontend, pieces: list[str], unit: str, lookahead_ms: int | None,  # type: ignore[no-untyped-def]
-                     waves: list[np.ndarray]) -> dict:  # fmt: skip
+                     waves: list[np.ndarray], untrained: bool = False) -> dict:  # fmt: skip
     """``streaming/`` (korasr.export.streaming), gated against NeMo's cache-aware streaming; its model.json entry."""
     from korasr.export import streaming
 
     streaming_info = streaming.write(model, tmp / streaming.FOLDER, frontend, pieces, unit, lookahead_ms)
     streaming_info["parity"] = streaming.check(model, tmp / streaming.FOLDER, waves, len(pieces),
-                                               step_tolerance=logprob_tolerance(model))  # fmt: skip
+                                               step_tolerance=logprob_tolerance(model),
+                                               transcripts=not untrained)  # fmt: skip
     log.info("streaming export: look-ahead %d ms, chunk %d ms; parity vs conformer_stream_step max |Δ| %.2e",
              streaming_info["lookahead_ms"], streaming_info["chunk_ms"],
              streaming_info["parity"]["max_abs_step_logprob_diff"])  # fmt: skip
@@ -765,9 +767,13 @@ def _run_engine(trt, logger, plan: bytes, feeds: dict, repeats: int = 20):  # ty
     )
 
 
-def _parity(tmp: Path, checks: dict, blank: int, tolerance: float = LOGPROB_TOLERANCE) -> dict:
+def _parity(
+    tmp: Path, checks: dict, blank: int, tolerance: float = LOGPROB_TOLERANCE, transcripts: bool = True
+) -> dict:
     """Each graph against its NeMo reference on the same batch: lengths identical, log-probs within tolerance,
-    greedy transcripts (token ids) identical. ``checks``: name → (feeds, reference log-probs, reference lengths)."""
+    greedy transcripts (token ids) identical (without ``transcripts``, for an untrained benchmark graph whose scores
+    are near ties that any rounding flips: compared and recorded, not gated). ``checks``: name → (feeds, reference
+    log-probs, reference lengths)."""
     from korasr.precision import session
 
     report: dict = {"tolerance": tolerance}
@@ -776,13 +782,15 @@ def _parity(tmp: Path, checks: dict, blank: int, tolerance: float = LOGPROB_TOLE
         entry = compare_outputs(reference, reference_len, got, got_len, blank)
         if not entry["lengths_identical"]:
             raise ExportError(f"{name}: output lengths {got_len.tolist()} differ from NeMo's {reference_len.tolist()}")
-        if entry["piece_error_rate_vs_fp32"] > 0:
+        if entry["piece_error_rate_vs_fp32"] > 0 and transcripts:
             raise ExportError(f"{name}: greedy transcripts differ from NeMo's "
                               f"({entry['piece_error_rate_vs_fp32']:.2f}% of the pieces)")  # fmt: skip
         worst = entry["max_abs_logprob_diff"]
         if worst > tolerance:
             raise ExportError(f"{name}: log-probs differ from NeMo's by {worst:.2e} > {tolerance}")
-        report[name] = {"max_abs_logprob_diff": worst, "greedy_identical": True}
+        report[name] = {"max_abs_logprob_diff": worst, "greedy_identical": entry["piece_error_rate_vs_fp32"] == 0}
+        if not transcripts:
+            report[name]["greedy_gated"] = False
         report["utterances"] = len(reference_len)
     report["max_abs_logprob_diff"] = max(report[name]["max_abs_logprob_diff"] for name in checks)
     return report

@@ -220,9 +220,10 @@ def nemo_stream(model, features: np.ndarray, cfg: dict) -> list[tuple[np.ndarray
 
 
 def check(model, folder: Path, waves: list[np.ndarray], blank: int, threads: int | None = None,  # type: ignore[no-untyped-def]
-          step_tolerance: float = STEP_TOLERANCE) -> dict:  # fmt: skip
+          step_tolerance: float = STEP_TOLERANCE, transcripts: bool = True) -> dict:  # fmt: skip
     """The streaming gate on ``waves`` (16 kHz); raises :class:`StreamingExportError` when a check fails.
-    ``step_tolerance``: |Δ log-prob| allowed per chunk (korasr.export.offline.logprob_tolerance of the model)."""
+    ``step_tolerance``: |Δ log-prob| allowed per chunk (korasr.export.offline.logprob_tolerance of the model).
+    Without ``transcripts`` (an untrained benchmark graph: near ties) the greedy pieces are counted, not gated."""
     import torch
 
     from korasr.runtime.ctc import greedy
@@ -273,6 +274,8 @@ def check(model, folder: Path, waves: list[np.ndarray], blank: int, threads: int
         # 3. korasr's streaming runtime end to end (audio in, text out) against NeMo's streaming greedy text
         streaming.run([stream])  # the stream above, decoded: its audio came in uneven pieces
         runtime_ids = stream.token_ids()
+        if (got_ids != ref_ids or runtime_ids != ref_ids) and not transcripts:
+            continue
         if got_ids != ref_ids or runtime_ids != ref_ids:
             raise StreamingExportError(
                 f"streaming greedy pieces differ from NeMo's cache-aware streaming: encoder.onnx {got_ids[:20]}, "
@@ -292,6 +295,7 @@ def check(model, folder: Path, waves: list[np.ndarray], blank: int, threads: int
         "max_abs_step_logprob_diff": worst_step,
         "step_tolerance": step_tolerance,
         "greedy_identical": stream_texts_identical,
+        "greedy_gated": transcripts,
         "reference": "NeMo conformer_stream_step (cache-aware; every window: the pre-encode cache, zeros before the start, then one chunk) on NeMo's "
         "preprocessor features",
     }

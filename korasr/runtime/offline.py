@@ -33,7 +33,7 @@ CHUNK_SECONDS = 30.0
 MIN_CHUNK_SECONDS = 4.0  # the quiet cut searches the last 2 s of a chunk
 GRAPHS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
           "int8-dynamic": "model.int8-dynamic.onnx"}  # fmt: skip
-DECODERS = ("greedy", "beam")
+DECODERS = ("greedy", "greedy-hangul", "beam")  # greedy-hangul: korasr.runtime.hangul
 BUNDLED_LM = "lm"  # the export's LM folder (korasr export --lm)
 
 
@@ -113,6 +113,7 @@ class Recognizer:
         # utterance segments of results with timestamps: the streaming endpoint rule (korasr serve sets these)
         self.endpoint_silence, self.max_utterance = 0.8, 20.0
         self.beam = None
+        self.hangul = None  # the greedy-hangul decoder (use_decoder), else plain greedy when beam is None
         self.lm_dir: Path | None = None
         self.global_hotwords: list = []
 
@@ -138,7 +139,8 @@ class Recognizer:
 
     def use_decoder(self, decoder: str = "greedy", *, lm: str | os.PathLike[str] | None = None, beam_options=None,
                     hotwords=None) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
-        """Decode with ``greedy`` or ``beam``. ``beam`` fuses ``lm`` (an LM directory; default: the export's bundled
+        """Decode with ``greedy``, ``greedy-hangul`` (greedy's best path restricted to whole Hangul syllables:
+        :mod:`korasr.runtime.hangul`) or ``beam``. ``beam`` fuses ``lm`` (an LM directory; default: the export's bundled
         LM, none if it has none) with the LM's tuned alpha/beta unless ``beam_options`` says otherwise, and
         ``hotwords`` (from :meth:`hotwords`) in every request. A missing, corrupt or foreign LM is an error."""
         from korasr.runtime.beam import BeamDecoder, BeamOptions
@@ -146,10 +148,15 @@ class Recognizer:
 
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
-        if decoder == "greedy":
+        if decoder in ("greedy", "greedy-hangul"):
             if lm is not None or hotwords:
                 raise ValueError("an LM and hotwords need the beam decoder (--decoder beam)")
             self.beam, self.lm_dir = None, None
+            self.hangul = None
+            if decoder == "greedy-hangul":
+                from korasr.runtime.hangul import HangulPath
+
+                self.hangul = HangulPath(self.pieces[: self.blank])
             return
         lm_dir = Path(lm) if lm is not None else self.bundled_lm
         info = None
@@ -159,6 +166,7 @@ class Recognizer:
         if beam_options is None:
             tuned = (info.tuned if info else None) or {}
             beam_options = BeamOptions(**{k: tuned[k] for k in ("alpha", "beta", "beam") if k in tuned})
+        self.hangul = None
         self.beam = BeamDecoder(self.blank, beam_options, info.binary if info else None, hotwords)
         self.lm_dir, self.global_hotwords = lm_dir, list(hotwords or [])
 
@@ -194,7 +202,10 @@ class Recognizer:
         """One utterance's result from its log-probabilities, with ``beam`` (a per-request decoder), the
         recognizer's beam decoder, or greedy CTC."""
         beam = beam or self.beam
-        path = beam.path(logprobs) if beam is not None else best_path(logprobs)  # one label per frame
+        if beam is not None:  # one label per frame
+            path = beam.path(logprobs)
+        else:
+            path = self.hangul.path(logprobs) if self.hangul is not None else best_path(logprobs)
         tokens = collapse(path, self.blank)  # (piece id, frame)
         scores = path_confidence(logprobs, path, self.blank, self.confidence)
         result = Result(tokens_text(self.pieces, [t for t, _ in tokens], self.unit), confidence=scores.utterance,
