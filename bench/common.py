@@ -30,6 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"  # results (gitignored)
 
 
+def export_code_sha() -> str:
+    """korasr's export code, hashed: a benchmark's cached export made by other code is made again."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "korasr" / "export").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def newest(pattern: str) -> Path | None:
     """The most recently modified path under the repository matching ``pattern`` (a default model or export)."""
     found = sorted(ROOT.glob(pattern), key=lambda p: p.stat().st_mtime)

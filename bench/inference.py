@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, SAMPLE_RATE, best_of, newest, pct, read_wave, write_json
+from common import OUT, ROOT, SAMPLE_RATE, best_of, export_code_sha, newest, pct, read_wave, write_json
 
 SIZES = ("tiny", "small", "medium", "large")
 BATCH = 16
@@ -108,7 +108,7 @@ def exported(nemo_path: Path, folder: Path, parity: Path, calibration: Path, unt
     and this korasr's export code."""
     from korasr.export import export
 
-    stamp = f"{nemo_path.resolve()}:{nemo_path.stat().st_size}:{nemo_path.stat().st_mtime_ns}"
+    stamp = f"{nemo_path.resolve()}:{nemo_path.stat().st_size}:{nemo_path.stat().st_mtime_ns}:{export_code_sha()}"
     out = folder / "export"
     if (folder / "stamp").is_file() and (folder / "stamp").read_text(encoding="utf-8") == stamp and \
             (out / "model.int8-dynamic.onnx").is_file():  # fmt: skip

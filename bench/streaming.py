@@ -47,6 +47,7 @@ from common import (
     Server,
     audio_seconds,
     cpu_seconds,
+    export_code_sha,
     long_wave,
     newest,
     pcm16,
@@ -371,7 +372,7 @@ def sized_exports(args) -> list[Path]:  # type: ignore[no-untyped-def]
 
     folder = OUT / f"streaming-{args.size}"
     nemo_path = untrained(args.size, args.tokenizer, folder, streaming=True)
-    stamp = f"{nemo_path.stat().st_size}:{nemo_path.stat().st_mtime_ns}"
+    stamp = f"{nemo_path.stat().st_size}:{nemo_path.stat().st_mtime_ns}:{export_code_sha()}"
     options = [o["lookahead_ms"] for o in lookaheads(load_model(nemo_path))]
     wanted = options if args.lookaheads == "all" else [int(x) for x in args.lookaheads.split(",")]
     if missing := sorted(set(wanted) - set(options)):
@@ -393,12 +394,9 @@ def sized(args) -> int:  # type: ignore[no-untyped-def]
     each look-ahead, a table at the end, ``bench/out/streaming-SIZE.json``."""
     from korasr.runtime.streaming import StreamingModel
 
-    if "--clients" not in sys.argv:
-        args.clients = [1, 8]
-    if "--flood" not in sys.argv:
-        args.flood = False
-    if "--long" not in sys.argv:
-        args.long = False
+    args.clients = args.clients or [1, 8]  # unset options: the sized run's defaults
+    args.flood = bool(args.flood)
+    args.long = bool(args.long)
     exports = sized_exports(args)
     rows, waves = read_utterances(args.manifest, args.limit)
     refs = [r["text"] for r in rows]
@@ -435,7 +433,8 @@ def main() -> int:
     parser.add_argument("--manifest", type=Path, default=ROOT / "manifests/sample/eval_clean.jsonl")
     parser.add_argument("--limit", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="WebSocket clients per run (default 1,8,32; with --size 1,8)")  # fmt: skip
     parser.add_argument("--long-minutes", type=float, default=10.0)
     parser.add_argument("--long-speed", type=float, default=10.0)
     parser.add_argument(
@@ -447,15 +446,15 @@ def main() -> int:
     parser.add_argument(
         "--flood",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="real-time clients alone, then beside flooding clients (final p99 ratio; default: on)",
+        default=None,
+        help="real-time clients alone, then beside flooding clients (final p99 ratio; default: on, off with --size)",
     )
     parser.add_argument("--flood-clients", type=int, default=8, help="real-time clients in the flood test")
     parser.add_argument("--flood-rounds", type=int, default=5, help="utterances each of them streams, one by one")
     parser.add_argument("--flooders", type=int, default=4, help="flooding clients (each a --long-minutes file)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
-    parser.add_argument("--long", action=argparse.BooleanOptionalAction, default=True,
-                        help="the --long-minutes stream with RSS sampled (default: on)")  # fmt: skip
+    parser.add_argument("--long", action=argparse.BooleanOptionalAction, default=None,
+                        help="the --long-minutes stream with RSS sampled (default: on, off with --size)")  # fmt: skip
     parser.add_argument("--size", choices=SIZES, default=None,
                         help="an untrained (seeded) cache-aware model of conf/size/SIZE.yaml instead of the trained "
                              "export, measured at every look-ahead it has (--lookaheads)")  # fmt: skip
@@ -466,6 +465,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.size is not None:
         return sized(args)
+    args.clients = args.clients or [1, 8, 32]
+    args.flood = args.flood is not False
+    args.long = args.long is not False
 
     from korasr.runtime.streaming import StreamingModel
 

@@ -55,12 +55,14 @@ def test_an_orphan_initial_becomes_the_final_the_model_nearly_chose():
 
 def test_it_is_the_best_well_formed_path_of_every_small_case():
     rng, decoder = np.random.default_rng(0), HangulPath(PIECES)
+    paths = np.array([p for p in itertools.product(range(BLANK + 1), repeat=4) if well_formed(list(p))])
+    assert 0 < len(paths) < (BLANK + 1) ** 4
     for case in range(60):
         lp = random_logprobs(rng, 4)
-        got = decoder.path(lp)
-        assert well_formed(got) and len(got) == 4
-        best = max(score(lp, list(p)) for p in itertools.product(range(BLANK + 1), repeat=4) if well_formed(list(p)))
-        assert score(lp, got) == pytest.approx(best, abs=1e-9), case
+        best = lp[np.arange(4), paths].sum(axis=1).max()  # every well-formed path of 4 frames, scored
+        for got in (decoder.path(lp), decoder.search(lp)):  # the search itself too, greedy's path well-formed or not
+            assert well_formed(got) and len(got) == 4
+            assert score(lp, got) == pytest.approx(best, abs=1e-9), case
 
 
 def test_it_is_greedys_path_wherever_greedys_spells_whole_syllables_and_never_writes_an_orphan():
@@ -71,7 +73,7 @@ def test_it_is_greedys_path_wherever_greedys_spells_whole_syllables_and_never_wr
         got, greedy = decoder.path(lp), best_path(lp)
         assert well_formed(got)
         if well_formed(greedy):
-            assert got == greedy
+            assert got == greedy and decoder.search(lp) == greedy  # the search finds greedy's path itself
             same += 1
     assert 0 < same < 300  # both kinds of case occurred
 
@@ -80,7 +82,9 @@ def test_a_vocabulary_without_jamo_decodes_as_greedy():
     syllables = ["\u2581안", "녕", "하", "세", "요"]
     lp = random_logprobs(np.random.default_rng(2), 30)[:, : len(syllables) + 1]
     lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
-    assert HangulPath(syllables).path(lp) == best_path(lp)
+    decoder = HangulPath(syllables)
+    assert decoder.trivial and not HangulPath(PIECES).trivial
+    assert decoder.path(lp) == best_path(lp)
 
 
 def hyps(path) -> list[str]:  # type: ignore[no-untyped-def]
@@ -91,7 +95,8 @@ def hyps(path) -> list[str]:  # type: ignore[no-untyped-def]
 def test_the_nemo_and_the_export_agree_and_only_greedys_malformed_texts_change(trained, exported, recipe, tmp_path):
     """korasr evaluate --decoder greedy --decoder greedy-hangul on the .nemo and on its export: the same
     greedy-hangul texts from both (NeMo's log-probs and the runtime's), none with an orphan jamo, each equal to
-    greedy's where greedy's had none; and no split scores worse than greedy."""
+    greedy's where greedy's had none; and no split more than half a CER point worse than greedy (a changed word can
+    still be wrong)."""
     manifests = [
         a for s in ("eval_clean", "eval_other") for a in ("--manifest", str(recipe["manifests"] / f"{s}.jsonl"))
     ]
@@ -126,10 +131,13 @@ def test_the_service_and_the_cli_take_the_decoder(exported, recipe):
     greedy = [r.text for r in recognizer.transcribe([row["audio_filepath"] for row in candidates])]
     orphan = [i for i, t in enumerate(greedy) if any(0x3131 <= ord(c) <= 0x318E for c in t)]
     assert orphan, "greedy wrote no orphan jamo on 60 eval_clean clips: nothing here for the decoder to change"
-    rows = [candidates[i] for i in orphan[:4]] + [candidates[i] for i in range(60) if i not in orphan][:2]
+    kept = [i for i in range(60) if i not in orphan][:2]
+    rows = [candidates[i] for i in orphan[:4] + kept]
     recognizer.use_decoder("greedy-hangul")
     expected = [r.text for r in recognizer.transcribe([row["audio_filepath"] for row in rows])]
-    assert expected[:-2] != [greedy[i] for i in orphan[:4]]  # the malformed ones changed
+    changed = len(orphan[:4])
+    assert all(expected[k] != greedy[i] for k, i in enumerate(orphan[:4]))  # each malformed text changed
+    assert expected[changed:] == [greedy[i] for i in kept]  # the well-formed ones did not
     with TestClient(create_app(ServeConfig(model=exported, decoder="greedy-hangul", api_key=None))) as client:
         for row, want in zip(rows, expected, strict=True):
             with open(row["audio_filepath"], "rb") as f:

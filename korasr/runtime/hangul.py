@@ -12,8 +12,8 @@ only on an utterance whose greedy path does not spell whole syllables (the searc
 core here, a quarter of what the sample model's graph costs per frame; over the sample eval splits, where 19–43% of
 the utterances need it, decoding runs at 1,700–3,900× real time). It reads nothing but the log-probs: no LM.
 
-Pieces of a ``syllable`` or ``char-syllable`` model hold no conjoining jamo: every piece is allowed from every state
-and the path is greedy's.
+Pieces of a ``syllable`` or ``char-syllable`` model hold no conjoining jamo: every path spells whole syllables, and
+the decoder returns greedy's without a search.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class HangulPath:
         self.next = nxt  # [state, piece] → state after it, -1: not allowed there
         self.allowed = [np.flatnonzero(nxt[q] >= 0) for q in range(STATES)]
         self.target = [nxt[q][self.allowed[q]] for q in range(STATES)]
-        self.trivial = bool((nxt == BEFORE).all())  # no piece holds jamo: greedy's path
+        self.trivial = all(_role(ch) == "other" for piece in pieces for ch in piece)  # no jamo: greedy's path
 
     def accepts(self, path: list[int]) -> bool:
         """Whether a frame path's CTC collapse spells whole syllables."""
@@ -86,6 +86,14 @@ class HangulPath:
         greedy = logprobs.argmax(axis=-1).tolist()
         if self.trivial or frames == 0 or self.accepts(greedy):
             return greedy  # greedy's path spells whole syllables: it is the best of those (most utterances)
+        return self.search(logprobs)
+
+    def search(self, logprobs: np.ndarray) -> list[int]:
+        """The Viterbi search itself (what :meth:`path` runs when greedy's path is malformed)."""
+        frames, labels = logprobs.shape
+        greedy = logprobs.argmax(axis=-1).tolist()
+        if frames == 0:
+            return greedy
         lp = logprobs.astype(np.float64, copy=False)
         blank = self.vocab
         neg = -np.inf
