@@ -362,8 +362,9 @@ SIZES = ("small", "medium", "large")
 
 def sized_exports(args) -> list[Path]:  # type: ignore[no-untyped-def]
     """The untrained cache-aware model of ``args.size`` (seeded; bench/inference.py builds it the same way) exported
-    once per look-ahead under ``bench/out/streaming-SIZE/`` (cached by the .nemo and the look-ahead; the export's
-    parity check compares the runtime with NeMo's cache-aware step on the same graph, not an accuracy gate)."""
+    once per look-ahead under ``bench/out/streaming-SIZE/`` (cached by the .nemo, the look-ahead and korasr's export
+    code; the export's parity check compares the runtime with NeMo's cache-aware step on the same graph, not an
+    accuracy gate)."""
     from inference import untrained
 
     from korasr.export import export

@@ -11,8 +11,6 @@ import sys
 
 from korasr import __version__
 
-GREEDY = ("greedy", "greedy-hangul")  # the decoders without an LM or hotwords
-
 log = logging.getLogger("korasr")
 MIN_CHUNK_SECONDS = 4.0  # korasr.runtime.MIN_CHUNK_SECONDS, which checks it too (not imported: the CLI starts light)
 
@@ -350,7 +348,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from korasr.evaluate import Decoding, GateFailed, evaluate
+    from korasr.evaluate import GREEDY, Decoding, GateFailed, evaluate
     from korasr.report import format_table
 
     decodings = []

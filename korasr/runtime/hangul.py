@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from korasr.runtime.ctc import collapse
+from korasr.text.codec import MODERN_FINALS, MODERN_INITIALS, MODERN_VOWELS
+
 BEFORE, INITIAL, VOWEL = 0, 1, 2  # before a syllable (start, after a final, a space or any other character)
 STATES = 3
-WORD_BOUNDARY = "\u2581"
+ROLES = {**dict.fromkeys(MODERN_INITIALS, "initial"), **dict.fromkeys(MODERN_VOWELS, "vowel"),
+         **dict.fromkeys(MODERN_FINALS, "final")}  # fmt: skip
 
 
 def _role(ch: str) -> str:
-    c = ord(ch)
-    if 0x1100 <= c <= 0x1112:
-        return "initial"
-    if 0x1161 <= c <= 0x1175:
-        return "vowel"
-    if 0x11A8 <= c <= 0x11C2:
-        return "final"
-    return "other"  # the word boundary, digits, Latin letters, punctuation
+    return ROLES.get(ch, "other")  # other: the word boundary, digits, Latin letters, punctuation
 
 
 def _step(state: int | None, role: str) -> int | None:
@@ -68,13 +65,11 @@ class HangulPath:
 
     def accepts(self, path: list[int]) -> bool:
         """Whether a frame path's CTC collapse spells whole syllables."""
-        blank, state, previous = self.vocab, BEFORE, -1
-        for label in path:
-            if label != previous and label != blank:
-                state = int(self.next[state, label])
-                if state < 0:
-                    return False
-            previous = label
+        state = BEFORE
+        for label, _ in collapse(path, self.vocab):
+            state = int(self.next[state, label])
+            if state < 0:
+                return False
         return state != INITIAL
 
     def path(self, logprobs: np.ndarray) -> list[int]:
