@@ -286,7 +286,7 @@ async def flood_bench(server: Server, waves: list[np.ndarray], refs: list[str], 
 
 
 async def websocket_bench(export: Path, waves: list[np.ndarray], refs: list[str], args) -> dict:  # type: ignore[no-untyped-def]
-    server = Server(export, "--threads", str(args.threads))
+    server = Server(export, "--threads", str(args.threads), "--decoder", "greedy")  # as sherpa-onnx decodes
     out = {}
     try:
         await asyncio.to_thread(server.ready)
@@ -404,7 +404,7 @@ def sized(args) -> int:  # type: ignore[no-untyped-def]
     audio_s = audio_seconds(waves)
     table = []
     for export in exports:
-        model = StreamingModel(export, threads=args.threads)
+        model = StreamingModel(export, threads=args.threads, decoder="greedy")  # sherpa-onnx's decoder
         print(f"\n## {args.size} (untrained), look-ahead {model.lookahead_ms} ms, chunk {model.chunk_seconds * 1000:.0f} "
               f"ms; {len(waves)} utterances, {audio_s:.1f} s; {args.threads} threads", flush=True)  # fmt: skip
         result: dict = {"export": str(export), "lookahead_ms": model.lookahead_ms, "chunk_s": model.chunk_seconds}
@@ -476,7 +476,7 @@ def main() -> int:
     rows, waves = read_utterances(args.manifest, args.limit)
     refs = [r["text"] for r in rows]
     audio_s = audio_seconds(waves)
-    model = StreamingModel(export, threads=args.threads)
+    model = StreamingModel(export, threads=args.threads, decoder="greedy")  # sherpa-onnx's decoder
     chunk_s = model.chunk_seconds
     print(f"export {export}: look-ahead {model.lookahead_ms} ms, chunk {chunk_s * 1000:.0f} ms; {len(waves)} "
           f"utterances, {audio_s:.1f} s; {args.threads} threads")  # fmt: skip

@@ -48,10 +48,11 @@ def _add_decoder(p: argparse.ArgumentParser, repeatable: bool = False) -> None:
     p.add_argument("--decoder", choices=("greedy", "greedy-hangul", "beam", "nemo-beam") if repeatable else
                    ("greedy", "greedy-hangul", "beam"), action="append" if repeatable else "store", default=None,
                    help="greedy CTC; greedy-hangul, greedy's best path restricted to whole Hangul syllables (a "
-                   "jamo model then writes no orphan jamo); or beam search with --lm and --hotwords (default: beam "
-                   "when the export bundles "
-                   "an LM, else greedy)" + ("; repeatable: one report row per decoder; nemo-beam: NeMo's own "
-                   "beam_batch on a .nemo" if repeatable else ""))  # fmt: skip
+                   "jamo model then writes no orphan jamo); or beam search with --lm and --hotwords (default: "
+                   + ("greedy-hangul for a jamo model, else greedy; repeatable: one report row per decoder; "
+                      "nemo-beam: NeMo's own beam_batch on a .nemo)" if repeatable else
+                      "beam when the export bundles an LM, else greedy-hangul for a jamo model, else greedy; "
+                      "--streaming: greedy-hangul finals unless greedy)"))  # fmt: skip
     p.add_argument("--lm", default=None, help="an LM directory (korasr lm build); default: the export's bundled LM")
     p.add_argument("--hotwords", default=None, metavar="FILE", help="one phrase per line, optionally TAB boost")
     p.add_argument("--beam", type=bounded(int, 1, 256), default=None, help="beam size (default: the LM's tuned, or 8)")
@@ -351,8 +352,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from korasr.evaluate import GREEDY, Decoding, GateFailed, evaluate
     from korasr.report import format_table
 
-    decodings = []
-    for d in args.decoder or ["greedy"]:
+    decodings = []  # none named: the model's own (greedy-hangul for a jamo model, else greedy)
+    for d in args.decoder or []:
         beam = d not in GREEDY
         lm, hotwords = (args.lm, args.hotwords) if beam else (None, None)
         decodings.append(Decoding(d, lm, hotwords, args.beam, args.alpha, args.beta))
@@ -368,7 +369,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             results_md=args.results,
             progress=not args.quiet,
             precision=args.precision,
-            decodings=decodings,
+            decodings=decodings or None,
         )
     except GateFailed as e:
         print(f"korasr evaluate: gate failed: {e}", file=sys.stderr)
@@ -546,7 +547,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         return _transcribe_streaming(args)
 
     recognizer = Recognizer(args.model, threads=args.threads, precision=args.precision)
-    decoder = args.decoder or ("beam" if recognizer.bundled_lm or args.lm or args.hotwords else "greedy")
+    decoder = args.decoder or ("beam" if args.lm or args.hotwords else recognizer.default_decoder)
     decoding = with_bundled_lm(Decoding(decoder, args.lm, args.hotwords, args.beam, args.alpha, args.beta), recognizer)
     use_decoding(recognizer, decoding)
     results = recognizer.transcribe(
@@ -571,7 +572,7 @@ def _transcribe_archive(args: argparse.Namespace) -> int:
     if not (args.manifest and args.out) or args.audio or args.streaming or args.realtime:
         raise ValueError("--manifest IN and --out DIR go together, without audio files or --streaming")
     recognizer = Recognizer(args.model, precision=args.precision)  # checks the export and the graph before Ray starts
-    decoder = args.decoder or ("beam" if recognizer.bundled_lm or args.lm or args.hotwords else "greedy")
+    decoder = args.decoder or ("beam" if args.lm or args.hotwords else recognizer.default_decoder)
     decoding = with_bundled_lm(Decoding(decoder, args.lm, args.hotwords, args.beam, args.alpha, args.beta), recognizer)
     lm_info = decoding.lm_info()
     lm = Path(decoding.lm) if decoding.lm else None
@@ -614,9 +615,10 @@ def _transcribe_streaming(args: argparse.Namespace) -> int:
 
     from korasr.runtime.streaming import Endpoint, StreamingModel
 
-    if args.decoder in ("beam", "greedy-hangul") or args.lm or args.hotwords:
-        raise ValueError("--streaming decodes greedily (greedy-hangul, beam search and hotwords are for whole files)")
-    model = StreamingModel(args.model, threads=args.threads)
+    if args.decoder == "beam" or args.lm or args.hotwords:
+        raise ValueError("--streaming decodes with greedy or greedy-hangul (beam search and hotwords are for whole "
+                         "files)")  # fmt: skip
+    model = StreamingModel(args.model, threads=args.threads, decoder=args.decoder or "greedy-hangul")
     endpoint = Endpoint(silence_after_speech=args.endpoint_silence)
     for path in args.audio:
         info = sf.info(path)

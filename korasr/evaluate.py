@@ -125,6 +125,15 @@ def transcribe(model, rows: list[dict], batch_size: int = 32, progress: bool = T
     return [from_model_text(o.text if hasattr(o, "text") else str(o), unit) for o in outputs]
 
 
+def default_decoding(model) -> Decoding:  # type: ignore[no-untyped-def]
+    """The decoding a model is scored with when none is named: greedy-hangul for a jamo vocabulary, else greedy
+    (:func:`korasr.runtime.hangul.default_decoder`; no LM, even where an export bundles one)."""
+    from korasr.runtime.hangul import default_decoder
+
+    pieces = model.pieces[: model.blank] if hasattr(model, "session") else nemo_pieces(model)
+    return Decoding(default_decoder(pieces))
+
+
 def use_decoding(recognizer, decoding: Decoding) -> None:  # type: ignore[no-untyped-def]
     """Set an export's :class:`korasr.runtime.Recognizer` to decode as ``decoding`` says (its LM, its hotwords file,
     its beam options; greedy otherwise)."""
@@ -275,8 +284,10 @@ def evaluate(
     """Transcribe each manifest (split = its stem), write ``<split>.hyp.jsonl`` and the report (``report.json``,
     ``report.md``, ``error_rates.png``) to ``out_dir`` (default: ``eval/`` beside the model), add rows to
     ``results_md`` when given, and raise :class:`GateFailed` when a split's CER exceeds ``max_cer``.
-    ``precision`` picks an export's graph (fp32, fp16, int8; see korasr.runtime.Recognizer). With several
-    ``decodings`` (or one that is not greedy) each split is scored once per decoder setting, named
+    ``precision`` picks an export's graph (fp32, fp16, int8; see korasr.runtime.Recognizer). Without ``decodings``
+    the model's own decoder scores it (:func:`default_decoding`: greedy-hangul for a jamo model, else greedy; the
+    report's ``meta.decoder`` names it). With several
+    ``decodings`` (or one that is not the model's own) each split is scored once per decoder setting, named
     ``<split> · <setting>`` (files ``<split>.<setting>.hyp.jsonl``). A streaming ``.nemo`` (``korasr train
     --streaming``) is scored at each look-ahead it was trained with (``<split> · look-ahead 480 ms``): NeMo's
     offline forward with the chunked attention of that look-ahead, which is what its cache-aware streaming
@@ -287,17 +298,17 @@ def evaluate(
     for manifest in splits.values():
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest}: no such manifest")
-    decodings = decodings or [Decoding()]
-    infos = [d.lm_info() for d in decodings]  # a missing or corrupt LM fails before any model loads
+    infos = [d.lm_info() for d in decodings or []]  # a missing or corrupt LM fails before any model loads
     model = load_model(model_path, precision)
-    decodings = [with_bundled_lm(d, model) for d in decodings]
+    own = default_decoding(model)
+    decodings = [with_bundled_lm(d, model) for d in decodings or [own]]
     infos = [d.lm_info() for d in decodings]
     out = Path(out_dir) if out_dir else Path(model_path).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     contexts: list = [None]
     if not hasattr(model, "session") and is_streaming(model):
         contexts = lookaheads(model)
-    plain = decodings == [Decoding()]
+    plain = decodings == [own]
     hyp_files: dict[str, Path] = {}
     for context in contexts:
         if context is not None:
@@ -308,7 +319,7 @@ def evaluate(
                 labels = ([lookahead_label(context)] if context else []) + ([] if plain else [decoding.label(info)])
                 name = " · ".join([split, *labels])
                 slug = re.sub(r"[^0-9A-Za-z.]+", "_", " ".join(labels)).strip("_")
-                log.info("transcribing %s: %d utterances (%s)", manifest, len(rows), " · ".join(labels) or "greedy")
+                log.info("transcribing %s: %d utterances (%s)", manifest, len(rows), " · ".join(labels) or own.decoder)
                 hyps = transcribe(model, rows, batch_size, progress, decoding)
                 hyp_files[name] = out / (f"{split}.{slug}.hyp.jsonl" if slug else f"{split}.hyp.jsonl")
                 with atomic_open(hyp_files[name]) as f:
@@ -321,6 +332,7 @@ def evaluate(
         model=model_path if precision == "fp32" else f"{model_path} ({precision})",
         normalization=normalization_of(next(iter(splits.values()))),
         results_md=results_md,
+        decoder=own.decoder if plain else None,
     )
     gate(report, max_cer)
     return report
@@ -333,8 +345,10 @@ def score_files(
     model: str | os.PathLike[str] | None = None,
     normalization: dict | None = None,
     results_md: str | os.PathLike[str] | None = None,
+    decoder: str | None = None,
 ) -> dict:
-    """The report of ``{split: <split>.hyp.jsonl}``, written to ``out_dir`` (and rows to ``results_md``)."""
+    """The report of ``{split: <split>.hyp.jsonl}``, written to ``out_dir`` (and rows to ``results_md``);
+    ``decoder``: what decoded splits whose names carry no decoder."""
     report: dict = {"model": None, "model_sha256": None}
     if model is not None:
         report["model"] = str(Path(model).resolve())
@@ -347,6 +361,7 @@ def score_files(
         "versions": versions(),
         "normalization": normalization,
         "definitions": DEFINITIONS,
+        "decoder": decoder,
     }
     report["splits"] = {split: split_scores(*read_hypotheses(path)) for split, path in hyp_files.items()}
     write_report(report, out_dir)

@@ -120,6 +120,8 @@ def format_table(report: dict) -> str:
             f"{split:<12} {r['utterances']:>6} {_f(r['cer'], 6)}% {_f(r['cer_space'], 6)}% {_f(r['wer'], 6)}% "
             f"{_f(r['swer'], 6)}%  {jamo}"
         )
+    if report.get("meta", {}).get("decoder"):
+        lines.append(f"(decoder: {report['meta']['decoder']})")
     return "\n".join(lines)
 
 
@@ -132,6 +134,7 @@ def format_markdown(report: dict) -> str:
         f"- command: `{meta.get('command', '?')}`",
         f"- date: {meta.get('date', '?')}, commit {meta.get('git_commit', '?')}",
         f"- normalization of the references: {describe_normalization(meta.get('normalization'))}",
+        *([f"- decoder: {meta['decoder']}"] if meta.get("decoder") else []),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
         "",
         "## Error rates (%)",

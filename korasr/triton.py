@@ -5,8 +5,9 @@ triton/
   korasr_ctc/     config.pbtxt, 1/model.onnx      onnxruntime backend: audio + length → log-probs + lengths
                   (or, with backend="python": 1/model.py running the same model.onnx with onnxruntime inside
                   Triton's python backend: a CPU node's choice, and what Triton's PyPI build can serve)
-  korasr_decode/  config.pbtxt, 1/model.py, 1/korasr_codec.py, 1/tokens.txt
-                                                  python backend: greedy CTC → NFC text
+  korasr_decode/  config.pbtxt, 1/model.py, 1/korasr/ (hangul, ctc, codec), 1/tokens.txt
+                                                  python backend: greedy CTC (greedy-hangul for a jamo model,
+                                                  as the runtime decodes) → NFC text
   korasr_asr/     config.pbtxt, 1/                ensemble: audio, audio_length → text
 ```
 
@@ -36,7 +37,8 @@ TRITON_FOLDER = ArtifactKind(
 # korasr's streaming runtime, copied into korasr_stream/1/korasr/: what it imports, and no more (numpy, onnxruntime and
 # soxr come from the server's environment)
 STREAM_MODULES = ("__init__.py", "runtime/streaming.py", "runtime/confidence.py", "runtime/onnx.py",
-                  "runtime/results.py", "text/codec.py")  # fmt: skip
+                  "runtime/results.py", "runtime/hangul.py", "runtime/ctc.py", "text/codec.py")  # fmt: skip
+DECODE_MODULES = ("__init__.py", "runtime/hangul.py", "runtime/ctc.py", "text/codec.py")
 ONNX_TO_TRITON = {1: "TYPE_FP32", 7: "TYPE_INT64", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32"}
 
 
@@ -156,7 +158,8 @@ for _entry in reversed([e for e in os.environ.get("PYTHONPATH", "").split(os.pat
 
 
 DECODE_MODEL_PY = (
-    '''"""Triton python backend: greedy CTC over log-probs, pieces → NFC text (korasr export)."""
+    '''"""Triton python backend: greedy CTC over log-probs (greedy-hangul for a jamo model: the runtime's default,
+korasr.runtime.hangul, copied beside this file), pieces → NFC text (korasr export)."""
 
 import json
 import os
@@ -165,9 +168,13 @@ import sys
 '''
     + _PYTHONPATH_SNIPPET
     + """
+sys.path.insert(0, os.path.dirname(__file__))  # this copy of korasr, not another the server's directory may hold
+
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-from korasr_codec import from_model_text  # noqa: E402
+from korasr.runtime.ctc import collapse  # noqa: E402
+from korasr.runtime.hangul import HangulPath, has_jamo  # noqa: E402
+from korasr.text.codec import from_model_text  # noqa: E402
 
 
 class TritonPythonModel:
@@ -178,11 +185,13 @@ class TritonPythonModel:
         self.unit, self.blank = meta["unit"], meta["blank_id"]
         with open(os.path.join(here, "tokens.txt"), encoding="utf-8") as f:
             self.pieces = [line.rstrip("\\n").rsplit(" ", 1)[0] for line in f]
+        vocabulary = self.pieces[: self.blank]
+        self.hangul = HangulPath(vocabulary) if has_jamo(vocabulary) else None
 
     def text(self, logprobs, length):
-        best = logprobs[:length].argmax(axis=-1)
-        keep = (best != self.blank) & np.concatenate([[True], best[1:] != best[:-1]])
-        pieces = "".join(self.pieces[t] for t in best[keep].tolist())
+        logprobs = logprobs[:length]
+        path = self.hangul.path(logprobs) if self.hangul is not None else logprobs.argmax(axis=-1).tolist()
+        pieces = "".join(self.pieces[t] for t, _ in collapse(path, self.blank))
         return from_model_text(pieces.replace("\\u2581", " "), self.unit)
 
     def execute(self, requests):
@@ -322,7 +331,8 @@ class TritonPythonModel:
         self.endpoint = Endpoint(float(params["silence_after_speech"]), float(params["silence_alone"]),
                                  float(params["max_utterance"]))
         threads = os.environ.get("OMP_NUM_THREADS", "").strip()
-        self.model = StreamingModel(os.path.dirname(__file__), threads=int(threads) if threads.isdigit() else None)
+        self.model = StreamingModel(os.path.dirname(__file__), threads=int(threads) if threads.isdigit() else None,
+                                    decoder=params.get("decoder"))
         self.streams = {}  # correlation id -> [Stream, the monotonic time of its last chunk]
 
     def execute(self, requests):
@@ -389,10 +399,14 @@ def write_repository(
         **({f"{CTC}/1/model.py": CTC_MODEL_PY} if backend == "python" else {}),
         f"{DECODE}/config.pbtxt": _decode_config(vocab, max_batch, keep_versions),
         f"{DECODE}/1/model.py": DECODE_MODEL_PY,
-        f"{DECODE}/1/korasr_codec.py": Path(codec.__file__).read_text(encoding="utf-8"),
         f"{DECODE}/1/decode.json": json.dumps({"unit": info["unit"], "blank_id": info["blank_id"]}),
         f"{ENSEMBLE}/config.pbtxt": _ensemble_config(max_batch, keep_versions),
     }
+    package = Path(codec.__file__).resolve().parent.parent
+    for rel in DECODE_MODULES:
+        files[f"{DECODE}/1/korasr/{rel}"] = (package / rel).read_text(encoding="utf-8")
+    for rel in ("runtime/__init__.py", "text/__init__.py"):  # empty: the package's own import the whole runtime
+        files[f"{DECODE}/1/korasr/{rel}"] = ""
     streaming = export / "streaming"
     if (streaming / "streaming.json").is_file():
         from korasr.runtime.streaming import Endpoint
@@ -400,9 +414,8 @@ def write_repository(
         endpoint = Endpoint()
         files[f"{STREAM}/config.pbtxt"] = _stream_config(max_batch, instances, keep_versions, stream_idle_seconds, {
             "silence_after_speech": endpoint.silence_after_speech, "silence_alone": endpoint.silence_alone,
-            "max_utterance": endpoint.max_utterance})  # fmt: skip
+            "max_utterance": endpoint.max_utterance, "decoder": "greedy-hangul"})  # fmt: skip
         files[f"{STREAM}/1/model.py"] = STREAM_MODEL_PY
-        package = Path(codec.__file__).resolve().parent.parent
         for rel in STREAM_MODULES:
             files[f"{STREAM}/1/korasr/{rel}"] = (package / rel).read_text(encoding="utf-8")
         for rel in ("runtime/__init__.py", "text/__init__.py"):  # empty: the package's own import the whole runtime

@@ -246,16 +246,18 @@ def test_triton_repository_matches_the_graph(exported, tmp_path):
 
 def test_triton_decode_step_returns_the_runtimes_text(exported, recipe, monkeypatch):
     """The python-backend decoding (model.py) on real log-probs; Triton's pb_utils is not installable here, so
-    only the decoding method is exercised, with a bare module standing in for the import."""
+    only the decoding method is exercised, with a bare module standing in for the import. A jamo model's step decodes
+    as the runtime does by default, greedy-hangul: clips where greedy's path spells a broken syllable are among them."""
     import importlib.util
     import types
 
     from korasr.runtime import Recognizer
 
     rec = Recognizer(exported)
-    rows = eval_rows(recipe, 4)
+    rows = eval_rows(recipe, 12)
     waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
     folder = exported / "triton" / "korasr_decode" / "1"
+    searched = 0
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
     monkeypatch.syspath_prepend(str(folder))
     spec = importlib.util.spec_from_file_location("korasr_triton_decode", folder / "model.py")
@@ -266,6 +268,8 @@ def test_triton_decode_step_returns_the_runtimes_text(exported, recipe, monkeypa
     for wave in waves:
         logprobs = rec.logprobs([wave])[0]
         assert step.text(logprobs, len(logprobs)) == rec.decode(logprobs).text
+        searched += rec.hangul.path(logprobs) != logprobs.argmax(-1).tolist()
+    assert searched, "greedy spelled every clip's syllables: the step's greedy-hangul search went untested"
 
 
 def test_runtime_extra_installs_without_torch_or_nemo(exported, recipe, tmp_path):
@@ -341,7 +345,9 @@ def test_sherpa_onnx_scores_as_the_runtime_does(sherpa, recipe, exported):
     from korasr.retrain import paired_interval
 
     rows = eval_rows(recipe)
-    ours = [r.text for r in Recognizer(exported).transcribe([r["audio_filepath"] for r in rows])]
+    ours_rec = Recognizer(exported)
+    ours_rec.use_decoder("greedy")  # sherpa-onnx decodes greedily: the same decoder, so the graphs are what differs
+    ours = [r.text for r in ours_rec.transcribe([r["audio_filepath"] for r in rows])]
     refs = [r["text"] for r in rows]
     theirs = [r["hyp"] for r in sherpa]
 

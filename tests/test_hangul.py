@@ -122,10 +122,18 @@ def test_the_nemo_and_the_export_agree_and_only_greedys_malformed_texts_change(t
                     assert h == g
     assert texts["nemo", "eval_clean"] == texts["export", "eval_clean"]
     assert texts["nemo", "eval_other"] == texts["export", "eval_other"]
+    # no decoder named (make train's table, make register, the retraining gate): greedy-hangul, under the plain names
+    run("evaluate", "--model", str(trained), "--out", str(tmp_path / "default"), "--quiet", *manifests)
+    report = json.loads((tmp_path / "default" / "report.json").read_text(encoding="utf-8"))
+    assert sorted(report["splits"]) == ["eval_clean", "eval_other"] and report["meta"]["decoder"] == "greedy-hangul"
+    assert hyps(tmp_path / "default" / "eval_clean.hyp.jsonl") == texts["nemo", "eval_clean"]
+    assert "- decoder: greedy-hangul" in (tmp_path / "default" / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
 def test_the_service_and_the_cli_take_the_decoder(exported, recipe):
+    """greedy-hangul is a jamo model's decoder wherever none is named (the runtime, the service, the CLI); greedy
+    is there when asked for."""
     from fastapi.testclient import TestClient
 
     from korasr.runtime import Recognizer
@@ -133,23 +141,30 @@ def test_the_service_and_the_cli_take_the_decoder(exported, recipe):
 
     candidates = eval_rows(recipe, 60)
     recognizer = Recognizer(exported)
+    assert recognizer.default_decoder == "greedy-hangul" and recognizer.hangul is not None
+    recognizer.use_decoder("greedy")
     greedy = [r.text for r in recognizer.transcribe([row["audio_filepath"] for row in candidates])]
     orphan = [i for i, t in enumerate(greedy) if has_orphan(t)]
     assert orphan, "greedy wrote no orphan jamo on 60 eval_clean clips: nothing here for the decoder to change"
     kept = [i for i in range(60) if i not in orphan][:2]
     rows = [candidates[i] for i in orphan[:4] + kept]
-    recognizer.use_decoder("greedy-hangul")
-    expected = [r.text for r in recognizer.transcribe([row["audio_filepath"] for row in rows])]
+    expected = [r.text for r in Recognizer(exported).transcribe([row["audio_filepath"] for row in rows])]
     changed = len(orphan[:4])
     assert all(expected[k] != greedy[i] for k, i in enumerate(orphan[:4]))  # each malformed text changed
     assert expected[changed:] == [greedy[i] for i in kept]  # the well-formed ones did not
-    with TestClient(create_app(ServeConfig(model=exported, decoder="greedy-hangul", api_key=None))) as client:
-        for row, want in zip(rows, expected, strict=True):
-            with open(row["audio_filepath"], "rb") as f:
-                got = client.post("/v1/transcribe", files={"audio": ("a.wav", f.read(), "audio/wav")})
-            assert got.status_code == 200 and got.json()["text"] == want, got.text
-    printed = run("transcribe", "--model", str(exported), "--decoder", "greedy-hangul",
-                  *[row["audio_filepath"] for row in rows]).stdout.splitlines()  # fmt: skip
-    assert [unicodedata.normalize("NFC", line) for line in printed] == expected
+    assert not any(has_orphan(t) for t in expected)
+    for decoder, want in (
+        (None, expected),
+        ("greedy-hangul", expected),
+        ("greedy", [greedy[i] for i in orphan[:4] + kept]),
+    ):
+        with TestClient(create_app(ServeConfig(model=exported, decoder=decoder, api_key=None))) as client:
+            for row, text in zip(rows, want, strict=True):
+                with open(row["audio_filepath"], "rb") as f:
+                    got = client.post("/v1/transcribe", files={"audio": ("a.wav", f.read(), "audio/wav")})
+                assert got.status_code == 200 and got.json()["text"] == text, (decoder, got.text)
+        printed = run("transcribe", "--model", str(exported), *(["--decoder", decoder] if decoder else []),
+                      *[row["audio_filepath"] for row in rows]).stdout.splitlines()  # fmt: skip
+        assert [unicodedata.normalize("NFC", line) for line in printed] == want, decoder
     with pytest.raises(ValueError, match="beam decoder"):
         recognizer.use_decoder("greedy-hangul", hotwords=[object()])

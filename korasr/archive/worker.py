@@ -103,8 +103,8 @@ class Transcriber:
             hotwords = self.recognizer.hotwords(lines) if lines else None
             lm = Path(files, settings.lm) if settings.lm else None
             self.recognizer.use_decoder("beam", lm=lm, beam_options=settings.beam_options, hotwords=hotwords)
-        elif settings.decoder == "greedy-hangul":
-            self.recognizer.use_decoder("greedy-hangul")
+        else:
+            self.recognizer.use_decoder(settings.decoder)
 
     def __del__(self) -> None:
         if self._tmp:

@@ -230,7 +230,7 @@ def check(model, folder: Path, waves: list[np.ndarray], blank: int, threads: int
     from korasr.runtime.onnx import session
     from korasr.runtime.streaming import StreamingModel
 
-    streaming = StreamingModel(folder.parent, threads=threads, folder=folder.name)
+    streaming = StreamingModel(folder.parent, threads=threads, folder=folder.name, decoder="greedy")
     encoder = session(folder / "encoder.onnx", threads)
     worst_feature = worst_step = 0.0
     stream_texts_identical = 0

@@ -13,7 +13,9 @@ core here, a quarter of what the sample model's graph costs per frame; over the 
 the utterances need it, decoding runs at 1,700–3,900× real time). It reads nothing but the log-probs: no LM.
 
 Pieces of a ``syllable`` or ``char-syllable`` model hold no conjoining jamo: every path spells whole syllables, and
-the decoder returns greedy's without a search.
+the decoder returns greedy's without a search. :func:`default_decoder` is what korasr decodes a model with when no
+decoder is named (``korasr evaluate``, ``make train``'s report, ``korasr transcribe``, ``korasr serve`` and its live
+streams' finals): ``greedy-hangul`` for a vocabulary with jamo, ``greedy`` otherwise (where the two are the same).
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ def _step(state: int | None, role: str) -> int | None:
     return BEFORE if state != INITIAL else None
 
 
+def has_jamo(pieces: list[str]) -> bool:
+    """Whether a vocabulary holds conjoining jamo (so greedy decoding can spell a broken syllable)."""
+    return any(_role(ch) != "other" for piece in pieces for ch in piece)
+
+
+def default_decoder(pieces: list[str]) -> str:
+    """The LM-free decoder korasr uses for a model whose pieces are ``pieces`` when none is named."""
+    return "greedy-hangul" if has_jamo(pieces) else "greedy"
+
+
 class HangulPath:
     """The decoder over one vocabulary (``pieces``: the model's pieces, blank not among them; blank is the last
     label of the log-probs, as in every korasr export)."""
@@ -61,12 +73,16 @@ class HangulPath:
         self.next = nxt  # [state, piece] → state after it, -1: not allowed there
         self.allowed = [np.flatnonzero(nxt[q] >= 0) for q in range(STATES)]
         self.target = [nxt[q][self.allowed[q]] for q in range(STATES)]
-        self.trivial = all(_role(ch) == "other" for piece in pieces for ch in piece)  # no jamo: greedy's path
+        self.trivial = not has_jamo(pieces)  # no jamo: greedy's path
 
     def accepts(self, path: list[int]) -> bool:
         """Whether a frame path's CTC collapse spells whole syllables."""
+        return self.spells_syllables(label for label, _ in collapse(path, self.vocab))
+
+    def spells_syllables(self, pieces) -> bool:  # type: ignore[no-untyped-def]
+        """Whether a sequence of piece ids (a collapsed path) spells whole syllables."""
         state = BEFORE
-        for label, _ in collapse(path, self.vocab):
+        for label in pieces:
             state = int(self.next[state, label])
             if state < 0:
                 return False

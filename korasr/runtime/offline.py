@@ -5,9 +5,10 @@
 >>> rec.transcribe(["a.wav", "b.flac"])            # any sample rate or channel count
 [Result(text='...', words=None), ...]
 
-Audio is mixed to mono and resampled to 16 kHz with soxr, batched by length, decoded with greedy CTC or with a
-beam search that fuses a token n-gram LM and hotwords (:mod:`korasr.runtime.beam`; the export's bundled LM by
-default), and composed to NFC syllables with the model's text unit. Audio longer than ``chunk_seconds`` (files and arrays alike)
+Audio is mixed to mono and resampled to 16 kHz with soxr, batched by length, decoded with greedy CTC
+(``greedy-hangul``, greedy's best path restricted to whole syllables, for a jamo model: :mod:`korasr.runtime.hangul`;
+what a new Recognizer uses) or with a beam search that fuses a token n-gram LM and hotwords
+(:mod:`korasr.runtime.beam`; :meth:`Recognizer.use_decoder`), and composed to NFC syllables with the model's text unit. Audio longer than ``chunk_seconds`` (files and arrays alike)
 is decoded in chunks cut at the quietest 20 ms near each boundary, so the model's memory (quadratic in the length
 under full attention) is bounded by the chunk, for an hour of audio too; files are also read chunk by chunk.
 """
@@ -113,7 +114,11 @@ class Recognizer:
         # utterance segments of results with timestamps: the streaming endpoint rule (korasr serve sets these)
         self.endpoint_silence, self.max_utterance = 0.8, 20.0
         self.beam = None
-        self.hangul = None  # the greedy-hangul decoder (use_decoder), else plain greedy when beam is None
+        self.hangul = None  # the greedy-hangul decoder, else plain greedy when beam is None
+        from korasr.runtime.hangul import HangulPath, has_jamo
+
+        if has_jamo(self.pieces[: self.blank]):  # a jamo model decodes with greedy-hangul until told otherwise
+            self.hangul = HangulPath(self.pieces[: self.blank])
         self.lm_dir: Path | None = None
         self.global_hotwords: list = []
 
@@ -123,6 +128,15 @@ class Recognizer:
     def bundled_lm(self) -> Path | None:
         lm = self.dir / BUNDLED_LM
         return lm if (lm / "lm.json").is_file() else None
+
+    @property
+    def default_decoder(self) -> str:
+        """What korasr decodes this export with when no decoder is named: ``beam`` with the bundled LM when it has
+        one, else ``greedy-hangul`` for a jamo vocabulary (:func:`korasr.runtime.hangul.default_decoder`), else
+        ``greedy``. A new Recognizer decodes with the last two (no LM) until :meth:`use_decoder` says otherwise."""
+        from korasr.runtime.hangul import default_decoder
+
+        return "beam" if self.bundled_lm else default_decoder(self.pieces[: self.blank])
 
     def tokenizer(self):  # type: ignore[no-untyped-def]
         """The export's SentencePiece model (for hotwords)."""

@@ -76,7 +76,8 @@ class ServeConfig:
                                    "one on CPUs)")  # fmt: skip
     decoder: Decoder | None = setting(None, "greedy, greedy-hangul (greedy's path restricted to whole Hangul "
                                       "syllables) or beam (default: beam when the export bundles an LM, korasr "
-                                      "export --lm, else greedy)")  # fmt: skip
+                                      "export --lm, else greedy-hangul for a jamo model, else greedy); live "
+                                      "streams' finals: greedy when greedy, else greedy-hangul")  # fmt: skip
     max_hotwords: int = setting(100, "hotword phrases per request (each at most 100 characters)", ge=0, le=10_000)
     # live streams (GET /v1/stream, a WebSocket; the export needs streaming/ graphs)
     max_streams: int = setting(32, "WebSocket streams open at once (/v1/stream); one more is closed with 1013",

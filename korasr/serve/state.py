@@ -69,7 +69,7 @@ async def load_generation(config: ServeConfig, path: Path, metrics: Metrics, ver
                                  max_in_flight=config.triton_max_in_flight)  # fmt: skip
     recognizer = await asyncio.to_thread(Recognizer, path, threads=config.threads, precision=config.precision,
                                          graph_session=upstream)  # fmt: skip
-    await asyncio.to_thread(recognizer.use_decoder, config.decoder or ("beam" if recognizer.bundled_lm else "greedy"))
+    await asyncio.to_thread(recognizer.use_decoder, config.decoder or recognizer.default_decoder)
     recognizer.endpoint_silence, recognizer.max_utterance = config.endpoint_silence_s, config.max_utterance_s
     try:
         await asyncio.to_thread(recognizer.transcribe_arrays, [np.zeros(SAMPLE_RATE, dtype=np.float32)])  # warm-up
@@ -268,6 +268,12 @@ def service(connection: HTTPConnection) -> ServiceState:
     return connection.app.state.korasr
 
 
+def stream_decoder(decoder: str | None) -> str:
+    """How a live stream's finals decode under the service's ``decoder`` setting (streams have no beam search:
+    greedy-hangul, which is greedy's own path on a vocabulary without jamo, unless greedy was asked for)."""
+    return "greedy" if decoder == "greedy" else "greedy-hangul"
+
+
 def stream_hub(config: ServeConfig, path: Path, metrics: Metrics) -> StreamHub:
     from korasr.runtime.streaming import Endpoint, StreamingModel
 
@@ -279,7 +285,8 @@ def stream_hub(config: ServeConfig, path: Path, metrics: Metrics) -> StreamHub:
         )
         return StreamHub(remote, max_batch=config.stream_batch, max_unsent=config.max_unsent_results,  # type: ignore[arg-type]
                          metrics=metrics)  # fmt: skip
-    model = StreamingModel(path, threads=config.threads)
+    # finals decode as files do without an LM: greedy only when the service was told greedy
+    model = StreamingModel(path, threads=config.threads, decoder=stream_decoder(config.decoder))
     endpoint = Endpoint(silence_after_speech=config.endpoint_silence_s, max_utterance=config.max_utterance_s)
     stream = model.stream(endpoint=None)  # warm-up: one chunk through both graphs
     stream.accept(np.zeros(SAMPLE_RATE, np.float32))
