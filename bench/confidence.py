@@ -48,6 +48,7 @@ def korasr_words(export: Path, rows: list[dict], options: dict[str, ConfidenceOp
     from korasr.runtime import Recognizer
 
     rec = Recognizer(export, threads=threads)
+    rec.use_decoder("greedy")  # NeMo's greedy_batch is what it is compared with
     logprobs = []
     for start in range(0, len(rows), 16):
         waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in rows[start : start + 16]]

@@ -384,6 +384,7 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output folder (default: the first file's folder)")
     p.add_argument("--model", default=None, help="the model that made them (recorded in the report)")
     p.add_argument("--manifest", default=None, help="a manifest of the references (its prepare.json: normalization)")
+    p.add_argument("--decoder", default=None, help="the decoder that made them (recorded in the report)")
     _add_report_options(p)
     p.set_defaults(func=_score)
 
@@ -399,7 +400,8 @@ def _score(args: argparse.Namespace) -> int:
         raise ValueError(f"two hypothesis files share a split name: {args.hyps}")
     normalization = normalization_of(args.manifest) if args.manifest else None
     out = args.out or Path(args.hyps[0]).parent
-    report = score_files(files, out, model=args.model, normalization=normalization, results_md=args.results)
+    report = score_files(files, out, model=args.model, normalization=normalization, results_md=args.results,
+                         decoder=args.decoder)  # fmt: skip
     print(format_table(report))
     try:
         gate(report, args.max_cer)

@@ -99,8 +99,9 @@ def read_manifest(path: str | os.PathLike[str]) -> list[dict]:
 
 def transcribe(model, rows: list[dict], batch_size: int = 32, progress: bool = True,  # type: ignore[no-untyped-def]
                decoding: Decoding | None = None) -> list[str]:  # fmt: skip
-    """NFC transcripts of the manifest rows' audio, in order, with ``decoding`` (default: greedy)."""
-    decoding = decoding or Decoding()
+    """NFC transcripts of the manifest rows' audio, in order, with ``decoding`` (default: the model's own,
+    :func:`default_decoding`)."""
+    decoding = decoding or default_decoding(model)
     paths = [r["audio_filepath"] for r in rows]
     if hasattr(model, "session"):  # an export directory: onnxruntime
         from tqdm import tqdm

@@ -286,6 +286,7 @@ def register(export_dir: str | os.PathLike[str], name: str, *, report: str | os.
     tags = {
         "metrics": json.dumps(metrics, ensure_ascii=False),
         "normalization": json.dumps((report_data or {}).get("meta", {}).get("normalization"), ensure_ascii=False),
+        "decoder": str((report_data or {}).get("meta", {}).get("decoder") or ""),  # what scored the metrics
         "lineage": json.dumps(info, ensure_ascii=False),
         "parity": json.dumps(meta.get("parity"), ensure_ascii=False)[:4000],
         "has_nemo": str(nemo_path is not None).lower(),

@@ -234,8 +234,9 @@ def results_rows(report: dict) -> list[str]:
     rows = []
     for split, r in report["splits"].items():
         jamo = " / ".join(_f(r["jamo"][s]["rate"]) for s in SLOTS)
+        name = f"{split} · {meta['decoder']}" if meta.get("decoder") else split  # another decoder, another row
         rows.append(
-            f"| {meta.get('date', '?')} | {_short(meta.get('git_commit', '?'))} | `{model}` | {split} | {r['utterances']} | "
+            f"| {meta.get('date', '?')} | {_short(meta.get('git_commit', '?'))} | `{model}` | {name} | {r['utterances']} | "
             f"**{_f(r['cer'])}** | {_f(r['cer_space'])} | {_f(r['wer'])} | {_f(r['swer'])} | {jamo} | "
             f"`{describe_normalization(meta.get('normalization'))}` | `{_cell(meta.get('command', '?'))}` |"
         )

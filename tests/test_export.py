@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -244,31 +245,41 @@ def test_triton_repository_matches_the_graph(exported, tmp_path):
         validate(broken)
 
 
-def test_triton_decode_step_returns_the_runtimes_text(exported, recipe, monkeypatch):
-    """The python-backend decoding (model.py) on real log-probs; Triton's pb_utils is not installable here, so
-    only the decoding method is exercised, with a bare module standing in for the import. A jamo model's step decodes
-    as the runtime does by default, greedy-hangul: clips where greedy's path spells a broken syllable are among them."""
-    import importlib.util
-    import types
+DECODE_STEP = """
+import importlib.util, json, sys, types
+import numpy as np
+folder, data = sys.argv[1], sys.argv[2]
+sys.modules["triton_python_backend_utils"] = types.ModuleType("triton_python_backend_utils")
+spec = importlib.util.spec_from_file_location("korasr_triton_decode", folder + "/model.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+step = module.TritonPythonModel()
+step.initialize({})
+arrays = np.load(data)
+texts = [step.text(arrays[k], len(arrays[k])) for k in sorted(arrays.files, key=int)]
+print(json.dumps({"texts": texts, "korasr": sys.modules["korasr"].__file__}, ensure_ascii=False))
+"""
 
+
+def test_triton_decode_step_returns_the_runtimes_text(exported, recipe, tmp_path):
+    """The python-backend decoding (model.py) on real log-probs, in a process of its own so that it imports the
+    korasr copied beside it, as Triton does; Triton's pb_utils is not installable here, so only the decoding method
+    is exercised, with a bare module standing in for the import. A jamo model's step decodes as the runtime does by
+    default, greedy-hangul: clips where greedy's path spells a broken syllable are among them."""
     from korasr.runtime import Recognizer
 
     rec = Recognizer(exported)
     rows = eval_rows(recipe, 12)
-    waves = [sf.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
+    logprobs = rec.logprobs([sf.read(r["audio_filepath"], dtype="float32")[0] for r in rows])
+    np.savez(tmp_path / "logprobs.npz", **{str(i): lp for i, lp in enumerate(logprobs)})
     folder = exported / "triton" / "korasr_decode" / "1"
-    searched = 0
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
-    monkeypatch.syspath_prepend(str(folder))
-    spec = importlib.util.spec_from_file_location("korasr_triton_decode", folder / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    step = module.TritonPythonModel()
-    step.initialize({})
-    for wave in waves:
-        logprobs = rec.logprobs([wave])[0]
-        assert step.text(logprobs, len(logprobs)) == rec.decode(logprobs).text
-        searched += rec.hangul.path(logprobs) != logprobs.argmax(-1).tolist()
+    proc = subprocess.run([sys.executable, "-c", DECODE_STEP, str(folder), str(tmp_path / "logprobs.npz")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert Path(out["korasr"]).resolve().is_relative_to(folder.resolve()), out["korasr"]  # the copy, not ours
+    assert out["texts"] == [rec.decode(lp).text for lp in logprobs]
+    searched = sum(rec.hangul.path(lp) != lp.argmax(-1).tolist() for lp in logprobs)
     assert searched, "greedy spelled every clip's syllables: the step's greedy-hangul search went untested"
 
 

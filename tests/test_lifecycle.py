@@ -92,6 +92,7 @@ def test_register_promote_rollback_and_models_uris(exported, recipe, tmp_path):
         assert lineage["manifests"][str(Path(clean).resolve())] == sha256_file(clean)
         assert json.loads(v1.tags["normalization"])["form"] == "phonetic"
         assert json.loads(v1.tags["parity"])["tolerance"] > 0 and v1.tags["has_nemo"] == "true"
+        assert v1.tags["decoder"] == "greedy-hangul"  # what scored the metrics: a jamo model's default
 
         v2 = registry.register(exported, "ko-test", report=report, parent=1)
         assert json.loads(v2.tags["lineage"])["parent_version"] == 1

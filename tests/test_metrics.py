@@ -117,6 +117,12 @@ def test_results_rows_replace_the_same_model_and_split(tmp_path):
     assert len(rows) == 2
     assert all("**0.00**" in row for row in rows)
     assert "korasr evaluate \\| x" in text  # a pipe in a cell is escaped
+    # the same model and split scored by another decoder is another row, named by it
+    other = report("하교", "/m/a.nemo")
+    other["meta"]["decoder"] = "greedy-hangul"
+    update_results(md, other)
+    rows = [line for line in md.read_text(encoding="utf-8").splitlines() if line.startswith("| 2026")]
+    assert len(rows) == 3 and sum("| eval_clean · greedy-hangul |" in row for row in rows) == 1
 
 
 def test_score_recomputes_a_report_without_a_model(tmp_path):

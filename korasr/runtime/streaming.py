@@ -15,8 +15,10 @@ the segment's from its tokens' frames; a stream keeps only the current utterance
 ``decoder="greedy-hangul"`` (the default; a jamo model's, greedy's own on other vocabularies) decodes each final as offline
 ``greedy-hangul`` decodes a file (:mod:`korasr.runtime.hangul`): where greedy's utterance spells a broken syllable,
 the final is the best path over the utterance's log-probs that spells whole ones (the stream keeps the current
-utterance's log-probs for that: a few hundred bytes a frame, bounded by the endpoint's ``max_utterance``). Partials
-and the endpoint's decisions stay greedy's, so a final may correct its last partial.
+utterance's log-probs for that: a few hundred bytes a frame, at most ``HANGUL_MAX_SECONDS`` of them; a longer
+utterance, under no endpoint or a long ``max_utterance``, keeps greedy's final, as the search would stall the batch).
+Partials and the endpoint's decisions stay greedy's, so a final may correct its last partial. After a cut by
+``max_utterance`` the search starts the next utterance afresh, where greedy carries the label held across the cut.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class Event:
         return out
 
 
+HANGUL_MAX_SECONDS = 30.0  # an utterance longer than this (no endpoint, a long max_utterance) keeps greedy's final
+
+
 class StreamingModel:
     """The streaming graphs of an export folder (``korasr export`` of a ``--streaming`` model)."""
 
@@ -98,6 +103,7 @@ class StreamingModel:
         self.decoder = decoder
         vocabulary = self.pieces[: self.blank]
         self.hangul = HangulPath(vocabulary) if decoder == "greedy-hangul" and has_jamo(vocabulary) else None
+        self.hangul_max_frames = round(HANGUL_MAX_SECONDS / float(self.cfg["frame_shift_s"]))
         # one thread: a few frames per call, and a second thread pool spinning after each call would take the
         # cores from the encoder's (measured: 6 ms per chunk instead of 1.7 on 2 cores)
         self.frontend = session(self.dir / "frontend.onnx", 1, providers)
@@ -215,6 +221,7 @@ class Stream:
         self._utterance_start = 0
         self._trailing_blanks = 0
         self._rows: list[np.ndarray] | None = [] if model.hangul is not None else None  # the utterance's log-probs
+        self._rows_full = False  # the utterance outgrew HANGUL_MAX_SECONDS: its final stays greedy's
         self._partial = ""
         self.segments: list[Segment] = []
         self.events: list[Event] = []
@@ -305,9 +312,14 @@ class Stream:
         exclude_blank = model.confidence.exclude_blank
         scores = frame_confidence(logprobs, model.confidence).tolist() if len(logprobs) else []
         rows = self._rows
+        if rows is not None:
+            logprobs = np.array(logprobs)  # its own copy: a view would keep the whole batch's output alive
         for row, (label, score) in enumerate(zip(logprobs.argmax(axis=-1).tolist(), scores, strict=True)):
-            if rows is not None:
+            if rows is not None and not self._rows_full:
                 rows.append(logprobs[row])
+                if len(rows) > model.hangul_max_frames:  # bounded memory, and no long search stalling the batch
+                    rows.clear()
+                    self._rows_full = True
             if label != model.blank and label != self._previous_id:
                 self._tokens.append((label, self._frame))
                 self._token_frames.append([score])
@@ -340,16 +352,17 @@ class Stream:
         elif not self._tokens and silence >= rule.silence_alone:
             self._utterance_start, self._trailing_blanks = self._frame, 0
             if self._rows is not None:
-                self._rows = []
+                self._rows, self._rows_full = [], False
         elif (self._frame - self._utterance_start) * shift >= rule.max_utterance:
             self._end_utterance()
 
     def _end_utterance(self) -> None:
         model = self.model
         if self._rows is not None:
-            if self._tokens and not model.hangul.spells_syllables(t for t, _ in self._tokens):  # type: ignore[union-attr]
+            malformed = self._tokens and not model.hangul.spells_syllables(t for t, _ in self._tokens)  # type: ignore[union-attr]
+            if malformed and not self._rows_full:
                 self._whole_syllables(np.stack(self._rows))
-            self._rows = []
+            self._rows, self._rows_full = [], False
         text = self._text(self._tokens)
         if text:  # a word boundary alone in silence is no utterance
             shift = model.frame_shift

@@ -57,7 +57,8 @@ header, before it is decoded; sample rates outside 8–384 kHz, more than 8 chan
 bodies get 400, unknown formats 415; more requests in progress than the server admits get 503 with Retry-After,
 and a body not complete within the upload deadline 408.
 
-Decoding: greedy CTC, or beam search with the export's bundled token n-gram LM (`korasr export --lm`). With beam
+Decoding: greedy CTC (greedy-hangul, whole syllables only, for a jamo model), or beam search with the export's
+bundled token n-gram LM (`korasr export --lm`). With beam
 search, `/v1/transcribe` takes `hotwords` (one phrase per line, optionally a TAB and a boost) and
 `/v1/audio/transcriptions` maps OpenAI's `prompt` to hotwords (phrases separated by commas or lines; ignored by a
 greedy server). A phrase with characters the model cannot spell gets 400 naming it.

@@ -131,7 +131,7 @@ class Metrics:
                                      "version this service does not serve (0: in step, or not following)",
                                      registry=r, multiprocess_mode="livemax")  # fmt: skip
         # the canary (korasr/serve/canary.py). livemostrecent: with several workers each runs the same manifest on the
-        # same version (the same greedy decoding: the same CER); the latest run is the answer, and a version swapped
+        # same version (the same decoding: the same CER); the latest run is the answer, and a version swapped
         # out by every worker goes once each wrote it NaN (WITHDRAWN)
         self.canary_cer = Gauge("korasr_canary_cer", "CER (percent, as korasr evaluate scores it) of the canary "
                                 "manifest per split, by the model version that transcribed it", ["split", "version"],
