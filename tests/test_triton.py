@@ -139,6 +139,27 @@ def test_the_gateway_answers_with_the_services_texts_its_graph_run_by_triton(tri
     assert metric(triton["metrics"], "nv_inference_count", CTC) == before + 10  # the warm-up and the 9 clips
 
 
+def test_the_gateway_keeps_batches_in_flight_and_triton_batches_them(triton, exported, recipe, tmp_path):
+    """A gateway that batches nothing itself (--max-batch 1) still hands Triton its concurrent load: each request's
+    batch awaits Triton on the asyncio client while the others go out (--triton-max-in-flight), so Triton's dynamic
+    batcher runs several in one execution. A gateway that waited for each batch's answer before sending the next
+    would make every execution a batch of one."""
+    from korasr.runtime.offline import Recognizer
+
+    paths = [r["audio_filepath"] for r in eval_rows(recipe, 8)] * 2
+    expected = [r.text for r in Recognizer(exported).transcribe(paths)]
+    with serve_process(exported, tmp_path / "gateway.log", "--triton", f"127.0.0.1:{triton['grpc']}",
+                       "--max-batch", "1", "--triton-max-in-flight", "16", "--queue-size", "32") as url:  # fmt: skip
+        requests = metric(triton["metrics"], "nv_inference_request_success", CTC)
+        executions = metric(triton["metrics"], "nv_inference_exec_count", CTC)
+        answers = all_at_once(lambda path: post(url, path), paths)
+        assert [status for status, _ in answers] == [200] * 16, answers
+        assert [body["text"] for _, body in answers] == expected
+        requests = metric(triton["metrics"], "nv_inference_request_success", CTC) - requests
+        executions = metric(triton["metrics"], "nv_inference_exec_count", CTC) - executions
+    assert requests == 16 and executions < requests, (requests, executions)
+
+
 def test_a_triton_killed_and_restarted_under_load_costs_503_or_504_with_a_reason_never_500(exported, recipe, tmp_path):
     """Clients keep sending through the gateway while Triton is killed (SIGKILL) and, a few seconds later, started
     again on the same ports: meanwhile answers are text, 503 or 504, each failure naming Triton; /health says 503

@@ -74,6 +74,20 @@ def join(results: list[Result], aggregation: str = ConfidenceOptions.aggregation
     return Result(" ".join(r.text for r in results if r.text), words, segments, confidence, sum(frames))
 
 
+class _Done:
+    def __init__(self, results: list[Result]):
+        self.results = results
+
+
+def _advance(steps, logprobs):  # type: ignore[no-untyped-def]
+    """Start ``steps`` (``logprobs`` None) or send it a batch's log-probs: its next batch, or :class:`_Done` (a
+    StopIteration cannot cross a thread pool's future)."""
+    try:
+        return next(steps) if logprobs is None else steps.send(logprobs)
+    except StopIteration as done:
+        return _Done(done.value)
+
+
 class Recognizer:
     def __init__(
         self,
@@ -212,6 +226,13 @@ class Recognizer:
         out, out_len = self.session.run(None, {"audio": audio, "audio_length": lengths})
         return [out[i, : int(n)] for i, n in enumerate(out_len)]
 
+    async def logprobs_async(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`logprobs` from a session that answers without holding a thread (``run_async``: Triton's asyncio
+        gRPC client in gateway mode)."""
+        audio, lengths = pad_batch(waves)
+        out, out_len = await self.session.run_async({"audio": audio, "audio_length": lengths})
+        return [out[i, : int(n)] for i, n in enumerate(out_len)]
+
     def decode(self, logprobs: np.ndarray, offset: float = 0.0, timestamps: bool = False, beam=None) -> Result:  # type: ignore[no-untyped-def]
         """One utterance's result from its log-probabilities, with ``beam`` (a per-request decoder), the
         recognizer's beam decoder, or greedy CTC."""
@@ -249,6 +270,34 @@ class Recognizer:
         seconds of padded audio, so one batch's memory is bounded whatever the inputs' lengths. ``hotwords`` (from
         :meth:`hotwords`) bias the beam decoder for these waves only; ``hotwords_per_wave`` (one list or None per
         wave) for each wave its own (the service batches requests with different hotwords)."""
+        steps = self._array_steps(waves, sample_rate, batch_size, timestamps, chunk_seconds, batch_seconds, hotwords,
+                                  hotwords_per_wave)  # fmt: skip
+        try:
+            batch = next(steps)
+            while True:
+                batch = steps.send(self.logprobs(batch))
+        except StopIteration as done:
+            return done.value
+
+    async def transcribe_arrays_async(self, waves: list[np.ndarray], *, run_in, **options) -> list[Result]:  # type: ignore[no-untyped-def]
+        """:meth:`transcribe_arrays` (the same ``options``) with each batch's log-probabilities awaited from the
+        session (:meth:`logprobs_async`) and everything else (chunking, decoding) run by ``run_in(function, *args)``
+        (an awaitable: a worker thread), so a service keeps many batches in flight to a remote model."""
+        steps = self._array_steps(waves, options.pop("sample_rate", SAMPLE_RATE), options.pop("batch_size", 16),
+                                  options.pop("timestamps", False), options.pop("chunk_seconds", CHUNK_SECONDS),
+                                  options.pop("batch_seconds", None), options.pop("hotwords", None),
+                                  options.pop("hotwords_per_wave", None))  # fmt: skip
+        if options:
+            raise TypeError(f"unknown options: {sorted(options)}")
+        step = await run_in(_advance, steps, None)
+        while not isinstance(step, _Done):
+            step = await run_in(_advance, steps, await self.logprobs_async(step))
+        return step.results
+
+    def _array_steps(self, waves, sample_rate, batch_size, timestamps, chunk_seconds, batch_seconds, hotwords,
+                     hotwords_per_wave):  # type: ignore[no-untyped-def]  # fmt: skip
+        """The work of :meth:`transcribe_arrays` as a generator: it yields each batch's waves, is sent their
+        log-probabilities, and returns the results (one plan for a session called in place or awaited)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if batch_seconds is not None and batch_seconds < check_chunk_seconds(chunk_seconds):
@@ -273,7 +322,8 @@ class Recognizer:
                 and (len(batch) + 1) * (following[2] - following[1]) > budget
             )
             if following is None or full:
-                for (i, s, _), lp in zip(batch, self.logprobs([mono[i][s:e] for i, s, e in batch]), strict=True):
+                logprobs = yield [mono[i][s:e] for i, s, e in batch]
+                for (i, s, _), lp in zip(batch, logprobs, strict=True):
                     decoded[(i, s)] = self.decode(lp, s / SAMPLE_RATE, timestamps, beams[i] if beams else shared)
                 batch = []
         return [join([decoded[(i, s)] for s, _ in b], self.confidence.aggregation) for i, b in enumerate(bounds)]

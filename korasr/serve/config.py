@@ -116,7 +116,8 @@ class ServeConfig:
                                        "the WebSocket streams (Triton's sequence batcher; its endpointing)")  # fmt: skip
     triton_timeout_s: float = setting(30.0, "with --triton: one batch's deadline, retries of a restarting server "
                                       "included (then 504)", flag="--triton-timeout", metavar="S", gt=0, le=600)  # fmt: skip
-    triton_max_in_flight: int = setting(8, "with --triton: requests to Triton at once", ge=1, le=1024)
+    triton_max_in_flight: int = setting(8, "with --triton: batches in flight to Triton at once (each awaited, not a thread)",
+                                        ge=1, le=1024)  # fmt: skip
     public_docs: bool = setting(False, "/docs, /redoc and /openapi.json without the API key")
     # korasr/serve/drain.py
     drain_timeout_s: float = setting(30.0, "on SIGTERM/SIGINT: /health 503, new requests 503, admitted ones, open "
