@@ -124,10 +124,15 @@ class TritonSession:
                 self._max_batch = max(1, int(config.config.max_batch_size))
             step = self._max_batch
             requests = [self._request(audio[i : i + step], lengths[i : i + step]) for i in range(0, len(audio), step)]
-            parts = await asyncio.gather(*[
-                self._call_async(lambda left, inputs=inputs, wanted=wanted: client.infer(
-                    self.model, inputs, outputs=wanted, client_timeout=left), deadline)
-                for inputs, wanted in requests])  # fmt: skip
+            tasks = [asyncio.ensure_future(self._call_async(lambda left, inputs=inputs, wanted=wanted: client.infer(
+                self.model, inputs, outputs=wanted, client_timeout=left), deadline)) for inputs, wanted in requests]  # fmt: skip
+            try:
+                parts = await asyncio.gather(*tasks)
+            except BaseException:  # one part failed: the others stop too (the slot is released with them)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
         finally:
             slots.release()
         return _joined([(r.as_numpy("logprobs"), r.as_numpy("logprobs_length").reshape(-1)) for r in parts])
@@ -136,7 +141,7 @@ class TritonSession:
         import tritonclient.grpc.aio as aio
 
         loop = asyncio.get_running_loop()
-        if self._aio is None or self._aio[0] is not loop:
+        if self._aio is None or self._aio[0] is not loop:  # (another loop's channel dies with that loop)
             client = aio.InferenceServerClient(self.url, channel_args=self.channel_args)
             self._aio = (loop, client, asyncio.Semaphore(self.max_in_flight))
         return self._aio[1], self._aio[2]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from korasr.runtime import Recognizer, Result
-from korasr.runtime.triton_session import UpstreamError
+from korasr.runtime.triton_session import UpstreamError, UpstreamUnavailable
 from korasr.serve.worker import Worker
 
 
@@ -64,6 +64,7 @@ class Batcher(Worker):
     async def stop(self) -> None:
         for task in list(self.running):
             task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)  # each answers its requests as it ends
         await super().stop()
         upstream = getattr(self.recognizer, "upstream", None)
         if hasattr(upstream, "close_async"):
@@ -72,6 +73,8 @@ class Batcher(Worker):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            while len(self.running) >= self.in_flight:  # gateway mode: a batch in flight must come back first, so
+                await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)  # the queue fills meanwhile
             batch = [await self.queue.get()]
             deadline = loop.time() + self.max_wait_s
             # wait for more only while other requests are on their way, so a lone request is not delayed
@@ -87,15 +90,21 @@ class Batcher(Worker):
             if self.in_flight == 1:
                 await self._finish(batch)
                 continue
-            while len(self.running) >= self.in_flight:  # gateway mode: wait for a batch in flight to come back
-                await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
-            task = asyncio.get_running_loop().create_task(self._finish(batch))
+            task = loop.create_task(self._finish(batch))
             self.running.add(task)
             task.add_done_callback(self.running.discard)
             self.most_in_flight = max(self.most_in_flight, len(self.running))
 
     async def _finish(self, batch: list) -> None:  # type: ignore[type-arg]
-        """Decode one batch and answer its requests."""
+        """Decode one batch and answer its requests (every one of them, even when the service stops meanwhile)."""
+        try:
+            await self._answer(batch)
+        finally:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(UpstreamUnavailable("the service is stopping"))
+
+    async def _answer(self, batch: list) -> None:  # type: ignore[type-arg]
         waves = [audio for audio, _, _ in batch]
         hotwords = [words for _, words, _ in batch]
         outcomes: list[Result | BaseException]
