@@ -270,8 +270,9 @@ class Recognizer:
         seconds of padded audio, so one batch's memory is bounded whatever the inputs' lengths. ``hotwords`` (from
         :meth:`hotwords`) bias the beam decoder for these waves only; ``hotwords_per_wave`` (one list or None per
         wave) for each wave its own (the service batches requests with different hotwords)."""
-        steps = self._array_steps(waves, sample_rate, batch_size, timestamps, chunk_seconds, batch_seconds, hotwords,
-                                  hotwords_per_wave)  # fmt: skip
+        steps = self._array_steps(waves, sample_rate, batch_size=batch_size, timestamps=timestamps,
+                                  chunk_seconds=chunk_seconds, batch_seconds=batch_seconds, hotwords=hotwords,
+                                  hotwords_per_wave=hotwords_per_wave)  # fmt: skip
         try:
             batch = next(steps)
             while True:
@@ -283,19 +284,14 @@ class Recognizer:
         """:meth:`transcribe_arrays` (the same ``options``) with each batch's log-probabilities awaited from the
         session (:meth:`logprobs_async`) and everything else (chunking, decoding) run by ``run_in(function, *args)``
         (an awaitable: a worker thread), so a service keeps many batches in flight to a remote model."""
-        steps = self._array_steps(waves, options.pop("sample_rate", SAMPLE_RATE), options.pop("batch_size", 16),
-                                  options.pop("timestamps", False), options.pop("chunk_seconds", CHUNK_SECONDS),
-                                  options.pop("batch_seconds", None), options.pop("hotwords", None),
-                                  options.pop("hotwords_per_wave", None))  # fmt: skip
-        if options:
-            raise TypeError(f"unknown options: {sorted(options)}")
+        steps = self._array_steps(waves, **options)
         step = await run_in(_advance, steps, None)
         while not isinstance(step, _Done):
             step = await run_in(_advance, steps, await self.logprobs_async(step))
         return step.results
 
-    def _array_steps(self, waves, sample_rate, batch_size, timestamps, chunk_seconds, batch_seconds, hotwords,
-                     hotwords_per_wave):  # type: ignore[no-untyped-def]  # fmt: skip
+    def _array_steps(self, waves, sample_rate=SAMPLE_RATE, *, batch_size=16, timestamps=False,  # type: ignore[no-untyped-def]
+                     chunk_seconds=CHUNK_SECONDS, batch_seconds=None, hotwords=None, hotwords_per_wave=None):  # fmt: skip
         """The work of :meth:`transcribe_arrays` as a generator: it yields each batch's waves, is sent their
         log-probabilities, and returns the results (one plan for a session called in place or awaited)."""
         if batch_size < 1:

@@ -32,7 +32,8 @@ import numpy as np
 import soxr
 
 from korasr import SAMPLE_RATE
-from korasr.runtime.confidence import ConfidenceOptions, PathConfidence, frame_confidence
+from korasr.runtime.confidence import ConfidenceOptions, PathConfidence, frame_confidence, path_confidence
+from korasr.runtime.ctc import collapse
 from korasr.runtime.onnx import read_tokens, session
 from korasr.runtime.results import Segment, token_words, tokens_text
 
@@ -379,25 +380,16 @@ class Stream:
 
     def _whole_syllables(self, logprobs: np.ndarray) -> None:
         """Replace the utterance's tokens (greedy's, malformed) with greedy-hangul's over its log-probs ``logprobs``
-        (its frames up to now), their frame confidences gathered as :meth:`_decode` gathers greedy's."""
+        (its frames up to now), each token's frame confidences as :func:`path_confidence` gathers them."""
         model = self.model
         path = model.hangul.search(logprobs)  # type: ignore[union-attr]
-        scores = frame_confidence(logprobs, model.confidence).tolist()
         first = self._frame - len(logprobs)
-        tokens: list[tuple[int, int]] = []
-        frames: list[list[float]] = []
-        previous = model.blank
-        for k, (label, score) in enumerate(zip(path, scores, strict=True)):
-            if label != model.blank and label != previous:
-                tokens.append((label, first + k))
-                frames.append([score])
-            elif tokens and (not model.confidence.exclude_blank or (label != model.blank and label == previous)):
-                frames[-1].append(score)
-            previous = label
+        tokens = [(label, first + frame) for label, frame in collapse(path, model.blank)]
+        frames = path_confidence(logprobs, path, model.blank, model.confidence).token_frames
         if self.keep_segments:
             del self._all_ids[len(self._all_ids) - len(self._tokens) :]
             self._all_ids.extend(t for t, _ in tokens)
-        self._tokens, self._token_frames = tokens, frames
+        self._tokens, self._token_frames = tokens, [f.tolist() for f in frames]
 
     def _confidence(self) -> PathConfidence:
         """The current utterance's confidence, as :func:`korasr.runtime.confidence.path_confidence` measures a path
